@@ -1,0 +1,94 @@
+"""Building networks from configs: torchvision builders and layer lists written in YAML."""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dnnlab.errors import ConfigError
+
+
+def _resolve_type(name: str, where: str) -> type:
+    """`Conv2d` -> dnnlab.nn.Conv2d if dnnlab has it, else torch.nn.Conv2d; dotted names as is."""
+    if "." in name:
+        mod, _, attr = name.rpartition(".")
+        try:
+            return getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError):
+            raise ConfigError(f"{where}.type: cannot import '{name}'") from None
+    import dnnlab.nn
+
+    for mod in (torch.nn, dnnlab.nn):
+        if hasattr(mod, name) and isinstance(getattr(mod, name), type):
+            return getattr(mod, name)
+    raise ConfigError(f"{where}.type: unknown layer type '{name}' (not in torch.nn or dnnlab.nn)")
+
+
+def build_layers(layers: Sequence[Mapping[str, Any]], where: str = "model.builder.layers"
+                 ) -> torch.nn.Sequential:
+    """nn.Sequential from a list of `{type: Name, **kwargs}` (torch.nn names, or dotted paths).
+
+    Short names are torch.nn's (`Conv2d`, `ReLU`, ...); write `dnnlab.nn.Conv2d` for dnnlab's.
+    A bad entry raises ConfigError naming it, e.g. `model.builder.layers[3].type`.
+    """
+    if isinstance(layers, (DictConfig,)) or not isinstance(layers, Sequence):
+        raise ConfigError(f"{where}: expected a list of layers, got {type(layers).__name__}")
+    mods = []
+    for i, spec in enumerate(layers):
+        spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(
+            spec)
+        if "type" not in spec:
+            raise ConfigError(f"{where}[{i}]: missing key 'type'")
+        cls = _resolve_type(str(spec.pop("type")), f"{where}[{i}]")
+        try:
+            mods.append(cls(**spec))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}[{i}] ({cls.__name__}): {err}") from None
+    return torch.nn.Sequential(*mods)
+
+
+def build_model(model_cfg: DictConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Instantiate `model.builder`; on device 'meta' (no weights), falling back to the CPU for
+    builders that cannot run on meta (torchvision's regnets)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    if "builder" not in model_cfg:
+        raise ConfigError("model.builder: missing (a `_target_` builder or a layer list)")
+
+    def make():
+        try:
+            return instantiate(model_cfg.builder)
+        except InstantiationException as err:
+            cause = err.__cause__ or err
+            if isinstance(cause, ConfigError):
+                raise cause from None
+            msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else repr(cause)
+            raise ConfigError(f"model.builder ({model_cfg.builder.get('_target_')}): {msg}"
+                              ) from None
+
+    if str(device) == "meta":
+        try:
+            with torch.device("meta"):
+                return make()
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - e.g. regnets call .item() while being built
+            return make()
+    with torch.device(device):
+        return make()
+
+
+def materialize(model: torch.nn.Module) -> torch.nn.Module:
+    """A model built on meta, given zero CPU weights (for fvcore, which needs real tensors)."""
+    if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
+        model = model.to_empty(device="cpu")
+        with torch.no_grad():
+            for t in list(model.parameters()) + list(model.buffers()):
+                if t.is_floating_point():
+                    t.zero_()
+                else:
+                    t.fill_(1)
+    return model

@@ -1,0 +1,105 @@
+"""The op-count report: one row per counted operation, totals per family, JSON/CSV export."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Families that are multiply-accumulate products (their `macs` are MACs, fvcore's unit).
+MAC_FAMILIES = ("conv", "linear", "matmul", "attention")
+# Families whose `macs` column holds elementary operations (mults + adds + others), the unit
+# fvcore uses for such ops.
+ELEMENTWISE_FAMILIES = ("bias", "norm", "pool", "elementwise", "smooth_max")
+FAMILIES = MAC_FAMILIES + ELEMENTWISE_FAMILIES
+
+
+@dataclass
+class LayerRow:
+    """One counted operation.
+
+    path: module path (`features.0`; `""` for the model itself); module_type: its class name;
+    op: the torch function (`conv2d`, `linear`, `matmul`, ...); family: one of FAMILIES.
+    mults/adds: counted separately by the seed's formula (adds include the bias add when counted);
+    macs: multiply-accumulates for MAC families, elementary operations otherwise;
+    bwd_macs: MACs of this op's backward in a training step (input and weight gradients);
+    bias_adds: the bias adds included in `adds`.
+    """
+
+    path: str
+    module_type: str
+    op: str
+    family: str
+    in_shape: list
+    out_shape: list
+    mults: int
+    adds: int
+    macs: int
+    bwd_macs: int = 0
+    bias_adds: int = 0
+    other: int = 0  # comparisons, exp, ... (non-MAC families only)
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class OpReport:
+    model: str
+    input_shape: list
+    layers: list  # list[LayerRow]
+    count_bias: bool = True
+    training: bool = False
+
+    def totals(self, backward: bool = False) -> dict:
+        """MACs per operator family (always has the MAC families' keys, `conv` and `linear`).
+
+        backward=True gives the backward MACs of a training step instead.
+        The `bias` family is the number of bias adds (already inside conv/linear `adds`).
+        """
+        out = {f: 0 for f in MAC_FAMILIES}
+        for row in self.layers:
+            out.setdefault(row.family, 0)
+            out[row.family] += row.bwd_macs if backward else row.macs
+            if not backward and row.bias_adds:
+                out["bias"] = out.get("bias", 0) + row.bias_adds
+        return out
+
+    def total_macs(self, backward: bool = False) -> int:
+        """Sum of the MAC families (forward, or backward when asked)."""
+        t = self.totals(backward)
+        return sum(t[f] for f in MAC_FAMILIES)
+
+    def by_module(self) -> dict:
+        """{path: {family: macs}} summed over the ops run directly by each module."""
+        out: dict = defaultdict(lambda: defaultdict(int))
+        for row in self.layers:
+            out[row.path][row.family] += row.macs
+        return {k: dict(v) for k, v in out.items()}
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "count_bias": self.count_bias,
+            "training": self.training,
+            "layers": [asdict(r) for r in self.layers],
+            "totals": self.totals(),
+            "backward_totals": self.totals(backward=True),
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def to_csv(self, path: str | Path) -> None:
+        cols = ["path", "module_type", "op", "family", "in_shape", "out_shape",
+                "mults", "adds", "macs", "bwd_macs", "bias_adds", "other"]
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(cols)
+            for r in self.layers:
+                d = asdict(r)
+                w.writerow(["x".join(map(str, d[c])) if c.endswith("shape") else d[c]
+                            for c in cols])

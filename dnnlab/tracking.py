@@ -1,0 +1,187 @@
+"""Tracking: one W&B run per job, built from the Hydra config, mirrored on local disk.
+
+Every pipeline uses `Tracker`:
+
+    with Tracker(cfg, pipeline="count_ops") as tr:
+        tr.log({"loss": 0.1}, step=3)          # W&B history + metrics.jsonl
+        tr.table("layers", columns, rows)      # wandb.Table + <key>.csv
+        tr.image("gap_vs_beta", png_path)       # wandb.Image (the PNG is already in the run dir)
+        tr.results["totals"] = {...}; tr.save() # results.json, written as it goes
+        tr.summary(reconciled=True)             # W&B summary + results.json
+
+Config keys (conf/wandb/default.yaml): `wandb.mode` = offline (default: no account, no
+network; `wandb sync <run dir>/wandb/offline-run-*` uploads later) | online | disabled;
+`wandb.project`; `wandb.group` (default: in a multirun, the sweep's name, so a sweep's jobs
+group together); `wandb.entity`; `wandb.tags`. job_type is the pipeline and the config is the
+resolved Hydra config. Files go under the run dir. If W&B cannot start (online without
+network, say), a warning is printed once and the run goes on offline, then disabled.
+
+Each job's run is finished on exit (`with wandb.init(...)`): in wandb 0.31 a process that runs
+several jobs (joblib workers) would otherwise log them all into the first run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+_WARNED = False
+
+
+def run_dir_of(cfg: DictConfig | None = None) -> Path:
+    """The job's run dir: Hydra's runtime.output_dir (cwd when not under Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except (ValueError, ImportError):
+        return Path(os.getcwd())
+
+
+def sweep_info() -> tuple[bool, str | None, str | None]:
+    """(is multirun, sweep name, job name within the sweep)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return True, f"{hc.job.name}-{Path(hc.sweep.dir).name}", hc.job.override_dirname or str(
+                hc.job.num)
+        return False, None, hc.job.override_dirname or None
+    except (ValueError, ImportError):
+        return False, None, None
+
+
+def jsonable(x: Any) -> Any:
+    """Make a value JSON-readable: inf/-inf/nan become the strings "inf", "-inf", "nan"."""
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "nan"
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return x
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
+        return jsonable(x.item())
+    return x
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (a crash never leaves a half-written results.json)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(jsonable(data), indent=2, allow_nan=False))
+    os.replace(tmp, path)
+
+
+class Tracker:
+    """A W&B run for one job plus its local mirror in the run dir."""
+
+    def __init__(self, cfg: DictConfig, pipeline: str, run_dir: Path | None = None):
+        self.cfg, self.pipeline = cfg, pipeline
+        self.run_dir = Path(run_dir) if run_dir is not None else run_dir_of(cfg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.results: dict = {}
+        self.run = None
+        self._ctx = None
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a")
+
+    # -- W&B ------------------------------------------------------------------------------------
+    def _init_wandb(self):
+        global _WARNED
+        import wandb
+
+        wcfg = self.cfg.get("wandb", None) or {}
+        mode = str(wcfg.get("mode", "offline"))
+        if mode not in ("offline", "online", "disabled"):
+            from dnnlab.errors import ConfigError
+
+            raise ConfigError(f"wandb.mode must be offline, online or disabled, got '{mode}'")
+        multirun, sweep, job = sweep_info()
+        group = wcfg.get("group", None) or sweep
+        kwargs = dict(
+            project=wcfg.get("project", "dnnlab"), entity=wcfg.get("entity", None),
+            group=group, job_type=self.pipeline, name=job or None,
+            tags=list(wcfg.get("tags", []) or []), dir=str(self.run_dir),
+            config=OmegaConf.to_container(self.cfg, resolve=True), reinit="finish_previous",
+            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True,
+                                    init_timeout=float(wcfg.get("init_timeout", 60))),
+        )
+        for m in [mode] + [m for m in ("offline", "disabled") if m != mode]:
+            try:
+                ctx = wandb.init(mode=m, **kwargs)
+                return ctx
+            except Exception as err:  # noqa: BLE001 - W&B must never sink a run
+                if not _WARNED:
+                    print(f"warning: W&B could not start in mode '{m}' ({str(err).splitlines()[0]}"
+                          "); carrying on without it", file=sys.stderr)
+                    _WARNED = True
+        return None
+
+    def __enter__(self) -> "Tracker":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._ctx = self._init_wandb()
+        self.run = self._ctx
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.save()
+        self._metrics.close()
+        if self.run is not None:
+            self.run.finish(exit_code=1 if exc_type else 0)
+        self.run = None
+
+    # -- logging --------------------------------------------------------------------------------
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        """Log scalars to W&B and append them to metrics.jsonl."""
+        rec = dict(metrics)
+        if step is not None:
+            rec["_step"] = step
+        self._metrics.write(json.dumps(jsonable(rec)) + "\n")
+        self._metrics.flush()
+        if self.run is not None:
+            self.run.log({k: v for k, v in metrics.items()}, step=step)
+
+    def summary(self, **kv: Any) -> None:
+        """Set W&B summary values and store them in results.json."""
+        self.results.update(kv)
+        if self.run is not None:
+            for k, v in kv.items():
+                self.run.summary[k] = jsonable(v) if isinstance(v, (dict, list)) else v
+        self.save()
+
+    def table(self, key: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """A wandb.Table, also written as <key>.csv in the run dir."""
+        import csv
+
+        rows = [list(r) for r in rows]
+        with open(self.run_dir / f"{key}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(columns)
+            w.writerows(rows)
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Table(columns=list(columns),
+                                           data=[[jsonable(v) for v in r] for r in rows])})
+
+    def image(self, key: str, path: Path, caption: str | None = None) -> None:
+        """A PNG already saved in the run dir, logged to W&B as an image."""
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path), caption=caption)})
+
+    def save(self) -> None:
+        """Write results.json now (pipelines call this as results come in)."""
+        write_json(self.run_dir / "results.json", self.results)
