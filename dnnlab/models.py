@@ -72,11 +72,9 @@ def build_model(model_cfg: DictConfig, device: str | torch.device = "cpu") -> to
     if str(device) == "meta":
         try:
             with torch.device("meta"):
-                return make()
-        except ConfigError:
-            raise
-        except Exception:  # noqa: BLE001 - e.g. regnets call .item() while being built
-            return make()
+                return instantiate(model_cfg.builder)
+        except Exception:  # noqa: BLE001 - e.g. regnets copy tensors while being built
+            device = "cpu"  # build on the CPU; a config error is then reported by make()
     with torch.device(device):
         return make()
 

@@ -229,6 +229,8 @@ def _conv(mode: _CountMode, name, args, kwargs, out) -> None:
               prod(out_shape) if bias else 0)
     mode.rows[-1].extra.update(w_shape=_shape(w), groups=groups, transposed=False,
                                x_rg=_rg(x), w_rg=_rg(w))
+    if isinstance(_arg(args, kwargs, 4, "padding", 0), str):
+        mode.rows[-1].extra["string_padding"] = True
 
 
 def _conv_transpose(mode: _CountMode, name, args, kwargs, out) -> None:
@@ -471,4 +473,24 @@ def build_meta(builder: Callable[[], torch.nn.Module]) -> torch.nn.Module:
         return builder()
 
 
-__all__ = ["count_ops", "build_meta", "math"]
+
+
+
+def torchvision_input_shape(name: str, model: torch.nn.Module | None = None) -> list:
+    """Default input shape (1, 3, H, W) of a torchvision classifier.
+
+    The crop size of its default weights' transforms (299 for inception_v3, 600 for
+    efficientnet_b7, ...), read from the weights' metadata (nothing is downloaded); a ViT built
+    without weights takes its own `image_size` (224 for vit_h_14, whose SWAG weights use 518).
+    """
+    import torchvision
+
+    if model is not None and hasattr(model, "image_size"):
+        size = int(model.image_size)
+    else:
+        try:
+            w = torchvision.models.get_model_weights(name).DEFAULT
+            size = int(w.transforms().crop_size[0])
+        except (ValueError, AttributeError, IndexError, TypeError):
+            size = 224
+    return [1, 3, size, size]

@@ -1,0 +1,228 @@
+"""dnnlab.opcount: closed-form counts (seed 2) against the counter, fvcore, brute force, torch."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from dnnlab.errors import ShapeError
+from dnnlab.opcount import count_ops, torchvision_input_shape
+from dnnlab.opcount.reconcile import fvcore_counts, reconcile
+
+# (path, C_in, k, C_out, H_out): AlexNet's convs at 224x224
+ALEXNET_CONVS = [("features.0", 3, 11, 64, 55), ("features.3", 64, 5, 192, 27),
+                 ("features.6", 192, 3, 384, 13), ("features.8", 384, 3, 256, 13),
+                 ("features.10", 256, 3, 256, 13)]
+ALEXNET_LINEARS = [("classifier.1", 9216, 4096), ("classifier.4", 4096, 4096),
+                   ("classifier.6", 4096, 1000)]
+
+
+def test_alexnet_seed_numbers_exact_per_layer():
+    report = count_ops(torchvision.models.alexnet(), [1, 3, 224, 224])
+    convs = [r for r in report.layers if r.family == "conv"]
+    lins = [r for r in report.layers if r.family == "linear"]
+    for row, (path, cin, k, cout, h) in zip(convs, ALEXNET_CONVS, strict=True):
+        expect = cin * k * k * cout * h * h  # seed 2: C_in k^2 per output, C_out H W outputs
+        assert (row.path, row.mults, row.adds, row.macs) == (path, expect, expect, expect)
+    for row, (path, n_in, n_out) in zip(lins, ALEXNET_LINEARS, strict=True):
+        assert (row.path, row.mults, row.adds) == (path, n_in * n_out, n_in * n_out)
+    totals = report.totals()
+    assert totals["conv"] == 655_566_528  # the seed's numbers
+    assert totals["linear"] == 58_621_952
+
+
+def test_adds_without_bias_count():
+    conv = nn.Conv2d(3, 4, 3, bias=False)
+    row = count_ops(conv, [2, 3, 8, 8]).layers[0]
+    outputs = 2 * 4 * 6 * 6
+    assert row.mults == outputs * 27 and row.adds == row.mults - outputs
+    row = count_ops(conv, [2, 3, 8, 8], count_bias=False).layers[0]
+    assert row.bias_adds == 0
+    lin = nn.Linear(5, 7)
+    with_bias = count_ops(lin, [3, 5]).layers[0]
+    no_bias = count_ops(lin, [3, 5], count_bias=False).layers[0]
+    assert with_bias.adds == with_bias.mults == 3 * 5 * 7
+    assert no_bias.adds == 3 * 4 * 7  # (in - 1) adds per output
+
+
+def _brute_force_macs(layer: nn.Module, shape) -> int:
+    """Count products by computing: all-ones weights on an all-ones input padded with ones,
+    so every output sums exactly its products; the sum over outputs is the total."""
+    with torch.no_grad():
+        w = torch.ones_like(layer.weight, dtype=torch.float64)
+        x = torch.ones(shape, dtype=torch.float64)
+        d = w.dim() - 2
+        if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+            f = getattr(F, f"conv_transpose{d}d")
+            y = f(x, w, None, layer.stride, 0, 0, layer.groups, layer.dilation)
+            return int(y.sum().item())
+        pad = layer.padding
+        if isinstance(pad, str):
+            eff = [layer.dilation[i] * (layer.kernel_size[i] - 1) for i in range(d)]
+            pad = [e // 2 for e in eff] if pad == "same" else [0] * d
+            extra = [e - 2 * (e // 2) for e in eff] if layer.padding == "same" else [0] * d
+        else:
+            extra = [0] * d
+        widths = []
+        for i in reversed(range(d)):
+            widths += [pad[i], pad[i] + extra[i]]
+        x = F.pad(x, widths, value=1.0)
+        f = getattr(F, f"conv{d}d")
+        y = f(x, w, None, layer.stride, 0, layer.dilation, layer.groups)
+        return int(y.sum().item())
+
+
+TINY = [
+    (nn.Conv1d(4, 6, 3), [2, 4, 11]),
+    (nn.Conv1d(4, 8, 5, stride=2, padding=2, dilation=2, groups=2), [1, 4, 17]),
+    (nn.Conv2d(3, 6, 3, stride=2, padding=1), [2, 3, 9, 9]),
+    (nn.Conv2d(4, 8, 3, dilation=2, padding="same", groups=4), [1, 4, 10, 10]),
+    (nn.Conv2d(6, 6, 3, groups=6, bias=False), [1, 6, 7, 7]),
+    (nn.Conv2d(4, 4, (3, 5), stride=(1, 2), padding=(1, 0)), [1, 4, 8, 12]),
+    (nn.Conv3d(2, 4, 3, stride=2, padding=1), [1, 2, 6, 6, 6]),
+    (nn.Conv2d(2, 4, 3, padding="valid"), [1, 2, 6, 6]),
+    (nn.ConvTranspose1d(4, 2, 3, stride=2), [1, 4, 5]),
+    (nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2), [2, 4, 5, 5]),
+    (nn.ConvTranspose2d(3, 3, 4, stride=3, dilation=2), [1, 3, 4, 4]),
+    (nn.ConvTranspose3d(2, 2, 2, stride=2), [1, 2, 3, 3, 3]),
+]
+
+
+@pytest.mark.parametrize("layer,shape", TINY, ids=lambda v: str(v) if isinstance(v, list) else
+                         repr(v).replace(" ", ""))
+def test_tiny_convs_against_fvcore_and_brute_force(layer, shape):
+    report = count_ops(layer, shape)
+    (row,) = [r for r in report.layers if r.family == "conv"]
+    assert row.out_shape == list(layer(torch.zeros(shape)).shape)
+    fv = fvcore_counts(layer, shape)[""].get("conv", 0)
+    if isinstance(getattr(layer, "padding", 0), str):  # fvcore skips aten::_convolution_mode
+        assert fv == 0 and reconcile(layer, shape, backward=False).reconciled
+    else:
+        assert row.macs == fv
+    assert row.macs == _brute_force_macs(layer, shape)
+
+
+def test_linear_of_any_rank_and_inside_attention_against_fvcore():
+    lin = nn.Linear(6, 5)
+    assert count_ops(lin, [2, 3, 4, 6]).totals()["linear"] == 2 * 3 * 4 * 6 * 5
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=4, dim_feedforward=32, batch_first=True)
+    rec = reconcile(layer, [2, 7, 16], backward=True)
+    assert rec.reconciled
+    # in_proj (16 -> 48) and out_proj (16 -> 16) inside MultiheadAttention, linear1, linear2
+    expected = 2 * 7 * (16 * 48 + 16 * 16 + 16 * 32 + 32 * 16)
+    assert rec.totals["linear"] == {"analytic": expected, "fvcore": expected}
+    # SDPA: q k^T and attn v per head: B H L S (E + Ev); fvcore skips it
+    assert rec.totals["attention"]["analytic"] == 2 * 4 * 7 * 7 * (4 + 4)
+    assert rec.totals["attention"]["fvcore"] == 0
+    assert rec.flop_counter["match"], rec.flop_counter
+
+
+def test_matmul_bmm_einsum_against_fvcore():
+    class Products(nn.Module):
+        def forward(self, x):  # (B, N, D)
+            a = x @ x.transpose(1, 2)  # (B, N, N): B N N D
+            b = torch.bmm(a, x)  # (B, N, D): B N N D
+            return torch.einsum("bnd,bmd->bnm", b, x)  # B N M D
+
+    rec = reconcile(Products(), [2, 5, 3], backward=False)
+    assert rec.totals["matmul"]["analytic"] == 3 * 2 * 5 * 5 * 3
+    assert rec.totals["matmul"]["analytic"] == rec.totals["matmul"]["fvcore"]
+
+
+def test_backward_counts_against_flop_counter_mode():
+    for name in ("resnet18", "mobilenet_v3_small"):  # the second has depthwise (grouped) convs
+        rec = reconcile(torchvision.models.get_model(name), [2, 3, 64, 64])
+        fc = rec.flop_counter
+        assert fc["match"], fc
+        assert fc["forward_flops_torch"] == fc["forward_flops_analytic"]
+    # first conv: no input gradient (the data does not require grad), weight gradient only
+    report = count_ops(torchvision.models.alexnet(), [1, 3, 224, 224])
+    first, second = report.layers[0], report.layers[3]
+    assert first.bwd_macs == first.macs and second.bwd_macs == 2 * second.macs
+
+
+def test_bad_input_names_the_layer():
+    with pytest.raises(ShapeError) as err:
+        count_ops(torchvision.models.alexnet(), [1, 3, 32, 32])
+    msg = str(err.value)
+    assert "features.12" in msg and "MaxPool2d" in msg and "[1, 256, 1, 1]" in msg
+    assert "\n" not in msg
+    with pytest.raises(ShapeError, match=r"layer 'features.0' \(Conv2d\): input has 1 channels"):
+        count_ops(torchvision.models.alexnet(), [1, 1, 224, 224])
+    with pytest.raises(ShapeError, match=r"'0' \(Conv2d\).*kernel 5"):
+        count_ops(nn.Sequential(nn.Conv2d(1, 2, 5)), [1, 1, 3, 3])
+
+
+def test_model_left_as_it_was_and_meta_cost_independent_of_batch():
+    model = torchvision.models.resnet18()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hooks = (dict(torch.nn.modules.module._global_forward_hooks),
+             dict(torch.nn.modules.module._global_forward_pre_hooks))
+    small = count_ops(model, [1, 3, 224, 224])
+    huge = count_ops(model, [4096, 3, 224, 224])  # 2.4 GB if it were real: meta allocates none
+    assert huge.totals()["conv"] == 4096 * small.totals()["conv"]
+    assert model.training and all(m.training for m in model.modules())
+    assert (dict(torch.nn.modules.module._global_forward_hooks),
+            dict(torch.nn.modules.module._global_forward_pre_hooks)) == hooks
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].device.type == "cpu" for k in before)
+
+
+def test_exports(tmp_path):
+    report = count_ops(torchvision.models.alexnet(), [1, 3, 224, 224])
+    data = json.loads(report.to_json(tmp_path / "r.json"))
+    assert data["totals"]["conv"] == 655_566_528
+    assert data["layers"][0]["path"] == "features.0"
+    report.to_csv(tmp_path / "r.csv")
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines[0].startswith("path,module_type,op,family") and len(lines) == 1 + len(
+        report.layers)
+    assert lines[1].startswith("features.0,Conv2d,conv2d,conv,1x3x224x224,1x64x55x55,70276800")
+
+
+def test_default_input_shapes():
+    assert torchvision_input_shape("inception_v3") == [1, 3, 299, 299]
+    assert torchvision_input_shape("efficientnet_b7") == [1, 3, 600, 600]
+    with torch.device("meta"):
+        vit = torchvision.models.vit_h_14()  # built without weights: image_size 224
+    assert torchvision_input_shape("vit_h_14", vit) == [1, 3, 224, 224]
+    assert torchvision_input_shape("vit_h_14") == [1, 3, 518, 518]  # its SWAG weights' crop
+    assert math.prod(torchvision_input_shape("alexnet")) == 3 * 224 * 224
+
+
+CLASSIFIERS = torchvision.models.list_models(module=torchvision.models)
+FAST = ["alexnet", "vit_b_16", "regnet_y_400mf", "googlenet", "squeezenet1_1"]
+
+
+def _check_classifier(name: str, backward: bool) -> None:
+    from dnnlab.opcount import build_meta
+    from dnnlab.models import materialize
+
+    model = build_meta(lambda: torchvision.models.get_model(name))
+    shape = torchvision_input_shape(name, model)
+    report = count_ops(model, shape)
+    model = materialize(model)
+    rec = reconcile(model, shape, report=report, backward=backward)
+    bad = [r for r in rec.rows if r.family in ("conv", "linear") and not r.match]
+    assert rec.reconciled and not bad, (name, bad[:3], rec.totals)
+    assert rec.totals["conv"]["analytic"] == rec.totals["conv"]["fvcore"]
+    assert rec.totals["linear"]["analytic"] == rec.totals["linear"]["fvcore"]
+    if backward:
+        assert rec.flop_counter["match"], (name, rec.flop_counter)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_fvcore_agreement_on_some_classifiers(name):
+    _check_classifier(name, backward=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in CLASSIFIERS if n not in FAST])
+def test_fvcore_agreement_on_every_classifier(name):
+    _check_classifier(name, backward=True)
