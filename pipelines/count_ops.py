@@ -159,3 +159,54 @@ def main(cfg: DictConfig) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+def report_section(cfg: DictConfig, out: Path, tracker: Tracker) -> str:
+    """The report's section for seed problem 2: AlexNet's counts per layer, and fvcore."""
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    models = list(cfg.get("opcount", {}).get("models", ["alexnet"]))
+    results = []
+    for name in models:
+        if GlobalHydra.instance().is_initialized():
+            sub = compose(config_name="count_ops", overrides=[f"model={name}"])
+        else:  # pragma: no cover - report_section is called under Hydra
+            raise RuntimeError("report_section needs Hydra")
+        res = analyse(sub)["results"]
+        results.append(res)
+        print_tables(res, show_rows=0)
+    alex = results[0]
+    png = plot(alex, out / f"opcount_{alex['model']}_per_layer.png")
+    tracker.image("opcount/per_layer", png)
+    seed = {"conv": 655_566_528, "linear": 58_621_952}
+    lines = ["\n## 2. Counting operations (seed problem 2)\n",
+             "Seed 2: a conv output costs C_in k^2 multiplications and C_in k^2 additions "
+             "(counting the bias add); there are C_out H_out W_out outputs. Linear: in x out. "
+             "Counted on the meta device by `dnnlab.opcount.count_ops`, checked against fvcore "
+             "(traced on CPU) and, for a training step, torch's FlopCounterMode.\n",
+             "| seed claim | measured (dnnlab) | fvcore | holds |", "|---|---|---|---|"]
+    for fam in ("conv", "linear"):
+        ours, fv = alex["totals"][fam]["analytic"], alex["totals"][fam]["fvcore"]
+        ok = ours == seed[fam] == fv
+        lines.append(f"| AlexNet {fam}: mults = adds = {seed[fam]:,} | {ours:,} | {fv:,} | "
+                     f"{'yes' if ok else 'NO'} |")
+    lines += ["\nAlexNet per layer (input 1x3x224x224):\n",
+              "| layer | op | in -> out | mults | adds | fvcore MACs |", "|---|---|---|---|---|---|"]
+    for r in alex["layers"]:
+        if r["family"] in ("conv", "linear"):
+            lines.append(f"| {r['path']} | {r['op']} | {'x'.join(map(str, r['in_shape']))} -> "
+                         f"{'x'.join(map(str, r['out_shape']))} | {r['mults']:,} | {r['adds']:,}"
+                         f" | {r['fvcore']:,} |")
+    lines += [f"\n![MACs per layer]({png.name})\n", "Other networks (MACs):\n",
+              "| model | conv (dnnlab / fvcore) | linear (dnnlab / fvcore) | attention (fvcore "
+              "skips it) | training step vs FlopCounterMode |", "|---|---|---|---|---|"]
+    for res in results:
+        t = res["totals"]
+        fc = res["flop_counter"] or {}
+        lines.append(f"| {res['model']} | {t['conv']['analytic']:,} / {t['conv']['fvcore']:,} | "
+                     f"{t['linear']['analytic']:,} / {t['linear']['fvcore']:,} | "
+                     f"{t['attention']['analytic']:,} | "
+                     f"{'match' if fc.get('match') else 'MISMATCH'} |")
+    tracker.summary(**{f"opcount/{r['model']}/reconciled": r["reconciled"] for r in results})
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,102 @@
+"""Benchmark: dnnlab's analytic counter (meta device) against fvcore's FlopCountAnalysis.
+
+Every torchvision classifier at its default input size, at batch 1 and 16, counted by both
+in the same run; prints per-model times, totals and the ratio fvcore / dnnlab (speed-up).
+Targets: never slower than fvcore at batch 1 (ratio >= 1 for every model), >= 10x faster
+at batch 16 (total), dnnlab's time independent of batch size.
+
+    python benchmarks/opcount.py              # all classifiers (long: fvcore really computes)
+    python benchmarks/opcount.py --quick      # 8 models
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+import warnings
+
+import torch
+import torchvision
+from rich.console import Console
+from rich.table import Table
+
+from dnnlab.models import materialize
+from dnnlab.opcount import build_meta, count_ops, torchvision_input_shape
+
+warnings.filterwarnings("ignore")
+logging.getLogger("fvcore").setLevel(logging.ERROR)
+QUICK = ["alexnet", "resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "vit_b_16",
+         "convnext_tiny", "regnet_y_400mf"]
+
+
+def time_it(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def fvcore_total(model, shape) -> int:
+    from fvcore.nn import FlopCountAnalysis
+
+    fca = FlopCountAnalysis(model, torch.zeros(shape))
+    fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    return fca.total()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--models", nargs="*")
+    ap.add_argument("--batches", nargs="*", type=int, default=[1, 16])
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    names = args.models or (QUICK if args.quick else
+                            torchvision.models.list_models(module=torchvision.models))
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    console = Console(width=150)
+    table = Table(title="dnnlab count_ops (meta) vs fvcore FlopCountAnalysis (CPU), seconds")
+    table.add_column("model")
+    for b in args.batches:
+        table.add_column(f"dnnlab b{b}", justify="right")
+        table.add_column(f"fvcore b{b}", justify="right")
+        table.add_column(f"speed-up b{b}", justify="right")
+    tot = {b: [0.0, 0.0] for b in args.batches}
+    worst_b1 = float("inf")
+    for name in names:
+        model = materialize(build_meta(lambda: torchvision.models.get_model(name))).eval()
+        base = torchvision_input_shape(name, model)
+        cells = [name]
+        for b in args.batches:
+            shape = [b] + base[1:]
+            ours = time_it(lambda: count_ops(model, shape), args.repeat)
+            with torch.no_grad():
+                theirs = time_it(lambda: fvcore_total(model, shape), 1 if b > 1 else args.repeat)
+            tot[b][0] += ours
+            tot[b][1] += theirs
+            if b == 1:
+                worst_b1 = min(worst_b1, theirs / ours)
+            cells += [f"{ours:.3f}", f"{theirs:.3f}", f"{theirs / ours:.1f}x"]
+        table.add_row(*cells)
+        console.print(" ".join(cells), highlight=False)
+        del model
+    cells = ["TOTAL"]
+    for b in args.batches:
+        cells += [f"{tot[b][0]:.2f}", f"{tot[b][1]:.2f}", f"{tot[b][1] / tot[b][0]:.1f}x"]
+    table.add_row(*cells, style="bold")
+    console.print(table)
+    b_hi = max(args.batches)
+    console.print(f"models: {len(names)}; dnnlab time b{b_hi} / b1: "
+                  f"{tot[b_hi][0] / tot[min(args.batches)][0]:.2f} (target ~1: batch-independent)")
+    console.print(f"target: slowest model at b1 >= 1.0x fvcore: {worst_b1:.1f}x "
+                  f"{'PASS' if worst_b1 >= 1 else 'FAIL'}")
+    if b_hi >= 16:
+        r = tot[b_hi][1] / tot[b_hi][0]
+        console.print(f"target: >= 10x at b{b_hi} (total): {r:.1f}x {'PASS' if r >= 10 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
