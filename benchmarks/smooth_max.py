@@ -1,0 +1,205 @@
+"""Benchmark: dnnlab's smooth_max against torch.logsumexp(beta * x, dim) / beta (autograd).
+
+    python benchmarks/smooth_max.py [--quick] [--beta 2.0] [--repeats 15] [--threads N]
+
+For each shape and device it times forward + backward (median of several repeats after a
+warm-up) and measures memory, then prints the ratios ours / reference against the targets
+(issue 3): time ratio <= 1.2, memory ratio <= 1.0.
+
+Memory, two honest measures (both over one forward + backward, the input x excluded):
+  * peak: the highest total of bytes the allocator hands out above what was live before the
+    forward (temporaries, saved tensors, the output, the gradients, x.grad included). On CUDA,
+    torch.cuda.max_memory_allocated after reset_peak_memory_stats; on CPU, the running sum of
+    the allocation/free events recorded by torch.profiler(profile_memory=True).
+    The target applies to this one.
+  * retained: the bytes the autograd graph keeps alive between forward and backward: the
+    tensors saved for backward (seen with torch.autograd.graph.saved_tensors_hooks, deduplicated
+    by storage, and not counting storage shared with x, which the caller holds anyway) plus the
+    output.
+"""
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from dnnlab.functional import smooth_max
+
+TIME_TARGET, MEMORY_TARGET = 1.2, 1.0
+
+
+def ours(x, beta, dim):
+    return smooth_max(x, beta, dim)
+
+
+def reference(x, beta, dim):
+    return torch.logsumexp(beta * x, dim) / beta
+
+
+def make_cases(quick: bool):
+    """(name, input shape, view applied before reducing dim -1)."""
+    if quick:
+        return [("rows 64x1024", (64, 1024), None),
+                ("global pool 8x64x28x28", (8, 64, 28, 28), lambda t: t.flatten(2))]
+    return [("rows 256x4096", (256, 4096), None),
+            ("global pool 64x64x56x56", (64, 64, 56, 56), lambda t: t.flatten(2))]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step(fn, x, beta, view):
+    """One forward + backward; x.grad is reset so each step allocates it afresh."""
+    x.grad = None
+    y = fn(view(x) if view else x, beta, -1)
+    y.backward(torch.ones_like(y))
+    return y
+
+
+def time_ms(fns, x, beta, view, warmup, repeats):
+    """Median ms of one forward + backward for each fn; the fns take turns in every repeat,
+    so a busy machine slows them alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            step(fn, x, beta, view)
+    sync(x.device)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            step(fn, x, beta, view)
+            sync(x.device)
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(ts) for ts in times]
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """The profiler's C++ side logs to fd 2; keep the table readable."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def peak_bytes(fn, x, beta, view):
+    """Peak bytes allocated above the starting level during one forward + backward."""
+    x.grad = None
+    if x.device.type == "cuda":
+        sync(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        y = step(fn, x, beta, view)
+        del y
+        sync(x.device)
+        return torch.cuda.max_memory_allocated(x.device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        y = step(fn, x, beta, view)
+        del y
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()  # + on allocation, - on free
+        peak = max(peak, live)
+    return peak
+
+
+def retained_bytes(fn, x, beta, view):
+    """Bytes of tensors saved for backward (deduplicated by storage, x's storage excluded)
+    plus the output's."""
+    x.grad = None
+    storages = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn(view(x) if view else x, beta, -1)
+    storages.pop(x.untyped_storage().data_ptr(), None)
+    total = sum(storages.values())
+    if y.untyped_storage().data_ptr() not in storages:
+        total += y.untyped_storage().nbytes()
+    return total
+
+
+def check_same(x, beta, view):
+    with torch.no_grad():
+        a, b = ours(view(x) if view else x, beta, -1), reference(view(x) if view else x, beta, -1)
+    return (a - b).abs().max().item()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    parser.add_argument("--beta", type=float, default=2.0)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warmup, repeats = (2, 7) if args.quick else (3, 15)
+    repeats = args.repeats or repeats
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    console = Console(width=170)
+    table = Table(title=f"smooth_max vs torch.logsumexp(beta*x)/beta, fwd+bwd, float32, beta={args.beta:g}")
+    for col in ["device", "shape", "ours ms", "ref ms", "time ratio", "ours peak MiB",
+                "ref peak MiB", "peak ratio", "retained ours/ref MiB", "max |diff|", "verdict"]:
+        table.add_column(col, justify="right" if col not in ("device", "shape") else "left")
+    all_pass = True
+    torch.manual_seed(0)
+    for device in devices:
+        for name, shape, view in make_cases(args.quick):
+            x = torch.randn(shape, device=device, requires_grad=True)
+            t_ours, t_ref = time_ms([ours, reference], x, args.beta, view, warmup, repeats)
+            m_ours = peak_bytes(ours, x, args.beta, view)
+            m_ref = peak_bytes(reference, x, args.beta, view)
+            r_ours = retained_bytes(ours, x, args.beta, view)
+            r_ref = retained_bytes(reference, x, args.beta, view)
+            tr, mr = t_ours / t_ref, m_ours / m_ref
+            ok = tr <= TIME_TARGET and mr <= MEMORY_TARGET
+            all_pass &= ok
+            mib = 2.0**20
+            table.add_row(
+                device.type, name, f"{t_ours:.2f}", f"{t_ref:.2f}", f"{tr:.2f}",
+                f"{m_ours / mib:.1f}", f"{m_ref / mib:.1f}", f"{mr:.2f}",
+                f"{r_ours / mib:.2f} / {r_ref / mib:.2f}", f"{check_same(x, args.beta, view):.1e}",
+                "[green]PASS[/]" if ok else "[red]FAIL[/]",
+            )
+            del x
+    console.print(table)
+    console.print(f"target: time ratio <= {TIME_TARGET}, memory ratio <= {MEMORY_TARGET} "
+                  "(memory = peak, below)")
+    console.print(
+        f"time: median of {repeats} forward+backward steps after {warmup} warm-up, "
+        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}.\n"
+        "peak: highest bytes allocated above the level before the step (input excluded; "
+        "temporaries, saved tensors, output, x.grad included): CPU from "
+        "torch.profiler(profile_memory=True) allocation/free events, CUDA from "
+        "torch.cuda.max_memory_allocated.\n"
+        "retained: tensors saved for backward (saved_tensors_hooks, deduplicated by storage, "
+        "x's own storage not counted: the caller holds it anyway) + the output."
+    )
+    console.print("[green]PASS[/]" if all_pass else "[red]FAIL[/]", "overall")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

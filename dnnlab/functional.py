@@ -1,0 +1,283 @@
+"""Smooth max (log-sum-exp with a temperature) with its own forward and backward.
+
+Seed problem 1 (shared/seed/hw7-solutions.md), for x in R^n and beta > 0:
+
+    nu_beta(x) = (1/beta) log sum_i exp(beta x_i)                       (seed eq. 1a)
+    0 <= nu_beta(x) - max_i x_i <= log(n) / beta   ->  nu_beta -> max   (seed eq. 1a)
+    grad nu_1 = softmax(x)                                              (seed eq. 1b)
+    grad nu_beta = softmax(beta x)  ->  one-hot of the argmax           (seed eq. 1c)
+
+Numerics. With m = max_i x_i, z_i = beta (x_i - m) <= 0 and r = log sum_i exp(z_i):
+
+    nu = m + r / beta              (seed eq. 1a, first line: factor exp(beta x*) out)
+    softmax(beta x)_i = exp(z_i - r) = exp(z_i) / sum_j exp(z_j)        (seed eq. 1c)
+
+so beta * x is never formed unshifted: z <= 0, exp(z) <= 1, 1 <= sum exp(z) <= n and
+0 <= r <= log n, whatever |x| (up to float32's largest) or beta (up to 1e30 and inf).
+The backward recomputes z from the saved input and the saved shift m and s = sum exp(z)
+(softmax = exp(z) / s), both of the reduced shape, so it keeps only the input alive (which
+the caller holds anyway) plus two small tensors; torch.logsumexp(beta * x) / beta keeps the
+full-size beta * x instead, and allocates three more full-size temporaries in its backward.
+"""
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from dnnlab.errors import ConfigError, ShapeError
+
+__all__ = ["smooth_max"]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; float32, float16 and bfloat16 are computed in float32."""
+    if dtype == torch.float64:
+        return torch.float64
+    if dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return torch.float32
+    raise TypeError(f"smooth_max: x must be float64, float32, float16 or bfloat16, got {dtype}")
+
+
+def _dims(dim, ndim: int) -> tuple[int, ...]:
+    """`dim` (an int or a tuple of ints) as a sorted tuple of non-negative ints."""
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    if not dims:
+        raise ShapeError("smooth_max: dim must name at least one dimension, got ()")
+    out = []
+    for d in dims:
+        if not -ndim <= d < ndim:
+            raise ShapeError(f"smooth_max: dim {d} is out of range for a {ndim}-d input")
+        out.append(d % ndim)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"smooth_max: dim {dim} names a dimension twice")
+    return tuple(sorted(out))
+
+
+def _scalar_beta(beta) -> float:
+    """A Python number or a string ("inf", ".inf", "2.5") as a float; no range check."""
+    if isinstance(beta, str):
+        s = beta.strip().lower()
+        s = {".inf": "inf", "+.inf": "inf"}.get(s, s)  # YAML spelling of infinity
+        try:
+            return float(s)
+        except ValueError:
+            raise ConfigError(f"smooth_max: beta must be a number or 'inf', got {beta!r}") from None
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise ConfigError(f"smooth_max: beta must be a number, 'inf' or a tensor, got {beta!r}")
+    return float(beta)
+
+
+def _check_scalar_beta(beta: float, cdtype: torch.dtype) -> float:
+    """beta in (0, inf]; a beta above the compute dtype's largest finite value is inf."""
+    if math.isnan(beta) or beta <= 0:
+        raise ConfigError(f"smooth_max: beta must be in (0, inf], got {beta}")
+    info = torch.finfo(cdtype)
+    if beta < info.tiny:
+        raise ConfigError(
+            f"smooth_max: beta must be in (0, inf], got {beta}, which underflows {cdtype}"
+        )
+    # nu - max <= log(n)/beta (seed eq. 1a) is below any resolution there: exactly max.
+    return math.inf if beta > info.max else beta
+
+
+def _check_tensor_beta(beta: torch.Tensor, cdtype: torch.dtype, reduced: torch.Size):
+    """A tensor beta cast to the compute dtype; broadcastable to `reduced`, entries in (0, inf]."""
+    if not beta.is_floating_point():
+        raise ConfigError(f"smooth_max: a tensor beta must be floating point, got {beta.dtype}")
+    try:
+        ok = torch.broadcast_shapes(beta.shape, reduced) == reduced
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ShapeError(
+            f"smooth_max: beta of shape {tuple(beta.shape)} does not broadcast to the reduced "
+            f"shape {tuple(reduced)} (the input's shape with the reduced dims kept as 1)"
+        )
+    b = beta.detach().to(cdtype)
+    bad = torch.isnan(b) | (b < torch.finfo(cdtype).tiny)  # nonpositive, NaN or underflowing
+    if bool(bad.any()):
+        value = beta.detach()[bad][0].item()  # the first bad entry, in the caller's dtype
+        raise ConfigError(
+            f"smooth_max: beta must be in (0, inf], got a tensor with entry {value} "
+            f"(shape {tuple(beta.shape)})"
+        )
+    return b
+
+
+def _argmax_weights(x, m, dims, cdtype):
+    """The limit of softmax(beta x) as beta -> inf: the argmax one-hot, ties shared equally
+    (seed eq. 1c); zero for an all -inf slice, whose max is not attained by a finite value."""
+    hit = (x == m) & (m > -math.inf)  # (..., n, ...) bool
+    w = hit.to(cdtype)  # (..., n, ...)
+    count = w.sum(dims, keepdim=True).clamp_min_(1.0)  # (..., 1, ...)
+    return w.div_(count)
+
+
+class _SmoothMax(torch.autograd.Function):
+    """nu_beta over `dims`. `beta` is the caller's tensor (so autograd sees it) or None;
+    `beta_c` is beta as a float (maybe inf) or as a tensor of the compute dtype broadcastable
+    to `red_shape`, the input's shape with the reduced dims kept as 1 (maybe with inf entries).
+    """
+
+    dnnlab_family = "smooth_max"  # the op counter (dnnlab.opcount) counts this family
+
+    @staticmethod
+    def forward(ctx, x, beta, beta_c, dims, red_shape, out_shape, normalized):
+        # x: (..., n, ...) reduced over dims -> nu: red_shape (..., 1, ...) or without the 1s
+        cdtype = _compute_dtype(x.dtype)
+        tensor_beta = isinstance(beta_c, torch.Tensor)
+        ctx.dims, ctx.cdtype, ctx.x_dtype, ctx.red_shape = dims, cdtype, x.dtype, red_shape
+        ctx.beta_c = None if tensor_beta else beta_c
+        ctx.beta_shape = beta.shape if tensor_beta else None
+        ctx.beta_dtype = beta.dtype if tensor_beta else None
+
+        if not tensor_beta and beta_c == math.inf:
+            # beta = inf: nu_inf = max x (seed eq. 1a, limit); the backward is the one-hot
+            ctx.mode = "inf"
+            ctx.save_for_backward(x)  # the backward recomputes the max: the output may change
+            return torch.amax(x, dims, keepdim=out_shape == red_shape)  # (..., 1, ...) or (...)
+
+        m = torch.amax(x, dims, keepdim=True)  # (..., 1, ...) the max, exact in any dtype
+        inf_mask = None
+        if tensor_beta:
+            inf_mask = torch.isinf(beta_c)  # (broadcastable to (..., 1, ...))
+            if bool(inf_mask.any()):
+                beta_c = beta_c.masked_fill(inf_mask, 1.0)  # finite stand-in, replaced below
+            else:
+                inf_mask = None
+        # Shift by the max (like torch.logsumexp): an infinite or NaN max shifts by 0 so that
+        # +inf gives +inf, an all -inf slice gives -inf and a NaN gives NaN.
+        shift = torch.nan_to_num(m if m.dtype == cdtype else m.to(cdtype),
+                                 nan=0.0, posinf=0.0, neginf=0.0)  # (..., 1, ...)
+        z = torch.sub(x, shift)  # (..., n, ...) x - m <= 0, in the compute dtype
+        if tensor_beta or beta_c != 1.0:
+            z.mul_(beta_c)  # z = beta (x - m) <= 0: never beta x unshifted (seed eq. 1a)
+        s = z.exp_().sum(dims, keepdim=True)  # (..., 1, ...) s = sum exp(z) in [1, n]
+        del z
+        r = torch.log(s)  # (..., 1, ...) r in [0, log n]
+        if normalized:
+            # nu - log(n)/beta: r - log(n) is formed before the division by beta, so no large
+            # log(n)/beta cancels at small beta
+            r.sub_(math.log(math.prod(x.shape[d] for d in dims)))
+        if not tensor_beta:
+            # nu = m + r / beta  (seed eq. 1a, first line), one fused op into a fresh tensor
+            nu = torch.add(shift.view(out_shape), r.view(out_shape), alpha=1.0 / beta_c)
+        else:
+            nu = torch.add(shift, r / beta_c)  # (..., 1, ...) nu = m + r / beta  (seed eq. 1a)
+            if inf_mask is not None:
+                nu = torch.where(inf_mask, m.to(cdtype), nu)  # nu_inf = max x (seed eq. 1a)
+            nu = nu.reshape(out_shape)
+        # s = 0 only for an all -inf slice, where every exp(z) is 0 anyway: clamp so that the
+        # backward's exp(z) / s is 0 there, not 0/0.
+        s.clamp_min_(1.0)
+        ctx.mode = "finite"
+        ctx.normalized = normalized
+        ctx.save_for_backward(x, shift, s, beta_c if tensor_beta else None,
+                              m if inf_mask is not None else None, inf_mask)
+        return nu if nu.dtype == x.dtype and nu._base is None else nu.to(x.dtype, copy=True)
+
+    @staticmethod
+    def backward(ctx, g):
+        if torch.is_grad_enabled():  # create_graph=True: first order only, as promised
+            return _backward_once(ctx, g)
+        return _backward(ctx, g)
+
+
+def _backward(ctx, g):
+    """The gradients of _SmoothMax (seed eq. 1c). g: the gradient of nu."""
+    dims, cdtype, red_shape = ctx.dims, ctx.cdtype, ctx.red_shape
+    need_x, need_beta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    g = g.reshape(red_shape)  # (..., 1, ...)
+    if g.dtype != cdtype:
+        g = g.to(cdtype)
+    nones = (None,) * 5
+
+    if ctx.mode == "inf":
+        (x,) = ctx.saved_tensors
+        m = torch.amax(x, dims, keepdim=True)  # (..., 1, ...)
+        # grad nu_inf = e_argmax, ties shared equally (seed eq. 1c, limit)
+        gx = _argmax_weights(x, m, dims, cdtype).mul_(g)
+        return (gx if gx.dtype == ctx.x_dtype else gx.to(ctx.x_dtype)), None, *nones
+
+    x, shift, s, beta_c, m, inf_mask = ctx.saved_tensors
+    beta = beta_c if beta_c is not None else ctx.beta_c
+    z = torch.sub(x, shift)  # (..., n, ...) x - m, as in the forward
+    if beta_c is not None or beta != 1.0:
+        z.mul_(beta)  # z = beta (x - m), bit-identical to the forward's
+
+    gx = gbeta = None
+    if not need_beta:
+        # softmax(beta x) * g = exp(z) * (g / s)  (seed eq. 1c; eq. 1b at beta = 1)
+        gx = z.exp_().mul_(torch.div(g, s))  # (..., n, ...)
+    else:
+        t = z.sub_(torch.log(s))  # (..., n, ...) t = z - r = log softmax(beta x)
+        p = torch.exp(t)  # (..., n, ...) p = softmax(beta x)  (seed eq. 1c)
+        del t, z
+        # d nu / d beta = (sum_i p_i x_i - nu) / beta = -H(p) / beta^2 with
+        # H(p) = -sum_i p_i log p_i, since log p_i = beta (x_i - nu)  (from seed eq. 1c);
+        # normalized: d/d beta of -log(n)/beta adds log(n) / beta^2
+        neg_h = torch.special.xlogy(p, p).sum(dims, keepdim=True)  # (..., 1, ...) -H(p)
+        if ctx.normalized:
+            neg_h.add_(math.log(math.prod(x.shape[d] for d in dims)))
+        dbeta = neg_h / (beta * beta)  # (..., 1, ...)
+        if inf_mask is not None:
+            dbeta = dbeta.masked_fill(inf_mask, 0.0)  # nu_inf = max does not move with beta
+        if isinstance(beta, torch.Tensor):
+            gbeta = dbeta.mul_(g).sum_to_size(ctx.beta_shape).to(ctx.beta_dtype)
+        if need_x:
+            gx = p.mul_(g)  # softmax(beta x) * g  (seed eq. 1c)
+
+    if need_x and inf_mask is not None:
+        onehot = _argmax_weights(x, m, dims, cdtype).mul_(g)  # (seed eq. 1c, limit)
+        gx = torch.where(inf_mask, onehot, gx)
+    if gx is not None and gx.dtype != ctx.x_dtype:
+        gx = gx.to(ctx.x_dtype)
+    return gx, gbeta, *nones
+
+
+_backward_once = once_differentiable(_backward)
+
+
+def smooth_max(x: torch.Tensor, beta, dim=-1, keepdim: bool = False,
+               normalized: bool = False) -> torch.Tensor:
+    """nu_beta(x) = (1/beta) log sum_i exp(beta x_i) over `dim` (seed eq. 1a), stably.
+
+    Args:
+        x: a float64, float32, float16 or bfloat16 tensor (half types are computed in
+            float32 inside and returned in their own dtype).
+        beta: the inverse temperature, in (0, inf]. A number, the string "inf" (or ".inf"),
+            or a tensor broadcastable to x's shape with the reduced dims kept as 1 (say one
+            beta per channel, shape (C, 1) for x of shape (B, C, n)); a tensor beta may
+            require grad: d nu / d beta = (sum softmax(beta x) x - nu) / beta.
+            beta = inf is max exactly (and so is any beta above the compute dtype's largest
+            finite value); beta <= 0 or NaN raises ConfigError.
+        dim: the dimension (or tuple of dimensions) to reduce.
+        keepdim: keep the reduced dims as size 1.
+        normalized: return nu_beta - log(n)/beta = (1/beta) log((1/n) sum exp(beta x_i)),
+            which lies in [mean, max] and tends to the mean as beta -> 0 (n: the number of
+            reduced entries). Formed as m + (r - log n)/beta, so it stays accurate at small
+            beta up to the rounding of r (about eps log(n) / beta in absolute terms).
+
+    Gradient: softmax(beta x) (seed eq. 1c); at beta = inf the argmax one-hot, ties shared
+    equally. A -inf entry gets weight 0; an all -inf slice gives -inf and gradient 0; a NaN
+    gives NaN; a +inf entry gives +inf (with a NaN gradient at finite beta).
+    Double backward is not supported.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"smooth_max: x must be a tensor, got {type(x).__name__}")
+    cdtype = _compute_dtype(x.dtype)
+    if x.dim() == 0:
+        x = x.reshape(1)  # a 0-d input is a slice of one
+        return smooth_max(x, beta, 0, False, normalized).reshape(())
+    dims = _dims(dim, x.dim())
+    red_shape = torch.Size([1 if i in dims else n for i, n in enumerate(x.shape)])
+    out_shape = red_shape if keepdim else torch.Size(
+        [n for i, n in enumerate(x.shape) if i not in dims]
+    )
+    if isinstance(beta, torch.Tensor):
+        beta_c = _check_tensor_beta(beta, cdtype, red_shape)
+        arg = beta
+    else:
+        beta_c = _check_scalar_beta(beta if type(beta) is float else _scalar_beta(beta), cdtype)
+        arg = None
+    return _SmoothMax.apply(x, arg, beta_c, dims, red_shape, out_shape, normalized)

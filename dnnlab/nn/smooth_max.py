@@ -1,0 +1,169 @@
+"""Smooth-max layers: nu_beta = (1/beta) log sum exp(beta x) as a reduction and as pooling.
+
+Seed problem 1: nu_beta -> max as beta -> inf with 0 <= nu_beta - max <= log(n)/beta
+(seed eq. 1a), and grad nu_beta = softmax(beta x) (seed eq. 1c). The computation is
+`dnnlab.functional.smooth_max`; these modules hold the temperature (fixed or learnable).
+"""
+import math
+
+import torch
+from torch import nn
+
+from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.functional import _scalar_beta, smooth_max
+
+__all__ = ["SmoothMax", "SmoothMaxPool2d"]
+
+
+def _parse_beta(beta, owner: str):
+    """A float (maybe inf) for a number or a string ("inf", ".inf", "2.0"); a float tensor for a
+    list or tensor (one beta per channel, say). Raises ConfigError on a value outside (0, inf]."""
+    if isinstance(beta, (list, tuple)):
+        beta = torch.tensor([_scalar_beta(b) for b in beta], dtype=torch.float32)
+    if isinstance(beta, torch.Tensor):
+        beta = beta.detach().clone().float() if not beta.is_floating_point() else beta.detach().clone()
+        bad = torch.isnan(beta) | (beta <= 0)
+        if bool(bad.any()):
+            raise ConfigError(
+                f"{owner}: beta must be in (0, inf], got a tensor with entry {beta[bad][0].item()}"
+            )
+        return beta
+    value = _scalar_beta(beta)
+    if math.isnan(value) or value <= 0:
+        raise ConfigError(f"{owner}: beta must be in (0, inf], got {value}")
+    return value
+
+
+def _fmt_beta(beta) -> str:
+    if isinstance(beta, torch.Tensor):
+        if beta.numel() == 1:
+            return f"{beta.item():g}"
+        return f"tensor{tuple(beta.shape)}"
+    return f"{beta:g}"
+
+
+class _Temperature(nn.Module):
+    """Holds beta: a float, a buffer `beta_buf`, or (learnable) a parameter `log_beta`, so that
+    beta = exp(log_beta) > 0 by construction."""
+
+    def _init_beta(self, beta, learnable: bool):
+        beta = _parse_beta(beta, type(self).__name__)
+        self.learnable = learnable
+        if learnable:
+            t = beta if isinstance(beta, torch.Tensor) else torch.tensor(beta)
+            if not bool(torch.isfinite(t).all()):
+                raise ConfigError(
+                    f"{type(self).__name__}: a learnable beta must be finite, got {_fmt_beta(t)}"
+                )
+            self.log_beta = nn.Parameter(t.float().log())  # beta = exp(log_beta) > 0
+        elif isinstance(beta, torch.Tensor):
+            self.register_buffer("beta_buf", beta)
+        else:
+            self._beta_float = beta
+
+    @property
+    def beta(self):
+        """The current beta: a float, or a tensor (learnable or per channel)."""
+        if self.learnable:
+            return self.log_beta.exp()
+        if hasattr(self, "beta_buf"):
+            return self.beta_buf
+        return self._beta_float
+
+
+class SmoothMax(_Temperature):
+    """nu_beta(x) = (1/beta) log sum_i exp(beta x_i) over `dim` (seed eq. 1a).
+
+    Args:
+        beta: inverse temperature in (0, inf]: a number, "inf", or a tensor/list
+            broadcastable to the input's shape with `dim` kept as 1. beta = inf is max.
+        dim: the dimension (or tuple of dimensions) to reduce.
+        learnable: make beta a parameter, stored as its log (`log_beta`), so positive by
+            construction; its gradient is d nu / d beta = (sum softmax(beta x) x - nu) / beta.
+        keepdim: keep the reduced dims as size 1.
+    """
+
+    def __init__(self, beta, dim=-1, learnable: bool = False, keepdim: bool = False):
+        super().__init__()
+        self._init_beta(beta, learnable)
+        self.dim, self.keepdim = dim, keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return smooth_max(x, self.beta, self.dim, self.keepdim)  # (seed eq. 1a)
+
+    def extra_repr(self) -> str:
+        return (f"beta={_fmt_beta(self.beta)}, dim={self.dim}, learnable={self.learnable}, "
+                f"keepdim={self.keepdim}")
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    t = (v, v) if isinstance(v, int) else tuple(v)
+    if len(t) != 2 or not all(isinstance(i, int) and i > 0 for i in t):
+        raise ConfigError(f"SmoothMaxPool2d: {name} must be a positive int or a pair, got {v!r}")
+    return t
+
+
+class SmoothMaxPool2d(_Temperature):
+    """Smooth-max pooling over (H, W) windows of a (B, C, H, W) input: nu_beta of each window.
+
+    kernel_size=None pools globally, (B, C, H, W) -> (B, C, 1, 1) like AdaptiveMaxPool2d(1);
+    otherwise windows of kernel_size with stride (default kernel_size, like nn.MaxPool2d) and
+    no padding give (B, C, H_out, W_out). beta = inf is max pooling exactly.
+
+    normalized=True returns nu_beta - log(n)/beta = (1/beta) log((1/n) sum exp(beta x_i)) with
+    n the window size. It lies in [mean, max] of the window, equals max pooling at beta = inf
+    and tends to average pooling as beta -> 0 (the first-order term of the log-mean-exp is the
+    mean). It is formed as max + (r - log n)/beta with r = log sum exp(beta (x - max)), so
+    nothing large cancels, but r's rounding (about eps * log n) is still divided by beta: in
+    float32 expect about 1e-4 absolute error at beta = 1e-3; use float64 for smaller beta.
+
+    beta may be a number, "inf", or a per-channel list/tensor of length C; learnable=True makes
+    it a parameter stored as its log (`log_beta`).
+    """
+
+    def __init__(self, beta, kernel_size=None, stride=None, normalized: bool = False,
+                 learnable: bool = False):
+        super().__init__()
+        self._init_beta(beta, learnable)
+        b = self.beta
+        if isinstance(b, torch.Tensor) and b.dim() > 1:
+            raise ConfigError(
+                f"SmoothMaxPool2d: beta must be a number or one per channel (1-d), got shape "
+                f"{tuple(b.shape)}"
+            )
+        self.kernel_size = None if kernel_size is None else _pair(kernel_size, "kernel_size")
+        if stride is not None and kernel_size is None:
+            raise ConfigError("SmoothMaxPool2d: stride needs a kernel_size (global pooling has none)")
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
+        self.normalized = normalized
+
+    def _channel_beta(self, c: int, trailing: int):
+        """beta shaped to broadcast against (B, C, *[1] * trailing) outputs."""
+        b = self.beta
+        if isinstance(b, torch.Tensor) and b.dim() == 1 and b.numel() > 1:
+            if b.numel() != c:
+                raise ShapeError(f"SmoothMaxPool2d: {b.numel()} betas for an input with {c} channels")
+            return b.view(c, *([1] * trailing))
+        return b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ShapeError(f"SmoothMaxPool2d: expected a (B, C, H, W) input, got {tuple(x.shape)}")
+        c = x.shape[1]
+        if self.kernel_size is None:
+            beta = self._channel_beta(c, 2)  # (C, 1, 1) or scalar
+            out = smooth_max(x, beta, (-2, -1), True, self.normalized)  # (B, C, 1, 1)
+        else:
+            (kh, kw), (sh, sw) = self.kernel_size, self.stride
+            if x.shape[2] < kh or x.shape[3] < kw:
+                raise ShapeError(
+                    f"SmoothMaxPool2d: input {tuple(x.shape)} is smaller than the kernel {(kh, kw)}"
+                )
+            windows = x.unfold(2, kh, sh).unfold(3, kw, sw)  # (B, C, H_out, W_out, kh, kw), a view
+            beta = self._channel_beta(c, 4)  # (C, 1, 1, 1, 1) or scalar
+            out = smooth_max(windows, beta, (-2, -1), False, self.normalized)  # (B, C, H_out, W_out)
+        return out
+
+    def extra_repr(self) -> str:
+        s = f"beta={_fmt_beta(self.beta)}, kernel_size={self.kernel_size}, stride={self.stride}"
+        return s + f", normalized={self.normalized}, learnable={self.learnable}"

@@ -1,0 +1,472 @@
+"""Tests of smooth max (seed problem 1): dnnlab.functional.smooth_max and its layers.
+
+Seed claims checked: 0 <= nu_beta - max <= log(n)/beta (eq. 1a), nu_beta non-increasing in beta,
+grad nu_1 = softmax(x) (eq. 1b), grad nu_beta = softmax(beta x) -> argmax one-hot (eq. 1c).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.functional import smooth_max
+
+try:  # dnnlab.nn also imports layers other people are writing; fall back to our file alone
+    from dnnlab.nn import SmoothMax, SmoothMaxPool2d
+except ImportError:  # pragma: no cover
+    import importlib.util
+    import pathlib
+
+    _path = pathlib.Path(__file__).parents[1] / "dnnlab" / "nn" / "smooth_max.py"
+    _spec = importlib.util.spec_from_file_location("_smooth_max_layers", _path)
+    _mod = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_mod)
+    SmoothMax, SmoothMaxPool2d = _mod.SmoothMax, _mod.SmoothMaxPool2d
+
+INF = math.inf
+EPS64 = torch.finfo(torch.float64).eps
+FAST = settings(max_examples=50, deadline=None)
+
+values = st.lists(
+    st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False), min_size=1, max_size=40
+)
+betas = st.floats(1e-3, 1e3)
+
+
+def ref_nu(x, beta, dim=-1):
+    """nu_beta through torch.logsumexp, in float64 (seed eq. 1a)."""
+    return torch.logsumexp(beta * x.double(), dim) / beta
+
+
+def grad_of(fn, x, *args, **kw):
+    x = x.detach().clone().requires_grad_(True)
+    y = fn(x, *args, **kw)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    return y.detach(), g
+
+
+# ---------------------------------------------------------------- seed eq. 1a: bounds, monotone
+
+
+@FAST
+@given(values, betas)
+def test_gap_within_seed_bounds(xs, beta):
+    # 0 <= nu_beta - max <= log(n)/beta  (seed eq. 1a); tolerance: a few ulps of the values
+    x = torch.tensor(xs, dtype=torch.float64)
+    nu, m, n = smooth_max(x, beta).item(), max(xs), len(xs)
+    bound = math.log(n) / beta
+    tol = 8 * EPS64 * (abs(m) + bound)
+    assert nu >= m  # exact: nu = m + r/beta with r = log(sum exp(z)) >= log(1) = 0
+    assert nu - m <= bound + tol
+    assert math.isclose(nu, ref_nu(x, beta).item(), rel_tol=1e-12, abs_tol=tol + 1e-300)
+
+
+@FAST
+@given(values, betas)
+def test_normalized_lies_between_mean_and_max(xs, beta):
+    x = torch.tensor(xs, dtype=torch.float64)
+    nu = smooth_max(x, beta, normalized=True).item()
+    m, mean = max(xs), sum(xs) / len(xs)
+    tol = 8 * EPS64 * (abs(m) + abs(mean) + math.log(len(xs)) / beta)
+    assert mean - tol <= nu <= m + tol  # Jensen below, seed eq. 1a above
+
+
+@FAST
+@given(values, betas, st.floats(1.0, 1e3))
+def test_nonincreasing_in_beta(xs, beta, factor):
+    x = torch.tensor(xs, dtype=torch.float64)
+    lo, hi = smooth_max(x, beta).item(), smooth_max(x, beta * factor).item()
+    tol = 8 * EPS64 * (abs(lo) + abs(hi))
+    assert hi <= lo + tol  # d nu / d beta = -H(softmax(beta x)) / beta^2 <= 0
+    assert smooth_max(x, INF).item() <= hi + tol  # ... down to max at beta = inf
+
+
+@FAST
+@given(values)
+def test_limit_is_max_and_small_beta_tends_to_mean(xs):
+    x = torch.tensor(xs, dtype=torch.float64)
+    assert smooth_max(x, INF).item() == max(xs)
+    gap = smooth_max(x, 1e30).item() - max(xs)
+    assert 0 <= gap <= math.log(len(xs)) / 1e30 + EPS64 * abs(max(xs))  # seed eq. 1a
+    mean = sum(xs) / len(xs)
+    spread = max(abs(v - mean) for v in xs)
+    # (1/beta) log mean exp(beta x) = mean + beta Var/2 + O(beta^2): error <= beta spread^2;
+    # rounding: about eps log(n) / beta
+    got = smooth_max(x, 1e-6, normalized=True).item()
+    assert abs(got - mean) <= 1e-6 * spread**2 + 1e-7
+
+
+# ---------------------------------------------------------------- gradients (seed eq. 1b, 1c)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3, 7.0])
+@pytest.mark.parametrize("dim,keepdim", [(-1, False), (1, True), ((0, 2), False)])
+def test_gradcheck_x(beta, dim, keepdim):
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: smooth_max(t, beta, dim, keepdim), (x,))
+    assert torch.autograd.gradcheck(lambda t: smooth_max(t, beta, dim, normalized=True), (x,))
+
+
+def test_gradcheck_tensor_beta():
+    x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
+    beta = (torch.rand(4, 1, dtype=torch.float64) * 3 + 0.2).requires_grad_(True)  # per channel
+    assert torch.autograd.gradcheck(lambda t, b: smooth_max(t, b), (x, beta))
+    assert torch.autograd.gradcheck(lambda t, b: smooth_max(t, b, normalized=True), (x, beta))
+    b0 = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)  # one shared beta
+    assert torch.autograd.gradcheck(lambda t, b: smooth_max(t, b, dim=(1, 2)), (x, b0))
+
+
+def test_grad_beta_formula():
+    # d nu / d beta = (sum softmax(beta x) x - nu) / beta  (issue 3; from seed eq. 1c)
+    x = torch.randn(5, 9, dtype=torch.float64)
+    beta = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    nu = smooth_max(x, beta)
+    (g,) = torch.autograd.grad(nu.sum(), beta)
+    p = torch.softmax(1.7 * x, -1)
+    expected = (((p * x).sum(-1) - nu.detach()) / 1.7).sum()
+    torch.testing.assert_close(g, expected, rtol=1e-12, atol=1e-12)
+    assert g < 0  # nu decreases in beta
+
+
+def test_tensor_beta_with_inf_entries():
+    x = torch.tensor([[0.0, 2.0, 2.0, -1.0], [0.0, 2.0, 2.0, -1.0]], dtype=torch.float64)
+    beta = torch.tensor([[1.5], [INF]], dtype=torch.float64, requires_grad=True)
+    xg = x.clone().requires_grad_()
+    nu = smooth_max(xg, beta)
+    nu.sum().backward()
+    assert nu[1].item() == 2.0 and nu[0].item() == pytest.approx(ref_nu(x[0], 1.5).item())
+    p = torch.softmax(1.5 * x[0], -1)
+    torch.testing.assert_close(xg.grad, torch.stack([p, torch.tensor([0, 0.5, 0.5, 0.0])]).double())
+    expected = ((p * x[0]).sum() - nu[0].detach()) / 1.5  # issue 3's d nu / d beta
+    torch.testing.assert_close(beta.grad, torch.stack([expected, torch.tensor(0.0)]).view(2, 1).double())
+
+
+@pytest.mark.parametrize("beta", [1.0, 1e-3, 0.5, 4.0, 60.0])
+def test_grad_is_softmax_and_matches_torch_logsumexp(beta):
+    # same computation through our code and through torch's autograd, compared (float64)
+    x = torch.randn(6, 33, dtype=torch.float64) * 3
+    nu, g = grad_of(smooth_max, x, beta)
+    nu_ref, g_ref = grad_of(lambda t: torch.logsumexp(beta * t, -1) / beta, x)
+    torch.testing.assert_close(nu, nu_ref, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g, torch.softmax(beta * x, -1), rtol=1e-12, atol=1e-14)  # eq. 1c
+    if beta == 1.0:
+        torch.testing.assert_close(g, torch.softmax(x, -1), rtol=1e-12, atol=1e-14)  # eq. 1b
+
+
+def test_grad_tensor_beta_matches_torch_autograd():
+    x = torch.randn(2, 3, 7, dtype=torch.float64) * 2
+    beta = torch.tensor([[0.5], [2.0], [9.0]], dtype=torch.float64)  # (C, 1)
+    xa, ba = x.clone().requires_grad_(), beta.clone().requires_grad_()
+    xb, bb = x.clone().requires_grad_(), beta.clone().requires_grad_()
+    w = torch.randn(2, 3, dtype=torch.float64)
+    (smooth_max(xa, ba) * w).sum().backward()
+    ((torch.logsumexp(bb * xb, -1, keepdim=True) / bb).squeeze(-1) * w).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ba.grad, bb.grad, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- extremes
+
+
+@pytest.mark.parametrize("beta", [1e-3, 1.0, 1e30, INF])
+def test_extreme_x_float32(beta):
+    x = torch.tensor([[-3e38, 3e38, 1.0, -2.0], [-3e38, -3e38, 0.0, 1e-30]], dtype=torch.float32)
+    nu, g = grad_of(smooth_max, x, beta)
+    assert torch.isfinite(nu).all() and torch.isfinite(g).all()
+    assert nu[0].item() == pytest.approx(3e38, rel=1e-6)
+    torch.testing.assert_close(g[0], torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(g.sum(-1), torch.ones(2))
+    assert nu[1].item() >= 1e-30 and nu[1].item() <= 1e-30 + math.log(4) / beta + 1e-6
+
+
+def test_naive_formula_overflows_but_ours_does_not():
+    x = torch.tensor([3e38, 1e38, 0.0])
+    assert not torch.isfinite(torch.logsumexp(10.0 * x, -1) / 10.0)  # beta x overflows
+    assert smooth_max(x, 10.0).item() == pytest.approx(3e38, rel=1e-6)
+    xs = torch.tensor([1.0, 1.0 + 2**-20, 0.5])
+    nu, g = grad_of(smooth_max, xs, 1e30)  # beta (x - m) = -1e24 or 0
+    assert nu.item() == xs.max().item()
+    torch.testing.assert_close(g, torch.tensor([0.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("beta", [1e-3, 2.0])
+def test_extreme_beta_float64(beta):
+    x = torch.randn(4, 100, dtype=torch.float64)
+    nu, g = grad_of(smooth_max, x, beta)
+    torch.testing.assert_close(nu, ref_nu(x, beta), rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(g, torch.softmax(beta * x, -1), rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("beta", [1e30, INF])
+def test_ties_share_the_gradient(beta):
+    # limit of softmax(beta x) with k tied maxima: 1/k each  (seed eq. 1c with ties)
+    x = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, -1.0], [5.0, -INF, 4.0, 4.0]])
+    nu, g = grad_of(smooth_max, x, beta)
+    expected = torch.tensor([[0, 0.5, 0.5, 0], [1 / 3, 1 / 3, 1 / 3, 0], [1.0, 0, 0, 0]])
+    torch.testing.assert_close(g, expected)
+    torch.testing.assert_close(nu, torch.tensor([3.0, 2.0, 5.0]))
+
+
+def test_ties_finite_beta_match_softmax():
+    x = torch.tensor([1.0, 3.0, 3.0, 0.0], dtype=torch.float64)
+    _, g = grad_of(smooth_max, x, 50.0)
+    torch.testing.assert_close(g, torch.softmax(50.0 * x, -1), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("beta", [0.5, 1e30, INF])
+def test_minus_inf_entries_get_zero_weight(beta):
+    x = torch.tensor([[0.3, -INF, 1.2, -INF, -0.7]], dtype=torch.float64)
+    nu, g = grad_of(smooth_max, x, beta)
+    nu_kept, g_kept = grad_of(smooth_max, x[:, [0, 2, 4]], beta)
+    assert g[0, 1] == 0 and g[0, 3] == 0
+    torch.testing.assert_close(nu, nu_kept)
+    torch.testing.assert_close(g[:, [0, 2, 4]], g_kept)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("beta", [0.5, 1e30, INF, "tensor"])
+@pytest.mark.parametrize("normalized", [False, True])
+def test_all_minus_inf_slice(dtype, beta, normalized):
+    x = torch.tensor([[-INF, -INF, -INF], [0.0, 1.0, -INF]], dtype=dtype, requires_grad=True)
+    b = torch.tensor([[2.0], [INF]]) if beta == "tensor" else beta
+    nu = smooth_max(x, b, normalized=normalized)
+    nu.sum().backward()
+    beta1 = INF if beta == "tensor" else beta  # the second row's beta
+    assert nu[0].item() == -INF
+    low = 1.0 - (math.log(3) / beta1 if normalized else 0.0)  # -inf entries count in n
+    assert low - 1e-2 <= nu[1].item() <= 1.0 + math.log(2) / beta1 + 1e-2  # seed eq. 1a
+    assert not torch.isnan(x.grad).any()
+    assert (x.grad[0] == 0).all()
+    assert x.grad[1].sum().item() == pytest.approx(1.0, abs=1e-2)
+
+
+@pytest.mark.parametrize("beta", [0.5, 1e30])
+def test_nan_propagates(beta):
+    x = torch.tensor([[1.0, float("nan"), 2.0], [1.0, 0.0, 2.0]], dtype=torch.float64)
+    nu, g = grad_of(smooth_max, x, beta)
+    assert math.isnan(nu[0].item()) and math.isfinite(nu[1].item())
+    assert torch.isnan(g[0]).all() and torch.isfinite(g[1]).all()
+    assert math.isnan(smooth_max(x, INF)[0].item())
+
+
+# ---------------------------------------------------------------- dtypes
+
+
+@pytest.mark.parametrize(
+    "dtype,tol",
+    # one ulp of the dtype: computed in float32 (float64) inside, rounded once at the end
+    [(torch.float64, 1e-12), (torch.float32, 2e-6), (torch.float16, 1e-3), (torch.bfloat16, 8e-3)],
+)
+@pytest.mark.parametrize("beta", [0.1, 1.0, 20.0, INF])
+def test_dtypes_against_float64(dtype, tol, beta):
+    torch.manual_seed(0)
+    x = (torch.randn(8, 64) * 3).to(dtype)
+    nu, g = grad_of(smooth_max, x, beta)
+    assert nu.dtype == dtype and g.dtype == dtype
+    xd = x.double()  # the same (rounded) inputs, in float64
+    if beta == INF:
+        nu_ref, g_ref = grad_of(torch.amax, xd, -1)
+    else:
+        nu_ref, g_ref = grad_of(smooth_max, xd, beta)
+        torch.testing.assert_close(g_ref, torch.softmax(beta * xd, -1), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(nu.double(), nu_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(g.double(), g_ref, rtol=tol, atol=tol / 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("beta", [0.5, 3.0, 20.0])
+def test_half_dtypes_rounded_once(dtype, beta):
+    # computed in float32 inside: output and gradient within half an ulp (+ float32 error)
+    # of the float64 values, that is rounded once; computing in half itself is not
+    torch.manual_seed(3)
+    x = (torch.randn(32, 64) * 2).to(dtype)
+    nu, g = grad_of(smooth_max, x, beta)
+    nu_ref, g_ref = grad_of(smooth_max, x.double(), beta)
+    for got, ref in [(nu, nu_ref), (g, g_ref)]:
+        a = ref.abs().to(dtype)
+        half_ulp = 0.5 * (torch.nextafter(a, torch.full_like(a, INF)) - a).double()
+        assert ((got.double() - ref).abs() <= half_ulp + 1e-6 * ref.abs() + 1e-30).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_dtypes_with_large_nu_keep_gradient_normalized(dtype):
+    # nu rounded to half would mis-normalize exp(beta (x - nu)); ours does not use it
+    x = (torch.randn(4, 50) + 300.0).to(dtype)
+    _, g = grad_of(smooth_max, x, 30.0)
+    torch.testing.assert_close(g.double().sum(-1), torch.ones(4, dtype=torch.float64), atol=2e-2, rtol=0)
+    _, g_ref = grad_of(smooth_max, x.double(), 30.0)
+    torch.testing.assert_close(g.double(), g_ref, rtol=2e-2, atol=2e-3)
+
+
+# ---------------------------------------------------------------- learnable temperature
+
+
+def finite_difference(f, param, h=1e-6):
+    """Central differences of the scalar f() in each entry of param."""
+    grad = torch.zeros_like(param)
+    with torch.no_grad():
+        for i in range(param.numel()):
+            old = param.view(-1)[i].item()
+            param.view(-1)[i] = old + h
+            up = f().item()
+            param.view(-1)[i] = old - h
+            down = f().item()
+            param.view(-1)[i] = old
+            grad.view(-1)[i] = (up - down) / (2 * h)
+    return grad
+
+
+def test_learnable_temperature_gradient_vs_finite_differences():
+    torch.manual_seed(1)
+    layer = SmoothMax(2.5, dim=-1, learnable=True).double()
+    assert isinstance(layer.log_beta, torch.nn.Parameter)
+    assert layer.beta.item() == pytest.approx(2.5)
+    x, w = torch.randn(4, 11, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    loss = lambda: (layer(x) * w).sum()
+    loss().backward()
+    torch.testing.assert_close(layer.log_beta.grad, finite_difference(loss, layer.log_beta.data),
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_learnable_per_channel_pool_gradient_vs_finite_differences():
+    torch.manual_seed(2)
+    pool = SmoothMaxPool2d([0.5, 2.0, 8.0], kernel_size=2, learnable=True, normalized=True).double()
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    w = torch.randn(2, 3, 2, 3, dtype=torch.float64)
+    loss = lambda: (pool(x) * w).sum()
+    loss().backward()
+    fd = finite_difference(loss, pool.log_beta.data)
+    torch.testing.assert_close(pool.log_beta.grad, fd, rtol=1e-6, atol=1e-9)
+
+
+def test_learnable_beta_is_positive_by_construction():
+    layer = SmoothMax(0.5, learnable=True)
+    with torch.no_grad():
+        layer.log_beta.fill_(-30.0)  # any real log_beta
+    assert layer.beta.item() > 0
+    assert torch.isfinite(layer(torch.randn(3, 5))).all()
+
+
+# ---------------------------------------------------------------- pooling
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(2, None), (3, 2), ((2, 3), 1), ((3, 1), (1, 2))])
+def test_pool_at_inf_is_max_pool(kernel_size, stride):
+    x = torch.randn(2, 3, 9, 10, dtype=torch.float64)
+    pool = SmoothMaxPool2d("inf", kernel_size, stride)
+    y, g = grad_of(pool, x)
+    y_ref, g_ref = grad_of(F.max_pool2d, x, kernel_size, stride)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
+
+
+def test_global_pool_at_inf_is_adaptive_max_pool():
+    x = torch.randn(2, 4, 7, 5)
+    y, g = grad_of(SmoothMaxPool2d(float("inf")), x)
+    y_ref, g_ref = grad_of(F.adaptive_max_pool2d, x, 1)
+    assert y.shape == (2, 4, 1, 1)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
+
+
+def test_pool_large_beta_close_to_max_pool():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = SmoothMaxPool2d(1e4, 2)(x)
+    gap = y - F.max_pool2d(x, 2)
+    assert (gap >= 0).all() and (gap <= math.log(4) / 1e4).all()  # seed eq. 1a
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(2, None), (3, 2), (None, None)])
+def test_normalized_pool_tends_to_avg_pool(kernel_size, stride):
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    pool = SmoothMaxPool2d(1e-6, kernel_size, stride, normalized=True)
+    y, g = grad_of(pool, x)
+    if kernel_size is None:
+        y_ref, g_ref = grad_of(F.adaptive_avg_pool2d, x, 1)
+    else:
+        y_ref, g_ref = grad_of(F.avg_pool2d, x, kernel_size, stride)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-5)
+    assert not torch.allclose(SmoothMaxPool2d(1.0, kernel_size, stride, normalized=True)(x), y_ref)
+
+
+def test_pool_finite_beta_matches_unfolded_reference():
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    y = SmoothMaxPool2d(3.0, kernel_size=3, stride=2)(x)
+    cols = F.unfold(x, 3, stride=2).view(2, 3, 9, -1)  # (B, C, k*k, L)
+    y_ref = (torch.logsumexp(3.0 * cols, 2) / 3.0).view(2, 3, 2, 3)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(SmoothMaxPool2d(3.0, 3, 2), (x.requires_grad_(),))
+
+
+def test_per_channel_beta_pool():
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    y = SmoothMaxPool2d(torch.tensor([1.0, 4.0, INF]))(x)
+    for c, b in enumerate([1.0, 4.0, INF]):
+        torch.testing.assert_close(y[:, c], SmoothMaxPool2d(b)(x[:, c : c + 1])[:, 0])
+
+
+def test_extra_repr():
+    assert "beta=2" in repr(SmoothMax(2.0)) and "learnable=True" in repr(SmoothMax(2.0, learnable=True))
+    assert "kernel_size=(3, 3)" in repr(SmoothMaxPool2d(".inf", 3)) and "beta=inf" in repr(
+        SmoothMaxPool2d(".inf", 3)
+    )
+
+
+# ---------------------------------------------------------------- bad values, memory
+
+
+@pytest.mark.parametrize(
+    "beta,shown", [(0, "0.0"), (-1, "-1.0"), (float("nan"), "nan"), (-1e-300, "-1e-300")]
+)
+def test_bad_beta_raises_config_error_naming_the_value(beta, shown):
+    with pytest.raises(ConfigError, match=rf"beta must be in \(0, inf\], got {shown}"):
+        smooth_max(torch.randn(3), beta)
+    with pytest.raises(ValueError, match=shown):  # ConfigError is a ValueError
+        SmoothMax(beta)
+    with pytest.raises(ConfigError, match=shown):
+        SmoothMaxPool2d(beta, 2)
+
+
+def test_bad_tensor_beta_raises():
+    with pytest.raises(ConfigError, match=r"got a tensor with entry -2.0"):
+        smooth_max(torch.randn(3, 4), torch.tensor([[1.0], [-2.0], [3.0]]))
+    with pytest.raises(ConfigError, match=r"entry 0.0"):
+        SmoothMaxPool2d(torch.tensor([1.0, 0.0]))
+    with pytest.raises(ConfigError, match="'hot'"):
+        smooth_max(torch.randn(3), "hot")
+    with pytest.raises(ShapeError, match=r"\(4,\)"):
+        smooth_max(torch.randn(3, 4), torch.ones(4))  # one per entry of the reduced dim
+    with pytest.raises(ConfigError, match="learnable beta must be finite"):
+        SmoothMax(INF, learnable=True)
+
+
+@pytest.mark.parametrize("beta", [2.0, INF, "tensor"])
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_output_is_a_fresh_tensor_and_first_order_only(beta, keepdim):
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.full((3, 1), 2.0, dtype=torch.float64) if beta == "tensor" else beta
+    y = smooth_max(x, b, keepdim=keepdim)
+    assert y.shape == ((3, 1) if keepdim else (3,))
+    y.mul_(2.0)  # in place on the output: no view+inplace error, gradient still right
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)  # first order under create_graph
+    expected = 2 * (torch.softmax(2.0 * x, -1) if beta != INF else F.one_hot(x.argmax(-1), 5))
+    torch.testing.assert_close(g.detach(), expected.double())
+    if beta != INF:
+        with pytest.raises(RuntimeError):  # double backward is not supported
+            g.sum().backward()
+
+
+def test_saves_no_full_size_tensor_besides_the_input():
+    # the benchmark's memory claim in small: torch.logsumexp(beta * x) saves beta * x too
+    x = torch.randn(16, 128, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        smooth_max(x, 3.0).sum().backward()
+    big = [t for t in saved if t.numel() == x.numel()]
+    assert big and all(t.data_ptr() == x.data_ptr() for t in big)
+    assert sum(t.numel() for t in saved if t.numel() < x.numel()) <= 2 * 16
