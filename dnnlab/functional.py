@@ -22,6 +22,7 @@ full-size beta * x instead, and allocates three more full-size temporaries in it
 import math
 
 import torch
+from torch.overrides import handle_torch_function, has_torch_function_unary
 from torch.autograd.function import once_differentiable
 
 from dnnlab.errors import ConfigError, ShapeError
@@ -265,6 +266,9 @@ def smooth_max(x: torch.Tensor, beta, dim=-1, keepdim: bool = False,
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"smooth_max: x must be a tensor, got {type(x).__name__}")
+    if has_torch_function_unary(x):  # lets torch function modes (dnnlab.opcount) see the call
+        return handle_torch_function(smooth_max, (x,), x, beta, dim=dim, keepdim=keepdim,
+                                     normalized=normalized)
     cdtype = _compute_dtype(x.dtype)
     if x.dim() == 0:
         x = x.reshape(1)  # a 0-d input is a slice of one

@@ -90,3 +90,31 @@ def materialize(model: torch.nn.Module) -> torch.nn.Module:
                 else:
                     t.fill_(1)
     return model
+
+
+class SmoothMaxCNN(torch.nn.Module):
+    """A small CNN of dnnlab layers: Conv2d (hand-written backprop, seed 4b) and SmoothMaxPool2d
+    with temperature beta (seed 1): beta -> inf is max pooling, small beta is average-like.
+
+    (B, C, H, W) -> conv3x3 -> ReLU -> conv3x3 -> ReLU -> smooth-max pool 2x2 -> (B, c2, H/2, W/2)
+    -> conv3x3 -> ReLU -> global smooth-max pool -> (B, c3) -> Linear -> (B, num_classes)
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10,
+                 channels: Sequence[int] = (32, 64, 64), beta: float | str = 4.0,
+                 learnable: bool = False, normalized: bool = False) -> None:
+        super().__init__()
+        from dnnlab.nn import Conv2d, SmoothMaxPool2d
+
+        c1, c2, c3 = [int(c) for c in channels]
+        self.features = torch.nn.Sequential(
+            Conv2d(in_channels, c1, 3, padding=1), torch.nn.ReLU(),
+            Conv2d(c1, c2, 3, padding=1), torch.nn.ReLU(),
+            SmoothMaxPool2d(beta, kernel_size=2, learnable=learnable, normalized=normalized),
+            Conv2d(c2, c3, 3, padding=1), torch.nn.ReLU(),
+            SmoothMaxPool2d(beta, learnable=learnable, normalized=normalized),  # global
+        )
+        self.head = torch.nn.Linear(c3, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        return self.head(self.features(x).flatten(1))  # (B, num_classes)

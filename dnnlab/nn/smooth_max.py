@@ -72,6 +72,7 @@ class _Temperature(nn.Module):
 
 
 class SmoothMax(_Temperature):
+    dnnlab_family = "smooth_max"  # dnnlab.opcount counts it as one op of its own family
     """nu_beta(x) = (1/beta) log sum_i exp(beta x_i) over `dim` (seed eq. 1a).
 
     Args:
@@ -104,6 +105,7 @@ def _pair(v, name: str) -> tuple[int, int]:
 
 
 class SmoothMaxPool2d(_Temperature):
+    dnnlab_family = "smooth_max"  # dnnlab.opcount counts it as one op of its own family
     """Smooth-max pooling over (H, W) windows of a (B, C, H, W) input: nu_beta of each window.
 
     kernel_size=None pools globally, (B, C, H, W) -> (B, C, 1, 1) like AdaptiveMaxPool2d(1);

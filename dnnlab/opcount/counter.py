@@ -65,6 +65,8 @@ class _Tracker:
     def __init__(self, names: dict):
         self.names = names  # id(module) -> path
         self.stack: list = []  # [(module, input shapes)]
+        self.mode = None  # the _CountMode, set by it
+        self.opaque = 0  # > 0 inside a module counted as a whole (dnnlab's smooth max)
         self.handles = [
             torch.nn.modules.module.register_module_forward_pre_hook(self._pre),
             torch.nn.modules.module.register_module_forward_hook(self._post),
@@ -72,8 +74,14 @@ class _Tracker:
 
     def _pre(self, module, args):
         self.stack.append((module, [_shape(a) for a in args if isinstance(a, torch.Tensor)]))
+        if getattr(module, "dnnlab_family", None):
+            self.opaque += 1
 
     def _post(self, module, args, out):
+        if getattr(module, "dnnlab_family", None):
+            self.opaque -= 1
+            if self.opaque == 0 and self.mode is not None:
+                _count_smooth_max_module(self.mode, module, args[0], out)
         if self.stack and self.stack[-1][0] is module:
             self.stack.pop()
 
@@ -92,6 +100,7 @@ class _CountMode(TorchFunctionMode):
     def __init__(self, tracker: _Tracker, rows: list, count_bias: bool):
         super().__init__()
         self.tracker, self.rows, self.count_bias = tracker, rows, count_bias
+        tracker.mode = self
 
     def _add(self, op, family, in_shape, out_shape, mults, adds, macs, bwd=0, bias_adds=0,
              other=0):
@@ -106,6 +115,8 @@ class _CountMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.tracker.opaque:  # inside a module counted as a whole
+            return func(*args, **kwargs)
         if func is F.multi_head_attention_forward:  # hides F.linear and SDPA: open it
             return _open_python(self, func, args, kwargs)
         name = getattr(func, "__name__", "")
@@ -371,16 +382,32 @@ def _elementwise(mode: _CountMode, name, args, kwargs, out) -> None:
         mode._add(name, "elementwise", _shape(args[0]), _shape(out), 0, 0, n, other=n)
 
 
-def _count_smooth_max(mode: _CountMode, args, out) -> None:
-    """nu_beta(x) = m + (1/beta) log sum exp(beta (x - m)) (seed 1a, shifted by m = max x)."""
+def _count_smooth_max_module(mode: _CountMode, module, x, out) -> None:
+    """SmoothMax / SmoothMaxPool2d as one row: each output reduces `window` entries."""
+    m = prod(out.shape) if out.dim() else 1
+    if getattr(module, "kernel_size", "no") is None or not hasattr(module, "kernel_size"):
+        n = prod(x.shape)  # global pooling or a reduction: every entry once
+    else:
+        n = m * prod(module.kernel_size)
+    _count_smooth_max(mode, (x,), out, n)
+
+
+def _count_smooth_max(mode: _CountMode, args, out, n: int | None = None) -> None:
+    """nu_beta(x) = m + (1/beta) log sum exp(beta (x - m)) (seed 1a, shifted by m = max x).
+
+    Forward: per entry a comparison (max), a subtraction, a multiplication by beta and an exp;
+    per output the sum, a log, a multiplication by 1/beta and the add of m. Its backward,
+    softmax(beta (x - m)) * grad (seed 1c), is elementwise and is not a MAC family.
+    """
     x = args[0]
-    n, m = prod(x.shape), prod(out.shape) if out.dim() else 1
+    n, m = n or prod(x.shape), prod(out.shape) if out.dim() else 1
     mults = n + m  # beta (x - m) per entry, 1/beta per output
     adds = n + (n - m) + m  # x - m, the sum, + m
     other = n + n + m  # max comparisons, exp, log
     bwd = 0
     mode._add("smooth_max", "smooth_max", _shape(x), _shape(out), mults, adds,
               mults + adds + other, bwd, other=other)
+    mode.rows[-1].extra["entries"] = n
 
 
 _HANDLERS: dict = {}
@@ -394,6 +421,7 @@ _HANDLERS["addmm"] = _addmm
 for _n in ("matmul", "__matmul__", "__rmatmul__", "mm", "bmm"):
     _HANDLERS[_n] = _matmul
 _HANDLERS["einsum"] = _einsum
+_HANDLERS["smooth_max"] = lambda mode, name, args, kwargs, out: _count_smooth_max(mode, args, out)
 _HANDLERS["scaled_dot_product_attention"] = _sdpa
 for _n in ("batch_norm", "layer_norm", "group_norm", "instance_norm"):
     _HANDLERS[_n] = _norm
