@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable
 
 from omegaconf import DictConfig
@@ -33,3 +34,33 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[DictConfig, Tracker],
         if sweep_info()[0]:
             raise
         sys.exit(1)
+
+
+PLUGIN_OPTIONS = {"hydra/launcher": {"basic", "joblib", "submitit_slurm", "submitit_local"},
+                  "hydra/sweeper": {"basic"}}
+
+
+def check_group_overrides(argv: list, conf_dir: Path) -> None:
+    """A `group=option` override naming a config that does not exist: one line, exit 2.
+
+    (Hydra itself reports it with a search-path dump; this runs before Hydra.)
+    """
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, _, value = arg.lstrip("+").partition("=")
+        group_dir = conf_dir / key
+        if not group_dir.is_dir() or key.startswith(("hydra.", "~")):
+            continue
+        known = {p.stem for p in group_dir.glob("*.yaml")} | PLUGIN_OPTIONS.get(key, set())
+        for option in (v.strip() for v in value.split(",")):
+            if option and option != "null" and option not in known:
+                err_console.print(f"[bold red]error:[/] {key}={option}: no such config "
+                                  f"(options: {', '.join(sorted(known))})", highlight=False,
+                                  soft_wrap=True)
+                sys.exit(2)
+
+
+def main_guard(argv: list | None = None) -> None:
+    check_group_overrides(list(sys.argv[1:] if argv is None else argv),
+                          Path(__file__).resolve().parents[1] / "conf")

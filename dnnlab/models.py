@@ -105,7 +105,14 @@ class SmoothMaxCNN(torch.nn.Module):
                  learnable: bool = False, normalized: bool = False) -> None:
         super().__init__()
         from dnnlab.nn import Conv2d, SmoothMaxPool2d
+        from dnnlab.nn.smooth_max import _parse_beta
 
+        try:
+            _parse_beta(beta, "SmoothMaxCNN")
+        except ConfigError as err:
+            raise ConfigError(f"model.pool.beta={beta}: {err}") from None
+        if len(channels) != 3:
+            raise ConfigError(f"model.builder.channels: expected 3 sizes, got {list(channels)}")
         c1, c2, c3 = [int(c) for c in channels]
         self.features = torch.nn.Sequential(
             Conv2d(in_channels, c1, 3, padding=1), torch.nn.ReLU(),

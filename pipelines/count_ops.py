@@ -157,8 +157,12 @@ def main(cfg: DictConfig) -> dict:
     return run_job(cfg, "count_ops", job)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run as pipelines.count_ops, not __main__, so that launchers
+    import pipelines.count_ops  # that pickle the task (joblib, submitit) pickle it by reference
+    from dnnlab.cli import main_guard
+
+    main_guard()  # a config group option that does not exist: one line
+    pipelines.count_ops.main()
 
 
 def report_section(cfg: DictConfig, out: Path, tracker: Tracker) -> str:

@@ -30,5 +30,9 @@ def main(cfg: DictConfig) -> float:
     return run_job(cfg, "train", job)["test_accuracy"]
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run as pipelines.train, not __main__, so that launchers
+    import pipelines.train  # that pickle the task (joblib, submitit) pickle it by reference
+    from dnnlab.cli import main_guard
+
+    main_guard()  # a config group option that does not exist: one line
+    pipelines.train.main()

@@ -226,3 +226,29 @@ def test_fvcore_agreement_on_some_classifiers(name):
 @pytest.mark.parametrize("name", [n for n in CLASSIFIERS if n not in FAST])
 def test_fvcore_agreement_on_every_classifier(name):
     _check_classifier(name, backward=True)
+
+
+def test_dnnlab_layers_are_counted():
+    from dnnlab.functional import smooth_max
+    from dnnlab.models import SmoothMaxCNN
+    from dnnlab.nn import SmoothMaxPool2d, swap_convs
+
+    native = torchvision.models.resnet18()
+    ours = swap_convs(torchvision.models.resnet18())
+    a, b = count_ops(native, [2, 3, 64, 64]), count_ops(ours, [2, 3, 64, 64])
+    assert a.totals() == b.totals() and a.totals(backward=True) == b.totals(backward=True)
+    assert [r.path for r in a.layers] == [r.path for r in b.layers]
+    # smooth max: a family of its own; each output reduces its window (seed 1a)
+    rows = [r for r in count_ops(SmoothMaxPool2d(2.0, kernel_size=2), [1, 3, 8, 8]).layers]
+    assert [(r.family, r.out_shape) for r in rows] == [("smooth_max", [1, 3, 4, 4])]
+    n, m = 3 * 8 * 8, 3 * 4 * 4  # entries, outputs
+    assert (rows[0].mults, rows[0].adds, rows[0].other) == (n + m, 2 * n, 2 * n + m)
+
+    class F(nn.Module):
+        def forward(self, x):
+            return smooth_max(x, 2.0, dim=-1)
+
+    (row,) = count_ops(F(), [3, 5]).layers
+    assert row.family == "smooth_max" and row.mults == 15 + 3
+    totals = count_ops(SmoothMaxCNN(1, 10, (4, 8, 8)), [1, 1, 8, 8]).totals()
+    assert totals["smooth_max"] > 0 and totals["conv"] == 64 * (4 * 9 + 8 * 4 * 9) + 16 * 8 * 8 * 9
