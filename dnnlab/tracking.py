@@ -86,8 +86,9 @@ def write_json(path: Path, data: Any) -> None:
 class Tracker:
     """A W&B run for one job plus its local mirror in the run dir."""
 
-    def __init__(self, cfg: DictConfig, pipeline: str, run_dir: Path | None = None):
-        self.cfg, self.pipeline = cfg, pipeline
+    def __init__(self, cfg: DictConfig, pipeline: str, run_dir: Path | None = None,
+                 use_wandb: bool = True):
+        self.cfg, self.pipeline, self.use_wandb = cfg, pipeline, use_wandb
         self.run_dir = Path(run_dir) if run_dir is not None else run_dir_of(cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.results: dict = {}
@@ -130,7 +131,7 @@ class Tracker:
     def __enter__(self) -> "Tracker":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self._ctx = self._init_wandb()
+            self._ctx = self._init_wandb() if self.use_wandb else None
         self.run = self._ctx
         return self
 
