@@ -470,3 +470,21 @@ def test_saves_no_full_size_tensor_besides_the_input():
     big = [t for t in saved if t.numel() == x.numel()]
     assert big and all(t.data_ptr() == x.data_ptr() for t in big)
     assert sum(t.numel() for t in saved if t.numel() < x.numel()) <= 2 * 16
+
+
+@pytest.mark.parametrize("shape,k", [((2, 3, 8, 8), 2), ((2, 3, 9, 7), 2), ((2, 3, 8, 8), None),
+                                     ((2, 3, 6, 6), 3)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_pool_fast_path_at_inf_equals_generic_smooth_max(shape, k, dtype):
+    """SmoothMaxPool2d(inf) takes a max-pooling fast path: same values, ties shared equally."""
+    torch.manual_seed(0)
+    x = torch.randn(shape).relu().to(dtype)  # ReLU zeros: many ties
+    x[0, 0, :2, :2] = -math.inf
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya = SmoothMaxPool2d(math.inf, kernel_size=k)(xa)
+    yb = (smooth_max(xb, math.inf, (-2, -1), True) if k is None else
+          smooth_max(xb.unfold(2, k, k).unfold(3, k, k), math.inf, (-2, -1)))
+    g = torch.randn_like(ya)
+    (ga,), (gb,) = torch.autograd.grad(ya, xa, g), torch.autograd.grad(yb, xb, g)
+    assert torch.equal(ya, yb) and torch.equal(ga, gb)
+    assert type(ya.grad_fn).__name__ == "_MaxPoolTiesBackward"

@@ -8,6 +8,7 @@ import math
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from dnnlab.errors import ConfigError, ShapeError
 from dnnlab.functional import _scalar_beta, smooth_max
@@ -104,6 +105,44 @@ def _pair(v, name: str) -> tuple[int, int]:
     return t
 
 
+class _MaxPoolTies(torch.autograd.Function):
+    """beta = inf on non-overlapping windows: max pooling (seed 1a, limit) whose gradient is the
+    argmax one-hot with ties shared equally (seed 1c, limit), as smooth_max gives at beta = inf,
+    computed on contiguous 4-d tensors (F.max_pool2d forward, a broadcast mask backward)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size):  # x: (B, C, H, W)
+        if kernel_size is None:
+            out = torch.amax(x, (2, 3), keepdim=True)  # (B, C, 1, 1)
+        else:
+            out = F.max_pool2d(x, kernel_size)  # (B, C, H_out, W_out)
+        ctx.kernel_size = kernel_size
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # g: like out
+        x, out = ctx.saved_tensors
+        cdtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        if ctx.kernel_size is None:
+            hit = (x == out) & (out > -math.inf)  # (B, C, H, W)
+            w = hit.to(cdtype)
+            count = w.sum((2, 3), keepdim=True).clamp_min_(1.0)  # (B, C, 1, 1) ties
+            return w.mul_((g.to(cdtype) / count)).to(x.dtype), None
+        (kh, kw), (b, c, h, wd) = ctx.kernel_size, x.shape
+        ho, wo = out.shape[2], out.shape[3]
+        xv = x[:, :, :ho * kh, :wo * kw].reshape(b, c, ho, kh, wo, kw)  # (B, C, Ho, kh, Wo, kw)
+        ov = out.reshape(b, c, ho, 1, wo, 1)
+        hit = (xv == ov) & (ov > -math.inf)
+        w = hit.to(cdtype)
+        count = w.sum((3, 5), keepdim=True).clamp_min_(1.0)  # ties share the gradient
+        w.mul_(g.to(cdtype).reshape(b, c, ho, 1, wo, 1) / count)
+        gx = w.reshape(b, c, ho * kh, wo * kw).to(x.dtype)
+        if ho * kh != h or wo * kw != wd:  # rows/columns no window covers get no gradient
+            gx = F.pad(gx, (0, wd - wo * kw, 0, h - ho * kh))
+        return gx, None
+
+
 class SmoothMaxPool2d(_Temperature):
     dnnlab_family = "smooth_max"  # dnnlab.opcount counts it as one op of its own family
     """Smooth-max pooling over (H, W) windows of a (B, C, H, W) input: nu_beta of each window.
@@ -152,6 +191,14 @@ class SmoothMaxPool2d(_Temperature):
         if x.dim() != 4:
             raise ShapeError(f"SmoothMaxPool2d: expected a (B, C, H, W) input, got {tuple(x.shape)}")
         c = x.shape[1]
+        b = self.beta
+        if not isinstance(b, torch.Tensor) and math.isinf(b) and (
+                self.kernel_size is None or self.stride == self.kernel_size):
+            if self.kernel_size is not None and (x.shape[2] < self.kernel_size[0]
+                                                 or x.shape[3] < self.kernel_size[1]):
+                raise ShapeError(f"SmoothMaxPool2d: input {tuple(x.shape)} is smaller than the "
+                                 f"kernel {self.kernel_size}")
+            return _MaxPoolTies.apply(x, self.kernel_size)  # fast path, same values and grads
         if self.kernel_size is None:
             beta = self._channel_beta(c, 2)  # (C, 1, 1) or scalar
             out = smooth_max(x, beta, (-2, -1), True, self.normalized)  # (B, C, 1, 1)
