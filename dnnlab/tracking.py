@@ -117,14 +117,16 @@ class Tracker:
             settings=wandb.Settings(console="off", x_disable_stats=True, silent=True,
                                     init_timeout=float(wcfg.get("init_timeout", 60))),
         )
-        for m in [mode] + [m for m in ("offline", "disabled") if m != mode]:
+        modes = [mode] + [m for m in ("offline", "disabled") if m != mode]
+        for i, m in enumerate(modes):
             try:
-                ctx = wandb.init(mode=m, **kwargs)
-                return ctx
+                return wandb.init(mode=m, **kwargs)
             except Exception as err:  # noqa: BLE001 - W&B must never sink a run
                 if not _WARNED:
-                    print(f"warning: W&B could not start in mode '{m}' ({str(err).splitlines()[0]}"
-                          "); carrying on without it", file=sys.stderr)
+                    then = " then ".join(modes[i + 1:]) or "without W&B"
+                    print(f"warning: W&B could not start in mode '{m}' ("
+                          f"{(str(err).strip().splitlines() or [type(err).__name__])[0]}); "
+                          f"carrying on {then}", file=sys.stderr)
                     _WARNED = True
         return None
 

@@ -54,3 +54,20 @@ def test_count_ops_multirun_groups_jobs(pipeline, tmp_path):
         assert w["config"]["model"]["name"] == res["model"]
     assert models == {"lenet5", "seed_conv1d"}
     assert len(groups) == 1 and groups.pop().startswith("count_ops-")
+
+
+def test_wandb_online_without_account_falls_back_to_offline(tmp_path, monkeypatch):
+    from tests.conftest import run_pipeline
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    out = tmp_path / "run"
+    proc = run_pipeline("count_ops", "model=lenet5", "reconcile=false", "wandb.mode=online",
+                        "wandb.init_timeout=15", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [ln for ln in proc.stderr.splitlines() if "W&B could not start" in ln]
+    assert len(warnings) == 1 and "carrying on offline" in warnings[0]
+    (run,) = find_runs(out)
+    assert summarize(run)["summary"]["macs/conv"] > 0
+    assert json.loads((out / "results.json").read_text())["model"] == "lenet5"

@@ -73,9 +73,11 @@ def test_same_config_same_metrics_and_kill_resume_equals_uninterrupted(pipeline,
     assert _history(rc) == _history(ra) and rc["test_accuracy"] == ra["test_accuracy"]
 
 
-def test_joblib_multirun_two_wandb_runs_one_group_and_summary(pipeline, tmp_path):
+@pytest.mark.parametrize("launcher", ["local", "slurm_local"])  # joblib; submitit's local path
+def test_multirun_two_wandb_runs_one_group_and_summary(pipeline, tmp_path, launcher):
     sweep = tmp_path / "sweep"
-    proc = pipeline("train", "hydra/launcher=local", "model.pool.beta=2,inf", "trainer.epochs=2",
+    proc = pipeline("train", f"hydra/launcher={launcher}", "model.pool.beta=2,inf",
+                    "trainer.epochs=2",
                     f"hydra.sweep.dir={sweep}", *QUICK, multirun=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     groups, betas = set(), set()

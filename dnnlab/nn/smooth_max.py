@@ -105,42 +105,78 @@ def _pair(v, name: str) -> tuple[int, int]:
     return t
 
 
-class _MaxPoolTies(torch.autograd.Function):
-    """beta = inf on non-overlapping windows: max pooling (seed 1a, limit) whose gradient is the
-    argmax one-hot with ties shared equally (seed 1c, limit), as smooth_max gives at beta = inf,
-    computed on contiguous 4-d tensors (F.max_pool2d forward, a broadcast mask backward)."""
+def _up(t: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """(B, C, Ho, Wo) -> (B, C, Ho*kh, Wo*kw): each window's value over its window."""
+    b, c, ho, wo = t.shape
+    return t[:, :, :, None, :, None].expand(b, c, ho, kh, wo, kw).reshape(b, c, ho * kh, wo * kw)
+
+
+class _WindowSmoothMax(torch.autograd.Function):
+    """nu_beta over non-overlapping kh x kw windows for a scalar beta in (0, inf], computed on
+    contiguous 4-d tensors (max_pool2d, avg_pool2d, a broadcast of each window's value) instead
+    of reductions over strided window views. Same values and gradients as smooth_max:
+    nu = m + (1/beta) log sum exp(beta (x - m)) (seed 1a, shifted by the window max m);
+    grad = softmax(beta x) over the window (seed 1c), the argmax one-hot with ties shared at inf.
+    """
 
     @staticmethod
-    def forward(ctx, x, kernel_size):  # x: (B, C, H, W)
-        if kernel_size is None:
-            out = torch.amax(x, (2, 3), keepdim=True)  # (B, C, 1, 1)
+    def forward(ctx, x, kernel, beta, normalized):  # x: (B, C, H, W)
+        (kh, kw), (b, c, h, w) = kernel, x.shape
+        ho, wo = h // kh, w // kw
+        cd = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        xc = x[:, :, :ho * kh, :wo * kw].to(cd)  # (B, C, Ho*kh, Wo*kw), windows that fit
+        m = F.max_pool2d(xc, (kh, kw))  # (B, C, Ho, Wo) the window max (NaN propagates)
+        ctx.shape, ctx.kernel, ctx.beta, ctx.x_dtype = x.shape, kernel, beta, x.dtype
+        if math.isinf(beta):  # nu_inf = max (seed 1a, limit)
+            ctx.save_for_backward(xc, m)
+            return m.to(x.dtype)
+        # an infinite or NaN max shifts by 0, as in smooth_max: +inf -> +inf, all -inf -> -inf
+        shift = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)  # (B, C, Ho, Wo)
+        e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # exp(beta (x - m)) <= 1 (seed 1a)
+        s = F.avg_pool2d(e, (kh, kw)).mul_(kh * kw)  # (B, C, Ho, Wo) sum over each window
+        r = torch.log(s)  # in [0, log n]
+        if normalized:
+            r.sub_(math.log(kh * kw))  # nu - log(n)/beta, formed before dividing by beta
+        nu = torch.add(shift, r, alpha=1.0 / beta)  # nu = m + r / beta  (seed 1a)
+        s.clamp_min_(1.0)  # an all -inf window: exp(z) = 0 there, so the gradient is 0, not 0/0
+        ctx.save_for_backward(xc, shift, s)
+        return nu.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):  # g: (B, C, Ho, Wo)
+        (kh, kw), (b, c, h, w), beta = ctx.kernel, ctx.shape, ctx.beta
+        if math.isinf(beta):
+            xc, m = ctx.saved_tensors
+            wgt = (xc == _up(m, kh, kw)).to(xc.dtype)  # argmax one-hot (seed 1c, limit)
+            count = F.avg_pool2d(wgt, (kh, kw)).mul_(kh * kw).clamp_min_(1.0)  # ties share it
+            gq = torch.where(m > -math.inf, g.to(xc.dtype) / count, 0.0)  # all -inf window: 0
+            gx = wgt.mul_(_up(gq, kh, kw))
         else:
-            out = F.max_pool2d(x, kernel_size)  # (B, C, H_out, W_out)
-        ctx.kernel_size = kernel_size
+            xc, shift, s = ctx.saved_tensors
+            e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # as in the forward
+            gx = e.mul_(_up(g.to(xc.dtype) / s, kh, kw))  # softmax(beta x) * g  (seed 1c)
+        gx = gx.to(ctx.x_dtype)
+        if gx.shape[2] != h or gx.shape[3] != w:  # rows/columns no window covers: gradient 0
+            gx = F.pad(gx, (0, w - gx.shape[3], 0, h - gx.shape[2]))
+        return gx, None, None, None
+
+
+class _GlobalMax(torch.autograd.Function):
+    """Global pooling at beta = inf: max over (H, W), ties sharing the gradient (seed 1c)."""
+
+    @staticmethod
+    def forward(ctx, x):  # (B, C, H, W) -> (B, C, 1, 1)
+        out = torch.amax(x, (2, 3), keepdim=True)
         ctx.save_for_backward(x, out)
         return out
 
     @staticmethod
-    def backward(ctx, g):  # g: like out
+    def backward(ctx, g):
         x, out = ctx.saved_tensors
-        cdtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        if ctx.kernel_size is None:
-            hit = (x == out) & (out > -math.inf)  # (B, C, H, W)
-            w = hit.to(cdtype)
-            count = w.sum((2, 3), keepdim=True).clamp_min_(1.0)  # (B, C, 1, 1) ties
-            return w.mul_((g.to(cdtype) / count)).to(x.dtype), None
-        (kh, kw), (b, c, h, wd) = ctx.kernel_size, x.shape
-        ho, wo = out.shape[2], out.shape[3]
-        xv = x[:, :, :ho * kh, :wo * kw].reshape(b, c, ho, kh, wo, kw)  # (B, C, Ho, kh, Wo, kw)
-        ov = out.reshape(b, c, ho, 1, wo, 1)
-        hit = (xv == ov) & (ov > -math.inf)
-        w = hit.to(cdtype)
-        count = w.sum((3, 5), keepdim=True).clamp_min_(1.0)  # ties share the gradient
-        w.mul_(g.to(cdtype).reshape(b, c, ho, 1, wo, 1) / count)
-        gx = w.reshape(b, c, ho * kh, wo * kw).to(x.dtype)
-        if ho * kh != h or wo * kw != wd:  # rows/columns no window covers get no gradient
-            gx = F.pad(gx, (0, wd - wo * kw, 0, h - ho * kh))
-        return gx, None
+        cd = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        wgt = ((x == out) & (out > -math.inf)).to(cd)
+        count = wgt.sum((2, 3), keepdim=True).clamp_min_(1.0)
+        return wgt.mul_(g.to(cd) / count).to(x.dtype)
 
 
 class SmoothMaxPool2d(_Temperature):
@@ -198,7 +234,15 @@ class SmoothMaxPool2d(_Temperature):
                                                  or x.shape[3] < self.kernel_size[1]):
                 raise ShapeError(f"SmoothMaxPool2d: input {tuple(x.shape)} is smaller than the "
                                  f"kernel {self.kernel_size}")
-            return _MaxPoolTies.apply(x, self.kernel_size)  # fast path, same values and grads
+            if self.kernel_size is None:
+                return _GlobalMax.apply(x)  # fast path: same values and gradients
+            return _WindowSmoothMax.apply(x, self.kernel_size, math.inf, self.normalized)
+        if (not isinstance(b, torch.Tensor) and self.kernel_size is not None
+                and self.stride == self.kernel_size):
+            if x.shape[2] < self.kernel_size[0] or x.shape[3] < self.kernel_size[1]:
+                raise ShapeError(f"SmoothMaxPool2d: input {tuple(x.shape)} is smaller than the "
+                                 f"kernel {self.kernel_size}")
+            return _WindowSmoothMax.apply(x, self.kernel_size, float(b), self.normalized)
         if self.kernel_size is None:
             beta = self._channel_beta(c, 2)  # (C, 1, 1) or scalar
             out = smooth_max(x, beta, (-2, -1), True, self.normalized)  # (B, C, 1, 1)
