@@ -12,6 +12,7 @@ from typing import Iterable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from dnnlab.nn import SmoothMaxPool2d
 from dnnlab.nn.conv import Conv1d, Conv2d, Conv3d
@@ -81,8 +82,13 @@ def pool_check(m: SmoothMaxPool2d, x: torch.Tensor, g: torch.Tensor) -> dict:
     xa = x.detach().requires_grad_(True)
     (ours,) = torch.autograd.grad(m(xa), [xa], g)
     xb = x.detach().requires_grad_(True)
-    ref_out = smooth_max_reference(_windows(m, xb), _beta_for(m, x.shape[1]),
-                                   normalized=m.normalized)
+    beta = _beta_for(m, x.shape[1])
+    if getattr(m, "ties", "shared") == "first" and not isinstance(beta, torch.Tensor) and \
+            math.isinf(beta):  # torch's max pooling is the layer itself here
+        ref_out = F.adaptive_max_pool2d(xb, 1) if m.kernel_size is None else F.max_pool2d(
+            xb, m.kernel_size, m.stride)
+    else:
+        ref_out = smooth_max_reference(_windows(m, xb), beta, normalized=m.normalized)
     (ref,) = torch.autograd.grad(ref_out.reshape(g.shape), [xb], g)
     return {"input": errors(ours, ref)}
 
@@ -96,6 +102,8 @@ def pool_stats(m: SmoothMaxPool2d, x: torch.Tensor) -> dict:
         beta = beta.double().view(1, -1, 1, 1, 1)
     if not isinstance(beta, torch.Tensor) and math.isinf(beta):
         top = (w == w.amax(-1, keepdim=True)).double()
+        if getattr(m, "ties", "shared") == "first":  # max pooling: one argmax per window
+            top = torch.zeros_like(w).scatter_(-1, w.argmax(-1, keepdim=True), 1.0)
         p = top / top.sum(-1, keepdim=True)  # ties shared: the limit of softmax (seed 1c)
     else:
         p = torch.softmax(beta * w, dim=-1)  # seed 1c: grad nu_beta = softmax(beta x)

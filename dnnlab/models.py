@@ -102,7 +102,8 @@ class SmoothMaxCNN(torch.nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10,
                  channels: Sequence[int] = (32, 64, 64), beta: float | str = 4.0,
-                 learnable: bool = False, normalized: bool = False) -> None:
+                 learnable: bool = False, normalized: bool = False,
+                 ties: str = "shared") -> None:
         super().__init__()
         from dnnlab.nn import Conv2d, SmoothMaxPool2d
         from dnnlab.nn.smooth_max import _parse_beta
@@ -117,9 +118,10 @@ class SmoothMaxCNN(torch.nn.Module):
         self.features = torch.nn.Sequential(
             Conv2d(in_channels, c1, 3, padding=1), torch.nn.ReLU(),
             Conv2d(c1, c2, 3, padding=1), torch.nn.ReLU(),
-            SmoothMaxPool2d(beta, kernel_size=2, learnable=learnable, normalized=normalized),
+            SmoothMaxPool2d(beta, kernel_size=2, learnable=learnable, normalized=normalized,
+                            ties=ties),
             Conv2d(c2, c3, 3, padding=1), torch.nn.ReLU(),
-            SmoothMaxPool2d(beta, learnable=learnable, normalized=normalized),  # global
+            SmoothMaxPool2d(beta, learnable=learnable, normalized=normalized, ties=ties),  # global
         )
         self.head = torch.nn.Linear(c3, num_classes)
 

@@ -488,3 +488,16 @@ def test_pool_fast_path_at_inf_equals_generic_smooth_max(shape, k, dtype):
     (ga,), (gb,) = torch.autograd.grad(ya, xa, g), torch.autograd.grad(yb, xb, g)
     assert torch.equal(ya, yb) and torch.equal(ga, gb)
     assert type(ya.grad_fn).__name__ in ("_WindowSmoothMaxBackward", "_GlobalMaxBackward")
+
+
+def test_pool_ties_first_is_torch_max_pooling():
+    x = torch.randn(2, 3, 8, 8).relu().requires_grad_()
+    for k, ref in ((2, lambda t: F.max_pool2d(t, 2)), (None, lambda t: F.adaptive_max_pool2d(t, 1))):
+        y = SmoothMaxPool2d(math.inf, kernel_size=k, ties="first")(x)
+        g = torch.randn_like(y)
+        (ga,) = torch.autograd.grad(y, x, g)
+        xr = x.detach().requires_grad_()
+        (gb,) = torch.autograd.grad(ref(xr), xr, g)
+        assert torch.equal(y, ref(x)) and torch.equal(ga, gb)
+    with pytest.raises(ConfigError, match="ties"):
+        SmoothMaxPool2d(math.inf, ties="all")

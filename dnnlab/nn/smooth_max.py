@@ -196,11 +196,18 @@ class SmoothMaxPool2d(_Temperature):
 
     beta may be a number, "inf", or a per-channel list/tensor of length C; learnable=True makes
     it a parameter stored as its log (`log_beta`).
+
+    ties: at beta = inf, "shared" (default) gives the gradient of the limit of softmax(beta x):
+    the argmax one-hot with tied maxima sharing it equally (seed 1c); "first" is torch's max
+    pooling (F.max_pool2d), which routes it to one argmax per window, and is faster.
     """
 
     def __init__(self, beta, kernel_size=None, stride=None, normalized: bool = False,
-                 learnable: bool = False):
+                 learnable: bool = False, ties: str = "shared"):
         super().__init__()
+        if ties not in ("shared", "first"):
+            raise ConfigError(f"SmoothMaxPool2d: ties must be 'shared' or 'first', got {ties!r}")
+        self.ties = ties
         self._init_beta(beta, learnable)
         b = self.beta
         if isinstance(b, torch.Tensor) and b.dim() > 1:
@@ -228,6 +235,11 @@ class SmoothMaxPool2d(_Temperature):
             raise ShapeError(f"SmoothMaxPool2d: expected a (B, C, H, W) input, got {tuple(x.shape)}")
         c = x.shape[1]
         b = self.beta
+        if self.ties == "first" and not isinstance(b, torch.Tensor) and math.isinf(b):
+            # torch's max pooling: the gradient goes to one argmax per window
+            if self.kernel_size is None:
+                return F.adaptive_max_pool2d(x, 1)  # (B, C, 1, 1)
+            return F.max_pool2d(x, self.kernel_size, self.stride)  # (B, C, H_out, W_out)
         if not isinstance(b, torch.Tensor) and math.isinf(b) and (
                 self.kernel_size is None or self.stride == self.kernel_size):
             if self.kernel_size is not None and (x.shape[2] < self.kernel_size[0]
@@ -259,4 +271,5 @@ class SmoothMaxPool2d(_Temperature):
 
     def extra_repr(self) -> str:
         s = f"beta={_fmt_beta(self.beta)}, kernel_size={self.kernel_size}, stride={self.stride}"
-        return s + f", normalized={self.normalized}, learnable={self.learnable}"
+        s += f", normalized={self.normalized}, learnable={self.learnable}"
+        return s + (", ties='first'" if self.ties == "first" else "")
