@@ -16,10 +16,10 @@ import statistics
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from dnnlab.models import SmoothMaxCNN
 

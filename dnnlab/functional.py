@@ -22,8 +22,8 @@ full-size beta * x instead, and allocates three more full-size temporaries in it
 import math
 
 import torch
-from torch.overrides import handle_torch_function, has_torch_function_unary
 from torch.autograd.function import once_differentiable
+from torch.overrides import handle_torch_function, has_torch_function_unary
 
 from dnnlab.errors import ConfigError, ShapeError
 

@@ -8,11 +8,11 @@ correlation) the reference is torch's own convolution through autograd; for Smoo
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from dnnlab.nn import SmoothMaxPool2d
 from dnnlab.nn.conv import Conv1d, Conv2d, Conv3d

@@ -26,8 +26,9 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -130,7 +131,7 @@ class Tracker:
                     _WARNED = True
         return None
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._ctx = self._init_wandb() if self.use_wandb else None

@@ -40,7 +40,7 @@ def job(cfg: DictConfig, tracker: Tracker) -> dict:
         console.rule(f"[bold]{name}")
         try:
             module = importlib.import_module(SECTIONS[name])
-            section = getattr(module, "report_section")
+            section = module.report_section
         except (ImportError, AttributeError):
             status[name] = "not available"
             continue

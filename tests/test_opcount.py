@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 
 from dnnlab.errors import ShapeError
 from dnnlab.opcount import count_ops, torchvision_input_shape
@@ -201,8 +201,8 @@ FAST = ["alexnet", "vit_b_16", "regnet_y_400mf", "googlenet", "squeezenet1_1"]
 
 
 def _check_classifier(name: str, backward: bool) -> None:
-    from dnnlab.opcount import build_meta
     from dnnlab.models import materialize
+    from dnnlab.opcount import build_meta
 
     model = build_meta(lambda: torchvision.models.get_model(name))
     shape = torchvision_input_shape(name, model)

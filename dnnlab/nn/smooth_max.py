@@ -7,8 +7,8 @@ Seed problem 1: nu_beta -> max as beta -> inf with 0 <= nu_beta - max <= log(n)/
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from dnnlab.errors import ConfigError, ShapeError
 from dnnlab.functional import _scalar_beta, smooth_max

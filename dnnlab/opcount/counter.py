@@ -13,9 +13,9 @@ How it works (no weights, no compute, no memory):
 """
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Sequence
 from math import prod
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

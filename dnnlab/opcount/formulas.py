@@ -10,8 +10,8 @@ Additions: `mults - outputs` without the bias add, `mults` with it (the seed's c
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from math import floor, prod
-from typing import Sequence
 
 
 def conv_out_size(n_in: int, k: int, stride: int, pad: int, dilation: int) -> int:
