@@ -72,9 +72,10 @@ def main() -> None:
         cells = [name]
         for b in args.batches:
             shape = [b] + base[1:]
-            ours = time_it(lambda: count_ops(model, shape), args.repeat)
+            ours = time_it(lambda m=model, s=shape: count_ops(m, s), args.repeat)
             with torch.no_grad():
-                theirs = time_it(lambda: fvcore_total(model, shape), 1 if b > 1 else args.repeat)
+                theirs = time_it(lambda m=model, s=shape: fvcore_total(m, s),
+                                 1 if b > 1 else args.repeat)
             tot[b][0] += ours
             tot[b][1] += theirs
             if b == 1:
@@ -82,7 +83,6 @@ def main() -> None:
             cells += [f"{ours:.3f}", f"{theirs:.3f}", f"{theirs / ours:.1f}x"]
         table.add_row(*cells)
         console.print(" ".join(cells), highlight=False)
-        del model
     cells = ["TOTAL"]
     for b in args.batches:
         cells += [f"{tot[b][0]:.2f}", f"{tot[b][1]:.2f}", f"{tot[b][1] / tot[b][0]:.1f}x"]

@@ -74,9 +74,9 @@ def plot(rows: list, path: Path) -> Path | None:
     ax2.set_ylabel("pooling gradient entropy / log(n)", color="tab:red")
     ax2.set_ylim(-0.05, 1.05)
     ticks = sorted(set(xs))
+    has_inf = _beta_key(num[-1]["beta"]) == math.inf  # num is sorted: inf comes last
     ax1.set_xticks(ticks)
-    ax1.set_xticklabels([("inf" if t == x_inf and not math.isfinite(_beta_key(num[-1]["beta"]))
-                          and t == xs[-1] else f"{t:g}") for t in ticks])
+    ax1.set_xticklabels(["inf" if has_inf and t == x_inf else f"{t:g}" for t in ticks])
     ax1.set_title("Temperature sweep: accuracy and pooling-gradient entropy vs beta (seed 1c)")
     ax1.grid(alpha=0.3)
     return save(fig, path)

@@ -61,6 +61,11 @@ def check_group_overrides(argv: list, conf_dir: Path) -> None:
                 sys.exit(2)
 
 
-def main_guard(argv: list | None = None) -> None:
-    check_group_overrides(list(sys.argv[1:] if argv is None else argv),
-                          Path(__file__).resolve().parents[1] / "conf")
+def launch(module: str) -> None:
+    """A pipeline's `__main__`: check the config group options (one line if one does not
+    exist), then run `<module>.main` imported under its own name, so that launchers that pickle
+    the task (joblib, submitit) pickle it by reference, not by value from `__main__`."""
+    import importlib
+
+    check_group_overrides(sys.argv[1:], Path(__file__).resolve().parents[1] / "conf")
+    importlib.import_module(module).main()

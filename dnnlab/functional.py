@@ -120,8 +120,6 @@ class _SmoothMax(torch.autograd.Function):
     to `red_shape`, the input's shape with the reduced dims kept as 1 (maybe with inf entries).
     """
 
-    dnnlab_family = "smooth_max"  # the op counter (dnnlab.opcount) counts this family
-
     @staticmethod
     def forward(ctx, x, beta, beta_c, dims, red_shape, out_shape, normalized):
         # x: (..., n, ...) reduced over dims -> nu: red_shape (..., 1, ...) or without the 1s

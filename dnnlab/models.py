@@ -71,11 +71,9 @@ def build_model(model_cfg: DictConfig, device: str | torch.device = "cpu") -> to
                               ) from None
 
     if str(device) == "meta":
-        try:
-            with torch.device("meta"):
-                return instantiate(model_cfg.builder)
-        except Exception:  # noqa: BLE001 - e.g. regnets copy tensors while being built
-            device = "cpu"  # build on the CPU; a config error is then reported by make()
+        from dnnlab.opcount import build_meta
+
+        return build_meta(make)  # a config error is reported by the CPU attempt
     with torch.device(device):
         return make()
 

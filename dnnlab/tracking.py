@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 _WARNED = False
 
 
-def run_dir_of(cfg: DictConfig | None = None) -> Path:
+def run_dir_of() -> Path:
     """The job's run dir: Hydra's runtime.output_dir (cwd when not under Hydra)."""
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -90,7 +90,7 @@ class Tracker:
     def __init__(self, cfg: DictConfig, pipeline: str, run_dir: Path | None = None,
                  use_wandb: bool = True):
         self.cfg, self.pipeline, self.use_wandb = cfg, pipeline, use_wandb
-        self.run_dir = Path(run_dir) if run_dir is not None else run_dir_of(cfg)
+        self.run_dir = Path(run_dir) if run_dir is not None else run_dir_of()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.results: dict = {}
         self.run = None

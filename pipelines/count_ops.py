@@ -42,7 +42,7 @@ def _shape(cfg: DictConfig) -> list:
     return shape
 
 
-def analyse(cfg: DictConfig, tracker: Tracker | None = None) -> dict:
+def analyse(cfg: DictConfig) -> dict:
     """Count (and reconcile) the model of `cfg`; returns the results dict."""
     shape = _shape(cfg)
     name = str(cfg.model.get("name", "model"))
@@ -129,7 +129,7 @@ def plot(results: dict, out: Path) -> Path:
 
 def job(cfg: DictConfig, tracker: Tracker) -> dict:
     with console.status(f"counting {cfg.model.get('name')} ..."):
-        res = analyse(cfg, tracker)
+        res = analyse(cfg)
     results, report = res["results"], res["report"]
     tracker.results.update(results)
     tracker.save()
@@ -155,14 +155,6 @@ def job(cfg: DictConfig, tracker: Tracker) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="count_ops")
 def main(cfg: DictConfig) -> dict:
     return run_job(cfg, "count_ops", job)
-
-
-if __name__ == "__main__":  # run as pipelines.count_ops, not __main__, so that launchers
-    import pipelines.count_ops  # that pickle the task (joblib, submitit) pickle it by reference
-    from dnnlab.cli import main_guard
-
-    main_guard()  # a config group option that does not exist: one line
-    pipelines.count_ops.main()
 
 
 def report_section(cfg: DictConfig, out: Path, tracker: Tracker) -> str:
@@ -214,3 +206,9 @@ def report_section(cfg: DictConfig, out: Path, tracker: Tracker) -> str:
                      f"{'match' if fc.get('match') else 'MISMATCH'} |")
     tracker.summary(**{f"opcount/{r['model']}/reconciled": r["reconciled"] for r in results})
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    from dnnlab.cli import launch
+
+    launch("pipelines.count_ops")

@@ -892,9 +892,7 @@ def report_section(cfg: DictConfig, out: Path, tracker: Tracker) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # run as pipelines.grad_check, not __main__, so that launchers
-    import pipelines.grad_check  # noqa: PLW0406 - launchers (joblib, submitit) pickle by reference
-    from dnnlab.cli import main_guard
+if __name__ == "__main__":
+    from dnnlab.cli import launch
 
-    main_guard()  # a config group option that does not exist (seednet=nope): one line
-    pipelines.grad_check.main()
+    launch("pipelines.grad_check")

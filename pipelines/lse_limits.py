@@ -565,9 +565,7 @@ def markdown(res: dict, s: Settings, pngs: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # run as pipelines.lse_limits, not __main__, so that launchers
-    import pipelines.lse_limits  # that pickle the task (joblib, submitit) pickle it by reference
-    from dnnlab.cli import main_guard
+if __name__ == "__main__":
+    from dnnlab.cli import launch
 
-    main_guard()  # a config group option that does not exist: one line
-    pipelines.lse_limits.main()
+    launch("pipelines.lse_limits")

@@ -65,9 +65,7 @@ def main(cfg: DictConfig) -> dict:
     return run_job(cfg, "reproduce", job)
 
 
-if __name__ == "__main__":  # run as pipelines.reproduce, not __main__, so that launchers
-    import pipelines.reproduce  # that pickle the task (joblib, submitit) pickle it by reference
-    from dnnlab.cli import main_guard
+if __name__ == "__main__":
+    from dnnlab.cli import launch
 
-    main_guard()  # a config group option that does not exist: one line
-    pipelines.reproduce.main()
+    launch("pipelines.reproduce")

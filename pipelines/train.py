@@ -30,14 +30,6 @@ def main(cfg: DictConfig) -> float:
     return run_job(cfg, "train", job)["test_accuracy"]
 
 
-if __name__ == "__main__":  # run as pipelines.train, not __main__, so that launchers
-    import pipelines.train  # that pickle the task (joblib, submitit) pickle it by reference
-    from dnnlab.cli import main_guard
-
-    main_guard()  # a config group option that does not exist: one line
-    pipelines.train.main()
-
-
 def report_section(cfg: DictConfig, out, tracker: Tracker) -> str:
     """The report's temperature sweep: smooth-max pooling from average-like to max (seed 1c)."""
     import json
@@ -88,3 +80,9 @@ def report_section(cfg: DictConfig, out, tracker: Tracker) -> str:
     tracker.summary(**{f"train/beta_{r['beta']}/test_accuracy": r["test_accuracy"]
                        for r in rows})
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    from dnnlab.cli import launch
+
+    launch("pipelines.train")

@@ -17,7 +17,7 @@ def run_pipeline(name: str, *overrides: str, multirun: bool = False, timeout: in
     env.pop("WANDB_MODE", None)
     cmd = [sys.executable, "-m", f"pipelines.{name}"] + (["-m"] if multirun else []) + list(
         overrides)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 

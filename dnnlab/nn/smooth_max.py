@@ -121,7 +121,7 @@ class _WindowSmoothMax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kernel, beta, normalized):  # x: (B, C, H, W)
-        (kh, kw), (b, c, h, w) = kernel, x.shape
+        (kh, kw), (h, w) = kernel, x.shape[2:]
         ho, wo = h // kh, w // kw
         cd = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         xc = x[:, :, :ho * kh, :wo * kw].to(cd)  # (B, C, Ho*kh, Wo*kw), windows that fit
@@ -144,7 +144,7 @@ class _WindowSmoothMax(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):  # g: (B, C, Ho, Wo)
-        (kh, kw), (b, c, h, w), beta = ctx.kernel, ctx.shape, ctx.beta
+        (kh, kw), (h, w), beta = ctx.kernel, ctx.shape[2:], ctx.beta
         if math.isinf(beta):
             xc, m = ctx.saved_tensors
             wgt = (xc == _up(m, kh, kw)).to(xc.dtype)  # argmax one-hot (seed 1c, limit)

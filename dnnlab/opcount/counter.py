@@ -5,9 +5,10 @@ How it works (no weights, no compute, no memory):
    `torch.func.functional_call` (the model itself is not touched);
 2. a `TorchFunctionMode` sees every torch call (F.conv2d, F.linear, `@`, bmm, einsum,
    scaled_dot_product_attention, norms, pools, elementwise ops) with its real shapes and counts
-   it by the seed's closed forms (`formulas.py`); composite functions that hide linear maps
-   (`F.multi_head_attention_forward`) and dnnlab's own autograd Functions are opened so that
-   their inner calls are counted too;
+   it by the seed's closed forms (`formulas.py`); a composite function that hides linear maps
+   (`F.multi_head_attention_forward`) is opened so that its inner calls are counted too, and
+   dnnlab's own layers are counted like torch's (their autograd Functions call F.conv2d etc.,
+   which the mode sees; smooth max reaches it through `handle_torch_function`);
 3. global module hooks, removed afterwards, keep a stack of the modules being run so that every
    row carries the module path (`features.0`) and a failing layer can be named.
 """
@@ -45,18 +46,6 @@ def _shape(t: Any) -> list:
 
 def _rg(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and t.requires_grad
-
-
-class _Ctx:
-    """A stand-in for autograd's ctx, to run a custom Function's forward under the counter."""
-
-    def __init__(self, args: Sequence):
-        self.needs_input_grad = tuple(_rg(a) for a in args)
-
-    def save_for_backward(self, *t): pass
-    def mark_non_differentiable(self, *t): pass
-    def mark_dirty(self, *t): pass
-    def set_materialize_grads(self, v): pass
 
 
 class _Tracker:
@@ -120,9 +109,6 @@ class _CountMode(TorchFunctionMode):
         if func is F.multi_head_attention_forward:  # hides F.linear and SDPA: open it
             return _open_python(self, func, args, kwargs)
         name = getattr(func, "__name__", "")
-        if name == "apply" and isinstance(getattr(func, "__self__", None), type) and issubclass(
-                func.__self__, torch.autograd.Function):
-            return self._function_apply(func, args, kwargs)
         handler = _HANDLERS.get(name)
         if handler is None:
             return func(*args, **kwargs)
@@ -131,26 +117,6 @@ class _CountMode(TorchFunctionMode):
             pre(self, args, kwargs)
         out = func(*args, **kwargs)
         handler(self, name, args, kwargs, out)
-        return out
-
-    def _function_apply(self, func, args, kwargs):
-        """A custom autograd Function (dnnlab's convs, smooth max): count what its forward runs."""
-        cls = func.__self__
-        out = func(*args, **kwargs)
-        family = getattr(cls, "dnnlab_family", None)
-        if family == "smooth_max":
-            _count_smooth_max(self, args, out)
-            return out
-        n_before = len(self.rows)
-        with torch.no_grad(), self:
-            try:
-                cls.forward(_Ctx(args), *args, **kwargs)
-            except TypeError:  # forward without ctx (setup_context style)
-                cls.forward(*args, **kwargs)
-        # the inner forward ran under no_grad: restore the backward counts from the real args
-        for row in self.rows[n_before:]:
-            row.extra["function"] = cls.__name__
-        _fix_backward(self.rows[n_before:], args)
         return out
 
 
@@ -171,16 +137,6 @@ def _open_python(mode: _CountMode, func: Callable, args, kwargs):
 
 def _never(*args, **kwargs) -> bool:
     return False
-
-
-def _fix_backward(rows: list, args: Sequence) -> None:
-    """Rows counted inside a no_grad Function forward: backward MACs from the real args."""
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    x_rg = bool(tensors) and tensors[0].requires_grad
-    w_rg = any(t.requires_grad for t in tensors[1:])
-    for row in rows:
-        if row.family in ("conv", "linear", "matmul"):
-            row.bwd_macs = row.macs * (int(x_rg) + int(w_rg))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,7 +245,7 @@ def _linear(mode: _CountMode, name, args, kwargs, out) -> None:
 
 
 def _addmm(mode: _CountMode, name, args, kwargs, out) -> None:
-    b, m1, m2 = args[0], args[1], args[2]
+    m1, m2 = args[1], args[2]  # addmm(bias, m1, m2)
     mults, adds, macs = fm.matmul_counts(m1.shape, m2.shape, out.shape)
     bias_adds = prod(out.shape) if mode.count_bias else 0
     bwd = macs * (int(_rg(m1)) + int(_rg(m2)))
