@@ -22,15 +22,15 @@ several jobs (joblib workers) would otherwise log them all into the first run.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from dnnlab.table import Table, jsonable
 
 _WARNED = False
 
@@ -60,21 +60,13 @@ def sweep_info() -> tuple[bool, str | None, str | None]:
         return False, None, None
 
 
-def jsonable(x: Any) -> Any:
-    """Make a value JSON-readable: inf/-inf/nan become the strings "inf", "-inf", "nan"."""
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "nan"
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return x
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
-        return jsonable(x.item())
-    return x
+def _tags(tags) -> list[str]:
+    """wandb.tags as a list of strings (one string is one tag)."""
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        return [tags]
+    return [str(t) for t in tags]
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -103,18 +95,15 @@ class Tracker:
         import wandb
 
         wcfg = self.cfg.get("wandb", None) or {}
-        mode = str(wcfg.get("mode", "offline"))
-        if mode not in ("offline", "online", "disabled"):
-            from dnnlab.errors import ConfigError
-
-            raise ConfigError(f"wandb.mode must be offline, online or disabled, got '{mode}'")
+        mode = getattr(wcfg.get("mode", "offline"), "value", wcfg.get("mode", "offline"))
         multirun, sweep, job = sweep_info()
         group = wcfg.get("group", None) or sweep
         kwargs = dict(
             project=wcfg.get("project", "dnnlab"), entity=wcfg.get("entity", None),
             group=group, job_type=self.pipeline, name=job or None,
-            tags=list(wcfg.get("tags", []) or []), dir=str(self.run_dir),
-            config=OmegaConf.to_container(self.cfg, resolve=True), reinit="finish_previous",
+            tags=_tags(wcfg.get("tags", None)), dir=str(self.run_dir),
+            config=jsonable(OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)),
+            reinit="finish_previous",
             settings=wandb.Settings(console="off", x_disable_stats=True, silent=True,
                                     init_timeout=float(wcfg.get("init_timeout", 60))),
         )
@@ -164,20 +153,11 @@ class Tracker:
                 self.run.summary[k] = jsonable(v) if isinstance(v, (dict, list)) else v
         self.save()
 
-    def table(self, key: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        """A wandb.Table, also written as <key>.csv in the run dir."""
-        import csv
-
-        rows = [list(r) for r in rows]
-        with open(self.run_dir / f"{key}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(columns)
-            w.writerows(rows)
+    def table(self, table: Table) -> None:
+        """A Table as <key>.csv in the run dir and a wandb.Table."""
+        table.to_csv(self.run_dir)
         if self.run is not None:
-            import wandb
-
-            self.run.log({key: wandb.Table(columns=list(columns),
-                                           data=[[jsonable(v) for v in r] for r in rows])})
+            self.run.log({table.key: table.to_wandb()})
 
     def image(self, key: str, path: Path, caption: str | None = None) -> None:
         """A PNG already saved in the run dir, logged to W&B as an image."""
@@ -189,3 +169,30 @@ class Tracker:
     def save(self) -> None:
         """Write results.json now (pipelines call this as results come in)."""
         write_json(self.run_dir / "results.json", self.results)
+
+
+def log_sweep_summary(config: DictConfig, sweep_dir: Path, table: Table, png: Path,
+                      failed: int) -> None:
+    """The summary of a multirun as its own W&B run (job_type sweep_summary) in the sweep's
+    group: the table, the plot (if written) and the number of failed jobs."""
+    import wandb
+
+    w = config.get("wandb", None) or {}
+    mode = getattr(w.get("mode", "offline"), "value", w.get("mode", "offline"))
+    if mode == "disabled":
+        return
+    group = w.get("group") or f"{config.hydra.job.name}-{sweep_dir.name}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with wandb.init(project=w.get("project", "dnnlab"), entity=w.get("entity"),
+                            group=group, job_type="sweep_summary", name="summary",
+                            dir=str(sweep_dir), mode=mode, reinit="finish_previous",
+                            settings=wandb.Settings(console="off", x_disable_stats=True,
+                                                    silent=True)) as run:
+                run.log({"summary": table.to_wandb()})
+                if png.exists():
+                    run.log({"summary_plot": wandb.Image(str(png))})
+                run.summary["failed_jobs"] = failed
+    except Exception as e:  # noqa: BLE001 - W&B must never sink a sweep
+        print(f"warning: W&B sweep summary not logged: {e}", file=sys.stderr)

@@ -1,0 +1,42 @@
+"""The one parser of inverse temperatures beta (docs/math.md (1a)): a number in (0, inf].
+
+Configs and layers accept a number, or a string such as "inf", ".inf" (YAML's spelling) or
+"1e-3"; tensors and lists (one beta per channel) are handled by the layers themselves.
+"""
+from __future__ import annotations
+
+import math
+
+from dnnlab.errors import ConfigError
+
+INF = math.inf
+
+
+def to_float(beta, key: str = "beta") -> float:
+    """A Python number or a string ("inf", ".inf", "2.5") as a float; no range check."""
+    if isinstance(beta, str):
+        s = beta.strip().lower()
+        s = {".inf": "inf", "+.inf": "inf"}.get(s, s)  # YAML spelling of infinity
+        try:
+            return float(s)
+        except ValueError:
+            raise ConfigError(f"{key}={beta!r}: expected a number or 'inf'") from None
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise ConfigError(f"{key}={beta!r}: expected a number or 'inf'")
+    return float(beta)
+
+
+def parse_beta(beta, key: str = "beta", allow_inf: bool = True) -> float:
+    """beta as a float in (0, inf] ((0, inf) if not allow_inf); ConfigError naming `key`."""
+    value = to_float(beta, key)
+    if math.isnan(value) or value <= 0 or (value == INF and not allow_inf):
+        what = "a number in (0, inf]" if allow_inf else "a finite number > 0"
+        raise ConfigError(f"{key}={beta!r}: expected {what}")
+    return value
+
+
+def beta_label(beta) -> str:
+    """A short label: 4.0 -> "4", inf -> "inf", "learnable" as is."""
+    if isinstance(beta, str):
+        return beta
+    return "inf" if beta == INF else f"{beta:g}"

@@ -1,0 +1,142 @@
+"""Structured configs: the dataclass schema of every pipeline's config, in Hydra's ConfigStore.
+
+Each topic defines the settings its experiment takes as a dataclass (types, defaults, range
+checks in `__post_init__`); here they become the schemas of the primary configs, with the
+groups every job shares (`wandb`, `paths`). A primary YAML lists its schema first:
+
+    # conf/smoothmax.yaml
+    defaults:
+      - smoothmax_schema
+      - wandb: default
+      - ...
+
+so Hydra checks every type while composing (`trainer.epochs=abc` fails, naming the key), and
+`to_settings(cfg)` turns the composed config into the typed settings, running the dataclasses'
+own checks with the full key in the message (`trainer.epochs=0: must be >= 1`).
+
+This module, `dnnlab.runtime` and `dnnlab.tracking` are the only ones that take a DictConfig.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from dnnlab.errors import ConfigError, require
+
+
+class WandbMode(str, Enum):
+    """offline: no account, no network (`wandb sync` later); online; disabled."""
+
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases, one run per job (dnnlab.tracking)."""
+
+    mode: WandbMode = WandbMode.offline
+    project: str = "dnnlab"
+    entity: str | None = None
+    group: str | None = None  # null: the sweep's name in a multirun
+    tags: Any = field(default_factory=list)  # a list of strings; one string is one tag
+    init_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tags, str):
+            self.tags = [self.tags]
+        self.tags = list(self.tags or [])
+        for i, t in enumerate(self.tags):
+            require(isinstance(t, (str, int, float)) and not isinstance(t, bool),
+                    f"tags[{i}]", t, "expected a string")
+        self.tags = [str(t) for t in self.tags]
+        require(self.init_timeout > 0, "init_timeout", self.init_timeout, "must be > 0")
+
+
+@dataclass
+class PathsConfig:
+    """Where data and outputs go (conf/paths/default.yaml)."""
+
+    root_dir: str = "${hydra:runtime.cwd}"
+    data_dir: str = "${paths.root_dir}/data"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class JobConfig:
+    """The groups every pipeline's config has."""
+
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+# pipeline -> (module, settings class): the topic's settings, which the schema extends
+SETTINGS: dict[str, tuple[str, str]] = {
+    "smoothmax": ("dnnlab.smoothmax.limits", "LimitsSettings"),
+    "opcount": ("dnnlab.opcount.experiment", "OpcountSettings"),
+    "conv": ("dnnlab.conv.experiment", "ConvSettings"),
+    "train": ("dnnlab.train.settings", "TrainSettings"),
+    "reproduce": ("dnnlab.report", "ReproduceSettings"),
+}
+
+
+def schema(pipeline: str) -> type:
+    """The schema of `pipeline`'s primary config: its settings + the JobConfig groups."""
+    module, name = SETTINGS[pipeline]
+    settings = getattr(importlib.import_module(module), name)
+    return dataclasses.make_dataclass(f"{pipeline.capitalize()}Config", [],
+                                      bases=(settings, JobConfig))
+
+
+def register(*pipelines: str) -> None:
+    """Store `<pipeline>_schema` in Hydra's ConfigStore (all pipelines when none is named)."""
+    cs = ConfigStore.instance()
+    for p in pipelines or tuple(SETTINGS):
+        cs.store(name=f"{p}_schema", node=schema(p))
+
+
+def _check_nodes(cfg: DictConfig, prefix: str) -> None:
+    """Instantiate every typed sub-node deepest first, so a dataclass's own check is reported
+    with the node's path before its key."""
+    for key in cfg.keys():
+        child = cfg._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            _check_nodes(child, path)
+            if dataclasses.is_dataclass(OmegaConf.get_type(child)):
+                try:
+                    OmegaConf.to_object(child)
+                except ConfigError as err:
+                    raise err.under(path) from None
+
+
+def to_settings(cfg: DictConfig) -> Any:
+    """The typed settings of a composed config (a dataclass instance; `Any` nodes such as a
+    model's `_target_` spec become plain dicts and lists). ConfigError names the full key."""
+    _check_nodes(cfg, "")
+    return OmegaConf.to_object(cfg)
+
+
+def settings_of(cls: type, values: Any, key: str) -> Any:
+    """`values` (a dict or DictConfig) checked against the dataclass `cls`, as an instance;
+    every error (a wrong type, a bad value, an unknown key) is a ConfigError under `key`."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(cls), values or {})
+    except OmegaConfBaseException as err:
+        full = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else key
+        msg = str(err).strip().splitlines()[0]
+        raise ConfigError(f"{full}: {msg}") from None
+    _check_nodes(node, key)
+    try:
+        return OmegaConf.to_object(node)
+    except ConfigError as err:
+        raise err.under(key) from None

@@ -1,0 +1,30 @@
+"""Timing through torch.utils.benchmark.Timer: it adapts the number of runs to the cost of one
+and reports the median, synchronizing CUDA where the statement runs there."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch.utils import benchmark
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch.set_num_threads(n) inside the block (None: leave as is)."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def median_seconds(fn: Callable[[], object], *, min_run_time: float = 0.2,
+                   threads: int | None = None, label: str = "") -> float:
+    """The median time of one call of `fn`, in seconds (Timer.blocked_autorange: as many runs
+    as fit in `min_run_time`, after a warm-up)."""
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, label=label,
+                            num_threads=threads or torch.get_num_threads())
+    return float(timer.blocked_autorange(min_run_time=min_run_time).median)

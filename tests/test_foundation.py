@@ -1,0 +1,121 @@
+"""The shared pieces: dtypes, the beta parser, timing, the table type, errors, plots."""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from dnnlab import beta as betas
+from dnnlab import dtypes, plots, timing
+from dnnlab.errors import ConfigError, require
+from dnnlab.table import Table, jsonable, rows_of
+
+
+@pytest.mark.parametrize("name", ["float64", "float32", "float16", "bfloat16"])
+def test_dtype_names_round_trip(name):
+    t = dtypes.torch_dtype(name)
+    assert t == getattr(torch, name) == dtypes.torch_dtype(dtypes.DType(name))
+    assert dtypes.torch_dtype(t) is t
+    assert dtypes.dtype_name(t) == name == dtypes.dtype_name(dtypes.DType(name))
+
+
+def test_unknown_dtype_and_compute_dtype():
+    with pytest.raises(ValueError, match="int8"):
+        dtypes.torch_dtype("int8")
+    assert dtypes.compute_dtype(torch.float64) == torch.float64
+    for d in (torch.float32, torch.float16, torch.bfloat16):
+        assert dtypes.compute_dtype(d) == torch.float32
+    with pytest.raises(TypeError):
+        dtypes.compute_dtype(torch.int64)
+
+
+def test_tolerance_keeps_the_share_of_digits():
+    assert dtypes.tolerance_for(1e-10, torch.float64) == 1e-10
+    # 1e-10 is 10/15.65 of float64's digits; the same share of float32's eps
+    got = dtypes.tolerance_for(1e-10, torch.float32)
+    expect = torch.finfo(torch.float32).eps ** (math.log(1e-10) / math.log(dtypes.EPS64))
+    assert got == pytest.approx(expect) and 1e-5 < got < 1e-4
+
+
+def test_max_errors_against_float64():
+    ref = torch.tensor([1.0, -4.0, 2.0], dtype=torch.float64)
+    ours = ref.float() + torch.tensor([0.0, 0.5, 0.0])
+    a, r = dtypes.max_errors(ours, ref)
+    assert a == 0.5 and r == pytest.approx(0.5 / 4)
+    assert dtypes.max_errors(torch.zeros(0), torch.zeros(0)) == (0.0, 0.0)
+    assert dtypes.max_errors(torch.ones(2), torch.zeros(2)) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("value, expect", [(2, 2.0), ("1e-3", 1e-3), ("inf", math.inf),
+                                           (".inf", math.inf), (" +.INF ", math.inf), (0.5, 0.5)])
+def test_parse_beta_accepts(value, expect):
+    assert betas.parse_beta(value) == expect
+
+
+@pytest.mark.parametrize("value", [0, -1, "nan", "abc", True, None, [1]])
+def test_parse_beta_rejects_with_the_key(value):
+    with pytest.raises(ConfigError, match=r"^model\.pool\.beta="):
+        betas.parse_beta(value, "model.pool.beta")
+
+
+def test_parse_beta_finite_only_and_labels():
+    with pytest.raises(ConfigError, match="finite"):
+        betas.parse_beta("inf", "beta.max", allow_inf=False)
+    assert [betas.beta_label(b) for b in (4.0, math.inf, 0.5, "learnable")] == [
+        "4", "inf", "0.5", "learnable"]
+
+
+def test_median_seconds_measures_a_sleep_like_cost():
+    x = torch.randn(256, 256)
+    t = timing.median_seconds(lambda: x @ x, min_run_time=0.05, threads=1)
+    assert 0 < t < 0.5
+    before = torch.get_num_threads()
+    with timing.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_table_renders_everywhere(tmp_path):
+    t = Table("layers", ["layer", "macs", "ok", "shape", "beta"],
+              [["features.0", 70_276_800, True, [1, 64, 55, 55], math.inf],
+               ["a|b", 5, False, None, 0.123456]], title="AlexNet", formats={"macs": "{:,}"})
+    md = t.to_markdown().splitlines()
+    assert md[0] == "| layer | macs | ok | shape | beta |" and md[1] == "|---|---|---|---|---|"
+    assert md[2] == "| features.0 | 70,276,800 | yes | 1x64x55x55 | inf |"
+    assert md[3] == "| a\\|b | 5 | no |  | 0.1235 |"
+    path = t.to_csv(tmp_path)
+    rows = list(csv.reader(path.open()))
+    assert rows[1] == ["features.0", "70276800", "True", "1x64x55x55", "inf"]
+    rich = t.to_rich(max_rows=1)
+    assert rich.row_count == 1 and "1 more rows" in rich.caption
+    w = t.to_wandb()
+    assert w.columns == t.columns and w.data[0][4] == "inf"
+    with pytest.raises(ValueError, match="cells"):
+        Table("bad", ["a", "b"], [[1]])
+    assert rows_of([{"a": 1}], ["a", "b"]) == [[1, None]]
+    assert Table("f", ["x"], [[2.0]], formats={"x": lambda v: f"<{v}>"}).text_rows() == [["<2.0>"]]
+
+
+def test_jsonable():
+    assert jsonable({"a": [math.inf, -math.inf, math.nan, (1, 2)], 3: torch.tensor(2.5)}) == {
+        "a": ["inf", "-inf", "nan", [1, 2]], "3": 2.5}
+    assert jsonable(dtypes.DType.float16) == "float16"
+
+
+def test_config_error_under_and_require():
+    err = ConfigError.at("epochs", 0, "must be >= 1")
+    assert str(err) == "epochs=0: must be >= 1"
+    assert str(err.under("trainer")) == "trainer.epochs=0: must be >= 1"
+    assert ConfigError("plain").under("x").args == ("plain",)
+    require(True, "k", 1, "never")
+    with pytest.raises(ConfigError, match="k=2: odd"):
+        require(False, "k", 2, "odd")
+
+
+def test_plots_save_png(tmp_path):
+    fig, ax = plots.plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = plots.save(fig, tmp_path / "x.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

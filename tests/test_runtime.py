@@ -1,0 +1,168 @@
+"""The runtime around every job: typed settings, one-line errors, exit codes, Hydra's grammar.
+
+In-process: a tiny Hydra app (its own config dir and schema, written in tmp_path) run through
+`launch`, as `python -m pipelines.<name>` runs a pipeline."""
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from dataclasses import dataclass
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from dnnlab import runtime
+from dnnlab.errors import ConfigError, ShapeError
+
+APP = '''
+from dataclasses import dataclass, field
+import hydra
+from hydra.core.config_store import ConfigStore
+from dnnlab.config import JobConfig
+from dnnlab.errors import ShapeError, require
+from dnnlab.runtime import run_job
+
+@dataclass
+class Inner:
+    epochs: int = 2
+    def __post_init__(self):
+        require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+
+@dataclass
+class AppConfig(JobConfig):
+    inner: Inner = field(default_factory=Inner)
+    flag: bool = True
+    fail: bool = False
+
+ConfigStore.instance().store(name="app_schema", node=AppConfig)
+SEEN = []
+
+def job(settings, tracker):
+    SEEN.append(settings)
+    tracker.summary(epochs=settings.inner.epochs)
+    if settings.fail:
+        raise ShapeError("layer 'features.3' (Conv2d) cannot take input of shape [1, 2]")
+    return settings.inner.epochs
+
+@hydra.main(version_base="1.3", config_path="CONF", config_name="app")
+def main(cfg):
+    return run_job(cfg, "app", job)
+'''
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    conf = tmp_path / "conf"
+    (conf / "group").mkdir(parents=True)
+    (conf / "app.yaml").write_text(textwrap.dedent("""
+        defaults:
+          - app_schema
+          - group: a
+          - _self_
+        wandb: {mode: disabled}
+        paths: {root_dir: ., data_dir: data, output_dir: .}
+        hydra:
+          run: {dir: %s/run}
+          sweep: {dir: %s/multi}
+    """ % (tmp_path, tmp_path)))
+    (conf / "group" / "a.yaml").write_text("# @package _global_\nflag: true\n")
+    (conf / "group" / "b.yaml").write_text("# @package _global_\nflag: false\n")
+    name = f"dnnlab_test_app_{abs(hash(str(tmp_path)))}"
+    (tmp_path / f"{name}.py").write_text(APP.replace("CONF", str(conf)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def run(*argv):
+        monkeypatch.setattr(sys, "argv", [name, *argv])
+        GlobalHydra.instance().clear()
+        try:
+            runtime.launch(name)
+            return 0
+        except SystemExit as e:
+            return e.code
+        finally:
+            GlobalHydra.instance().clear()
+
+    run.module = lambda: sys.modules[name]
+    run.dir = tmp_path
+    return run
+
+
+def _one_line(err: str) -> str:
+    lines = [s for s in err.strip().splitlines() if s.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_a_good_run_gets_typed_settings(app, capsys):
+    assert app("inner.epochs=3") == 0
+    (settings,) = app.module().SEEN
+    assert type(settings).__name__ == "AppConfig" and settings.inner.epochs == 3
+    assert json.loads((app.dir / "run" / "results.json").read_text()) == {"epochs": 3}
+
+
+@pytest.mark.parametrize("override, code, needle", [
+    ("inner.epochs=abc", 2, "inner.epochs: Value 'abc' of type 'str' could not be converted"),
+    ("inner.epochs=12.5", 2, "inner.epochs: Value '12.5'"),
+    ("flag=maybe", 2, "flag: Value 'maybe' is not a valid bool"),
+    ("inner.epochs=0", 1, "inner.epochs=0: must be >= 1"),
+    ("group=nope", 2, "group=nope: no such config (options: a, b)"),
+    ("nokey=1", 2, "Could not override 'nokey'"),
+    ("fail=true", 1, "layer 'features.3' (Conv2d) cannot take input"),
+    ("inner.epochs=[", 2, "inner.epochs=["),
+])
+def test_user_errors_are_one_line(app, capsys, override, code, needle):
+    assert app(override) == code
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("error: ") and needle in line, line
+
+
+def test_hydra_grammar_works_without_pre_parsing(app, capsys):
+    assert app("-m", "group=glob(*)", "inner.epochs=choice(1,2)") == 0
+    assert sorted((s.flag, s.inner.epochs) for s in app.module().SEEN) == [
+        (False, 1), (False, 2), (True, 1), (True, 2)]
+
+
+def test_a_failed_job_in_a_multirun_is_one_error_line(app, capsys):
+    assert app("-m", "fail=false,true") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error: ") == 1
+    assert len(app.module().SEEN) == 2  # the other job ran
+
+
+def test_full_error_env_gives_the_traceback(app, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(Exception, match="Error merging override inner.epochs=abc"):
+        app("inner.epochs=abc")
+
+
+def test_describe_sorts_user_errors_from_bugs():
+    assert runtime.describe(ConfigError("x=1: bad")) == ("x=1: bad", 1)
+    assert runtime.describe(ShapeError("layer 'a'")) == ("layer 'a'", 1)
+    assert runtime.describe(RuntimeError("bug")) is None
+
+
+def test_keyboard_interrupt_exits_130(monkeypatch, capsys, tmp_path):
+    (tmp_path / "dnnlab_test_ctrl_c.py").write_text("def main():\n    raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        runtime.launch("dnnlab_test_ctrl_c")
+    assert e.value.code == 130
+    assert "interrupted" in _one_line(capsys.readouterr().err)
+
+
+@dataclass
+class _Tiny:
+    n: int = 1
+
+
+def test_settings_of_names_the_section_key():
+    from dnnlab.config import settings_of
+
+    assert settings_of(_Tiny, {"n": 3}, "conv").n == 3
+    with pytest.raises(ConfigError, match=r"^conv\.n: Value 'x'"):
+        settings_of(_Tiny, {"n": "x"}, "conv")
+    with pytest.raises(ConfigError, match=r"conv\.m"):
+        settings_of(_Tiny, {"m": 1}, "conv")
