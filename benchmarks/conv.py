@@ -1,4 +1,4 @@
-"""Benchmark: our Conv2d (hand-written backward, seed 4b) against torch.nn.Conv2d.
+"""Benchmark: our Conv2d (hand-written backward, docs/math.md (4b)) against torch.nn.Conv2d.
 
     python benchmarks/conv.py            # ~2-3 minutes on 2 CPU cores
     python benchmarks/conv.py --quick    # ~30 s
@@ -7,17 +7,17 @@
 
 Three tables:
 1. Conv2d forward+backward (input, weight and bias gradients) on ResNet-like shapes, ours vs
-   torch, plus ours with the explicit seed weight gradient (informational: why the default uses
-   torch's backward-weights kernel, see dnnlab/nn/conv.py).
+   torch, plus ours with the explicit weight gradient C_{v^T} y of (4a) (informational: why the
+   default uses torch's backward-weights kernel, see dnnlab/conv/function.py).
 2. One training step (forward, cross-entropy, backward, SGD step) of torchvision's resnet18,
    native vs swap_convs'd.
-3. The seed network (dnnlab.seednet): forward+backward of the matrix form (A_w formed, O(n^2))
-   against the conv form (O(n f)) for n = 2^6 .. 2^14.
+3. The chain (dnnlab.conv.chain, docs/math.md (4)): forward+backward of the matrix form (A_w
+   formed, O(n^2)) against the conv form (O(n f)) for n = 2^6 .. 2^14.
 
-Timing: median over repeats after warmup. In tables 1 and 2 the variants are interleaved in every
-repeat so that both see the same machine state (turbo, caches, other processes); table 3 runs
-each form in a block (see dnnlab.seednet.measure_forms: the matrix form's gigabyte allocations
-would otherwise charge the conv form with page faults).
+Timing: dnnlab.timing.median_seconds (torch.utils.benchmark.Timer: as many runs as fit in
+`min_run_time` after a warm-up, the median; CUDA synchronized). Each variant is timed in its own
+block; table 3 as dnnlab.conv.scaling does it (the matrix form's gigabyte allocations would
+otherwise charge the conv form with page faults).
 Memory: on CPU, the bytes of the tensors saved for backward during the forward pass, caught with
 torch.autograd.graph.saved_tensors_hooks and deduplicated by storage (a tensor saved twice, or
 two views of one storage, count once; the storage's full size counts). On CUDA, the peak of
@@ -29,20 +29,17 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dnnlab.conv.function import weight_grad_mode
+from dnnlab.conv.scaling import log2_label, measure_row
 from dnnlab.nn import Conv2d, swap_convs
-from dnnlab.nn.conv import weight_grad_mode
-from dnnlab.seednet import scaling
+from dnnlab.timing import median_seconds
 
 TIME_TARGET, MEM_TARGET = 1.10, 1.0
 console = Console(width=132)  # wide enough for the tables when piped to a file
@@ -53,18 +50,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def interleaved_medians(fns: dict, warmup: int, repeats: int, device) -> dict[str, float]:
-    """Median seconds of each fn, the fns interleaved within each repeat."""
-    times = {k: [] for k in fns}
-    for i in range(warmup + repeats):
-        for k, fn in fns.items():
-            sync(device)
-            t = time.perf_counter()
-            fn()
-            sync(device)
-            if i >= warmup:
-                times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+def medians(fns: dict, min_run_time: float) -> dict[str, float]:
+    """Median seconds of each fn (dnnlab.timing.median_seconds)."""
+    return {k: median_seconds(fn, min_run_time=min_run_time) for k, fn in fns.items()}
 
 
 def saved_bytes(forward) -> int:
@@ -111,8 +99,9 @@ SHAPES = [  # (name, C_in, C_out, H, kernel, stride, padding)
 ]
 
 
-def bench_layers(batches, warmup, repeats, device, dtype) -> bool:
-    table = Table(title=f"Conv2d forward+backward (input, weight, bias grads), {device.type}, {dtype}")
+def bench_layers(batches, min_run_time, device, dtype) -> bool:
+    table = Table(title=f"Conv2d forward+backward (input, weight, bias grads), {device.type}, "
+                        f"{dtype}")
     for col in ["shape", "batch", "torch ms", "ours ms", "time ratio", "explicit-dw ratio",
                 "torch saved", "ours saved", "mem ratio", ""]:
         table.add_column(col, justify="left" if col == "shape" else "right")
@@ -134,14 +123,14 @@ def bench_layers(batches, warmup, repeats, device, dtype) -> bool:
             with weight_grad_mode("explicit"):
                 run()
 
-        t = interleaved_medians({"torch": step(ref), "ours": run_ours, "explicit": explicit},
-                                warmup, repeats, device)
+        t = medians({"torch": step(ref), "ours": run_ours, "explicit": explicit}, min_run_time)
         m_ref = memory(step(ref), lambda m=ref, x=x: m(x), device)
         m_ours = memory(step(ours), lambda m=ours, x=x: m(x), device)
         tr, mr = t["ours"] / t["torch"], m_ours / m_ref
         ok = tr <= TIME_TARGET and mr <= MEM_TARGET
         all_ok &= ok
-        table.add_row(name, str(batch), f"{t['torch'] * 1e3:.2f}", f"{t['ours'] * 1e3:.2f}", f"{tr:.3f}",
+        table.add_row(name, str(batch), f"{t['torch'] * 1e3:.2f}", f"{t['ours'] * 1e3:.2f}",
+                      f"{tr:.3f}",
                       f"{t['explicit'] / t['torch']:.3f}", f"{m_ref / 2**20:.1f} MiB",
                       f"{m_ours / 2**20:.1f} MiB", f"{mr:.3f}", verdict(ok))
     console.print(table)
@@ -152,7 +141,7 @@ def bench_layers(batches, warmup, repeats, device, dtype) -> bool:
 # 2. a resnet18 training step
 
 
-def bench_resnet(batches, size, warmup, repeats, device, dtype) -> bool:
+def bench_resnet(batches, size, min_run_time, device, dtype) -> bool:
     import torchvision
 
     torch.manual_seed(0)
@@ -164,12 +153,12 @@ def bench_resnet(batches, size, warmup, repeats, device, dtype) -> bool:
         table.add_column(col, justify="left" if col == "model" else "right")
     ok = True
     for batch in batches:
-        ok &= _resnet_rows(table, native, swapped, batch, size, warmup, repeats, device, dtype)
+        ok &= _resnet_rows(table, native, swapped, batch, size, min_run_time, device, dtype)
     console.print(table)
     return ok
 
 
-def _resnet_rows(table, native, swapped, batch, size, warmup, repeats, device, dtype) -> bool:
+def _resnet_rows(table, native, swapped, batch, size, min_run_time, device, dtype) -> bool:
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
     labels = torch.randint(0, 1000, (batch,), device=device)
     opts = {id(m): torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
@@ -183,7 +172,7 @@ def _resnet_rows(table, native, swapped, batch, size, warmup, repeats, device, d
             opt.step()
         return run
 
-    t = interleaved_medians({"torch": step(native), "ours": step(swapped)}, warmup, repeats, device)
+    t = medians({"torch": step(native), "ours": step(swapped)}, min_run_time)
     mem = {k: memory(step(m), lambda m=m: F.cross_entropy(m(x), labels), device)
            for k, m in (("torch", native), ("ours", swapped))}
     tr, mr = t["ours"] / t["torch"], mem["ours"] / mem["torch"]
@@ -196,21 +185,21 @@ def _resnet_rows(table, native, swapped, batch, size, warmup, repeats, device, d
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. the seed network: matrix form vs conv form
+# 3. the chain: matrix form vs conv form
 
 
-def bench_seednet(max_log2, repeats, device, max_matrix_bytes=2e9):
-    ns = [2**k for k in range(6, max_log2 + 1)]
-    rows = scaling(ns, filters=(3, 3, 3), activation="tanh", batch=1, dtype=torch.float32,
-                   device=device, repeats=repeats, max_matrix_bytes=max_matrix_bytes)
-    table = Table(title="seed network (3 layers, f=3, tanh, float32): forward+backward, "
-                        "matrix form (A_w formed) vs conv form (seed 4b)")
+def bench_chain(max_log2, repeats, device, max_matrix_bytes=2e9):
+    rows = [measure_row(2**k, (3, 3, 3), "tanh", batch=1, dtype=torch.float32, device=device,
+                        repeats=repeats, max_matrix_bytes=max_matrix_bytes)
+            for k in range(6, max_log2 + 1)]
+    table = Table(title="the chain (3 layers, f=3, tanh, float32): forward+backward, "
+                        "matrix form (A_w formed) vs conv form (docs/math.md (4b))")
     for col in ["n", "matrix ms", "conv ms", "matrix/conv", "A_w bytes", "conv bytes"]:
         table.add_column(col, justify="right")
     for r in rows:
         skipped = r["matrix_skipped"]
         table.add_row(
-            f"2^{r['n'].bit_length() - 1}",
+            log2_label(r["n"]),
             "skipped" if skipped else f"{r['matrix_s'] * 1e3:.3f}",
             f"{r['conv_s'] * 1e3:.3f}",
             "-" if skipped else f"{r['matrix_s'] / r['conv_s']:.1f}x",
@@ -229,7 +218,7 @@ def bench_seednet(max_log2, repeats, device, max_matrix_bytes=2e9):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats, smaller sizes")
+    ap.add_argument("--quick", action="store_true", help="shorter timings, smaller sizes")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = ap.parse_args(argv)
@@ -244,15 +233,15 @@ def main(argv=None):
                      f" ({torch.cuda.get_device_name(device)})"))
     if not cpu:
         torch.backends.cudnn.benchmark = True
-    ok = bench_layers(batches=[4 if q else 16] if cpu else [64, 256], warmup=2 if q else 3,
-                      repeats=3 if q else (9 if cpu else 30), device=device, dtype=dtype)
-    ok &= bench_resnet(batches=[8] if cpu else [64, 256], size=112 if cpu else 224, warmup=1 if q else 2,
-                       repeats=3 if q else (7 if cpu else 20), device=device, dtype=dtype)
+    ok = bench_layers(batches=[4 if q else 16] if cpu else [64, 256],
+                      min_run_time=0.2 if q else 1.0, device=device, dtype=dtype)
+    ok &= bench_resnet(batches=[8] if cpu else [64, 256], size=112 if cpu else 224,
+                       min_run_time=0.5 if q else 2.0, device=device, dtype=dtype)
     if not cpu:
         console.print("note: where torch's time is short, a GPU step is bound by the CPU's kernel "
                       "launches, and the Python autograd.Function's overhead (tens of us per conv, "
                       "forward and backward) shows in the ratio; larger batches hide it.")
-    bench_seednet(max_log2=12 if q else 14, repeats=2 if q else 3, device=device)
+    bench_chain(max_log2=12 if q else 14, repeats=2 if q else 3, device=device)
     console.print(f"target: time ratio <= {TIME_TARGET:.2f}, memory ratio <= {MEM_TARGET:.1f}: "
                   + verdict(ok))
     return 0 if ok else 1

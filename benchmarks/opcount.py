@@ -1,19 +1,20 @@
 """Benchmark: dnnlab's analytic counter (meta device) against fvcore's FlopCountAnalysis.
 
 Every torchvision classifier at its default input size, at batch 1 and 16, counted by both
-in the same run; prints per-model times, totals and the ratio fvcore / dnnlab (speed-up).
+in the same run, each timed by `dnnlab.timing.median_seconds` (torch.utils.benchmark.Timer: the
+median over as many runs as fit in --min-run-time, after a warm-up; model construction is not
+timed); prints per-model times, totals and the ratio fvcore / dnnlab (speed-up).
 Targets: never slower than fvcore at batch 1 (ratio >= 1 for every model), >= 10x faster
 at batch 16 (total), dnnlab's time independent of batch size.
 
     python benchmarks/opcount.py              # all classifiers (long: fvcore really computes)
     python benchmarks/opcount.py --quick      # 8 models
+    python benchmarks/opcount.py --models alexnet --batches 1
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import statistics
-import time
 import warnings
 
 import torch
@@ -23,20 +24,12 @@ from rich.table import Table
 
 from dnnlab.models import materialize
 from dnnlab.opcount import build_meta, count_ops, torchvision_input_shape
+from dnnlab.timing import median_seconds
 
 warnings.filterwarnings("ignore")
 logging.getLogger("fvcore").setLevel(logging.ERROR)
 QUICK = ["alexnet", "resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "vit_b_16",
          "convnext_tiny", "regnet_y_400mf"]
-
-
-def time_it(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def fvcore_total(model, shape) -> int:
@@ -52,7 +45,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--models", nargs="*")
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 16])
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--min-run-time", type=float, default=0.5,
+                    help="seconds of runs per timing (at least one run, after a warm-up)")
     args = ap.parse_args()
     names = args.models or (QUICK if args.quick else
                             torchvision.models.list_models(module=torchvision.models))
@@ -67,15 +61,16 @@ def main() -> None:
     tot = {b: [0.0, 0.0] for b in args.batches}
     worst_b1 = float("inf")
     for name in names:
-        model = materialize(build_meta(lambda: torchvision.models.get_model(name))).eval()
+        model = materialize(build_meta(lambda n=name: torchvision.models.get_model(n))).eval()
         base = torchvision_input_shape(name, model)
         cells = [name]
         for b in args.batches:
             shape = [b] + base[1:]
-            ours = time_it(lambda m=model, s=shape: count_ops(m, s), args.repeat)
+            ours = median_seconds(lambda m=model, s=shape: count_ops(m, s),
+                                  min_run_time=args.min_run_time)
             with torch.no_grad():
-                theirs = time_it(lambda m=model, s=shape: fvcore_total(m, s),
-                                 1 if b > 1 else args.repeat)
+                theirs = median_seconds(lambda m=model, s=shape: fvcore_total(m, s),
+                                        min_run_time=args.min_run_time)
             tot[b][0] += ours
             tot[b][1] += theirs
             if b == 1:
@@ -95,7 +90,8 @@ def main() -> None:
                   f"{'PASS' if worst_b1 >= 1 else 'FAIL'}")
     if b_hi >= 16:
         r = tot[b_hi][1] / tot[b_hi][0]
-        console.print(f"target: >= 10x at b{b_hi} (total): {r:.1f}x {'PASS' if r >= 10 else 'FAIL'}")
+        console.print(f"target: >= 10x at b{b_hi} (total): {r:.1f}x "
+                      f"{'PASS' if r >= 10 else 'FAIL'}")
 
 
 if __name__ == "__main__":

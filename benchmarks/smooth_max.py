@@ -1,10 +1,12 @@
-"""Benchmark: dnnlab's smooth_max against torch.logsumexp(beta * x, dim) / beta (autograd).
+"""Benchmark: dnnlab's smooth_max against the plain-autograd reference
+dnnlab.smoothmax.reference.smooth_max_reference (torch.logsumexp(beta (x - c)) / beta + c).
 
-    python benchmarks/smooth_max.py [--quick] [--beta 2.0] [--repeats 15] [--threads N]
+    python -m benchmarks.smooth_max [--quick] [--beta 2.0] [--min-run-time 0.5] [--threads N]
 
-For each shape and device it times forward + backward (median of several repeats after a
-warm-up) and measures memory, then prints the ratios ours / reference against the targets
-(issue 3): time ratio <= 1.2, memory ratio <= 1.0.
+For each shape and device it times forward + backward (dnnlab.timing.median_seconds: the median
+over as many runs as fit in --min-run-time, after a warm-up) and measures memory, then prints
+the ratios ours / reference against the targets: time ratio <= 1.2, memory ratio <= 1.0
+(docs/smoothmax.md).
 
 Memory, two honest measures (both over one forward + backward, the input x excluded):
   * peak: the highest total of bytes the allocator hands out above what was live before the
@@ -20,16 +22,15 @@ Memory, two honest measures (both over one forward + backward, the input x exclu
 import argparse
 import contextlib
 import os
-import statistics
 import sys
-import time
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from dnnlab.functional import smooth_max
+from dnnlab.smoothmax.functional import smooth_max
+from dnnlab.smoothmax.reference import smooth_max_reference
+from dnnlab.timing import median_seconds, torch_threads
 
 TIME_TARGET, MEMORY_TARGET = 1.2, 1.0
 
@@ -39,7 +40,7 @@ def ours(x, beta, dim):
 
 
 def reference(x, beta, dim):
-    return torch.logsumexp(beta * x, dim) / beta
+    return smooth_max_reference(x, beta, dim)
 
 
 def make_cases(quick: bool):
@@ -64,21 +65,9 @@ def step(fn, x, beta, view):
     return y
 
 
-def time_ms(fns, x, beta, view, warmup, repeats):
-    """Median ms of one forward + backward for each fn; the fns take turns in every repeat,
-    so a busy machine slows them alike."""
-    for _ in range(warmup):
-        for fn in fns:
-            step(fn, x, beta, view)
-    sync(x.device)
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            step(fn, x, beta, view)
-            sync(x.device)
-            ts.append((time.perf_counter() - t0) * 1e3)
-    return [statistics.median(ts) for ts in times]
+def time_ms(fn, x, beta, view, min_run_time):
+    """Median ms of one forward + backward (torch.utils.benchmark, CUDA synchronized)."""
+    return 1e3 * median_seconds(lambda: step(fn, x, beta, view), min_run_time=min_run_time)
 
 
 @contextlib.contextmanager
@@ -149,17 +138,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
     parser.add_argument("--beta", type=float, default=2.0)
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--min-run-time", type=float, default=None,
+                        help="seconds of timed runs per measurement (0.1 quick, 0.5 default)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warmup, repeats = (2, 7) if args.quick else (3, 15)
-    repeats = args.repeats or repeats
+    with torch_threads(args.threads):
+        return run(args, args.min_run_time or (0.1 if args.quick else 0.5))
+
+
+def run(args, min_run_time: float) -> int:
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     console = Console(width=170)
-    table = Table(title=f"smooth_max vs torch.logsumexp(beta*x)/beta, fwd+bwd, float32, beta={args.beta:g}")
+    table = Table(title="smooth_max vs smooth_max_reference (torch.logsumexp autograd), "
+                        f"fwd+bwd, float32, beta={args.beta:g}")
     for col in ["device", "shape", "ours ms", "ref ms", "time ratio", "ours peak MiB",
                 "ref peak MiB", "peak ratio", "retained ours/ref MiB", "max |diff|", "verdict"]:
         table.add_column(col, justify="right" if col not in ("device", "shape") else "left")
@@ -168,7 +160,8 @@ def main(argv=None):
     for device in devices:
         for name, shape, view in make_cases(args.quick):
             x = torch.randn(shape, device=device, requires_grad=True)
-            t_ours, t_ref = time_ms([ours, reference], x, args.beta, view, warmup, repeats)
+            t_ours = time_ms(ours, x, args.beta, view, min_run_time)
+            t_ref = time_ms(reference, x, args.beta, view, min_run_time)
             m_ours = peak_bytes(ours, x, args.beta, view)
             m_ref = peak_bytes(reference, x, args.beta, view)
             r_ours = retained_bytes(ours, x, args.beta, view)
@@ -180,7 +173,8 @@ def main(argv=None):
             table.add_row(
                 device.type, name, f"{t_ours:.2f}", f"{t_ref:.2f}", f"{tr:.2f}",
                 f"{m_ours / mib:.1f}", f"{m_ref / mib:.1f}", f"{mr:.2f}",
-                f"{r_ours / mib:.2f} / {r_ref / mib:.2f}", f"{check_same(x, args.beta, view):.1e}",
+                f"{r_ours / mib:.2f} / {r_ref / mib:.2f}",
+                f"{check_same(x, args.beta, view):.1e}",
                 "[green]PASS[/]" if ok else "[red]FAIL[/]",
             )
             del x
@@ -188,7 +182,7 @@ def main(argv=None):
     console.print(f"target: time ratio <= {TIME_TARGET}, memory ratio <= {MEMORY_TARGET} "
                   "(memory = peak, below)")
     console.print(
-        f"time: median of {repeats} forward+backward steps after {warmup} warm-up, "
+        f"time: median forward+backward step over {min_run_time:g} s of runs after a warm-up, "
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}.\n"
         "peak: highest bytes allocated above the level before the step (input excluded; "
         "temporaries, saved tensors, output, x.grad included): CPU from "

@@ -2,9 +2,10 @@
 dnnlab's layers against the same network built from torch's native layers, in the same run.
 
 dnnlab: dnnlab.nn.Conv2d (hand-written backward) + SmoothMaxPool2d (own backward).
-torch:  torch.nn.Conv2d + the same pooling through autograd of torch.logsumexp (finite beta)
-        or nn.MaxPool2d / AdaptiveMaxPool2d (beta = inf).
-Prints images/s and the time ratio dnnlab / torch. Target: at most 1.15x the time.
+torch:  torch.nn.Conv2d + the same pooling through autograd of dnnlab.smoothmax.reference
+        (torch.logsumexp, finite beta) or nn.MaxPool2d / AdaptiveMaxPool2d (beta = inf).
+Prints images/s and the time ratio dnnlab / torch (medians from torch.utils.benchmark.Timer,
+via dnnlab.timing). Target: at most 1.15x the time.
 
     python benchmarks/train.py [--quick]
 """
@@ -12,16 +13,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 
 from dnnlab.models import SmoothMaxCNN
+from dnnlab.smoothmax.reference import smooth_max_reference
+from dnnlab.table import Table
+from dnnlab.timing import median_seconds
 
 
 class LogSumExpPool2d(nn.Module):
@@ -32,13 +33,13 @@ class LogSumExpPool2d(nn.Module):
         self.beta, self.k = beta, kernel_size
 
     def forward(self, x):  # (B, C, H, W)
+        b, c = x.shape[:2]
         w = x.flatten(2) if self.k is None else F.unfold(x, self.k, stride=self.k).view(
-            x.shape[0], x.shape[1], self.k * self.k, -1).transpose(2, 3)  # (B, C, L, k*k)
-        out = (torch.logsumexp(self.beta * w, -1) - math.log(w.shape[-1])) / self.beta
+            b, c, self.k * self.k, -1).transpose(2, 3)  # (B, C, L, k*k)
+        out = smooth_max_reference(w, self.beta, dim=-1, normalized=True)  # (B, C, L)
         if self.k is None:
-            return out[..., None, None]
-        h = x.shape[2] // self.k
-        return out.view(x.shape[0], x.shape[1], h, -1)
+            return out[..., None, None]  # (B, C, 1, 1)
+        return out.view(b, c, x.shape[2] // self.k, -1)  # (B, C, H/k, W/k)
 
 
 def torch_twin(model: SmoothMaxCNN, beta: float) -> nn.Module:
@@ -64,7 +65,8 @@ def torch_twin(model: SmoothMaxCNN, beta: float) -> nn.Module:
     return twin
 
 
-def step_time(model, x, y, steps: int) -> float:
+def step_time(model, x, y, min_run_time: float) -> float:
+    """Median seconds of one training step (forward, backward, Adam step)."""
     opt = torch.optim.Adam(model.parameters(), 1e-3)
 
     def step():
@@ -72,28 +74,16 @@ def step_time(model, x, y, steps: int) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_seconds(step, min_run_time=min_run_time)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    steps = 10 if args.quick else 30
+    run_time = 0.3 if args.quick else 1.5
     cases = [("digits 1x8x8, batch 64", 1, 8, 64), ("cifar-like 3x32x32, batch 128", 3, 32, 128)]
-    console = Console(width=130)
-    table = Table(title="training step: dnnlab layers vs torch native layers (median of "
-                  f"{steps} steps, same run)")
-    for c in ("input", "beta", "dnnlab img/s", "torch img/s", "time ratio", "target <= 1.15"):
-        table.add_column(c, justify="right" if c not in ("input",) else "left")
-    worst = 0.0
+    rows, worst = [], 0.0
     for name, c, s, b in cases:
         torch.manual_seed(0)
         x, y = torch.randn(b, c, s, s), torch.randint(0, 10, (b,))
@@ -102,15 +92,19 @@ def main() -> None:
             ref = torch_twin(ours, beta)
             t_ref, t_ours = [], []
             for _ in range(2):  # interleaved, to be fair to both under load
-                t_ours.append(step_time(ours, x, y, steps))
-                t_ref.append(step_time(ref, x, y, steps))
+                t_ours.append(step_time(ours, x, y, run_time))
+                t_ref.append(step_time(ref, x, y, run_time))
             to, tr = min(t_ours), min(t_ref)
-            ratio = to / tr
-            worst = max(worst, ratio)
-            table.add_row(name, f"{beta:g}" + (" (ties first)" if ties == "first" else ""),
-                          f"{b / to:,.0f}", f"{b / tr:,.0f}", f"{ratio:.2f}",
-                          "PASS" if ratio <= 1.15 else "FAIL")
-    console.print(table)
+            worst = max(worst, to / tr)
+            rows.append([name, f"{beta:g}" + (" (ties first)" if ties == "first" else ""),
+                         b / to, b / tr, to / tr, "PASS" if to / tr <= 1.15 else "FAIL"])
+    table = Table("train_step", ["input", "beta", "dnnlab img/s", "torch img/s", "time ratio",
+                                 "target <= 1.15"], rows,
+                  title="training step: dnnlab layers vs torch native layers (median, same run)",
+                  formats={"dnnlab img/s": "{:,.0f}", "torch img/s": "{:,.0f}",
+                           "time ratio": "{:.2f}"})
+    console = Console(width=130)
+    console.print(table.to_rich())
     console.print(f"threads: {torch.get_num_threads()}; worst time ratio {worst:.2f} "
                   f"({'PASS' if worst <= 1.15 else 'FAIL'})")
 

@@ -33,7 +33,7 @@ class ConfigError(DnnlabError, ValueError):
         """The same error with `prefix.` before its key (no-op without a key)."""
         if self.key is None or not prefix:
             return self
-        return ConfigError.at(f"{prefix}.{self.key}", self.value, self.expected)
+        return type(self).at(f"{prefix}.{self.key}", self.value, self.expected)
 
 
 class ShapeError(DnnlabError, ValueError):

@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import ConfigError
 
@@ -34,12 +33,13 @@ def build_layers(layers: Sequence[Mapping[str, Any]], where: str = "model.builde
     Short names are torch.nn's (`Conv2d`, `ReLU`, ...); write `dnnlab.nn.Conv2d` for dnnlab's.
     A bad entry raises ConfigError naming it, e.g. `model.builder.layers[3].type`.
     """
-    if isinstance(layers, (DictConfig,)) or not isinstance(layers, Sequence):
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
         raise ConfigError(f"{where}: expected a list of layers, got {type(layers).__name__}")
     mods = []
     for i, spec in enumerate(layers):
-        spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(
-            spec)
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{where}[{i}]={spec!r}: expected {{type: Name, ...}}")
+        spec = dict(spec)
         if "type" not in spec:
             raise ConfigError(f"{where}[{i}]: missing key 'type'")
         cls = _resolve_type(str(spec.pop("type")), f"{where}[{i}]")
@@ -50,25 +50,28 @@ def build_layers(layers: Sequence[Mapping[str, Any]], where: str = "model.builde
     return torch.nn.Sequential(*mods)
 
 
-def build_model(model_cfg: DictConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Instantiate `model.builder`; on device 'meta' (no weights), falling back to the CPU for
-    builders that cannot run on meta (torchvision's regnets)."""
+def build_model(builder: Mapping[str, Any], device: str | torch.device = "cpu",
+                **overrides: Any) -> torch.nn.Module:
+    """Instantiate a model spec (`model.builder`: a `_target_` and its arguments, a plain dict or
+    a config node) with hydra.utils.instantiate; `overrides` replace arguments (`beta=8.0`). On
+    device 'meta' (no weights) it falls back to the CPU for builders that cannot run on meta
+    (torchvision's regnets). Errors name `model.builder`."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    if "builder" not in model_cfg:
-        raise ConfigError("model.builder: missing (a `_target_` builder or a layer list)")
+    if not isinstance(builder, Mapping) or "_target_" not in builder:
+        raise ConfigError(f"model.builder={builder!r}: expected a `_target_` and its arguments")
+    target = builder["_target_"]
 
     def make():
         try:
-            return instantiate(model_cfg.builder)
+            return instantiate(builder, **overrides)
         except InstantiationException as err:
             cause = err.__cause__ or err
             if isinstance(cause, ConfigError):
                 raise cause from None
             msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else repr(cause)
-            raise ConfigError(f"model.builder ({model_cfg.builder.get('_target_')}): {msg}"
-                              ) from None
+            raise ConfigError(f"model.builder ({target}): {msg}") from None
 
     if str(device) == "meta":
         from dnnlab.opcount import build_meta
@@ -92,8 +95,9 @@ def materialize(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class SmoothMaxCNN(torch.nn.Module):
-    """A small CNN of dnnlab layers: Conv2d (hand-written backprop, seed 4b) and SmoothMaxPool2d
-    with temperature beta (seed 1): beta -> inf is max pooling, small beta is average-like.
+    """A small CNN of dnnlab layers: Conv2d (hand-written backprop, docs/math.md (4b)) and
+    SmoothMaxPool2d with temperature beta (docs/math.md (1a)-(1c)): beta -> inf is max pooling,
+    small beta is average-like.
 
     (B, C, H, W) -> conv3x3 -> ReLU -> conv3x3 -> ReLU -> smooth-max pool 2x2 -> (B, c2, H/2, W/2)
     -> conv3x3 -> ReLU -> global smooth-max pool -> (B, c3) -> Linear -> (B, num_classes)
@@ -104,13 +108,10 @@ class SmoothMaxCNN(torch.nn.Module):
                  learnable: bool = False, normalized: bool = False,
                  ties: str = "shared") -> None:
         super().__init__()
+        from dnnlab.beta import parse_beta
         from dnnlab.nn import Conv2d, SmoothMaxPool2d
-        from dnnlab.nn.smooth_max import _parse_beta
 
-        try:
-            _parse_beta(beta, "SmoothMaxCNN")
-        except ConfigError as err:
-            raise ConfigError(f"model.pool.beta={beta}: {err}") from None
+        beta = parse_beta(beta, "model.pool.beta")
         if len(channels) != 3:
             raise ConfigError(f"model.builder.channels: expected 3 sizes, got {list(channels)}")
         c1, c2, c3 = [int(c) for c in channels]

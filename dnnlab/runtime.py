@@ -32,6 +32,7 @@ from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.markup import escape
 
 from dnnlab.config import to_settings
 from dnnlab.errors import DnnlabError
@@ -47,7 +48,7 @@ def status(message: str):
 
 
 def error_line(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Tracker], Any]) -> Any:

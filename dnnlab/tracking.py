@@ -2,12 +2,14 @@
 
 Every pipeline uses `Tracker`:
 
-    with Tracker(cfg, pipeline="count_ops") as tr:
-        tr.log({"loss": 0.1}, step=3)          # W&B history + metrics.jsonl
-        tr.table("layers", columns, rows)      # wandb.Table + <key>.csv
-        tr.image("gap_vs_beta", png_path)       # wandb.Image (the PNG is already in the run dir)
-        tr.results["totals"] = {...}; tr.save() # results.json, written as it goes
-        tr.summary(reconciled=True)             # W&B summary + results.json
+    with Tracker(cfg, pipeline="opcount") as tr:
+        tr.log({"loss": 0.1}, step=3)           # W&B history + metrics.jsonl
+        tr.table(Table("layers", columns, rows)) # wandb.Table + layers.csv
+        tr.image("gap_vs_beta", png_path)        # wandb.Image (the PNG is already in the run dir)
+        tr.results["totals"] = {...}; tr.save()  # results.json, written as it goes
+        tr.summary(reconciled=True)              # W&B summary + results.json
+
+Only pipelines (and the runtime) hold a Tracker: library code returns results.
 
 Config keys (conf/wandb/default.yaml): `wandb.mode` = offline (default: no account, no
 network; `wandb sync <run dir>/wandb/offline-run-*` uploads later) | online | disabled;

@@ -1,10 +1,14 @@
-"""The main job: reproduce the seed's results and write report.md in the run dir.
+"""The main job (`make run`): every topic's results, measured now, in report.md in the run dir.
 
-    python -m pipelines.reproduce            # what `make run` runs
-    python -m pipelines.reproduce sections=[opcount]
+    python -m pipelines.reproduce
+    python -m pipelines.reproduce sections=[opcount,conv]
+    python -m pipelines.reproduce train.epochs=2 'opcount.models=[alexnet]'
 
-Each capability adds a section (a `report_section(cfg, out_dir, tracker) -> str` in its
-pipeline module). A section that fails is reported in the report and the others go on.
+Each section is its topic's `report_section(settings, out_dir)` (dnnlab/<topic>/report.py),
+with the settings of the node `<topic>:` in conf/reproduce.yaml. Every section's settings are
+checked before the first one runs; a section that cannot be imported or fails is reported in
+report.md with its first line (the traceback in <section>.error.txt) and the others go on; the
+job then exits 1. report.md is rewritten after every section.
 """
 from __future__ import annotations
 
@@ -15,49 +19,63 @@ import traceback
 import hydra
 from omegaconf import DictConfig
 
-from dnnlab.cli import console, run_job
-from dnnlab.errors import ConfigError
-from dnnlab.tracking import Tracker
+from dnnlab.config import register, settings_of
+from dnnlab.errors import DnnlabError
+from dnnlab.report import ReproduceSettings
+from dnnlab.runtime import console, launch, run_job, status
 
-SECTIONS = {
-    "opcount": "pipelines.count_ops",
-    "smooth_max": "pipelines.lse_limits",
-    "conv_backprop": "pipelines.grad_check",
-    "train": "pipelines.train",
-}
+register("reproduce")
+HEADER = ("# dnnlab: the results of docs/math.md, measured\n\nEvery number below was measured by "
+          "this run; the equations cited, (1a) to (4b), are those of docs/math.md.\n")
 
 
-def job(cfg: DictConfig, tracker: Tracker) -> dict:
-    out = tracker.run_dir
-    parts = ["# dnnlab: the seed's results, reproduced\n",
-             "Source: `shared/seed/hw7-solutions.md` (Mathematical Foundation of DNN, HW 7). "
-             "Every number below was measured by this run.\n"]
-    status = {}
-    for name in cfg.sections:
-        if name not in SECTIONS:
-            raise ConfigError(f"sections: unknown section '{name}' (known: {list(SECTIONS)})")
+def plan(settings: ReproduceSettings) -> dict:
+    """section -> (report module, its typed settings), or the import error of that section."""
+    plans = {}
+    for name in settings.sections:
+        try:
+            module = importlib.import_module(f"dnnlab.{name}.report")
+        except Exception as err:  # noqa: BLE001 - reported in the section, the others go on
+            plans[name] = err
+            continue
+        plans[name] = (module, settings_of(module.ReportSettings, getattr(settings, name), name))
+    return plans
+
+
+def job(settings: ReproduceSettings, tracker) -> dict:
+    out, parts, done = tracker.run_dir, [HEADER], {}
+    for name, p in plan(settings).items():
         t0 = time.perf_counter()
         console.rule(f"[bold]{name}")
         try:
-            module = importlib.import_module(SECTIONS[name])
-            section = module.report_section
-        except (ImportError, AttributeError):
-            status[name] = "not available"
-            continue
-        try:
-            md = section(cfg, out, tracker)
-            status[name] = "ok"
+            if isinstance(p, Exception):
+                raise p
+            with status(f"{name} ..."):
+                section = p[0].report_section(p[1], out)
         except Exception as err:  # noqa: BLE001 - one section failing must not lose the others
-            md = f"\n## {name}\n\n**This section failed:** `{type(err).__name__}: {err}`\n"
-            status[name] = f"failed: {err}"
-            (out / f"{name}.error.txt").write_text(traceback.format_exc())
-        parts.append(md)
-        tracker.summary(sections=status, **{f"seconds/{name}": time.perf_counter() - t0})
+            first = (str(err).strip().splitlines() or [""])[0]
+            (out / f"{name}.error.txt").write_text(
+                "".join(traceback.format_exception(type(err), err, err.__traceback__)))
+            parts.append(f"\n## {name}\n\n**This section failed:** `{type(err).__name__}: "
+                         f"{first}` (traceback: `{name}.error.txt`)\n")
+            done[name] = f"failed: {type(err).__name__}: {first}"
+        else:
+            parts.append(section.markdown)
+            for t in section.tables:
+                tracker.table(t)
+                console.print(t.to_rich(max_rows=30))
+            for key, png in section.images.items():
+                tracker.image(key, png)
+            tracker.summary(**section.summary)
+            done[name] = "ok"
+        tracker.summary(sections=done, **{f"seconds/{name}": time.perf_counter() - t0})
         (out / "report.md").write_text("\n".join(parts))  # written as it goes
     report = out / "report.md"
-    report.write_text("\n".join(parts))
     console.print(f"\n[bold]report:[/] {report}")
-    return {"sections": status, "report": str(report)}
+    failed = [k for k, v in done.items() if v != "ok"]
+    if failed:
+        raise DnnlabError(f"report sections failed: {', '.join(failed)} (see {report})")
+    return {"sections": done, "report": str(report)}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="reproduce")
@@ -66,6 +84,4 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    from dnnlab.cli import launch
-
     launch("pipelines.reproduce")

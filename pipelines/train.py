@@ -1,8 +1,7 @@
-"""Train a network of dnnlab layers and watch the seed's mathematics at work.
+"""Train a network of dnnlab layers and watch docs/math.md (1c) and (4b) at work.
 
     python -m pipelines.train                                   # digits, smooth-max CNN, beta=4
     python -m pipelines.train -m model.pool.beta=0.5,1,2,4,8,16,inf
-    python -m pipelines.train -m experiment=temperature_sweep
     python -m pipelines.train trainer.resume=true hydra.run.dir=<the run's dir>
 
 Writes results.json (test_accuracy, history, ...), metrics.jsonl and checkpoint.pt into the run
@@ -11,18 +10,74 @@ dir; the same metrics go to W&B.
 from __future__ import annotations
 
 import hydra
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dnnlab.cli import console, run_job
-from dnnlab.tracking import Tracker
-from dnnlab.trainer import train
+from dnnlab.config import register
+from dnnlab.errors import ConfigError, DnnlabError
+from dnnlab.models import build_model
+from dnnlab.runtime import console, launch, run_job
+from dnnlab.train.loop import check_fits, fit, resolve_device, seed_everything
+from dnnlab.train.probes import pool_beta
+from dnnlab.train.settings import TrainSettings
+
+register("train")
 
 
-def job(cfg: DictConfig, tracker: Tracker) -> dict:
-    results = train(cfg, tracker)
-    console.print(f"test accuracy {results['test_accuracy']:.4f}; "
+def make(spec: dict, key: str, **kwargs):
+    """instantiate(spec) called with kwargs (`_partial_` specs) or given them; an error names
+    `key` in one line."""
+    try:
+        if spec.get("_partial_"):
+            return instantiate(spec)(**kwargs)
+        return instantiate(spec, **kwargs)
+    except DnnlabError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a bad argument of a user's _target_
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        if isinstance(cause, DnnlabError):
+            raise cause from None
+        raise ConfigError(f"{key} ({spec.get('_target_')}): "
+                          f"{str(cause).strip().splitlines()[-1]}") from None
+
+
+def job(s: TrainSettings, tracker) -> dict:
+    seed_everything(s.seed)  # before anything draws a random number
+    device = resolve_device(s.trainer.device)
+    splits = make(s.data.dataset, "data.dataset", root=s.paths.data_dir)
+    model = build_model(s.model["builder"], device="cpu")
+    check_fits(model, splits, s.model.get("name"), s.data.name)
+    model.to(device)
+    opt = make(s.optimizer, "optimizer", params=model.parameters())
+    sched = make(s.scheduler, "scheduler", optimizer=opt) if s.scheduler else None
+    tracker.results.update(model=str(s.model.get("name")), data=s.data.name,
+                           beta=pool_beta(model), history=[])
+    bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total} {task.fields[metrics]}"),
+                   TimeElapsedColumn(), console=console, disable=not s.trainer.progress)
+    task = bar.add_task("train", total=s.trainer.epochs, epoch=0, metrics="")
+
+    def on_epoch(end) -> None:
+        tracker.log(end.metrics(), step=end.step)
+        tracker.results["history"] = end.history
+        tracker.save()
+        r = end.record
+        bar.update(task, completed=r["epoch"] + 1, epoch=r["epoch"] + 1, metrics=(
+            f"loss {r['train_loss']:.3f} val_acc {r['val_accuracy']:.3f} "
+            f"H/Hmax {end.pool.get('pool/entropy_rel', float('nan')):.2f}"))
+
+    with bar:
+        result = fit(model, splits, opt, sched, s.trainer, tracker.run_dir, s.seed,
+                     s.data.batch_size, on_epoch=on_epoch, on_probe=tracker.log)
+    tracker.log({"test/accuracy": result.test_accuracy, "test/loss": result.test_loss},
+                step=result.steps)
+    tracker.results.update(result.to_dict())
+    tracker.summary(**result.final())
+    console.print(f"test accuracy {result.test_accuracy:.4f}; "
                   f"results: {tracker.run_dir / 'results.json'}")
-    return results
+    return tracker.results
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -30,59 +85,5 @@ def main(cfg: DictConfig) -> float:
     return run_job(cfg, "train", job)["test_accuracy"]
 
 
-def report_section(cfg: DictConfig, out, tracker: Tracker) -> str:
-    """The report's temperature sweep: smooth-max pooling from average-like to max (seed 1c)."""
-    import json
-
-    from hydra import compose
-
-    from dnnlab.callbacks import plot
-
-    sec = cfg.get("train", {}) or {}
-    betas = list(sec.get("betas", [0.5, 2, 8, "inf"]))
-    epochs = int(sec.get("epochs", 5))
-    rows = []
-    for i, beta in enumerate(betas):
-        sub = compose(config_name="train", overrides=[
-            f"model.pool.beta={beta}", f"trainer.epochs={epochs}", "trainer.grad_check_every=0"])
-        run_dir = out / f"train_beta_{beta}"
-        with Tracker(sub, "train", run_dir, use_wandb=False) as tr:
-            res = train(sub, tr)
-        b = res["beta"]
-        rows.append({"job": i, "beta": b, "test_accuracy": res["test_accuracy"],
-                     "grad_entropy": res["grad_entropy"], "argmax_mass": res["argmax_mass"],
-                     "status": "done"})
-        console.print(f"beta={b}: test accuracy {res['test_accuracy']:.3f}, gradient entropy "
-                      f"{res['grad_entropy']:.3f} log(n)")
-    png = plot(rows, out / "train_temperature_sweep.png")
-    (out / "train_temperature_sweep.json").write_text(json.dumps(rows, indent=2))
-    if png:
-        tracker.image("train/temperature_sweep", png)
-    tracker.table("train_temperature_sweep", ["beta", "test_accuracy", "grad_entropy",
-                                              "argmax_mass"],
-                  [[str(r["beta"]), r["test_accuracy"], r["grad_entropy"], r["argmax_mass"]]
-                   for r in rows])
-    lines = ["\n## Training with smooth-max pooling: a temperature sweep (seeds 1c and 4b)\n",
-             f"`python -m pipelines.train` on scikit-learn's digits ({epochs} epochs each, "
-             "normalized smooth-max pooling, dnnlab Conv2d layers with hand-written backward). "
-             "As beta grows the pooling's gradient softmax(beta x) concentrates on the argmax "
-             "(entropy / log n -> 0, up to ties between ReLU zeros, which share it).\n",
-             "| beta | test accuracy | gradient entropy / log n | mass on the argmax |",
-             "|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['beta']} | {r['test_accuracy']:.3f} | {r['grad_entropy']:.3f} | "
-                     f"{r['argmax_mass']:.3f} |")
-    ent = [r["grad_entropy"] for r in rows]
-    mono = all(a >= b - 1e-9 for a, b in zip(ent, ent[1:]))
-    lines.append(f"\nEntropy non-increasing in beta: {'yes' if mono else 'NO'}.")
-    if png:
-        lines.append(f"\n![temperature sweep]({png.name})\n")
-    tracker.summary(**{f"train/beta_{r['beta']}/test_accuracy": r["test_accuracy"]
-                       for r in rows})
-    return "\n".join(lines) + "\n"
-
-
 if __name__ == "__main__":
-    from dnnlab.cli import launch
-
     launch("pipelines.train")

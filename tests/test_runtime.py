@@ -17,11 +17,16 @@ from dnnlab.errors import ConfigError, ShapeError
 
 APP = '''
 from dataclasses import dataclass, field
+from enum import Enum
 import hydra
 from hydra.core.config_store import ConfigStore
 from dnnlab.config import JobConfig
 from dnnlab.errors import ShapeError, require
 from dnnlab.runtime import run_job
+
+class Mode(str, Enum):
+    a = "a"
+    b = "b"
 
 @dataclass
 class Inner:
@@ -34,6 +39,7 @@ class AppConfig(JobConfig):
     inner: Inner = field(default_factory=Inner)
     flag: bool = True
     fail: bool = False
+    mode: Mode = Mode.a
 
 ConfigStore.instance().store(name="app_schema", node=AppConfig)
 SEEN = []
@@ -55,17 +61,17 @@ def main(cfg):
 def app(tmp_path, monkeypatch):
     conf = tmp_path / "conf"
     (conf / "group").mkdir(parents=True)
-    (conf / "app.yaml").write_text(textwrap.dedent("""
+    (conf / "app.yaml").write_text(textwrap.dedent(f"""
         defaults:
           - app_schema
           - group: a
           - _self_
-        wandb: {mode: disabled}
-        paths: {root_dir: ., data_dir: data, output_dir: .}
+        wandb: {{mode: disabled}}
+        paths: {{root_dir: ., data_dir: data, output_dir: .}}
         hydra:
-          run: {dir: %s/run}
-          sweep: {dir: %s/multi}
-    """ % (tmp_path, tmp_path)))
+          run: {{dir: {tmp_path}/run}}
+          sweep: {{dir: {tmp_path}/multi}}
+    """))
     (conf / "group" / "a.yaml").write_text("# @package _global_\nflag: true\n")
     (conf / "group" / "b.yaml").write_text("# @package _global_\nflag: false\n")
     name = f"dnnlab_test_app_{abs(hash(str(tmp_path)))}"
@@ -107,6 +113,7 @@ def test_a_good_run_gets_typed_settings(app, capsys):
     ("inner.epochs=abc", 2, "inner.epochs: Value 'abc' of type 'str' could not be converted"),
     ("inner.epochs=12.5", 2, "inner.epochs: Value '12.5'"),
     ("flag=maybe", 2, "flag: Value 'maybe' is not a valid bool"),
+    ("mode=x", 2, "mode: Invalid value 'x', expected one of [a, b]"),  # [..] is not markup
     ("inner.epochs=0", 1, "inner.epochs=0: must be >= 1"),
     ("group=nope", 2, "group=nope: no such config (options: a, b)"),
     ("nokey=1", 2, "Could not override 'nokey'"),
@@ -166,3 +173,43 @@ def test_settings_of_names_the_section_key():
         settings_of(_Tiny, {"n": "x"}, "conv")
     with pytest.raises(ConfigError, match=r"conv\.m"):
         settings_of(_Tiny, {"m": 1}, "conv")
+
+
+def test_sweep_summary_callback_records_failures_and_logs_to_wandb(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from tests.wandb_reader import find_runs, summarize
+
+    sweep = tmp_path / "multi"
+    for job, acc in ((0, 0.9), (1, None)):
+        (sweep / str(job) / ".hydra").mkdir(parents=True)
+        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(f"- model.pool.beta={job}\n")
+        if acc is not None:
+            (sweep / "0" / "results.json").write_text(json.dumps(
+                {"beta": 4.0, "test_accuracy": acc, "grad_entropy": 0.5, "argmax_mass": 0.6}))
+
+    def config(job: int):
+        return OmegaConf.create({
+            "wandb": {"mode": "offline", "project": "dnnlab-test", "group": None},
+            "hydra": {"mode": "RunMode.MULTIRUN", "job": {"name": "train"},
+                      "runtime": {"output_dir": str(sweep / str(job))},
+                      "sweep": {"dir": str(sweep)}}})
+
+    cb = runtime.SweepSummary()
+    ok, bad = JobReturn(), JobReturn()
+    ok.status, bad.status = JobStatus.COMPLETED, JobStatus.FAILED
+    bad._return_value = ShapeError("layer 'head' cannot take input")
+    cb.on_job_end(config(0), ok)
+    cb.on_job_end(config(1), bad)
+    failed = json.loads((sweep / "1" / "failed.json").read_text())
+    assert failed["error"] == "ShapeError: layer 'head' cannot take input"
+    cb.on_multirun_end(config(1))
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert [j["status"] for j in summary["jobs"]] == ["done", "failed"] and summary["failed"] == [1]
+    assert (sweep / "summary.png").exists()
+    (run,) = find_runs(sweep)
+    w = summarize(run)
+    assert w["run"].job_type == "sweep_summary" and w["run"].run_group == "train-multi"
+    assert w["summary"]["failed_jobs"] == 1 and w["summary"]["summary/_type"] == "table-file"
+    runtime.SweepSummary().on_job_end(OmegaConf.create({"hydra": {"mode": "RUN"}}), ok)  # no-op

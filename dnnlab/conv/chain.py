@@ -1,47 +1,49 @@
-"""The seed's 1-D convolutional network (problem 4) and three ways to get its gradients.
+"""The chain: the 1-D convolutional network of docs/math.md (4), and four ways to get its gradients.
 
-The network (seed 4), for a batch of inputs y_0 of shape (B, n_0):
+The chain, for a batch of inputs y_0 of shape (B, n_0):
 
     y_l = sigma(A_{w_l} y_{l-1} + b_l 1)   for l < L,
     y_L =       A_{w_L} y_{L-1} + b_L 1,
 
-with A_w the banded Toeplitz matrix of dnnlab.toeplitz, n_l = n_{l-1} - f_l + 1, and one scalar
-bias b_l per layer. The seed differentiates the vector y_L; to get a gradient per parameter we
-reduce it with a fixed cotangent u of shape (B, n_L) (or (n_L,), broadcast over the batch):
+with A_w the banded Toeplitz matrix of dnnlab.conv.toeplitz, n_l = n_{l-1} - f_l + 1, and one
+scalar bias b_l per layer. docs/math.md (4a) differentiates the vector y_L; to get a gradient per
+parameter we reduce it with a fixed cotangent u of shape (B, n_L) (or (n_L,), broadcast over the
+batch):
 
     objective J = sum_b <u_b, y_L,b>,  so that  dJ/dy_L = u.
 
-With u = 1 this is the sum of the outputs. The seed's backprop (4a), with
+With u = 1 this is the sum of the outputs. The backprop of docs/math.md (4a), with
 v_l = dJ/dy_l * sigma'(z_l) (and v_L = dJ/dy_L since the last layer has no activation):
 
     dJ/dy_{l-1} = A_{w_l}^T v_l,    dJ/dw_l = C_{v_l^T} y_{l-1},    dJ/db_l = v_l . 1
 
-summed over the batch. Three implementations return the same numbers:
+summed over the batch. Four implementations (`METHODS`) return the same numbers:
 
 - grads_matrix:   forms every A_w (and C_{v^T}) and multiplies: the O(n^2) reference.
-- grads_conv:     the seed's 4b: forward by conv1d, input gradient by conv_transpose1d, weight
-                  gradient by correlating y_{l-1} with v_l: O(n f), nothing n x n is formed.
+- grads_conv:     docs/math.md (4b): forward by conv1d, input gradient by conv_transpose1d,
+                  weight gradient by correlating y_{l-1} with v_l: O(n f), nothing n x n formed.
 - grads_autograd: torch autograd through F.conv1d.
+- grads_dnnlab:   the chain built from dnnlab's Conv1d (its hand-written backward, (4b)).
 
 Each returns {"y": y_L, "w1": dJ/dw_1, "b1": dJ/db_1, ..., "wL": ..., "bL": ...}.
-`measure_forms` and `scaling` time the matrix and conv forms as n grows.
+dnnlab.conv.scaling times the matrix and conv forms as n grows.
 """
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 
+from dnnlab.conv.modules import Conv1d
+from dnnlab.conv.toeplitz import toeplitz
 from dnnlab.errors import ConfigError, ShapeError
-from dnnlab.toeplitz import toeplitz
 
 # ----------------------------------------------------------------------------------------------
-# activations: sigma and sigma' (the seed's sigma'(A_{w_l} y_{l-1} + b_l 1))
+# activations: sigma and sigma' (sigma'(A_{w_l} y_{l-1} + b_l 1) of docs/math.md (4a))
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
 
@@ -51,6 +53,17 @@ def _gelu_prime(z: torch.Tensor) -> torch.Tensor:
     cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
     pdf = torch.exp(-0.5 * z * z) / _SQRT_2PI
     return cdf + z * pdf
+
+
+class Activation(str, Enum):
+    """The chain's sigma (one for all hidden layers, docs/math.md (4)); gelu is the exact one."""
+
+    sigmoid = "sigmoid"
+    tanh = "tanh"
+    relu = "relu"
+    softplus = "softplus"
+    gelu = "gelu"
+    identity = "identity"
 
 
 ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
@@ -65,12 +78,12 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
 
 
 # ----------------------------------------------------------------------------------------------
-# the network
+# the chain
 
 
 @dataclass
-class SeedNetSpec:
-    """The seed's network: input length n0, filter sizes f_1..f_L, activation, biases.
+class ChainSpec:
+    """The chain of docs/math.md (4): input length n0, filter sizes f_1..f_L, activation, biases.
 
     bias: one flag for all layers or one per layer; a layer without bias has b_l = 0 fixed and
     no "b{l}" gradient.
@@ -83,11 +96,12 @@ class SeedNetSpec:
 
     def __post_init__(self):
         self.filters = [int(f) for f in self.filters]
+        self.activation = getattr(self.activation, "value", self.activation)
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation={self.activation!r}: expected one of "
                               f"{', '.join(ACTIVATIONS)}")
         if not self.filters:
-            raise ConfigError("filters=[]: the seed network needs at least one layer")
+            raise ConfigError("filters=[]: the chain needs at least one layer")
         if any(f < 1 for f in self.filters):
             raise ConfigError(f"filters={self.filters}: filter sizes must be >= 1")
         if isinstance(self.bias, (list, tuple)) and len(self.bias) != len(self.filters):
@@ -104,7 +118,7 @@ class SeedNetSpec:
         return bool(self.bias[l - 1] if isinstance(self.bias, (list, tuple)) else self.bias)
 
     def sizes(self) -> list[int]:
-        """[n_0, n_1, ..., n_L] with n_l = n_{l-1} - f_l + 1 (seed 4)."""
+        """[n_0, n_1, ..., n_L] with n_l = n_{l-1} - f_l + 1 (docs/math.md (4))."""
         n = [int(self.n0)]
         for l, f in enumerate(self.filters, start=1):
             if f > n[-1]:
@@ -121,7 +135,7 @@ class SeedNetSpec:
 Params = list[tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def init_params(spec: SeedNetSpec, seed: int | torch.Generator = 0,
+def init_params(spec: ChainSpec, seed: int | torch.Generator = 0,
                 dtype: torch.dtype = torch.float64, device="cpu") -> Params:
     """[(w_1, b_1), ..., (w_L, b_L)]: w_l ~ N(0, 1/f_l) of shape (f_l,), b_l ~ N(0, 0.1^2) a
     0-dim tensor (None where the layer has no bias)."""
@@ -134,18 +148,18 @@ def init_params(spec: SeedNetSpec, seed: int | torch.Generator = 0,
     return params
 
 
-def _check(spec: SeedNetSpec, params: Params, y0: torch.Tensor, u: torch.Tensor | None):
+def _check(spec: ChainSpec, params: Params, y0: torch.Tensor, u: torch.Tensor | None):
     """Validate shapes; return (y0 as (B, n_0), u as (B, n_L))."""
     n = spec.sizes()
     if len(params) != spec.depth:
-        raise ShapeError(f"seed net: {len(params)} parameter pairs for {spec.depth} layers")
+        raise ShapeError(f"chain: {len(params)} parameter pairs for {spec.depth} layers")
     for l, ((w, _), f) in enumerate(zip(params, spec.filters), start=1):
         if w.shape != (f,):
             raise ShapeError(f"layer {l}: filter has shape {tuple(w.shape)}, expected ({f},)")
     if y0.dim() == 1:
         y0 = y0[None]
     if y0.dim() != 2 or y0.shape[1] != n[0]:
-        raise ShapeError(f"seed net: input has shape {tuple(y0.shape)}, expected (B, {n[0]})")
+        raise ShapeError(f"chain: input has shape {tuple(y0.shape)}, expected (B, {n[0]})")
     if u is None:
         u = torch.ones_like(y0[:, : n[-1]])  # J = sum of the outputs
     u = torch.broadcast_to(u, (y0.shape[0], n[-1]))
@@ -160,16 +174,17 @@ def _bias(b):
 # 1. the matrix form: the O(n^2) reference
 
 
-def forward_matrix(spec: SeedNetSpec, params: Params, y0: torch.Tensor):
-    """Forward pass with explicit A_w. Returns (y_L, cache) where cache holds what the seed's
-    backprop needs: the matrices A_{w_l}, the layer inputs y_{l-1} and pre-activations z_l."""
+def forward_matrix(spec: ChainSpec, params: Params, y0: torch.Tensor):
+    """Forward pass with explicit A_w. Returns (y_L, cache) where cache holds what the
+    backprop of docs/math.md (4a) needs: the matrices A_{w_l}, the layer inputs y_{l-1} and the
+    pre-activations z_l."""
     sigma, _ = ACTIVATIONS[spec.activation]
     n = spec.sizes()
     As, ys, zs = [], [y0], []
     y = y0  # (B, n_0)
     for l, (w, b) in enumerate(params, start=1):
         A = toeplitz(w, n[l - 1])  # (n_l, n_{l-1})
-        z = y @ A.T + _bias(b)  # seed 4: z_l = A_{w_l} y_{l-1} + b_l 1, (B, n_l)
+        z = y @ A.T + _bias(b)  # (4): z_l = A_{w_l} y_{l-1} + b_l 1, (B, n_l)
         y = sigma(z) if l < spec.depth else z  # y_l = sigma(z_l); y_L = z_L
         As.append(A)
         zs.append(z)
@@ -177,9 +192,9 @@ def forward_matrix(spec: SeedNetSpec, params: Params, y0: torch.Tensor):
     return y, {"A": As, "y": ys, "z": zs}
 
 
-def grads_matrix(spec: SeedNetSpec, params: Params, y0: torch.Tensor,
+def grads_matrix(spec: ChainSpec, params: Params, y0: torch.Tensor,
                  u: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The seed's backprop with the matrices A_w and C_{v^T} formed explicitly (O(n^2))."""
+    """The backprop of docs/math.md (4a) with A_w and C_{v^T} formed explicitly (O(n^2))."""
     y0, u = _check(spec, params, y0, u)
     _, dsigma = ACTIVATIONS[spec.activation]
     yL, cache = forward_matrix(spec, params, y0)
@@ -187,28 +202,28 @@ def grads_matrix(spec: SeedNetSpec, params: Params, y0: torch.Tensor,
     g = u  # dJ/dy_L, (B, n_L)
     for l in range(spec.depth, 0, -1):
         A, y_prev, z = cache["A"][l - 1], cache["y"][l - 1], cache["z"][l - 1]
-        # seed 4a: v_l = dJ/dy_l * sigma'(A_{w_l} y_{l-1} + b_l 1); v_L = dJ/dy_L (no sigma)
+        # (4a): v_l = dJ/dy_l * sigma'(A_{w_l} y_{l-1} + b_l 1); v_L = dJ/dy_L (no sigma)
         v = g * dsigma(z) if l < spec.depth else g  # (B, n_l)
         C = toeplitz(v, y_prev.shape[1])  # (B, f_l, n_{l-1}): C_{v_l^T}, one per sample
-        # seed 4a: dy_L/dw_l = C_{v_l^T} y_{l-1}, summed over the batch
+        # docs/math.md (4a): dy_L/dw_l = C_{v_l^T} y_{l-1}, summed over the batch
         out[f"w{l}"] = (C @ y_prev[:, :, None])[:, :, 0].sum(0)  # (B, f) -> (f,)
         if params[l - 1][1] is not None:
-            out[f"b{l}"] = v.sum()  # seed 4a: dy_L/db_l = v_l . 1, summed over the batch
-        g = v @ A  # seed 4a: dy_L/dy_{l-1} = A_{w_l}^T v_l, (B, n_{l-1})
+            out[f"b{l}"] = v.sum()  # docs/math.md (4a): dy_L/db_l = v_l . 1, summed over the batch
+        g = v @ A  # docs/math.md (4a): dy_L/dy_{l-1} = A_{w_l}^T v_l, (B, n_{l-1})
     return _ordered(out, spec)
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. the conv form (seed 4b): convolution forward, transposed convolution backward
+# 2. the conv form (docs/math.md (4b)): convolution forward, transposed convolution backward
 
 
-def forward_conv(spec: SeedNetSpec, params: Params, y0: torch.Tensor):
-    """Forward pass by conv1d (seed 4b). Returns (y_L, cache with y_{l-1} and z_l)."""
+def forward_conv(spec: ChainSpec, params: Params, y0: torch.Tensor):
+    """Forward pass by conv1d (docs/math.md (4b)). Returns (y_L, cache with y_{l-1} and z_l)."""
     sigma, _ = ACTIVATIONS[spec.activation]
     ys, zs = [y0], []
     y = y0  # (B, n_0)
     for l, (w, b) in enumerate(params, start=1):
-        # seed 4b: A_{w_l} y_{l-1} as a correlation, never forming A_w
+        # docs/math.md (4b): A_{w_l} y_{l-1} as a correlation, never forming A_w
         z = F.conv1d(y[:, None], w[None, None])[:, 0] + _bias(b)  # (B, n_l)
         y = sigma(z) if l < spec.depth else z
         zs.append(z)
@@ -216,9 +231,9 @@ def forward_conv(spec: SeedNetSpec, params: Params, y0: torch.Tensor):
     return y, {"y": ys, "z": zs}
 
 
-def grads_conv(spec: SeedNetSpec, params: Params, y0: torch.Tensor,
+def grads_conv(spec: ChainSpec, params: Params, y0: torch.Tensor,
                u: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The seed's backprop (4a) computed by convolutions (4b): O(n f), no n x n matrix."""
+    """docs/math.md (4a) computed by convolutions (4b): O(n f), no n x n matrix."""
     y0, u = _check(spec, params, y0, u)
     _, dsigma = ACTIVATIONS[spec.activation]
     yL, cache = forward_conv(spec, params, y0)
@@ -227,13 +242,13 @@ def grads_conv(spec: SeedNetSpec, params: Params, y0: torch.Tensor,
     for l in range(spec.depth, 0, -1):
         w = params[l - 1][0]
         y_prev, z = cache["y"][l - 1], cache["z"][l - 1]
-        v = g * dsigma(z) if l < spec.depth else g  # seed 4a: v_l, (B, n_l)
-        # seed 4a/4b: dy_L/dw_l = C_{v_l^T} y_{l-1} = sum_j v_l^{(j)} y_{l-1}^{(i+j-1)}: correlate
+        v = g * dsigma(z) if l < spec.depth else g  # docs/math.md (4a): v_l, (B, n_l)
+        # (4a)/(4b): dy_L/dw_l = C_{v_l^T} y_{l-1} = sum_j v_l^{(j)} y_{l-1}^{(i+j-1)}: correlate
         # y_{l-1} with v_l, batch as channels so the conv also sums over the batch
         out[f"w{l}"] = F.conv1d(y_prev[None], v[None])[0, 0]  # (1,B,n_{l-1}) * (1,B,n_l) -> (f,)
         if params[l - 1][1] is not None:
-            out[f"b{l}"] = v.sum()  # seed 4a: dy_L/db_l = v_l . 1
-        # seed 4a/4b: dy_L/dy_{l-1} = A_{w_l}^T v_l, a transposed convolution
+            out[f"b{l}"] = v.sum()  # docs/math.md (4a): dy_L/db_l = v_l . 1
+        # docs/math.md (4a)/(4b): dy_L/dy_{l-1} = A_{w_l}^T v_l, a transposed convolution
         g = F.conv_transpose1d(v[:, None], w[None, None])[:, 0]  # (B, n_{l-1})
     return _ordered(out, spec)
 
@@ -242,7 +257,7 @@ def grads_conv(spec: SeedNetSpec, params: Params, y0: torch.Tensor,
 # 3. torch autograd through conv1d
 
 
-def grads_autograd(spec: SeedNetSpec, params: Params, y0: torch.Tensor,
+def grads_autograd(spec: ChainSpec, params: Params, y0: torch.Tensor,
                    u: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """torch autograd through F.conv1d: the independent check."""
     y0, u = _check(spec, params, y0, u)
@@ -267,94 +282,44 @@ def grads_autograd(spec: SeedNetSpec, params: Params, y0: torch.Tensor,
     return _ordered(out, spec)
 
 
-def _ordered(out: dict, spec: SeedNetSpec) -> dict[str, torch.Tensor]:
+def _ordered(out: dict, spec: ChainSpec) -> dict[str, torch.Tensor]:
     keys = ["y"] + [k for l in range(1, spec.depth + 1) for k in (f"w{l}", f"b{l}") if k in out]
     return {k: out[k] for k in keys}
 
 
-METHODS = {"matrix": grads_matrix, "conv": grads_conv, "autograd": grads_autograd}
-
-
 # ----------------------------------------------------------------------------------------------
-# cost of the two forms as n grows
+# 4. dnnlab's Conv1d: the layer a user would put in a model
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+def grads_dnnlab(spec: ChainSpec, params: Params, y0: torch.Tensor,
+                 u: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The chain built from dnnlab.nn.Conv1d (1 channel), gradients by its hand-written
+    backward (docs/math.md (4b))."""
+    y0, u = _check(spec, params, y0, u)
+    sigma, _ = ACTIVATIONS[spec.activation]
+    layers = []
+    for w, b in params:
+        conv = Conv1d(1, 1, w.numel(), bias=b is not None, dtype=w.dtype, device=w.device)
+        with torch.no_grad():
+            conv.weight.copy_(w.view(1, 1, -1))
+            if b is not None:
+                conv.bias.copy_(b.view(1))
+        layers.append(conv)
+    with torch.enable_grad():
+        y = y0[:, None]  # (B, 1, n_0)
+        for l, conv in enumerate(layers, start=1):
+            z = conv(y)  # docs/math.md (4b): A_{w_l} y_{l-1} + b_l 1 as a convolution
+            y = sigma(z) if l < spec.depth else z
+        J = (u * y[:, 0]).sum()  # J = sum_b <u_b, y_L,b>
+        leaves = [p for c in layers for p in (c.weight, c.bias) if p is not None]
+        grads = iter(torch.autograd.grad(J, leaves))
+    out = {"y": y[:, 0].detach()}
+    for l, c in enumerate(layers, start=1):
+        out[f"w{l}"] = next(grads).view(-1)
+        if c.bias is not None:
+            out[f"b{l}"] = next(grads).view(())
+    return _ordered(out, spec)
 
 
-def measure_forms(spec: SeedNetSpec, forms=("matrix", "conv"), batch: int = 1,
-                  dtype: torch.dtype = torch.float32, device="cpu", repeats: int = 5,
-                  warmup: int = 1, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Median forward+backward time (s) of each form of `spec`, and its memory (bytes).
-
-    Memory: on CUDA the peak allocated during one forward+backward (max_memory_allocated);
-    on CPU the bytes of the matrices A_w (matrix form) plus the activations each form keeps for
-    its backward (y_{l-1}, z_l), i.e. what it holds at the end of the forward pass.
-    Each form runs its warmup and repeats in one block (not interleaved): the matrix form's
-    large allocations evict caches and are returned to the OS on free, which would otherwise
-    charge the conv form for page faults it does not cause.
-    """
-    params = init_params(spec, seed, dtype, device)
-    g = torch.Generator().manual_seed(seed + 1)
-    y0 = torch.randn(batch, spec.n0, generator=g, dtype=dtype).to(device)
-    u = torch.randn(batch, spec.sizes()[-1], generator=g, dtype=dtype).to(device)
-    times: dict[str, list[float]] = {f: [] for f in forms}
-    with torch.no_grad():
-        for f in forms:
-            fn = METHODS[f]
-            for i in range(warmup + repeats):
-                _sync(device)
-                t = time.perf_counter()
-                fn(spec, params, y0, u)
-                _sync(device)
-                if i >= warmup:
-                    times[f].append(time.perf_counter() - t)
-        result = {}
-        for f in forms:
-            mem = _memory(f, spec, params, y0, u, device)
-            result[f] = {"time_s": statistics.median(times[f]), "memory_bytes": mem}
-    return result
-
-
-def _memory(form, spec, params, y0, u, device) -> int:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        METHODS[form](spec, params, y0, u)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated(device) - base
-    if form == "matrix":
-        _, cache = forward_matrix(spec, params, y0)
-    elif form == "conv":
-        _, cache = forward_conv(spec, params, y0)
-    else:
-        return 0
-    return sum(t.numel() * t.element_size() for ts in cache.values() for t in ts)
-
-
-def scaling(ns=tuple(2**k for k in range(6, 15)), filters=(3, 3, 3), activation="tanh",
-            batch: int = 1, dtype: torch.dtype = torch.float32, device="cpu", repeats: int = 3,
-            max_matrix_bytes: float = 2e9) -> list[dict]:
-    """Matrix vs conv form, forward+backward, for n_0 in ns. One row per n:
-    {"n", "matrix_s", "conv_s", "matrix_bytes", "conv_bytes", "matrix_skipped"}; the matrix
-    form is skipped (None) where its A_w matrices would exceed max_matrix_bytes."""
-    rows = []
-    for n in ns:
-        spec = SeedNetSpec(n0=int(n), filters=list(filters), activation=activation)
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        skip = spec.matrix_bytes(itemsize) > max_matrix_bytes
-        forms = ("conv",) if skip else ("matrix", "conv")
-        r = measure_forms(spec, forms, batch=batch, dtype=dtype, device=device, repeats=repeats)
-        rows.append({
-            "n": int(n),
-            "matrix_s": None if skip else r["matrix"]["time_s"],
-            "conv_s": r["conv"]["time_s"],
-            "matrix_bytes": None if skip else r["matrix"]["memory_bytes"],
-            "conv_bytes": r["conv"]["memory_bytes"],
-            "matrix_a_bytes": spec.matrix_bytes(itemsize),
-            "matrix_skipped": skip,
-        })
-    return rows
+METHODS = {"matrix": grads_matrix, "conv": grads_conv, "autograd": grads_autograd,
+           "dnnlab": grads_dnnlab}

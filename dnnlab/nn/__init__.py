@@ -1,6 +1,10 @@
-"""dnnlab's layers: smooth-max (log-sum-exp with a temperature) and convolutions with
-hand-written backprop (seed problems 1 and 4)."""
-from dnnlab.nn.conv import Conv1d, Conv2d, Conv3d, swap_convs
-from dnnlab.nn.smooth_max import SmoothMax, SmoothMaxPool2d
+"""dnnlab's layers: smooth max (log-sum-exp with a temperature) and convolutions with
+hand-written backprop (docs/math.md (1a)-(1c) and (4a)-(4b)).
+
+The layers live with their topics (`dnnlab.smoothmax`, `dnnlab.conv`); this package gathers
+them under one name, like `torch.nn`.
+"""
+from dnnlab.conv.modules import Conv1d, Conv2d, Conv3d, swap_convs
+from dnnlab.smoothmax.modules import SmoothMax, SmoothMaxPool2d
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "SmoothMax", "SmoothMaxPool2d", "swap_convs"]

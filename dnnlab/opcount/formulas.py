@@ -1,12 +1,12 @@
-"""Closed-form operation counts of convolution and linear layers (seed, problem 2).
+"""Closed-form operation counts of convolution and linear layers (docs/math.md (2)).
 
-Seed 2: a convolution output is one dot product of a C_in/groups x k^2 patch with the filter:
-C_in k^2 multiplications and, counting the bias add, C_in k^2 additions (C_in k^2 - 1 to sum the
-products, +1 for the bias). There are C_out H_out W_out outputs per image. A linear layer is
-the special case k = 1, H_out = W_out = 1: in_features x out_features.
+docs/math.md (2): a convolution output is one dot product of a C_in/groups x k^2 patch with the
+filter: C_in k^2 multiplications and, counting the bias add, C_in k^2 additions (C_in k^2 - 1
+to sum the products, +1 for the bias). There are C_out H_out W_out outputs per image. A linear
+layer is the special case k = 1, H_out = W_out = 1: in_features x out_features.
 
 MACs (multiply-accumulates, fvcore's unit) equal the multiplications.
-Additions: `mults - outputs` without the bias add, `mults` with it (the seed's convention).
+Additions: `mults - outputs` without the bias add, `mults` with it (the convention of (2)).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from math import floor, prod
 
 
 def conv_out_size(n_in: int, k: int, stride: int, pad: int, dilation: int) -> int:
-    """Standard output length of a convolution along one axis: floor((n + 2p - d(k-1) - 1)/s) + 1."""
+    """Output length of a convolution along one axis: floor((n + 2p - d(k-1) - 1)/s) + 1."""
     return floor((n_in + 2 * pad - dilation * (k - 1) - 1) / stride) + 1
 
 
@@ -29,7 +29,8 @@ def conv_counts(out_shape: Sequence[int], c_in: int, kernel: Sequence[int], grou
                 bias: bool) -> tuple[int, int, int]:
     """(mults, adds, macs) of a convolution with output shape (N, C_out, *spatial).
 
-    Seed 2: C_in k^2 mults per output (C_in/groups with groups), times N C_out H_out W_out outputs.
+    docs/math.md (2): C_in k^2 mults per output (C_in/groups with groups), times
+    N C_out H_out W_out outputs.
     """
     outputs = prod(out_shape)  # N * C_out * H_out * W_out
     per_output = (c_in // groups) * prod(kernel)  # C_in k^2
@@ -44,7 +45,7 @@ def conv_transpose_counts(in_shape: Sequence[int], c_out: int, kernel: Sequence[
     """(mults, adds, macs) of a transposed convolution (input shape (N, C_in, *spatial)).
 
     Every input element is multiplied by a C_out/groups x k^d slice of the filter (the adjoint of
-    seed 2's count); these products are scattered into the output and summed there.
+    docs/math.md (2)); these products are scattered into the output and summed there.
     """
     mults = prod(in_shape) * (c_out // groups) * prod(kernel)
     outputs = prod(out_shape)
@@ -55,7 +56,7 @@ def conv_transpose_counts(in_shape: Sequence[int], c_out: int, kernel: Sequence[
 def linear_counts(in_shape: Sequence[int], out_features: int, bias: bool) -> tuple[int, int, int]:
     """(mults, adds, macs) of y = x W^T + b on x of shape (..., in_features).
 
-    Seed 2: linear = conv with k = 1, H_out = W_out = 1: in x out per row of x.
+    docs/math.md (2): linear = conv with k = 1, H_out = W_out = 1: in x out per row of x.
     """
     rows = prod(in_shape[:-1])
     mults = rows * in_shape[-1] * out_features

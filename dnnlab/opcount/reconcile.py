@@ -1,5 +1,5 @@
-"""Reconcile dnnlab's analytic counts with fvcore (forward) and torch's FlopCounterMode
-(forward + backward of a training step).
+"""Reconcile dnnlab's analytic counts (docs/math.md (2)) with fvcore (forward) and torch's
+FlopCounterMode (forward + backward of a training step).
 
 fvcore traces the model with real CPU tensors (it cannot trace meta tensors) and counts MACs
 per module and per operator. Our families map onto fvcore's operators as:
@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from dnnlab.opcount.counter import _meta_state, count_ops
-from dnnlab.opcount.report import MAC_FAMILIES, OpReport
+from dnnlab.opcount.counter import count_ops, meta_state
+from dnnlab.opcount.rows import MAC_FAMILIES, OpReport
 
 FVCORE_FAMILY = {
     "conv": "conv", "linear": "linear", "addmm": "linear",
@@ -47,6 +47,8 @@ WHY = {
 
 @dataclass
 class Comparison:
+    """One module's count of one family, by dnnlab and by fvcore (`why` when they differ)."""
+
     path: str
     family: str
     analytic: int
@@ -57,6 +59,8 @@ class Comparison:
 
 @dataclass
 class Reconciliation:
+    """dnnlab's counts against fvcore's (per row and per family) and FlopCounterMode's."""
+
     report: OpReport
     rows: list  # list[Comparison], per module and family
     totals: dict  # family -> {"analytic": int, "fvcore": int}
@@ -136,7 +140,7 @@ def flop_counter_check(model: torch.nn.Module, input_shape: Sequence[int],
     model.train(report.training)
     try:
         with FlopCounterMode(display=False) as fwd_mode:
-            out = torch.func.functional_call(model, _meta_state(model), (x,), strict=False,
+            out = torch.func.functional_call(model, meta_state(model), (x,), strict=False,
                                              tie_weights=True)
     finally:
         for m, t in modes.items():

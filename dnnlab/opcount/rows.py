@@ -1,4 +1,5 @@
-"""The op-count report: one row per counted operation, totals per family, JSON/CSV export."""
+"""The counter's output: one `LayerRow` per counted operation, an `OpReport` with totals per
+family and JSON/CSV export."""
 from __future__ import annotations
 
 import csv
@@ -21,7 +22,7 @@ class LayerRow:
 
     path: module path (`features.0`; `""` for the model itself); module_type: its class name;
     op: the torch function (`conv2d`, `linear`, `matmul`, ...); family: one of FAMILIES.
-    mults/adds: counted separately by the seed's formula (adds include the bias add when counted);
+    mults/adds: counted separately by docs/math.md (2) (adds include the bias add when counted);
     macs: multiply-accumulates for MAC families, elementary operations otherwise;
     bwd_macs: MACs of this op's backward in a training step (input and weight gradients);
     bias_adds: the bias adds included in `adds`.
@@ -44,6 +45,8 @@ class LayerRow:
 
 @dataclass
 class OpReport:
+    """The counted operations of one model on one input shape (`count_ops`'s result)."""
+
     model: str
     input_shape: list
     layers: list  # list[LayerRow]

@@ -1,16 +1,16 @@
 """Smooth max (log-sum-exp with a temperature) with its own forward and backward.
 
-Seed problem 1 (shared/seed/hw7-solutions.md), for x in R^n and beta > 0:
+docs/math.md (1a)-(1c), for x in R^n and beta > 0:
 
-    nu_beta(x) = (1/beta) log sum_i exp(beta x_i)                       (seed eq. 1a)
-    0 <= nu_beta(x) - max_i x_i <= log(n) / beta   ->  nu_beta -> max   (seed eq. 1a)
-    grad nu_1 = softmax(x)                                              (seed eq. 1b)
-    grad nu_beta = softmax(beta x)  ->  one-hot of the argmax           (seed eq. 1c)
+    nu_beta(x) = (1/beta) log sum_i exp(beta x_i)                       (docs/math.md (1a))
+    0 <= nu_beta(x) - max_i x_i <= log(n) / beta   ->  nu_beta -> max   (docs/math.md (1a))
+    grad nu_1 = softmax(x)                                              (docs/math.md (1b))
+    grad nu_beta = softmax(beta x)  ->  one-hot of the argmax           (docs/math.md (1c))
 
 Numerics. With m = max_i x_i, z_i = beta (x_i - m) <= 0 and r = log sum_i exp(z_i):
 
-    nu = m + r / beta              (seed eq. 1a, first line: factor exp(beta x*) out)
-    softmax(beta x)_i = exp(z_i - r) = exp(z_i) / sum_j exp(z_j)        (seed eq. 1c)
+    nu = m + r / beta              (docs/math.md (1a): factor exp(beta x*) out)
+    softmax(beta x)_i = exp(z_i - r) = exp(z_i) / sum_j exp(z_j)        (docs/math.md (1c))
 
 so beta * x is never formed unshifted: z <= 0, exp(z) <= 1, 1 <= sum exp(z) <= n and
 0 <= r <= log n, whatever |x| (up to float32's largest) or beta (up to 1e30 and inf).
@@ -25,18 +25,11 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
+from dnnlab.beta import to_float
+from dnnlab.dtypes import compute_dtype
 from dnnlab.errors import ConfigError, ShapeError
 
 __all__ = ["smooth_max"]
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; float32, float16 and bfloat16 are computed in float32."""
-    if dtype == torch.float64:
-        return torch.float64
-    if dtype in (torch.float32, torch.float16, torch.bfloat16):
-        return torch.float32
-    raise TypeError(f"smooth_max: x must be float64, float32, float16 or bfloat16, got {dtype}")
 
 
 def _dims(dim, ndim: int) -> tuple[int, ...]:
@@ -54,20 +47,6 @@ def _dims(dim, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def _scalar_beta(beta) -> float:
-    """A Python number or a string ("inf", ".inf", "2.5") as a float; no range check."""
-    if isinstance(beta, str):
-        s = beta.strip().lower()
-        s = {".inf": "inf", "+.inf": "inf"}.get(s, s)  # YAML spelling of infinity
-        try:
-            return float(s)
-        except ValueError:
-            raise ConfigError(f"smooth_max: beta must be a number or 'inf', got {beta!r}") from None
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-        raise ConfigError(f"smooth_max: beta must be a number, 'inf' or a tensor, got {beta!r}")
-    return float(beta)
-
-
 def _check_scalar_beta(beta: float, cdtype: torch.dtype) -> float:
     """beta in (0, inf]; a beta above the compute dtype's largest finite value is inf."""
     if math.isnan(beta) or beta <= 0:
@@ -77,7 +56,7 @@ def _check_scalar_beta(beta: float, cdtype: torch.dtype) -> float:
         raise ConfigError(
             f"smooth_max: beta must be in (0, inf], got {beta}, which underflows {cdtype}"
         )
-    # nu - max <= log(n)/beta (seed eq. 1a) is below any resolution there: exactly max.
+    # nu - max <= log(n)/beta (docs/math.md (1a)) is below any resolution there: exactly max.
     return math.inf if beta > info.max else beta
 
 
@@ -107,7 +86,7 @@ def _check_tensor_beta(beta: torch.Tensor, cdtype: torch.dtype, reduced: torch.S
 
 def _argmax_weights(x, m, dims, cdtype):
     """The limit of softmax(beta x) as beta -> inf: the argmax one-hot, ties shared equally
-    (seed eq. 1c); zero for an all -inf slice, whose max is not attained by a finite value."""
+    (docs/math.md (1c)); zero for an all -inf slice, whose max is not attained by a finite value."""
     hit = (x == m) & (m > -math.inf)  # (..., n, ...) bool
     w = hit.to(cdtype)  # (..., n, ...)
     count = w.sum(dims, keepdim=True).clamp_min_(1.0)  # (..., 1, ...)
@@ -123,7 +102,7 @@ class _SmoothMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, beta, beta_c, dims, red_shape, out_shape, normalized):
         # x: (..., n, ...) reduced over dims -> nu: red_shape (..., 1, ...) or without the 1s
-        cdtype = _compute_dtype(x.dtype)
+        cdtype = compute_dtype(x.dtype)
         tensor_beta = isinstance(beta_c, torch.Tensor)
         ctx.dims, ctx.cdtype, ctx.x_dtype, ctx.red_shape = dims, cdtype, x.dtype, red_shape
         ctx.beta_c = None if tensor_beta else beta_c
@@ -131,7 +110,7 @@ class _SmoothMax(torch.autograd.Function):
         ctx.beta_dtype = beta.dtype if tensor_beta else None
 
         if not tensor_beta and beta_c == math.inf:
-            # beta = inf: nu_inf = max x (seed eq. 1a, limit); the backward is the one-hot
+            # beta = inf: nu_inf = max x (docs/math.md (1a), limit); the backward is the one-hot
             ctx.mode = "inf"
             ctx.save_for_backward(x)  # the backward recomputes the max: the output may change
             return torch.amax(x, dims, keepdim=out_shape == red_shape)  # (..., 1, ...) or (...)
@@ -150,7 +129,7 @@ class _SmoothMax(torch.autograd.Function):
                                  nan=0.0, posinf=0.0, neginf=0.0)  # (..., 1, ...)
         z = torch.sub(x, shift)  # (..., n, ...) x - m <= 0, in the compute dtype
         if tensor_beta or beta_c != 1.0:
-            z.mul_(beta_c)  # z = beta (x - m) <= 0: never beta x unshifted (seed eq. 1a)
+            z.mul_(beta_c)  # z = beta (x - m) <= 0: never beta x unshifted (docs/math.md (1a))
         s = z.exp_().sum(dims, keepdim=True)  # (..., 1, ...) s = sum exp(z) in [1, n]
         del z
         r = torch.log(s)  # (..., 1, ...) r in [0, log n]
@@ -159,12 +138,12 @@ class _SmoothMax(torch.autograd.Function):
             # log(n)/beta cancels at small beta
             r.sub_(math.log(math.prod(x.shape[d] for d in dims)))
         if not tensor_beta:
-            # nu = m + r / beta  (seed eq. 1a, first line), one fused op into a fresh tensor
+            # nu = m + r / beta  (docs/math.md (1a), first line), one fused op into a fresh tensor
             nu = torch.add(shift.view(out_shape), r.view(out_shape), alpha=1.0 / beta_c)
         else:
-            nu = torch.add(shift, r / beta_c)  # (..., 1, ...) nu = m + r / beta  (seed eq. 1a)
+            nu = torch.add(shift, r / beta_c)  # (..., 1, ...) nu = m + r / beta  (1a)
             if inf_mask is not None:
-                nu = torch.where(inf_mask, m.to(cdtype), nu)  # nu_inf = max x (seed eq. 1a)
+                nu = torch.where(inf_mask, m.to(cdtype), nu)  # nu_inf = max x (docs/math.md (1a))
             nu = nu.reshape(out_shape)
         # s = 0 only for an all -inf slice, where every exp(z) is 0 anyway: clamp so that the
         # backward's exp(z) / s is 0 there, not 0/0.
@@ -183,7 +162,7 @@ class _SmoothMax(torch.autograd.Function):
 
 
 def _backward(ctx, g):
-    """The gradients of _SmoothMax (seed eq. 1c). g: the gradient of nu."""
+    """The gradients of _SmoothMax (docs/math.md (1c)). g: the gradient of nu."""
     dims, cdtype, red_shape = ctx.dims, ctx.cdtype, ctx.red_shape
     need_x, need_beta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     g = g.reshape(red_shape)  # (..., 1, ...)
@@ -194,7 +173,7 @@ def _backward(ctx, g):
     if ctx.mode == "inf":
         (x,) = ctx.saved_tensors
         m = torch.amax(x, dims, keepdim=True)  # (..., 1, ...)
-        # grad nu_inf = e_argmax, ties shared equally (seed eq. 1c, limit)
+        # grad nu_inf = e_argmax, ties shared equally (docs/math.md (1c), limit)
         gx = _argmax_weights(x, m, dims, cdtype).mul_(g)
         return (gx if gx.dtype == ctx.x_dtype else gx.to(ctx.x_dtype)), None, *nones
 
@@ -206,14 +185,14 @@ def _backward(ctx, g):
 
     gx = gbeta = None
     if not need_beta:
-        # softmax(beta x) * g = exp(z) * (g / s)  (seed eq. 1c; eq. 1b at beta = 1)
+        # softmax(beta x) * g = exp(z) * (g / s)  (docs/math.md (1c); eq. 1b at beta = 1)
         gx = z.exp_().mul_(torch.div(g, s))  # (..., n, ...)
     else:
         t = z.sub_(torch.log(s))  # (..., n, ...) t = z - r = log softmax(beta x)
-        p = torch.exp(t)  # (..., n, ...) p = softmax(beta x)  (seed eq. 1c)
+        p = torch.exp(t)  # (..., n, ...) p = softmax(beta x)  (docs/math.md (1c))
         del t, z
         # d nu / d beta = (sum_i p_i x_i - nu) / beta = -H(p) / beta^2 with
-        # H(p) = -sum_i p_i log p_i, since log p_i = beta (x_i - nu)  (from seed eq. 1c);
+        # H(p) = -sum_i p_i log p_i, since log p_i = beta (x_i - nu)  (from docs/math.md (1c));
         # normalized: d/d beta of -log(n)/beta adds log(n) / beta^2
         neg_h = torch.special.xlogy(p, p).sum(dims, keepdim=True)  # (..., 1, ...) -H(p)
         if ctx.normalized:
@@ -224,10 +203,10 @@ def _backward(ctx, g):
         if isinstance(beta, torch.Tensor):
             gbeta = dbeta.mul_(g).sum_to_size(ctx.beta_shape).to(ctx.beta_dtype)
         if need_x:
-            gx = p.mul_(g)  # softmax(beta x) * g  (seed eq. 1c)
+            gx = p.mul_(g)  # softmax(beta x) * g  (docs/math.md (1c))
 
     if need_x and inf_mask is not None:
-        onehot = _argmax_weights(x, m, dims, cdtype).mul_(g)  # (seed eq. 1c, limit)
+        onehot = _argmax_weights(x, m, dims, cdtype).mul_(g)  # (docs/math.md (1c), limit)
         gx = torch.where(inf_mask, onehot, gx)
     if gx is not None and gx.dtype != ctx.x_dtype:
         gx = gx.to(ctx.x_dtype)
@@ -239,7 +218,7 @@ _backward_once = once_differentiable(_backward)
 
 def smooth_max(x: torch.Tensor, beta, dim=-1, keepdim: bool = False,
                normalized: bool = False) -> torch.Tensor:
-    """nu_beta(x) = (1/beta) log sum_i exp(beta x_i) over `dim` (seed eq. 1a), stably.
+    """nu_beta(x) = (1/beta) log sum_i exp(beta x_i) over `dim` (docs/math.md (1a)), stably.
 
     Args:
         x: a float64, float32, float16 or bfloat16 tensor (half types are computed in
@@ -257,7 +236,7 @@ def smooth_max(x: torch.Tensor, beta, dim=-1, keepdim: bool = False,
             reduced entries). Formed as m + (r - log n)/beta, so it stays accurate at small
             beta up to the rounding of r (about eps log(n) / beta in absolute terms).
 
-    Gradient: softmax(beta x) (seed eq. 1c); at beta = inf the argmax one-hot, ties shared
+    Gradient: softmax(beta x) (docs/math.md (1c)); at beta = inf the argmax one-hot, ties shared
     equally. A -inf entry gets weight 0; an all -inf slice gives -inf and gradient 0; a NaN
     gives NaN; a +inf entry gives +inf (with a NaN gradient at finite beta).
     Double backward is not supported.
@@ -267,7 +246,7 @@ def smooth_max(x: torch.Tensor, beta, dim=-1, keepdim: bool = False,
     if has_torch_function_unary(x):  # lets torch function modes (dnnlab.opcount) see the call
         return handle_torch_function(smooth_max, (x,), x, beta, dim=dim, keepdim=keepdim,
                                      normalized=normalized)
-    cdtype = _compute_dtype(x.dtype)
+    cdtype = compute_dtype(x.dtype)
     if x.dim() == 0:
         x = x.reshape(1)  # a 0-d input is a slice of one
         return smooth_max(x, beta, 0, False, normalized).reshape(())
@@ -280,6 +259,7 @@ def smooth_max(x: torch.Tensor, beta, dim=-1, keepdim: bool = False,
         beta_c = _check_tensor_beta(beta, cdtype, red_shape)
         arg = beta
     else:
-        beta_c = _check_scalar_beta(beta if type(beta) is float else _scalar_beta(beta), cdtype)
+        value = beta if type(beta) is float else to_float(beta, "smooth_max: beta")
+        beta_c = _check_scalar_beta(value, cdtype)
         arg = None
     return _SmoothMax.apply(x, arg, beta_c, dims, red_shape, out_shape, normalized)

@@ -1,8 +1,9 @@
 """Smooth-max layers: nu_beta = (1/beta) log sum exp(beta x) as a reduction and as pooling.
 
-Seed problem 1: nu_beta -> max as beta -> inf with 0 <= nu_beta - max <= log(n)/beta
-(seed eq. 1a), and grad nu_beta = softmax(beta x) (seed eq. 1c). The computation is
-`dnnlab.functional.smooth_max`; these modules hold the temperature (fixed or learnable).
+nu_beta -> max as beta -> inf with 0 <= nu_beta - max <= log(n)/beta (docs/math.md (1a)), and
+grad nu_beta = softmax(beta x) (docs/math.md (1c)). The computation is
+`dnnlab.smoothmax.functional.smooth_max` (pooling with non-overlapping windows has its own
+4-d fast path below); these modules hold the temperature (fixed or learnable).
 """
 import math
 
@@ -10,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dnnlab.beta import parse_beta, to_float
+from dnnlab.dtypes import compute_dtype
 from dnnlab.errors import ConfigError, ShapeError
-from dnnlab.functional import _scalar_beta, smooth_max
+from dnnlab.smoothmax.functional import smooth_max
 
 __all__ = ["SmoothMax", "SmoothMaxPool2d"]
 
@@ -19,20 +22,19 @@ __all__ = ["SmoothMax", "SmoothMaxPool2d"]
 def _parse_beta(beta, owner: str):
     """A float (maybe inf) for a number or a string ("inf", ".inf", "2.0"); a float tensor for a
     list or tensor (one beta per channel, say). Raises ConfigError on a value outside (0, inf]."""
+    key = f"{owner}: beta"
     if isinstance(beta, (list, tuple)):
-        beta = torch.tensor([_scalar_beta(b) for b in beta], dtype=torch.float32)
+        beta = torch.tensor([to_float(b, key) for b in beta], dtype=torch.float32)
     if isinstance(beta, torch.Tensor):
-        beta = beta.detach().clone().float() if not beta.is_floating_point() else beta.detach().clone()
+        beta = beta.detach().clone()
+        beta = beta if beta.is_floating_point() else beta.float()
         bad = torch.isnan(beta) | (beta <= 0)
         if bool(bad.any()):
             raise ConfigError(
                 f"{owner}: beta must be in (0, inf], got a tensor with entry {beta[bad][0].item()}"
             )
         return beta
-    value = _scalar_beta(beta)
-    if math.isnan(value) or value <= 0:
-        raise ConfigError(f"{owner}: beta must be in (0, inf], got {value}")
-    return value
+    return parse_beta(to_float(beta, key), key)  # the float's repr in the message: 0 -> 0.0
 
 
 def _fmt_beta(beta) -> str:
@@ -73,8 +75,7 @@ class _Temperature(nn.Module):
 
 
 class SmoothMax(_Temperature):
-    dnnlab_family = "smooth_max"  # dnnlab.opcount counts it as one op of its own family
-    """nu_beta(x) = (1/beta) log sum_i exp(beta x_i) over `dim` (seed eq. 1a).
+    """nu_beta(x) = (1/beta) log sum_i exp(beta x_i) over `dim` (docs/math.md (1a)).
 
     Args:
         beta: inverse temperature in (0, inf]: a number, "inf", or a tensor/list
@@ -85,13 +86,15 @@ class SmoothMax(_Temperature):
         keepdim: keep the reduced dims as size 1.
     """
 
+    dnnlab_family = "smooth_max"  # dnnlab.opcount counts it as one op of its own family
+
     def __init__(self, beta, dim=-1, learnable: bool = False, keepdim: bool = False):
         super().__init__()
         self._init_beta(beta, learnable)
         self.dim, self.keepdim = dim, keepdim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return smooth_max(x, self.beta, self.dim, self.keepdim)  # (seed eq. 1a)
+        return smooth_max(x, self.beta, self.dim, self.keepdim)  # (docs/math.md (1a))
 
     def extra_repr(self) -> str:
         return (f"beta={_fmt_beta(self.beta)}, dim={self.dim}, learnable={self.learnable}, "
@@ -115,29 +118,30 @@ class _WindowSmoothMax(torch.autograd.Function):
     """nu_beta over non-overlapping kh x kw windows for a scalar beta in (0, inf], computed on
     contiguous 4-d tensors (max_pool2d, avg_pool2d, a broadcast of each window's value) instead
     of reductions over strided window views. Same values and gradients as smooth_max:
-    nu = m + (1/beta) log sum exp(beta (x - m)) (seed 1a, shifted by the window max m);
-    grad = softmax(beta x) over the window (seed 1c), the argmax one-hot with ties shared at inf.
+    nu = m + (1/beta) log sum exp(beta (x - m)) (docs/math.md (1a), shifted by the window max
+    m); grad = softmax(beta x) over the window (docs/math.md (1c)), the argmax one-hot with ties
+    shared at inf.
     """
 
     @staticmethod
     def forward(ctx, x, kernel, beta, normalized):  # x: (B, C, H, W)
         (kh, kw), (h, w) = kernel, x.shape[2:]
         ho, wo = h // kh, w // kw
-        cd = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        cd = compute_dtype(x.dtype)
         xc = x[:, :, :ho * kh, :wo * kw].to(cd)  # (B, C, Ho*kh, Wo*kw), windows that fit
         m = F.max_pool2d(xc, (kh, kw))  # (B, C, Ho, Wo) the window max (NaN propagates)
         ctx.shape, ctx.kernel, ctx.beta, ctx.x_dtype = x.shape, kernel, beta, x.dtype
-        if math.isinf(beta):  # nu_inf = max (seed 1a, limit)
+        if math.isinf(beta):  # nu_inf = max (docs/math.md (1a), limit)
             ctx.save_for_backward(xc, m)
             return m.to(x.dtype)
         # an infinite or NaN max shifts by 0, as in smooth_max: +inf -> +inf, all -inf -> -inf
         shift = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)  # (B, C, Ho, Wo)
-        e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # exp(beta (x - m)) <= 1 (seed 1a)
+        e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # exp(beta (x - m)) <= 1  (1a)
         s = F.avg_pool2d(e, (kh, kw)).mul_(kh * kw)  # (B, C, Ho, Wo) sum over each window
         r = torch.log(s)  # in [0, log n]
         if normalized:
             r.sub_(math.log(kh * kw))  # nu - log(n)/beta, formed before dividing by beta
-        nu = torch.add(shift, r, alpha=1.0 / beta)  # nu = m + r / beta  (seed 1a)
+        nu = torch.add(shift, r, alpha=1.0 / beta)  # nu = m + r / beta  (docs/math.md (1a))
         s.clamp_min_(1.0)  # an all -inf window: exp(z) = 0 there, so the gradient is 0, not 0/0
         ctx.save_for_backward(xc, shift, s)
         return nu.to(x.dtype)
@@ -147,14 +151,14 @@ class _WindowSmoothMax(torch.autograd.Function):
         (kh, kw), (h, w), beta = ctx.kernel, ctx.shape[2:], ctx.beta
         if math.isinf(beta):
             xc, m = ctx.saved_tensors
-            wgt = (xc == _up(m, kh, kw)).to(xc.dtype)  # argmax one-hot (seed 1c, limit)
+            wgt = (xc == _up(m, kh, kw)).to(xc.dtype)  # argmax one-hot (docs/math.md (1c), limit)
             count = F.avg_pool2d(wgt, (kh, kw)).mul_(kh * kw).clamp_min_(1.0)  # ties share it
             gq = torch.where(m > -math.inf, g.to(xc.dtype) / count, 0.0)  # all -inf window: 0
             gx = wgt.mul_(_up(gq, kh, kw))
         else:
             xc, shift, s = ctx.saved_tensors
             e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # as in the forward
-            gx = e.mul_(_up(g.to(xc.dtype) / s, kh, kw))  # softmax(beta x) * g  (seed 1c)
+            gx = e.mul_(_up(g.to(xc.dtype) / s, kh, kw))  # softmax(beta x) * g  (docs/math.md (1c))
         gx = gx.to(ctx.x_dtype)
         if gx.shape[2] != h or gx.shape[3] != w:  # rows/columns no window covers: gradient 0
             gx = F.pad(gx, (0, w - gx.shape[3], 0, h - gx.shape[2]))
@@ -162,7 +166,8 @@ class _WindowSmoothMax(torch.autograd.Function):
 
 
 class _GlobalMax(torch.autograd.Function):
-    """Global pooling at beta = inf: max over (H, W), ties sharing the gradient (seed 1c)."""
+    """Global pooling at beta = inf: max over (H, W), ties sharing the gradient
+    (docs/math.md (1c))."""
 
     @staticmethod
     def forward(ctx, x):  # (B, C, H, W) -> (B, C, 1, 1)
@@ -173,14 +178,13 @@ class _GlobalMax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, out = ctx.saved_tensors
-        cd = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        cd = compute_dtype(x.dtype)
         wgt = ((x == out) & (out > -math.inf)).to(cd)
         count = wgt.sum((2, 3), keepdim=True).clamp_min_(1.0)
         return wgt.mul_(g.to(cd) / count).to(x.dtype)
 
 
 class SmoothMaxPool2d(_Temperature):
-    dnnlab_family = "smooth_max"  # dnnlab.opcount counts it as one op of its own family
     """Smooth-max pooling over (H, W) windows of a (B, C, H, W) input: nu_beta of each window.
 
     kernel_size=None pools globally, (B, C, H, W) -> (B, C, 1, 1) like AdaptiveMaxPool2d(1);
@@ -198,9 +202,11 @@ class SmoothMaxPool2d(_Temperature):
     it a parameter stored as its log (`log_beta`).
 
     ties: at beta = inf, "shared" (default) gives the gradient of the limit of softmax(beta x):
-    the argmax one-hot with tied maxima sharing it equally (seed 1c); "first" is torch's max
-    pooling (F.max_pool2d), which routes it to one argmax per window, and is faster.
+    the argmax one-hot with tied maxima sharing it equally (docs/math.md (1c)); "first" is
+    torch's max pooling (F.max_pool2d), which routes it to one argmax per window, and is faster.
     """
+
+    dnnlab_family = "smooth_max"  # dnnlab.opcount counts it as one op of its own family
 
     def __init__(self, beta, kernel_size=None, stride=None, normalized: bool = False,
                  learnable: bool = False, ties: str = "shared"):
@@ -217,7 +223,8 @@ class SmoothMaxPool2d(_Temperature):
             )
         self.kernel_size = None if kernel_size is None else _pair(kernel_size, "kernel_size")
         if stride is not None and kernel_size is None:
-            raise ConfigError("SmoothMaxPool2d: stride needs a kernel_size (global pooling has none)")
+            raise ConfigError(
+                "SmoothMaxPool2d: stride needs a kernel_size (global pooling has none)")
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
         self.normalized = normalized
 
@@ -226,13 +233,15 @@ class SmoothMaxPool2d(_Temperature):
         b = self.beta
         if isinstance(b, torch.Tensor) and b.dim() == 1 and b.numel() > 1:
             if b.numel() != c:
-                raise ShapeError(f"SmoothMaxPool2d: {b.numel()} betas for an input with {c} channels")
+                raise ShapeError(
+                    f"SmoothMaxPool2d: {b.numel()} betas for an input with {c} channels")
             return b.view(c, *([1] * trailing))
         return b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            raise ShapeError(f"SmoothMaxPool2d: expected a (B, C, H, W) input, got {tuple(x.shape)}")
+            raise ShapeError(
+                f"SmoothMaxPool2d: expected a (B, C, H, W) input, got {tuple(x.shape)}")
         c = x.shape[1]
         b = self.beta
         if self.ties == "first" and not isinstance(b, torch.Tensor) and math.isinf(b):
@@ -266,7 +275,7 @@ class SmoothMaxPool2d(_Temperature):
                 )
             windows = x.unfold(2, kh, sh).unfold(3, kw, sw)  # (B, C, H_out, W_out, kh, kw), a view
             beta = self._channel_beta(c, 4)  # (C, 1, 1, 1, 1) or scalar
-            out = smooth_max(windows, beta, (-2, -1), False, self.normalized)  # (B, C, H_out, W_out)
+            out = smooth_max(windows, beta, (-2, -1), False, self.normalized)  # (B, C, Ho, Wo)
         return out
 
     def extra_repr(self) -> str:

@@ -1,123 +1,17 @@
-"""Seed problem 4: the Toeplitz reference, the seed's 1-D network three ways, and our convolutions
-with a hand-written backward (dnnlab.nn.Conv1d/2d/3d) against torch's."""
-import copy
-
+"""ConvNdFunction (docs/math.md (4b)): torch.autograd.gradcheck in float64, both weight-gradient
+modes, and the three gradient functions against torch's."""
 import pytest
 import torch
-import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from dnnlab.errors import ConfigError, ShapeError
-from dnnlab.nn import Conv1d, Conv2d, Conv3d, swap_convs
-from dnnlab.nn.conv import ConvNdFunction, weight_grad_mode
-from dnnlab.seednet import (
-    ACTIVATIONS,
-    SeedNetSpec,
-    grads_autograd,
-    grads_conv,
-    grads_matrix,
-    init_params,
-    scaling,
+from dnnlab.conv.function import (
+    ConvNdFunction,
+    conv_bias_grad,
+    conv_input_grad,
+    conv_weight_grad,
+    weight_grad_mode,
 )
-from dnnlab.toeplitz import toeplitz
 
 f64 = torch.float64
-OURS = {1: Conv1d, 2: Conv2d, 3: Conv3d}
-TORCH = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
-
-
-def maxdiff(a, b):
-    return (a - b).abs().max().item() if a.numel() else 0.0
-
-
-# ----------------------------------------------------------------------------------------------
-# Toeplitz
-
-
-def test_toeplitz_band_and_entries():
-    w = torch.tensor([1.0, 2.0, 3.0], dtype=f64)
-    A = toeplitz(w, 6)
-    assert A.shape == (4, 6) and A.dtype == f64
-    for i in range(4):
-        for j in range(6):
-            # seed 4: A^{(i,j)} = w^{(j-i+1)} for i <= j <= i+f-1 (1-based), else 0
-            expect = w[j - i].item() if i <= j <= i + 2 else 0.0
-            assert A[i, j].item() == expect
-    assert torch.equal(toeplitz(w, 3), w[None])  # n_in = f: one row, the filter itself
-
-
-@pytest.mark.parametrize("f,n", [(1, 5), (3, 10), (7, 7), (5, 33)])
-def test_toeplitz_is_conv1d(f, n):
-    g = torch.Generator().manual_seed(f * 100 + n)
-    w, y = torch.randn(f, generator=g, dtype=f64), torch.randn(n, generator=g, dtype=f64)
-    ref = F.conv1d(y[None, None], w[None, None])[0, 0]
-    assert maxdiff(toeplitz(w, n) @ y, ref) < 1e-12
-    W = torch.randn(4, f, generator=g, dtype=f64)  # batched filters: (4, n - f + 1, n)
-    assert toeplitz(W, n).shape == (4, n - f + 1, n)
-    assert maxdiff(toeplitz(W, n)[2], toeplitz(W[2], n)) == 0
-
-
-def test_toeplitz_too_long():
-    with pytest.raises(ShapeError, match="f=6 > input length n=5"):
-        toeplitz(torch.ones(6), 5)
-
-
-# ----------------------------------------------------------------------------------------------
-# the seed's network: matrix == conv == autograd
-
-
-SPECS = [
-    SeedNetSpec(n0=16, filters=[3], activation="identity"),
-    SeedNetSpec(n0=24, filters=[3, 5, 2], activation="tanh"),
-    SeedNetSpec(n0=40, filters=[4, 4, 4, 4], activation="sigmoid", bias=[True, False, True, False]),
-    SeedNetSpec(n0=31, filters=[7, 1, 3], activation="relu"),
-    SeedNetSpec(n0=20, filters=[2, 3], activation="softplus"),
-    SeedNetSpec(n0=20, filters=[5, 5], activation="gelu", bias=False),
-]
-
-
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.activation}-{s.filters}")
-def test_seednet_three_ways_agree(spec):
-    params = init_params(spec, seed=3, dtype=f64)
-    g = torch.Generator().manual_seed(7)
-    y0 = torch.randn(5, spec.n0, generator=g, dtype=f64)
-    u = torch.randn(5, spec.sizes()[-1], generator=g, dtype=f64)
-    m, c, a = (fn(spec, params, y0, u) for fn in (grads_matrix, grads_conv, grads_autograd))
-    expect = ["y"] + [k for l in range(1, spec.depth + 1)
-                      for k in ([f"w{l}", f"b{l}"] if spec.has_bias(l) else [f"w{l}"])]
-    assert list(m) == list(c) == list(a) == expect
-    for k in expect:
-        assert m[k].shape == a[k].shape, k
-        assert maxdiff(m[k], c[k]) <= 1e-10, k
-        assert maxdiff(m[k], a[k]) <= 1e-10, k
-
-
-def test_seednet_default_cotangent_is_sum():
-    spec = SeedNetSpec(n0=12, filters=[3, 3])
-    params = init_params(spec, dtype=f64)
-    y0 = torch.randn(2, 12, dtype=f64)
-    ones = torch.ones(2, spec.sizes()[-1], dtype=f64)
-    a, b = grads_conv(spec, params, y0), grads_autograd(spec, params, y0, ones)
-    assert all(maxdiff(a[k], b[k]) <= 1e-12 for k in a)
-
-
-def test_seednet_errors_name_layer():
-    with pytest.raises(ShapeError, match=r"layer 3: filter size f=9 > input length n=6"):
-        SeedNetSpec(n0=12, filters=[3, 5, 9])
-    with pytest.raises(ConfigError, match="activation"):
-        SeedNetSpec(n0=12, filters=[3], activation="swish")
-    assert set(ACTIVATIONS) >= {"sigmoid", "tanh", "relu", "softplus", "gelu", "identity"}
-
-
-def test_scaling_skips_big_matrices():
-    rows = scaling(ns=[64, 256], repeats=1, max_matrix_bytes=64 * 62 * 4 * 3)
-    assert not rows[0]["matrix_skipped"] and rows[0]["matrix_s"] > 0
-    assert rows[1]["matrix_skipped"] and rows[1]["matrix_s"] is None and rows[1]["conv_s"] > 0
-
-
-# ----------------------------------------------------------------------------------------------
-# our convolution Function and modules against torch
 
 
 @pytest.fixture
@@ -144,139 +38,38 @@ def test_gradcheck_function(n, mode, one_thread):
             lambda x, w, b: ConvNdFunction.apply(x, w, b, stride, pad, dil, 2), (x, w, b))
 
 
-@st.composite
-def conv_cases(draw):
-    n = draw(st.sampled_from([1, 2, 3]))
-    groups = draw(st.integers(1, 3))
-    cin, cout = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
-    k = tuple(draw(st.integers(1, 4)) for _ in range(n))
-    dil = tuple(draw(st.integers(1, 3)) for _ in range(n))
-    stride = draw(st.sampled_from([1, 2, 3]))
-    kind = draw(st.sampled_from(["int", "tuple", "valid", "same"] if stride == 1
-                                else ["int", "tuple", "valid"]))
-    pad = {"int": draw(st.integers(0, 3)), "tuple": tuple(draw(st.integers(0, 3)) for _ in range(n)),
-           "valid": "valid", "same": "same"}[kind]
-    mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
-    pads = ([0] * n if pad == "valid" else [d * (kk - 1) - d * (kk - 1) // 2 for d, kk in zip(dil, k)]
-            if pad == "same" else [pad] * n if isinstance(pad, int) else list(pad))
-    # the input must hold the dilated kernel after padding, and be longer than a reflect pad
-    lo = [max(1, d * (kk - 1) + 1 - 2 * p, p + 1) for d, kk, p in zip(dil, k, pads)]
-    size = tuple(draw(st.integers(m, m + (5 if n < 3 else 2))) for m in lo)
-    return {"n": n, "cin": cin, "cout": cout, "kernel_size": k, "stride": stride, "padding": pad,
-            "dilation": dil, "groups": groups, "bias": draw(st.booleans()), "padding_mode": mode,
-            "batch": draw(st.integers(1, 3)), "size": size,
-            "weight_grad": draw(st.sampled_from(["aten", "explicit"]))}
+def test_the_three_gradients_against_torch():
+    """conv_input_grad / conv_weight_grad (both modes) / conv_bias_grad equal torch's
+    convolution_backward (docs/math.md (4a)), stride, padding, dilation and groups included."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 11, 9, generator=g, dtype=f64)
+    w = torch.randn(6, 2, 3, 2, generator=g, dtype=f64)
+    conf = ((2, 1), (1, 0), (1, 2), 2)
+    y = torch.nn.functional.conv2d(x, w, None, *conf)
+    v = torch.randn(y.shape, generator=g, dtype=f64)  # (B, C_out, H_out, W_out)
+    gx, gw, gb = torch.ops.aten.convolution_backward(
+        v, x, w, [6], conf[0], conf[1], conf[2], False, (0, 0), conf[3], (True, True, True))
+    assert torch.allclose(conv_input_grad(v, w, x.shape, *conf), gx, atol=1e-12)
+    for mode in ("aten", "explicit"):
+        assert torch.allclose(conv_weight_grad(x, w, v, *conf, mode=mode), gw, atol=1e-12)
+    assert torch.allclose(conv_bias_grad(v), gb, atol=1e-12)
 
 
-@settings(max_examples=80, deadline=None)
-@given(conv_cases())
-def test_conv_matches_torch(case):
-    n, size, batch = case.pop("n"), case.pop("size"), case.pop("batch")
-    cin, cout, wg = case.pop("cin"), case.pop("cout"), case.pop("weight_grad")
-    torch.manual_seed(0)
-    ref = TORCH[n](cin, cout, **case).double()
-    ours = OURS[n](cin, cout, **case).double()
-    ours.load_state_dict(ref.state_dict())
-    x = torch.randn(batch, cin, *size, dtype=f64, requires_grad=True)
-    y_ref, y = ref(x), ours(x)
-    assert y.shape == y_ref.shape and maxdiff(y, y_ref) <= 1e-10
-    assert type(y.grad_fn).__name__ == "ConvNdFunctionBackward"  # the backward is ours
-    gy = torch.randn_like(y)
-    g_ref = torch.autograd.grad(y_ref, [x, *ref.parameters()], gy)
-    with weight_grad_mode(wg):
-        g = torch.autograd.grad(y, [x, *ours.parameters()], gy)
-    for a, b in zip(g, g_ref):
-        assert a.shape == b.shape and maxdiff(a, b) <= 1e-10
+def test_weight_grad_mode_is_scoped_and_checked():
+    with pytest.raises(ValueError, match="'aten' or 'explicit'"):
+        with weight_grad_mode("fast"):
+            pass
+    from dnnlab.conv import function
+
+    with weight_grad_mode("explicit"):
+        assert function._WEIGHT_GRAD == "explicit"
+    assert function._WEIGHT_GRAD == "aten"
 
 
-@pytest.mark.parametrize("padding", [1, "same"])
-def test_backward_is_ours(padding):
-    conv = Conv2d(3, 5, 3, padding=padding)
-    y = conv(torch.randn(2, 3, 8, 8))
-    assert type(y.grad_fn).__name__ == "ConvNdFunctionBackward"
-    assert isinstance(conv, torch.nn.Conv2d)
-    with torch.no_grad():  # nothing to differentiate: plain conv, same numbers
-        assert conv(torch.ones(1, 3, 8, 8)).grad_fn is None
-
-
-def test_unbatched_and_input_without_grad():
-    ref, ours = torch.nn.Conv1d(2, 3, 3).double(), Conv1d(2, 3, 3).double()
-    ours.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 10, dtype=f64)  # unbatched (C, L)
-    assert maxdiff(ours(x), ref(x)) == 0
-    ours(x).sum().backward()  # only weight and bias need gradients
-    assert ours.weight.grad is not None and ours.bias.grad is not None
-
-
-def test_saves_only_input_and_weight():
-    conv = Conv2d(4, 8, 3, padding=1)
-    x = torch.randn(2, 4, 8, 8, requires_grad=True)
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        conv(x)
-    assert len(saved) == 2 and saved[0] is x and saved[1] is conv.weight
-
-
-@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is deprecated
-def test_jit_trace_shows_torch_conv():
-    graph = str(torch.jit.trace(Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)).graph)
-    assert "aten::_convolution" in graph
-
-
-# ----------------------------------------------------------------------------------------------
-# swap_convs on resnet18
-
-
-def test_swap_convs_resnet18():
-    torchvision = pytest.importorskip("torchvision")
-    torch.manual_seed(0)
-    native = torchvision.models.resnet18(weights=None).double()
-    swapped = copy.deepcopy(native)
-    keys, params = list(swapped.state_dict()), [id(p) for p in swapped.parameters()]
-    assert swap_convs(swapped) is swapped
-    assert list(swapped.state_dict()) == keys and [id(p) for p in swapped.parameters()] == params
-    convs = [m for m in swapped.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) == 20 and all(type(m) is Conv2d for m in convs)
-    assert swapped.layer1[0].conv1._dnnlab_name == "layer1.0.conv1"
-
-    x = torch.randn(2, 3, 64, 64, dtype=f64)
-    out_n, out_s = native(x), swapped(x)
-    assert type(swapped.conv1(x).grad_fn).__name__ == "ConvNdFunctionBackward"
-    assert maxdiff(out_n, out_s) <= 1e-10
-    gy = torch.randn_like(out_n)
-    names = [k for k, _ in native.named_parameters()]
-    g_n = torch.autograd.grad(out_n, list(native.parameters()), gy)
-    g_s = torch.autograd.grad(out_s, list(swapped.parameters()), gy)
-    for k, a, b in zip(names, g_n, g_s):
-        assert maxdiff(a, b) <= 1e-10 * max(1.0, a.abs().max().item()), k
-
-
-# ----------------------------------------------------------------------------------------------
-# bad sizes
-
-
-def test_error_channels():
-    conv = Conv2d(3, 64, 11)
-    with pytest.raises(ShapeError, match=r"Conv2d\(3, 64, k=11\): input has 4 channels, expected 3"):
-        conv(torch.randn(1, 4, 32, 32))
-
-
-def test_error_kernel_longer_than_padded_input():
-    with pytest.raises(ShapeError, match=r"kernel 11 \(dilated 11\) > padded input 8"):
-        Conv2d(3, 64, 11)(torch.randn(1, 3, 8, 8))
-    with pytest.raises(ShapeError, match=r"kernel 3 \(dilated 7\) > padded input 6"):
-        Conv1d(2, 2, 3, dilation=3, padding=1)(torch.randn(1, 2, 4))
-    with pytest.raises(ShapeError, match=r"kernel \(1, 5, 5\) \(dilated \(1, 5, 5\)\) > padded "
-                                         r"input \(2, 4, 9\)"):
-        Conv3d(1, 1, (1, 5, 5))(torch.randn(1, 1, 2, 4, 9))
-
-
-def test_error_names_module_path():
-    torchvision = pytest.importorskip("torchvision")
-    model = swap_convs(torchvision.models.resnet18(weights=None))
-    with pytest.raises(ShapeError, match=r"^conv1 Conv2d\(3, 64, k=7\): input has 4 channels"):
-        model(torch.randn(1, 4, 32, 32))
-    net = swap_convs(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 8, 5)))
-    with pytest.raises(ShapeError, match=r"^1 Conv2d\(8, 8, k=5\): kernel 5 \(dilated 5\) > "
-                                         r"padded input 4"):
-        net(torch.randn(1, 3, 6, 6))
+def test_no_weight_grad_saves_no_input():
+    x = torch.randn(2, 3, 8, dtype=f64, requires_grad=True)
+    w = torch.randn(4, 3, 3, dtype=f64)
+    y = ConvNdFunction.apply(x, w, None, (1,), (0,), (1,), 1)
+    (gx,) = torch.autograd.grad(y.sum(), [x])
+    ref = torch.nn.functional.conv_transpose1d(torch.ones_like(y), w)
+    assert torch.allclose(gx, ref)

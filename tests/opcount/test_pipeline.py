@@ -1,14 +1,16 @@
-"""The count_ops pipeline end to end, as a user runs it, W&B offline and read back from disk."""
+"""The opcount pipeline end to end, as a user runs it, W&B offline and read back from disk."""
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.wandb_reader import find_runs, summarize
 
 
-def test_count_ops_alexnet_end_to_end(pipeline, tmp_path):
+def test_opcount_alexnet_end_to_end(pipeline, tmp_path):
     out = tmp_path / "run"
-    proc = pipeline("count_ops", "model=alexnet", f"hydra.run.dir={out}")
+    proc = pipeline("opcount", "model=alexnet", f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["model"] == "alexnet" and res["input_shape"] == [1, 3, 224, 224]
@@ -17,31 +19,35 @@ def test_count_ops_alexnet_end_to_end(pipeline, tmp_path):
     assert res["reconciled"] is True and res["flop_counter"]["match"] is True
     assert res["layers"][0]["path"] == "features.0" and res["layers"][0]["match"] is True
     assert (out / "results.csv").read_text().startswith("path,")
+    assert (out / "layers.csv").read_text().startswith("path,type,op,family")
     assert (out / "per_layer.png").stat().st_size > 1000
     assert "655,566,528" in proc.stdout and "58,621,952" in proc.stdout
     (run,) = find_runs(out)
     w = summarize(run)
-    assert w["run"].job_type == "count_ops" and w["run"].project == "dnnlab"
+    assert w["run"].job_type == "opcount" and w["run"].project == "dnnlab"
     assert w["config"]["model"]["name"] == "alexnet"
     assert w["summary"]["macs/conv"] == 655_566_528 and w["summary"]["fvcore/linear"] == 58_621_952
     assert w["summary"]["reconciled"] is True
     assert any("layers/_type" in h for h in w["history"])  # the wandb.Table
 
 
-def test_count_ops_bad_input_is_one_line(pipeline, tmp_path):
+@pytest.mark.parametrize("override,status,words", [
+    ("input_shape=[1,3,32,32]", 1, ["features.12", "[1, 256, 1, 1]"]),
+    ("count.backward=maybe", 2, ["count.backward", "maybe"]),
+])
+def test_opcount_bad_input_is_one_line(pipeline, tmp_path, override, status, words):
     out = tmp_path / "bad"
-    proc = pipeline("count_ops", "model=alexnet", "input_shape=[1,3,32,32]",
-                    f"hydra.run.dir={out}")
-    assert proc.returncode == 1
+    proc = pipeline("opcount", "model=alexnet", override, f"hydra.run.dir={out}")
+    assert proc.returncode == status
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
-    assert "features.12" in lines[0] and "[1, 256, 1, 1]" in lines[0]
+    assert all(w in lines[0] for w in words), lines[0]
     assert "Traceback" not in proc.stderr
 
 
-def test_count_ops_multirun_groups_jobs(pipeline, tmp_path):
+def test_opcount_multirun_with_hydra_grammar_groups_jobs(pipeline, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = pipeline("count_ops", "model=lenet5,seed_conv1d", "reconcile=false",
+    proc = pipeline("opcount", "model=choice(alexnet,lenet5)", "reconcile=false",
                     f"hydra.sweep.dir={sweep}", multirun=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     groups, models = set(), set()
@@ -52,10 +58,11 @@ def test_count_ops_multirun_groups_jobs(pipeline, tmp_path):
         w = summarize(run)
         groups.add(w["run"].run_group)
         assert w["config"]["model"]["name"] == res["model"]
-    assert models == {"lenet5", "seed_conv1d"}
-    assert len(groups) == 1 and groups.pop().startswith("count_ops-")
+    assert models == {"alexnet", "lenet5"}
+    assert len(groups) == 1 and groups.pop().startswith("opcount-")
 
 
+@pytest.mark.slow  # W&B's own fallback (dnnlab.tracking), through this pipeline
 def test_wandb_online_without_account_falls_back_to_offline(tmp_path, monkeypatch):
     from tests.conftest import run_pipeline
 
@@ -63,7 +70,7 @@ def test_wandb_online_without_account_falls_back_to_offline(tmp_path, monkeypatc
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     out = tmp_path / "run"
-    proc = run_pipeline("count_ops", "model=lenet5", "reconcile=false", "wandb.mode=online",
+    proc = run_pipeline("opcount", "model=lenet5", "reconcile=false", "wandb.mode=online",
                         "wandb.init_timeout=15", f"hydra.run.dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [ln for ln in proc.stderr.splitlines() if "W&B could not start" in ln]

@@ -1,0 +1,201 @@
+"""The op-count experiment: count a built model (docs/math.md (2)), reconcile it with fvcore and
+FlopCounterMode, and return the result as rows and totals.
+
+`OpcountSettings` is the schema of conf/opcount.yaml (minus `wandb`/`paths`); `run` takes a
+built model and typed arguments, never a config:
+
+    model = build_meta(lambda: torchvision.models.alexnet())
+    result = run(model, [1, 3, 224, 224], name="alexnet")
+    result.to_dict()["totals"]["conv"]     # {"analytic": 655566528, "fvcore": 655566528}
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dnnlab.errors import require
+from dnnlab.opcount.counter import count_ops
+from dnnlab.opcount.reconcile import STRICT, Reconciliation, reconcile
+from dnnlab.opcount.rows import MAC_FAMILIES, OpReport
+from dnnlab.table import Table
+
+
+@dataclass
+class CountSettings:
+    """What is counted (conf/opcount.yaml `count:`)."""
+
+    backward: bool = True  # also the backward of a training step (checked with FlopCounterMode)
+    bias: bool = True  # the bias add in `adds` (the convention of docs/math.md (2): adds = mults)
+
+
+@dataclass
+class OpcountSettings:
+    """conf/opcount.yaml: the model (a conf/model node: name, input_shape, builder), the input
+    shape (null: the model's), what to count, and what to check."""
+
+    model: Any = field(default_factory=dict)  # {name, input_shape, builder: {_target_, ...}}
+    input_shape: list[int] | None = None  # (N, C, H, W); null: model.input_shape
+    count: CountSettings = field(default_factory=CountSettings)
+    training: bool = False  # count in train mode (auxiliary heads run); default eval, as fvcore
+    reconcile: bool = True  # compare with fvcore (needs real CPU weights: built on demand)
+    fail_on_mismatch: bool = False  # a job error when conv/linear differ from fvcore
+    show_rows: int = 60  # rows of the per-layer table printed in the terminal
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.model, Mapping) and isinstance(self.model.get("builder"),
+                                                               Mapping),
+                "model", self.model, "expected a model config with a `builder`")
+        if self.input_shape is None:
+            self.input_shape = self.model.get("input_shape")
+        shape = self.input_shape
+        require(isinstance(shape, (list, tuple)) and len(shape) > 0, "input_shape", shape,
+                "expected a list of sizes, e.g. [1, 3, 224, 224]")
+        require(all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape),
+                "input_shape", shape, "every size must be an int >= 1")
+        self.input_shape = [int(s) for s in shape]
+        require(self.show_rows >= 0, "show_rows", self.show_rows, "must be >= 0")
+
+    @property
+    def name(self) -> str:
+        return str(self.model.get("name") or "model")
+
+
+@dataclass
+class OpcountResult:
+    """One model's counts: per op (`layers`, with fvcore's count of its module and family) and
+    per family (`totals`), and the checks against fvcore and FlopCounterMode."""
+
+    report: OpReport  # the counter's rows (results.csv)
+    reconciliation: Reconciliation | None  # None when not reconciled
+    backward: bool  # backward_totals were asked for
+
+    @property
+    def model(self) -> str:
+        return self.report.model
+
+    @property
+    def input_shape(self) -> list:
+        return list(self.report.input_shape)
+
+    @property
+    def reconciled(self) -> bool | None:
+        return None if self.reconciliation is None else bool(self.reconciliation.reconciled)
+
+    def layers(self) -> list[dict]:
+        """One dict per counted op, with fvcore's count of its (module, family) and `match`."""
+        fv = {}
+        if self.reconciliation is not None:
+            fv = {(r.path, r.family): r for r in self.reconciliation.rows}
+        out = []
+        for row in self.report.layers:
+            c = fv.get((row.path, row.family))
+            out.append({
+                "path": row.path, "type": row.module_type, "op": row.op, "family": row.family,
+                "in_shape": row.in_shape, "out_shape": row.out_shape, "mults": row.mults,
+                "adds": row.adds, "macs": row.macs, "bwd_macs": row.bwd_macs,
+                "fvcore": None if c is None else c.fvcore,
+                "match": None if c is None else c.match,
+                "why": "" if c is None else c.why})
+        return out
+
+    def totals(self) -> dict:
+        """{family: {"analytic": int, "fvcore": int | None}} (MACs; other families: ops)."""
+        totals = {fam: {"analytic": int(v), "fvcore": None}
+                  for fam, v in self.report.totals().items()}
+        if self.reconciliation is not None:
+            for fam, v in self.reconciliation.totals.items():
+                totals.setdefault(fam, {"analytic": 0, "fvcore": None})["fvcore"] = v["fvcore"]
+                if fam in MAC_FAMILIES or fam in STRICT:
+                    totals[fam]["analytic"] = v["analytic"]
+        return totals
+
+    def mismatches(self, strict: bool = False) -> list[dict]:
+        """The rows where dnnlab and fvcore differ, each with why (strict: conv/linear only)."""
+        if self.reconciliation is None:
+            return []
+        return [{"path": r.path, "family": r.family, "analytic": r.analytic, "fvcore": r.fvcore,
+                 "why": r.why} for r in self.reconciliation.rows
+                if not r.match and (not strict or r.family in STRICT)]
+
+    def to_dict(self) -> dict:
+        """results.json."""
+        rec = self.reconciliation
+        return {
+            "model": self.model, "input_shape": self.input_shape,
+            "count_bias": self.report.count_bias, "layers": self.layers(),
+            "totals": self.totals(),
+            "backward_totals": self.report.totals(backward=True) if self.backward else None,
+            "reconciled": self.reconciled,
+            "flop_counter": None if rec is None else rec.flop_counter,
+            "mismatches": self.mismatches(),
+        }
+
+    def summary(self) -> dict:
+        """W&B summary: `macs/<family>`, `fvcore/<family>`, `reconciled`."""
+        totals = self.totals()
+        return {**{f"macs/{k}": v["analytic"] for k, v in totals.items()},
+                **{f"fvcore/{k}": v["fvcore"] for k, v in totals.items()
+                   if v["fvcore"] is not None}, "reconciled": self.reconciled}
+
+    def tables(self) -> list[Table]:
+        """`layers` (every counted op: layers.csv, the W&B table) and `totals` (per family)."""
+        cols = ["path", "type", "op", "family", "in_shape", "out_shape", "mults", "adds", "macs",
+                "fvcore", "match"]
+        layers = Table("layers", cols, [[r[c] for c in cols] for r in self.layers()],
+                       title=f"{self.model} {self.input_shape}: per op")
+        return [layers, self.totals_table()]
+
+    def totals_table(self) -> Table:
+        """MACs per family, dnnlab and fvcore."""
+        rows = [[fam, v["analytic"], v["fvcore"],
+                 None if v["fvcore"] is None else v["analytic"] == v["fvcore"]]
+                for fam, v in self.totals().items()]
+        return Table("totals", ["family", "dnnlab", "fvcore", "equal"], rows,
+                     title="totals per family (MACs; elementwise families: ops)",
+                     formats={"dnnlab": "{:,}", "fvcore": "{:,}"})
+
+    def per_layer_table(self) -> Table:
+        """The MAC-family rows, as the terminal shows them."""
+        rows = [[r["path"] or "<model>", f"{r['type']}/{r['op']}",
+                 f"{'x'.join(map(str, r['in_shape']))} -> {'x'.join(map(str, r['out_shape']))}",
+                 r["mults"], r["adds"], r["macs"], r["fvcore"], r["match"]]
+                for r in self.layers() if r["family"] in MAC_FAMILIES]
+        fmt = "{:,}"
+        return Table("per_layer", ["layer", "type", "in -> out", "mults", "adds", "MACs",
+                                   "fvcore", "match"], rows,
+                     title=f"{self.model} {self.input_shape}: per layer",
+                     formats={"mults": fmt, "adds": fmt, "MACs": fmt, "fvcore": fmt})
+
+    def flop_counter_line(self) -> str:
+        """The training step against torch's FlopCounterMode, in one line ('' if not run)."""
+        fc = None if self.reconciliation is None else self.reconciliation.flop_counter
+        if not fc:
+            return ""
+        return (f"training step vs torch FlopCounterMode: forward "
+                f"{fc['forward_flops_analytic']:,} / {fc['forward_flops_torch']:,} flops, "
+                f"backward {fc['backward_flops_analytic']:,} / {fc['backward_flops_torch']:,}: "
+                f"{'match' if fc['match'] else 'MISMATCH'} {fc['why']}".rstrip())
+
+
+def run(model: torch.nn.Module, input_shape: Sequence[int], *, name: str | None = None,
+        count: CountSettings | None = None, training: bool = False,
+        reconcile_counts: bool = True) -> OpcountResult:
+    """Count `model` on `input_shape` and, with `reconcile_counts`, compare with fvcore (and,
+    with `count.backward`, a training step with FlopCounterMode).
+
+    The model may be built on the meta device: it is given zero CPU weights for fvcore only
+    when reconciling (`dnnlab.models.materialize`). Raises ShapeError naming the layer that
+    cannot take the input.
+    """
+    from dnnlab.models import materialize
+
+    count = count or CountSettings()
+    shape = [int(s) for s in input_shape]
+    report = count_ops(model, shape, count_bias=count.bias, name=name, training=training)
+    rec = None
+    if reconcile_counts:
+        rec = reconcile(materialize(model), shape, report=report, backward=count.backward)
+    return OpcountResult(report, rec, count.backward)

@@ -1,0 +1,187 @@
+"""Training-time gradient probes: the hand-written gradients of dnnlab's layers against
+autograd references, on the live batch, and the pooling's gradient statistics.
+
+For a dnnlab Conv (docs/math.md (4b): input gradient by transposed convolution, weight gradient
+by correlation) the reference is torch's own convolution through autograd; for SmoothMaxPool2d
+(docs/math.md (1c): gradient softmax(beta x)) it is dnnlab.smoothmax.reference (logsumexp /
+amax through autograd). Both get the same input and the same upstream gradient.
+
+    cap = Capture(model)          # hooks keep each layer's input and output gradient
+    loss = F.cross_entropy(model(x), y); loss.backward(); cap.close()
+    rows = compare(cap)           # [{layer, type, param, max_abs_err, max_rel_err}, ...]
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dnnlab.dtypes import max_errors
+from dnnlab.nn import Conv1d, Conv2d, Conv3d, SmoothMaxPool2d
+from dnnlab.smoothmax.reference import smooth_max_reference
+
+OUR_CONVS = (Conv1d, Conv2d, Conv3d)
+
+
+def _torch_conv_class(m: nn.Module) -> type:
+    return next(c for c in type(m).__mro__ if c.__module__.startswith("torch.nn"))
+
+
+def conv_check(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict:
+    """Gradients of input, weight, bias: our Function vs torch's conv, same x and upstream g."""
+    params = [m.weight] + ([m.bias] if m.bias is not None else [])
+    xa = x.detach().requires_grad_(True)
+    ours = torch.autograd.grad(m(xa), [xa] + params, g)
+    xb = x.detach().requires_grad_(True)
+    ref_out = _torch_conv_class(m)._conv_forward(m, xb, m.weight, m.bias)
+    ref = torch.autograd.grad(ref_out, [xb] + params, g)
+    names = ["input", "weight", "bias"][:len(ref)]
+    return {n: max_errors(o, r) for n, o, r in zip(names, ours, ref)}
+
+
+def _windows(m: SmoothMaxPool2d, x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H_out, W_out, kh, kw) windows of x (global: (B, C, 1, 1, H, W))."""
+    if m.kernel_size is None:
+        return x[:, :, None, None]
+    (kh, kw), (sh, sw) = m.kernel_size, m.stride
+    return x.unfold(2, kh, sh).unfold(3, kw, sw)
+
+
+def _beta_for(m: SmoothMaxPool2d, c: int):
+    """The layer's beta as a float, or (per channel) shaped (1, C, 1, 1, 1, 1) for windows."""
+    b = m.beta
+    if isinstance(b, torch.Tensor):
+        b = b.detach()
+        if b.numel() > 1:
+            return b.view(1, c, 1, 1, 1, 1)
+        b = float(b)
+    return b
+
+
+def pool_check(m: SmoothMaxPool2d, x: torch.Tensor, g: torch.Tensor) -> dict:
+    """The input gradient of the pooling vs autograd of the reference, same x and upstream g."""
+    xa = x.detach().requires_grad_(True)
+    (ours,) = torch.autograd.grad(m(xa), [xa], g)
+    xb = x.detach().requires_grad_(True)
+    beta = _beta_for(m, x.shape[1])
+    if m.ties == "first" and not isinstance(beta, torch.Tensor) and math.isinf(beta):
+        # torch's max pooling is the layer itself here
+        ref_out = F.adaptive_max_pool2d(xb, 1) if m.kernel_size is None else F.max_pool2d(
+            xb, m.kernel_size, m.stride)
+    else:
+        ref_out = smooth_max_reference(_windows(m, xb), beta, dim=(-2, -1),
+                                       normalized=m.normalized)  # (B, C, H_out, W_out)
+    (ref,) = torch.autograd.grad(ref_out.reshape(g.shape), [xb], g)
+    return {"input": max_errors(ours, ref)}
+
+
+@torch.no_grad()
+def pool_stats(m: SmoothMaxPool2d, x: torch.Tensor) -> dict:
+    """Entropy of softmax(beta x) per window (mean) and its mass on the argmax (1 at inf)."""
+    w = _windows(m, x).flatten(-2).double()  # (B, C, Ho, Wo, n)
+    beta = _beta_for(m, x.shape[1])
+    if isinstance(beta, torch.Tensor):
+        beta = beta.double().view(1, -1, 1, 1, 1)
+    if not isinstance(beta, torch.Tensor) and math.isinf(beta):
+        top = (w == w.amax(-1, keepdim=True)).double()
+        if m.ties == "first":  # max pooling: one argmax per window
+            top = torch.zeros_like(w).scatter_(-1, w.argmax(-1, keepdim=True), 1.0)
+        p = top / top.sum(-1, keepdim=True)  # ties shared: the limit of softmax (docs/math.md (1c))
+    else:
+        p = torch.softmax(beta * w, dim=-1)  # grad nu_beta = softmax(beta x) (docs/math.md (1c))
+    ent = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1)  # (B, C, Ho, Wo)
+    n = w.shape[-1]
+    return {"entropy": ent.mean().item(), "entropy_max": math.log(n),
+            "argmax_mass": p.amax(-1).mean().item()}
+
+
+class Capture:
+    """Forward hooks that keep each dnnlab layer's input and (after backward) output gradient."""
+
+    def __init__(self, model: nn.Module, types: Iterable[type] = OUR_CONVS + (SmoothMaxPool2d,)):
+        self.items: dict = {}
+        self.handles = []
+        names = {m: n for n, m in model.named_modules()}
+        for m in model.modules():
+            if isinstance(m, tuple(types)):
+                self.handles.append(m.register_forward_hook(self._hook(names[m])))
+
+    def _hook(self, name):
+        def hook(m, args, out):
+            entry = {"module": m, "x": args[0].detach(), "g": None}
+            self.items[name] = entry
+            if out.requires_grad:
+                out.register_hook(lambda g: entry.__setitem__("g", g.detach()))
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def compare(capture: Capture) -> list[dict]:
+    """Rows {layer, type, param, max_abs_err, max_rel_err} for every captured layer."""
+    rows = []
+    for name, e in capture.items.items():
+        if e["g"] is None:
+            continue
+        m = e["module"]
+        res = conv_check(m, e["x"], e["g"]) if isinstance(m, OUR_CONVS) else pool_check(
+            m, e["x"], e["g"])
+        for param, (a, r) in res.items():
+            rows.append({"layer": name, "type": type(m).__name__, "param": param,
+                         "max_abs_err": a, "max_rel_err": r})
+    return rows
+
+
+def probe_metrics(rows: list[dict]) -> dict[str, float]:
+    """`probe/<layer>/<param>/max_abs_err|max_rel_err` for each row of `compare`."""
+    out = {}
+    for r in rows:
+        out[f"probe/{r['layer']}/{r['param']}/max_abs_err"] = r["max_abs_err"]
+        out[f"probe/{r['layer']}/{r['param']}/max_rel_err"] = r["max_rel_err"]
+    return out
+
+
+@torch.no_grad()
+def pooling_stats(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Gradient statistics of every SmoothMaxPool2d on a batch (docs/math.md (1c)):
+    `pool/<layer>/entropy|entropy_rel|argmax_mass|beta`, and the means `pool/entropy_rel`,
+    `pool/argmax_mass` over the layers. Leaves the model in eval mode."""
+    cap = Capture(model, types=(SmoothMaxPool2d,))
+    try:
+        model.eval()
+        model(x)
+    finally:
+        cap.close()
+    out = {}
+    for name, e in cap.items.items():
+        s = pool_stats(e["module"], e["x"])
+        b = e["module"].beta
+        out[f"pool/{name}/entropy"] = s["entropy"]
+        out[f"pool/{name}/entropy_rel"] = s["entropy"] / s["entropy_max"]
+        out[f"pool/{name}/argmax_mass"] = s["argmax_mass"]
+        out[f"pool/{name}/beta"] = float(b.mean()) if isinstance(b, torch.Tensor) else float(b)
+    if cap.items:
+        ents = [v for k, v in out.items() if k.endswith("/entropy_rel")]
+        out["pool/entropy_rel"] = sum(ents) / len(ents)
+        masses = [v for k, v in out.items() if k.endswith("/argmax_mass")]
+        out["pool/argmax_mass"] = sum(masses) / len(masses)
+    return out
+
+
+def pool_beta(model: nn.Module) -> float | str | None:
+    """The model's pooling temperature for results.json: a float, "inf", "learnable", or None
+    (no SmoothMaxPool2d)."""
+    for m in model.modules():
+        if isinstance(m, SmoothMaxPool2d):
+            if m.learnable:
+                return "learnable"
+            b = m.beta
+            if isinstance(b, torch.Tensor):
+                return str(b.tolist())
+            return b if math.isfinite(b) else "inf"
+    return None

@@ -1,0 +1,62 @@
+"""The training pipeline's settings: the schema of conf/train.yaml (dnnlab.config registers it as
+`train_schema`), typed so that Hydra rejects a wrong type while composing and `__post_init__`
+rejects a bad value, each with the key (`trainer.epochs=0: must be >= 1`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from dnnlab.errors import require
+
+
+@dataclass
+class DataConfig:
+    """conf/data/<name>.yaml: what the network sees, and `dataset`, the `_target_` spec of the
+    builder in dnnlab.train.data that makes the splits (called with `root=paths.data_dir`)."""
+
+    name: str = "digits"
+    batch_size: int = 64
+    channels: int = 1
+    num_classes: int = 10
+    image_size: int = 8
+    dataset: Any = field(default_factory=lambda: {"_target_": "dnnlab.train.data.digits"})
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be a positive int")
+        for key in ("channels", "num_classes", "image_size"):
+            require(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        require(isinstance(self.dataset, dict) and "_target_" in self.dataset, "dataset",
+                self.dataset, "expected a `_target_` (a builder in dnnlab.train.data) and its "
+                "arguments")
+
+
+@dataclass
+class TrainerSettings:
+    """conf/trainer/default.yaml: the loop (dnnlab.train.loop.fit)."""
+
+    epochs: int = 10
+    device: str = "cpu"  # cpu | cuda | cuda:<i> | auto (cuda when present)
+    probe_every: int = 20  # every K steps: hand-written gradients vs autograd (0: never)
+    resume: bool = False  # true: continue from checkpoint.pt in the same run dir
+    progress: bool = True  # a progress bar (drawn by the pipeline)
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        require(self.probe_every >= 0, "probe_every", self.probe_every,
+                "must be >= 0 (0: no probes)")
+
+
+@dataclass
+class TrainSettings:
+    """conf/train.yaml: seed, data, model, optimizer, scheduler and trainer. The model, the
+    optimizer and the scheduler are `_target_` specs (the optimizer and scheduler `_partial_`:
+    they get the parameters / the optimizer when the pipeline builds them)."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = None
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)

@@ -1,0 +1,61 @@
+"""The summary of a multirun of pipelines.train (a temperature sweep, say), read from the
+sweep dir: one row per job with its overrides, beta, test accuracy, gradient entropy and
+status (done, running, failed: a job's `failed.json`, written by dnnlab.runtime.SweepSummary).
+
+dnnlab.runtime.SweepSummary (the Hydra callback) calls `write_summary` after every job, so a
+failed or killed job never loses the others' results, and logs `summary_table` and
+summary.png to W&B at the end of the multirun.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dnnlab.table import Table
+from dnnlab.tracking import write_json
+from dnnlab.train.plots import plot_temperature_sweep
+
+COLUMNS = ["job", "beta", "test_accuracy", "grad_entropy", "argmax_mass", "status"]
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    """One row per numbered job dir of the sweep, in job order."""
+    rows = []
+    jobs = sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()),
+                  key=lambda p: int(p.name))
+    for job in jobs:
+        ov = job / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(ov.read_text()) if ov.exists() else []
+        res = _read_json(job / "results.json") or {}
+        failed = _read_json(job / "failed.json")
+        status = "failed" if failed else ("done" if "test_accuracy" in res else "running")
+        rows.append({"job": int(job.name), "overrides": overrides or [], "beta": res.get("beta"),
+                     "test_accuracy": res.get("test_accuracy"),
+                     "grad_entropy": res.get("grad_entropy"),
+                     "argmax_mass": res.get("argmax_mass"), "status": status,
+                     "error": (failed or {}).get("error") or res.get("error")})
+    return rows
+
+
+def write_summary(sweep_dir: Path) -> dict:
+    """Rewrite <sweep_dir>/summary.json (and summary.png when a job is done); the summary."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir)
+    summary = {"sweep_dir": str(sweep_dir), "jobs": rows,
+               "failed": [r["job"] for r in rows if r["status"] == "failed"]}
+    write_json(sweep_dir / "summary.json", summary)
+    plot_temperature_sweep(rows, sweep_dir / "summary.png")
+    return summary
+
+
+def summary_table(summary: dict) -> Table:
+    """The jobs of a summary as a Table (beta as text: a number, "inf" or "learnable")."""
+    rows = [[str(r[c]) if c == "beta" else r[c] for c in COLUMNS] for r in summary["jobs"]]
+    return Table("summary", COLUMNS, rows, title=f"sweep {summary['sweep_dir']}")

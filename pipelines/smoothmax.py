@@ -1,0 +1,68 @@
+"""The temperature limits of smooth max (docs/math.md (1a)-(1c)) over a grid of beta.
+
+    python -m pipelines.smoothmax                          # n=1000, float32, 6 inputs, 29 betas
+    python -m pipelines.smoothmax n=10 dtype=float16 inputs=[ties,neg_inf]
+    python -m pipelines.smoothmax -m n=10,1000,100000      # one W&B run per job, one group
+
+The experiment is dnnlab.smoothmax.limits (its rows and tolerances are described there; the
+config is conf/smoothmax.yaml, see docs/smoothmax.md). Outputs in the run dir: results.json
+(written as rows come in; inf is the string "inf"), rows.csv, gap_vs_beta.png, grad_vs_beta.png,
+softmax_weights.png. In W&B: the same images, the rows as a table, and one history step per
+finite beta (step = its index in the grid) with beta, log10_beta, bound and gap/<input>,
+ratio/<input>, grad_onehot_dist/<input>, grad_entropy/<input>, grad_err_autograd/<input>,
+charted against log10_beta (define_metric).
+"""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from dnnlab.config import register
+from dnnlab.runtime import console, launch, run_job, status
+from dnnlab.smoothmax.limits import HISTORY, LimitsResult, LimitsSettings, run
+from dnnlab.smoothmax.plots import make_plots
+
+register("smoothmax")
+SUMMARY = ("all_bounds_hold", "worst_gap_bound_ratio", "worst_gap_bound_ratio_f64", "min_gap",
+           "max_grad_err_autograd", "max_grad1_softmax_err", "grad_onehot_dist_monotone",
+           "grad1_softmax_holds", "grad1_softmax_err", "grad_onehot_dist_at_max_beta",
+           "grad_onehot_dist_at_inf")
+
+
+def job(settings: LimitsSettings, tracker) -> dict:
+    if tracker.run is not None:  # W&B charts the per-beta history against log10(beta)
+        tracker.run.define_metric("log10_beta")
+        for key in HISTORY:
+            tracker.run.define_metric(f"{key}/*", step_metric="log10_beta")
+        tracker.run.define_metric("bound", step_metric="log10_beta")
+
+    def progress(partial: LimitsResult) -> None:
+        tracker.results.update(partial.to_dict())
+        tracker.save()  # results.json as rows come in
+        history = partial.history(partial.done - 1)
+        if history is not None:
+            tracker.log(history, step=partial.done - 1)
+
+    with status(f"smooth max over {len(settings.beta.values())} betas, n={settings.n:,} ..."):
+        result = run(settings, on_progress=progress)
+    results = result.to_dict()
+    tracker.results.update(results)
+    tracker.save()
+    console.print(result.overview(settings.table_betas).to_rich())
+    for table in result.tables():
+        tracker.table(table)
+    pngs = make_plots(result, settings, tracker.run_dir)
+    for key, png in pngs.items():
+        tracker.image(key, png)
+    tracker.summary(plots=[p.name for p in pngs.values()], **{k: results[k] for k in SUMMARY})
+    console.print(f"results: {tracker.run_dir / 'results.json'}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="smoothmax")
+def main(cfg: DictConfig) -> dict:
+    return run_job(cfg, "smoothmax", job)
+
+
+if __name__ == "__main__":
+    launch("pipelines.smoothmax")

@@ -1,0 +1,36 @@
+"""dnnlab.opcount.report: the section of report.md, AlexNet against docs/math.md (2)."""
+from __future__ import annotations
+
+import pytest
+
+from dnnlab.config import settings_of
+from dnnlab.errors import ConfigError
+from dnnlab.opcount.report import CLAIM, ReportSettings, report_section
+
+
+def test_report_settings():
+    assert ReportSettings().models == ["alexnet", "resnet18", "vit_b_16"]
+    with pytest.raises(ConfigError, match=r"^models\[1\]='alexnett'"):
+        ReportSettings(models=["alexnet", "alexnett"])
+    with pytest.raises(ConfigError, match=r"^models=\[\]"):
+        ReportSettings(models=[])
+    with pytest.raises(ConfigError, match=r"^opcount\.models"):
+        settings_of(ReportSettings, {"models": "alexnet"}, "opcount")
+
+
+def test_report_section_on_alexnet(tmp_path):
+    section = report_section(ReportSettings(models=["alexnet"]), tmp_path)
+    md = section.markdown
+    assert md.startswith("\n## 2. Counting operations (docs/math.md (2))\n")
+    assert "| AlexNet conv: mults = adds = 655,566,528 | 655,566,528 | 655,566,528 | yes |" in md
+    assert "| AlexNet linear: mults = adds = 58,621,952 | 58,621,952 | 58,621,952 | yes |" in md
+    assert ("| features.0 | conv2d | 1x3x224x224 -> 1x64x55x55 | 70,276,800 | 70,276,800 | "
+            "70,276,800 |") in md
+    assert "| alexnet | 655,566,528 / 655,566,528 | 58,621,952 / 58,621,952 | 0 | match |" in md
+    png = section.images["opcount/per_layer"]
+    assert png == tmp_path / "opcount_alexnet_per_layer.png" and png.stat().st_size > 1000
+    assert f"![MACs per layer]({png.name})" in md
+    assert section.summary == {"opcount/alexnet/reconciled": True}
+    claims = section.tables[0]
+    assert [r[1] for r in claims.rows] == [CLAIM["conv"], CLAIM["linear"]]
+    assert len(section.tables[1].rows) == 8  # 5 convs, 3 linears

@@ -1,0 +1,204 @@
+"""dnnlab.smoothmax.modules: SmoothMax and SmoothMaxPool2d (fixed, per-channel and learnable
+temperatures; max pooling at beta = inf, average pooling as beta -> 0 when normalized; the
+pooling fast paths against the generic smooth_max), and bad betas as one clear error."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.smoothmax.functional import smooth_max
+from dnnlab.smoothmax.modules import SmoothMax, SmoothMaxPool2d
+from dnnlab.smoothmax.reference import smooth_max_reference
+
+INF = math.inf
+
+
+def grad_of(fn, x, *args, **kw):
+    x = x.detach().clone().requires_grad_(True)
+    y = fn(x, *args, **kw)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    return y.detach(), g
+
+# ---------------------------------------------------------------- learnable temperature
+
+
+def finite_difference(f, param, h=1e-6):
+    """Central differences of the scalar f() in each entry of param."""
+    grad = torch.zeros_like(param)
+    with torch.no_grad():
+        for i in range(param.numel()):
+            old = param.view(-1)[i].item()
+            param.view(-1)[i] = old + h
+            up = f().item()
+            param.view(-1)[i] = old - h
+            down = f().item()
+            param.view(-1)[i] = old
+            grad.view(-1)[i] = (up - down) / (2 * h)
+    return grad
+
+
+def test_learnable_temperature_gradient_vs_finite_differences():
+    torch.manual_seed(1)
+    layer = SmoothMax(2.5, dim=-1, learnable=True).double()
+    assert isinstance(layer.log_beta, torch.nn.Parameter)
+    assert layer.beta.item() == pytest.approx(2.5)
+    x, w = torch.randn(4, 11, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+
+    def loss():
+        return (layer(x) * w).sum()
+
+    loss().backward()
+    torch.testing.assert_close(layer.log_beta.grad, finite_difference(loss, layer.log_beta.data),
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_learnable_per_channel_pool_gradient_vs_finite_differences():
+    torch.manual_seed(2)
+    pool = SmoothMaxPool2d([0.5, 2.0, 8.0], kernel_size=2, learnable=True, normalized=True).double()
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    w = torch.randn(2, 3, 2, 3, dtype=torch.float64)
+
+    def loss():
+        return (pool(x) * w).sum()
+
+    loss().backward()
+    fd = finite_difference(loss, pool.log_beta.data)
+    torch.testing.assert_close(pool.log_beta.grad, fd, rtol=1e-6, atol=1e-9)
+
+
+def test_learnable_beta_is_positive_by_construction():
+    layer = SmoothMax(0.5, learnable=True)
+    with torch.no_grad():
+        layer.log_beta.fill_(-30.0)  # any real log_beta
+    assert layer.beta.item() > 0
+    assert torch.isfinite(layer(torch.randn(3, 5))).all()
+
+
+# ---------------------------------------------------------------- pooling
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(2, None), (3, 2), ((2, 3), 1), ((3, 1), (1, 2))])
+def test_pool_at_inf_is_max_pool(kernel_size, stride):
+    x = torch.randn(2, 3, 9, 10, dtype=torch.float64)
+    pool = SmoothMaxPool2d("inf", kernel_size, stride)
+    y, g = grad_of(pool, x)
+    y_ref, g_ref = grad_of(F.max_pool2d, x, kernel_size, stride)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
+
+
+def test_global_pool_at_inf_is_adaptive_max_pool():
+    x = torch.randn(2, 4, 7, 5)
+    y, g = grad_of(SmoothMaxPool2d(float("inf")), x)
+    y_ref, g_ref = grad_of(F.adaptive_max_pool2d, x, 1)
+    assert y.shape == (2, 4, 1, 1)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=0)
+
+
+def test_pool_large_beta_close_to_max_pool():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = SmoothMaxPool2d(1e4, 2)(x)
+    gap = y - F.max_pool2d(x, 2)
+    assert (gap >= 0).all() and (gap <= math.log(4) / 1e4).all()  # docs/math.md (1a)
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(2, None), (3, 2), (None, None)])
+def test_normalized_pool_tends_to_avg_pool(kernel_size, stride):
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    pool = SmoothMaxPool2d(1e-6, kernel_size, stride, normalized=True)
+    y, g = grad_of(pool, x)
+    if kernel_size is None:
+        y_ref, g_ref = grad_of(F.adaptive_avg_pool2d, x, 1)
+    else:
+        y_ref, g_ref = grad_of(F.avg_pool2d, x, kernel_size, stride)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-5)
+    assert not torch.allclose(SmoothMaxPool2d(1.0, kernel_size, stride, normalized=True)(x), y_ref)
+
+
+def test_pool_finite_beta_matches_unfolded_reference():
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    y = SmoothMaxPool2d(3.0, kernel_size=3, stride=2)(x)
+    cols = F.unfold(x, 3, stride=2).view(2, 3, 9, -1)  # (B, C, k*k, L)
+    y_ref = smooth_max_reference(cols, 3.0, 2).view(2, 3, 2, 3)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(SmoothMaxPool2d(3.0, 3, 2), (x.requires_grad_(),))
+
+
+def test_per_channel_beta_pool():
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    y = SmoothMaxPool2d(torch.tensor([1.0, 4.0, INF]))(x)
+    for c, b in enumerate([1.0, 4.0, INF]):
+        torch.testing.assert_close(y[:, c], SmoothMaxPool2d(b)(x[:, c : c + 1])[:, 0])
+
+
+def test_extra_repr():
+    assert "beta=2" in repr(SmoothMax(2.0))
+    assert "learnable=True" in repr(SmoothMax(2.0, learnable=True))
+    assert "kernel_size=(3, 3)" in repr(SmoothMaxPool2d(".inf", 3)) and "beta=inf" in repr(
+        SmoothMaxPool2d(".inf", 3)
+    )
+
+
+# ---------------------------------------------------------------- bad values, memory
+
+
+@pytest.mark.parametrize(
+    "beta,shown", [(0, "0.0"), (-1, "-1.0"), (float("nan"), "nan"), (-1e-300, "-1e-300")]
+)
+def test_bad_beta_raises_config_error_naming_the_value(beta, shown):
+    with pytest.raises(ConfigError, match=rf"beta must be in \(0, inf\], got {shown}"):
+        smooth_max(torch.randn(3), beta)
+    with pytest.raises(ValueError, match=shown):  # ConfigError is a ValueError
+        SmoothMax(beta)
+    with pytest.raises(ConfigError, match=shown):
+        SmoothMaxPool2d(beta, 2)
+
+
+def test_bad_tensor_beta_raises():
+    with pytest.raises(ConfigError, match=r"got a tensor with entry -2.0"):
+        smooth_max(torch.randn(3, 4), torch.tensor([[1.0], [-2.0], [3.0]]))
+    with pytest.raises(ConfigError, match=r"entry 0.0"):
+        SmoothMaxPool2d(torch.tensor([1.0, 0.0]))
+    with pytest.raises(ConfigError, match="'hot'"):
+        smooth_max(torch.randn(3), "hot")
+    with pytest.raises(ShapeError, match=r"\(4,\)"):
+        smooth_max(torch.randn(3, 4), torch.ones(4))  # one per entry of the reduced dim
+    with pytest.raises(ConfigError, match="learnable beta must be finite"):
+        SmoothMax(INF, learnable=True)
+
+
+
+@pytest.mark.parametrize("shape,k", [((2, 3, 8, 8), 2), ((2, 3, 9, 7), 2), ((2, 3, 8, 8), None),
+                                     ((2, 3, 6, 6), 3)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_pool_fast_path_at_inf_equals_generic_smooth_max(shape, k, dtype):
+    """SmoothMaxPool2d(inf) takes a max-pooling fast path: same values, ties shared equally."""
+    torch.manual_seed(0)
+    x = torch.randn(shape).relu().to(dtype)  # ReLU zeros: many ties
+    x[0, 0, :2, :2] = -math.inf
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya = SmoothMaxPool2d(math.inf, kernel_size=k)(xa)
+    yb = (smooth_max(xb, math.inf, (-2, -1), True) if k is None else
+          smooth_max(xb.unfold(2, k, k).unfold(3, k, k), math.inf, (-2, -1)))
+    g = torch.randn_like(ya)
+    (ga,), (gb,) = torch.autograd.grad(ya, xa, g), torch.autograd.grad(yb, xb, g)
+    assert torch.equal(ya, yb) and torch.equal(ga, gb)
+    assert type(ya.grad_fn).__name__ in ("_WindowSmoothMaxBackward", "_GlobalMaxBackward")
+
+
+def test_pool_ties_first_is_torch_max_pooling():
+    x = torch.randn(2, 3, 8, 8).relu().requires_grad_()
+    refs = ((2, lambda t: F.max_pool2d(t, 2)), (None, lambda t: F.adaptive_max_pool2d(t, 1)))
+    for k, ref in refs:
+        y = SmoothMaxPool2d(math.inf, kernel_size=k, ties="first")(x)
+        g = torch.randn_like(y)
+        (ga,) = torch.autograd.grad(y, x, g)
+        xr = x.detach().requires_grad_()
+        (gb,) = torch.autograd.grad(ref(xr), xr, g)
+        assert torch.equal(y, ref(x)) and torch.equal(ga, gb)
+    with pytest.raises(ConfigError, match="ties"):
+        SmoothMaxPool2d(math.inf, ties="all")

@@ -1,0 +1,36 @@
+"""dnnlab.smoothmax.report: the report's section from typed settings (no Hydra)."""
+import pytest
+
+from dnnlab.config import settings_of
+from dnnlab.errors import ConfigError
+from dnnlab.smoothmax.limits import LimitsSettings
+from dnnlab.smoothmax.report import ReportSettings, report_section
+
+
+def test_defaults_are_the_pipelines():
+    assert settings_of(ReportSettings, {}, "smoothmax") == ReportSettings()
+    assert vars(ReportSettings()) == vars(LimitsSettings())
+    with pytest.raises(ConfigError, match=r"^smoothmax\.n=1:"):
+        settings_of(ReportSettings, {"n": 1}, "smoothmax")
+
+
+def test_report_section(tmp_path):
+    s = settings_of(ReportSettings, {"n": 100, "beta": {"num": 10}}, "smoothmax")
+    section = report_section(s, tmp_path)
+    md = section.markdown
+    assert section.title == "1. Smooth max"
+    assert md.lstrip().startswith("## 1. Smooth max (docs/math.md (1a)-(1c))")
+    assert "| claim of docs/math.md | measured | holds |" in md and "n = 100 entries" in md
+    claims = [ln for ln in md.splitlines() if ln.startswith(("| (1a)", "| (1b)", "| (1c)"))]
+    assert len(claims) == 3 and all(ln.endswith("| yes |") for ln in claims), md
+    per_input = [ln for ln in md.splitlines() if ln.startswith("| neg_inf |")]
+    assert len(per_input) == 1
+    for name in ("smoothmax_gap_vs_beta.png", "smoothmax_grad_vs_beta.png",
+                 "smoothmax_softmax_weights.png"):
+        assert f"]({name})" in md and (tmp_path / name).stat().st_size > 1000
+    assert set(section.images) == {"smoothmax/gap_vs_beta", "smoothmax/grad_vs_beta",
+                                   "smoothmax/softmax_weights"}
+    assert section.summary["smoothmax/all_bounds_hold"] is True
+    assert section.summary["smoothmax/grad_onehot_dist_monotone"] is True
+    (table,) = section.tables
+    assert table.key == "smoothmax/limits" and table.rows

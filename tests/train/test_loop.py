@@ -1,0 +1,118 @@
+"""dnnlab.train.loop: learning on real data, determinism, resume == uninterrupted, NaN stop,
+checkpoints, probes and what the callbacks receive."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dnnlab.errors import ConfigError, DnnlabError, ShapeError
+from dnnlab.models import SmoothMaxCNN, build_layers
+from dnnlab.train.data import synthetic
+from dnnlab.train.loop import (
+    CKPT,
+    EpochEnd,
+    TrainResult,
+    check_fits,
+    evaluate,
+    fit,
+    resolve_device,
+    seed_everything,
+)
+from dnnlab.train.settings import TrainerSettings
+
+
+def _run(run_dir, epochs=3, total=None, resume=False, probe_every=0, lr=0.01, sgd=False,
+         on_epoch=None, on_probe=None):
+    """A seeded run as the pipeline does it; `total` epochs of cosine schedule (default epochs)."""
+    seed_everything(0)
+    splits = synthetic(samples=240, num_classes=4)
+    model = SmoothMaxCNN(1, splits.num_classes, (4, 8, 8), beta=4.0, normalized=True)
+    opt = (torch.optim.SGD if sgd else torch.optim.Adam)(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total or epochs)
+    settings = TrainerSettings(epochs=epochs, probe_every=probe_every, resume=resume,
+                               progress=False)
+    return fit(model, splits, opt, sched, settings, run_dir, 0, 32, on_epoch=on_epoch,
+               on_probe=on_probe)
+
+
+def _history(res: TrainResult) -> list:
+    return [{k: v for k, v in h.items() if k != "images_per_s"} for h in res.history]
+
+
+def test_learns_and_reports_everything(tmp_path):
+    ends, probes = [], []
+    res = _run(tmp_path, epochs=4, probe_every=3, lr=0.05, on_epoch=ends.append,
+               on_probe=lambda m, s: probes.append((s, m)))
+    assert res.test_accuracy > 0.7 and res.epochs == 4 and res.steps == 4 * math.ceil(144 / 32)
+    assert [e.record["epoch"] for e in ends] == [0, 1, 2, 3] and ends[-1].history == res.history
+    assert ends[-1].step == res.steps and ends[0].resumed_from_epoch is None
+    m = ends[-1].metrics()
+    assert {"epoch", "epoch/val_accuracy", "epoch/lr", "pool/entropy_rel",
+            "pool/features.4/argmax_mass"} <= set(m) and "resumed_from_epoch" not in m
+    assert [s for s, _ in probes] == list(range(3, res.steps + 1, 3))
+    assert all(k.startswith("probe/") for _, p in probes for k in p)
+    assert 0 < res.probe_max_rel_err < 1e-4 and res.probe_max_abs_err > 0
+    assert 0 < res.grad_entropy < 1 and 0 < res.argmax_mass <= 1
+    d = res.to_dict()
+    assert list(d)[0] == "history" and d["test_accuracy"] == res.test_accuracy
+    assert set(res.final()) == set(d) - {"history"} and "probe_max_rel_err" in d
+    ck = torch.load(tmp_path / CKPT, weights_only=True)
+    assert ck["epoch"] == 3 and set(ck) >= {"model", "optimizer", "scheduler", "rng", "history"}
+
+
+def test_same_seed_same_metrics_and_resume_equals_uninterrupted(tmp_path):
+    a = _run(tmp_path / "a")
+    b = _run(tmp_path / "b")
+    assert _history(a) == _history(b) and a.test_accuracy == b.test_accuracy
+    _run(tmp_path / "c", epochs=1, total=3)  # "killed" after epoch 0's checkpoint
+    ends = []
+    c = _run(tmp_path / "c", epochs=3, resume=True, on_epoch=ends.append)
+    assert _history(c) == _history(a) and c.test_accuracy == a.test_accuracy
+    assert ends[0].resumed_from_epoch == 0 and ends[0].metrics()["resumed_from_epoch"] == 0
+
+
+def test_resume_without_a_checkpoint_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"^trainer.resume=true: no checkpoint at"):
+        _run(tmp_path, resume=True)
+
+
+def test_nan_loss_stops_with_the_step_and_last_checkpoint(tmp_path):
+    with pytest.raises(DnnlabError, match=r"^loss is nan at epoch 0 step \d+ \(optimizer.lr="
+                                          r"1e\+08\); stopped. Last good checkpoint: none"):
+        _run(tmp_path, lr=1e8, sgd=True)
+
+
+def test_devices_and_fit_checks():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match=r"^trainer.device: unknown device 'tpu7'"):
+        resolve_device("tpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"^trainer.device=cuda: CUDA is not available"):
+            resolve_device("cuda")
+    splits = synthetic(samples=20)
+    check_fits(SmoothMaxCNN(1, 4, (4, 4, 4)), splits, "smoothmax_cnn", "synthetic")
+    lenet = build_layers([{"type": "Conv2d", "in_channels": 1, "out_channels": 6,
+                           "kernel_size": 5}, {"type": "AvgPool2d", "kernel_size": 2},
+                          {"type": "Conv2d", "in_channels": 6, "out_channels": 16,
+                           "kernel_size": 5}])
+    with pytest.raises(ShapeError, match=r"^model=lenet5 cannot take data=synthetic images "
+                                         r"\[1, 8, 8\]: layer '2'"):
+        check_fits(lenet, splits, "lenet5", "synthetic")
+
+
+def test_evaluate_counts_correct_predictions():
+    x = torch.eye(3).repeat(2, 1)  # (6, 3)
+    y = torch.tensor([0, 1, 2, 0, 0, 0])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    out = evaluate(torch.nn.Identity(), loader, torch.device("cpu"))
+    assert out["accuracy"] == pytest.approx(4 / 6)
+    assert out["loss"] == pytest.approx(torch.nn.functional.cross_entropy(x, y).item())
+
+
+def test_epoch_end_metrics_skip_text():
+    e = EpochEnd({"epoch": 0, "val_accuracy": 0.5, "note": "x"}, {"pool/entropy_rel": 0.3}, 7,
+                 [], resumed_from_epoch=None)
+    assert e.metrics() == {"epoch": 0, "epoch/val_accuracy": 0.5, "pool/entropy_rel": 0.3}

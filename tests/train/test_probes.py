@@ -1,0 +1,109 @@
+"""dnnlab.train.probes: the hand-written gradients of dnnlab's layers against autograd on live
+data, and the pooling's gradient statistics against their definitions (docs/math.md (1c))."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dnnlab.models import SmoothMaxCNN
+from dnnlab.nn import Conv1d, Conv2d, SmoothMaxPool2d
+from dnnlab.train.probes import (
+    Capture,
+    compare,
+    conv_check,
+    pool_beta,
+    pool_check,
+    pool_stats,
+    pooling_stats,
+    probe_metrics,
+)
+
+
+def _batch(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(4, 1, 8, 8, generator=g, dtype=dtype), torch.randint(0, 10, (4,),
+                                                                            generator=g)
+
+
+@pytest.mark.parametrize("beta,ties", [(4.0, "shared"), (math.inf, "shared"),
+                                       (math.inf, "first"), (0.5, "shared")])
+def test_capture_and_compare_every_layer(beta, ties):
+    torch.manual_seed(0)
+    model = SmoothMaxCNN(1, 10, (4, 6, 6), beta=beta, normalized=True, ties=ties)
+    x, y = _batch()
+    cap = Capture(model)
+    F.cross_entropy(model(x), y).backward()
+    cap.close()
+    rows = compare(cap)
+    layers = {(r["layer"], r["param"]) for r in rows}
+    assert {("features.0", "weight"), ("features.0", "bias"), ("features.0", "input"),
+            ("features.4", "input"), ("features.7", "input")} <= layers
+    assert {r["type"] for r in rows} == {"Conv2d", "SmoothMaxPool2d"}
+    assert max(r["max_rel_err"] for r in rows) < 1e-4  # float32
+    metrics = probe_metrics(rows)
+    assert "probe/features.0/weight/max_abs_err" in metrics and len(metrics) == 2 * len(rows)
+    cap2 = Capture(model)
+    model(x)  # no backward: no upstream gradient, nothing to compare
+    cap2.close()
+    assert compare(cap2) == []
+
+
+def test_float64_checks_agree_to_rounding():
+    torch.manual_seed(0)
+    conv = Conv2d(2, 3, 3, padding=1).double()
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    g = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    errs = conv_check(conv, x, g)
+    assert set(errs) == {"input", "weight", "bias"} and max(e[1] for e in errs.values()) < 1e-12
+    conv1 = Conv1d(1, 2, 3, bias=False).double()
+    errs = conv_check(conv1, torch.randn(1, 1, 7, dtype=torch.float64),
+                      torch.randn(1, 2, 5, dtype=torch.float64))
+    assert set(errs) == {"input", "weight"} and errs["input"][1] < 1e-12
+    for pool in (SmoothMaxPool2d(2.0, kernel_size=2, normalized=True),
+                 SmoothMaxPool2d(torch.tensor([1.0, math.inf], dtype=torch.float64)),
+                 SmoothMaxPool2d(3.0, learnable=True)):
+        pool = pool.double()
+        xx = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+        out = pool(xx)
+        (a, r), = pool_check(pool, xx, torch.randn_like(out)).values()
+        assert r < 1e-12, pool
+
+
+def test_pool_stats_follow_softmax():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    tiny = pool_stats(SmoothMaxPool2d(1e-9, kernel_size=2), x)  # softmax -> uniform
+    assert tiny["entropy"] == pytest.approx(math.log(4)) and tiny["entropy_max"] == math.log(4)
+    assert tiny["argmax_mass"] == pytest.approx(0.25)
+    inf = pool_stats(SmoothMaxPool2d(math.inf), x)  # distinct values: the one-hot
+    assert inf["entropy"] == 0 and inf["argmax_mass"] == 1 and inf["entropy_max"] == math.log(16)
+    ties = torch.zeros(1, 1, 2, 2)
+    shared = pool_stats(SmoothMaxPool2d(math.inf, kernel_size=2), ties)
+    first = pool_stats(SmoothMaxPool2d(math.inf, kernel_size=2, ties="first"), ties)
+    assert shared["entropy"] == pytest.approx(math.log(4)) and first["entropy"] == 0
+    beta = 2.0
+    w = x[:, :, :2, :2].flatten(-2)  # the first window of each channel
+    p = torch.softmax(beta * w, -1)
+    per = pool_stats(SmoothMaxPool2d(beta, kernel_size=2), x[:, :, :2, :2])
+    assert per["argmax_mass"] == pytest.approx(p.amax(-1).mean().item())
+    chan = pool_stats(SmoothMaxPool2d(torch.tensor([1.0, 2.0, 3.0])), x)
+    assert 0 < chan["entropy"] < math.log(16)
+
+
+def test_pooling_stats_and_pool_beta():
+    torch.manual_seed(0)
+    model = SmoothMaxCNN(1, 10, (4, 6, 6), beta=4.0, normalized=True)
+    stats = pooling_stats(model, _batch()[0])
+    assert not model.training
+    assert set(stats) >= {"pool/features.4/entropy", "pool/features.7/entropy_rel",
+                          "pool/features.4/beta", "pool/entropy_rel", "pool/argmax_mass"}
+    assert stats["pool/features.4/beta"] == 4.0 and 0 < stats["pool/entropy_rel"] < 1
+    assert pool_beta(model) == 4.0
+    assert pool_beta(SmoothMaxCNN(beta="inf")) == "inf"
+    assert pool_beta(SmoothMaxCNN(beta=2.0, learnable=True)) == "learnable"
+    assert pool_beta(torch.nn.Sequential(torch.nn.Linear(2, 2))) is None
+    assert pooling_stats(torch.nn.Sequential(torch.nn.Flatten()), _batch()[0]) == {}
+    learn = pooling_stats(SmoothMaxCNN(beta=2.0, learnable=True), _batch()[0])
+    assert learn["pool/features.4/beta"] == pytest.approx(2.0)

@@ -1,0 +1,60 @@
+"""dnnlab.train.settings: the schema of conf/train.yaml; bad values name their key."""
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from dnnlab.config import to_settings
+from dnnlab.errors import ConfigError
+from dnnlab.runtime import describe
+from dnnlab.train.settings import DataConfig, TrainerSettings, TrainSettings
+from tests.train.conftest import compose_train
+
+
+def test_defaults_compose_into_typed_settings():
+    s = to_settings(compose_train())
+    assert isinstance(s, TrainSettings) and isinstance(s.trainer, TrainerSettings)
+    assert isinstance(s.data, DataConfig) and s.seed == 0
+    assert (s.data.name, s.data.batch_size, s.data.channels, s.data.image_size) == (
+        "digits", 64, 1, 8)
+    assert s.data.dataset == {"_target_": "dnnlab.train.data.digits", "val_fraction": 0.2,
+                              "test_fraction": 0.2, "split_seed": 0}
+    assert s.trainer == TrainerSettings(epochs=10, device="cpu", probe_every=20, resume=False,
+                                        progress=True)
+    assert s.model["builder"]["_target_"] == "dnnlab.models.SmoothMaxCNN"
+    assert s.optimizer["_partial_"] is True and s.scheduler["T_max"] == 10
+    assert to_settings(compose_train("scheduler=none")).scheduler is None
+
+
+@pytest.mark.parametrize("override,line", [
+    ("trainer.epochs=0", "trainer.epochs=0: must be >= 1"),
+    ("trainer.epochs=-1", "trainer.epochs=-1: must be >= 1"),
+    ("trainer.probe_every=-5", "trainer.probe_every=-5: must be >= 0"),
+    ("data.batch_size=0", "data.batch_size=0: must be a positive int"),
+    ("data.image_size=0", "data.image_size=0: must be >= 1"),
+])
+def test_bad_values_name_the_key(override, line):
+    with pytest.raises(ConfigError) as err:
+        to_settings(compose_train(override))
+    assert str(err.value).startswith(line)
+
+
+@pytest.mark.parametrize("override,line", [
+    ("trainer.epochs=abc", "trainer.epochs: Value 'abc' of type 'str' could not be converted"),
+    ("seed=abc", "seed: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("data.batch_size=12.5", "data.batch_size: Value '12.5' of type 'float' could not be"),
+    ("trainer.resume=maybe", "trainer.resume: Value 'maybe' is not a valid bool"),
+])
+def test_wrong_types_fail_while_composing_with_the_key(override, line):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_train(override)
+    said, status = describe(err.value)
+    assert said.startswith(line) and status == 2
+
+
+def test_dataclass_checks_directly():
+    with pytest.raises(ConfigError, match=r"^dataset=.*_target_"):
+        DataConfig(dataset={"val_fraction": 0.2})
+    with pytest.raises(ConfigError, match=r"^epochs=0"):
+        TrainerSettings(epochs=0)
+    assert TrainerSettings(probe_every=0).probe_every == 0

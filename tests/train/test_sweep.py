@@ -1,0 +1,48 @@
+"""dnnlab.train.sweep: the multirun summary, from job dirs laid out as Hydra writes them
+(`<job>/.hydra/overrides.yaml`, `results.json`, `failed.json`)."""
+from __future__ import annotations
+
+import json
+
+from dnnlab.table import Table
+from dnnlab.train.sweep import COLUMNS, collect, summary_table, write_summary
+
+
+def _job(sweep, n, overrides, results=None, failed=None):
+    d = sweep / str(n)
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if results is not None:
+        (d / "results.json").write_text(json.dumps(results))
+    if failed is not None:
+        (d / "failed.json").write_text(json.dumps(failed))
+
+
+def test_summary_of_done_failed_and_running_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    _job(sweep, 0, ["model.pool.beta=2"], {"beta": 2.0, "test_accuracy": 0.9,
+                                           "grad_entropy": 0.6, "argmax_mass": 0.5})
+    _job(sweep, 1, ["model.pool.beta=-1"], {"error": "model.pool.beta=-1: expected"},
+         failed={"error": "ConfigError: model.pool.beta=-1: expected", "traceback": ""})
+    _job(sweep, 2, ["model.pool.beta=inf"], {"beta": "inf", "history": []})
+    _job(sweep, 10, ["model.pool.beta=8"], {"beta": 8.0, "test_accuracy": 0.95,
+                                            "grad_entropy": 0.5, "argmax_mass": 0.6})
+    (sweep / "wandb").mkdir()  # not a job
+    rows = collect(sweep)
+    assert [r["job"] for r in rows] == [0, 1, 2, 10]
+    assert [r["status"] for r in rows] == ["done", "failed", "running", "done"]
+    assert rows[0]["overrides"] == ["model.pool.beta=2"] and rows[0]["beta"] == 2.0
+    assert rows[1]["error"].startswith("ConfigError: model.pool.beta=-1")
+    summary = write_summary(sweep)
+    assert summary["failed"] == [1] and summary["sweep_dir"] == str(sweep)
+    assert json.loads((sweep / "summary.json").read_text())["jobs"][3]["test_accuracy"] == 0.95
+    assert (sweep / "summary.png").stat().st_size > 1000
+    t = summary_table(summary)
+    assert isinstance(t, Table) and t.key == "summary" and t.columns == COLUMNS
+    assert t.rows[0] == [0, "2.0", 0.9, 0.6, 0.5, "done"] and t.rows[2][1] == "inf"
+
+
+def test_empty_sweep(tmp_path):
+    summary = write_summary(tmp_path)
+    assert summary["jobs"] == [] and not (tmp_path / "summary.png").exists()
+    assert (tmp_path / "summary.json").exists() and summary_table(summary).rows == []
