@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from dnnlab.errors import ConfigError
+from dnnlab.errors import ConfigError, DnnlabError
 
 
 def _resolve_type(name: str, where: str) -> type:
@@ -50,28 +50,36 @@ def build_layers(layers: Sequence[Mapping[str, Any]], where: str = "model.builde
     return torch.nn.Sequential(*mods)
 
 
-def build_model(builder: Mapping[str, Any], device: str | torch.device = "cpu",
-                **overrides: Any) -> torch.nn.Module:
-    """Instantiate a model spec (`model.builder`: a `_target_` and its arguments, a plain dict or
-    a config node) with hydra.utils.instantiate; `overrides` replace arguments (`beta=8.0`). On
-    device 'meta' (no weights) it falls back to the CPU for builders that cannot run on meta
-    (torchvision's regnets). Errors name `model.builder`."""
-    from hydra.errors import InstantiationException
+def instantiate_spec(spec: Mapping[str, Any], key: str, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate of a `_target_` spec (a dict or config node) with `kwargs`: passed
+    to the object, or, for a `_partial_` spec (optimizers, schedulers), to the partial it makes.
+    Any error is one ConfigError naming `key` and the target (a DnnlabError raised by the target
+    itself passes through as it is)."""
     from hydra.utils import instantiate
 
-    if not isinstance(builder, Mapping) or "_target_" not in builder:
-        raise ConfigError(f"model.builder={builder!r}: expected a `_target_` and its arguments")
-    target = builder["_target_"]
+    if not isinstance(spec, Mapping) or "_target_" not in spec:
+        raise ConfigError(f"{key}={spec!r}: expected a `_target_` and its arguments")
+    try:
+        if spec.get("_partial_"):
+            return instantiate(spec)(**kwargs)
+        return instantiate(spec, **kwargs)
+    except DnnlabError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a bad argument of a user's _target_
+        cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
+        if isinstance(cause, DnnlabError):
+            raise cause from None
+        msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else repr(cause)
+        raise ConfigError(f"{key} ({spec['_target_']}): {msg}") from None
 
+
+def build_model(builder: Mapping[str, Any], device: str | torch.device = "cpu",
+                **overrides: Any) -> torch.nn.Module:
+    """Instantiate a model spec (`model.builder`) with `overrides` replacing arguments
+    (`beta=8.0`). On device 'meta' (no weights) it falls back to the CPU for builders that cannot
+    run on meta (torchvision's regnets). Errors name `model.builder`."""
     def make():
-        try:
-            return instantiate(builder, **overrides)
-        except InstantiationException as err:
-            cause = err.__cause__ or err
-            if isinstance(cause, ConfigError):
-                raise cause from None
-            msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else repr(cause)
-            raise ConfigError(f"model.builder ({target}): {msg}") from None
+        return instantiate_spec(builder, "model.builder", **overrides)
 
     if str(device) == "meta":
         from dnnlab.opcount import build_meta

@@ -10,14 +10,11 @@ dir; the same metrics go to W&B.
 from __future__ import annotations
 
 import hydra
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dnnlab.config import register
-from dnnlab.errors import ConfigError, DnnlabError
-from dnnlab.models import build_model
+from dnnlab.models import build_model, instantiate_spec
 from dnnlab.runtime import console, launch, run_job
 from dnnlab.train.loop import check_fits, fit, resolve_device, seed_everything
 from dnnlab.train.probes import pool_beta
@@ -26,32 +23,15 @@ from dnnlab.train.settings import TrainSettings
 register("train")
 
 
-def make(spec: dict, key: str, **kwargs):
-    """instantiate(spec) called with kwargs (`_partial_` specs) or given them; an error names
-    `key` in one line."""
-    try:
-        if spec.get("_partial_"):
-            return instantiate(spec)(**kwargs)
-        return instantiate(spec, **kwargs)
-    except DnnlabError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a bad argument of a user's _target_
-        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
-        if isinstance(cause, DnnlabError):
-            raise cause from None
-        raise ConfigError(f"{key} ({spec.get('_target_')}): "
-                          f"{str(cause).strip().splitlines()[-1]}") from None
-
-
 def job(s: TrainSettings, tracker) -> dict:
     seed_everything(s.seed)  # before anything draws a random number
     device = resolve_device(s.trainer.device)
-    splits = make(s.data.dataset, "data.dataset", root=s.paths.data_dir)
+    splits = instantiate_spec(s.data.dataset, "data.dataset", root=s.paths.data_dir)
     model = build_model(s.model["builder"], device="cpu")
     check_fits(model, splits, s.model.get("name"), s.data.name)
     model.to(device)
-    opt = make(s.optimizer, "optimizer", params=model.parameters())
-    sched = make(s.scheduler, "scheduler", optimizer=opt) if s.scheduler else None
+    opt = instantiate_spec(s.optimizer, "optimizer", params=model.parameters())
+    sched = instantiate_spec(s.scheduler, "scheduler", optimizer=opt) if s.scheduler else None
     tracker.results.update(model=str(s.model.get("name")), data=s.data.name,
                            beta=pool_beta(model), history=[])
     bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
