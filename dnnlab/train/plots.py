@@ -6,14 +6,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dnnlab.beta import to_float
+from dnnlab.errors import ConfigError
 from dnnlab.plots import plt, save
 
 
 def beta_key(b: Any) -> float:
     """A row's beta as a number for sorting and plotting: inf for "inf", NaN for "learnable"."""
-    if isinstance(b, (int, float)) and not isinstance(b, bool):
-        return float(b)
-    return math.inf if str(b) == "inf" else math.nan
+    try:
+        return to_float(b)
+    except ConfigError:
+        return math.nan
 
 
 def plot_temperature_sweep(rows: list[dict], path: Path) -> Path | None:
