@@ -83,7 +83,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "opcount": ("dnnlab.opcount.experiment", "OpcountSettings"),
     "conv": ("dnnlab.conv.experiment", "ConvSettings"),
     "train": ("dnnlab.train.settings", "TrainSettings"),
-    "reproduce": ("dnnlab.report", "ReproduceSettings"),
+    "reproduce": ("dnnlab.report", "reproduce_settings"),  # a function: the schema it builds
 }
 
 
@@ -91,6 +91,8 @@ def schema(pipeline: str) -> type:
     """The schema of `pipeline`'s primary config: its settings + the JobConfig groups."""
     module, name = SETTINGS[pipeline]
     settings = getattr(importlib.import_module(module), name)
+    if not isinstance(settings, type):
+        settings = settings()
     return dataclasses.make_dataclass(f"{pipeline.capitalize()}Config", [],
                                       bases=(settings, JobConfig))
 

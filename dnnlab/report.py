@@ -6,6 +6,8 @@ type; the topics own their sections' content.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +29,28 @@ class Section:
     summary: dict[str, Any] = field(default_factory=dict)  # W&B summary / results.json
 
 
+def reproduce_settings() -> type:
+    """The schema of conf/reproduce.yaml: `sections` and one node per topic, typed by that
+    topic's `ReportSettings` (so `python -m pipelines.reproduce smoothmax.n=100` is checked like
+    `python -m pipelines.smoothmax n=100`). A topic whose report module cannot be imported gets
+    an untyped node: the pipeline then reports the import error in that section, and the other
+    sections still run."""
+    fields = []
+    for topic in SECTIONS:
+        try:
+            cls = importlib.import_module(f"dnnlab.{topic}.report").ReportSettings
+        except Exception:  # noqa: BLE001 - reported by pipelines/reproduce.py in its section
+            cls = None
+        fields.append((topic, cls if cls is not None else Any,
+                       field(default_factory=cls if cls is not None else dict)))
+    return dataclasses.make_dataclass("ReproduceSettings", fields, bases=(_Sections,))
+
+
 @dataclass
-class ReproduceSettings:
-    """conf/reproduce.yaml: which sections, and each topic's report settings (checked against
-    the topic's `ReportSettings` when the section starts, so one topic that cannot be imported
-    is an error in its own section, not in the whole report)."""
+class _Sections:
+    """conf/reproduce.yaml: which sections run, in the order of docs/math.md."""
 
     sections: list[str] = field(default_factory=lambda: list(SECTIONS))
-    smoothmax: Any = field(default_factory=dict)
-    opcount: Any = field(default_factory=dict)
-    conv: Any = field(default_factory=dict)
-    train: Any = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for i, s in enumerate(self.sections):

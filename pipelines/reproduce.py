@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 
 from dnnlab.config import register, settings_of
 from dnnlab.errors import DnnlabError
-from dnnlab.report import ReproduceSettings
 from dnnlab.runtime import console, launch, run_job, status
 
 register("reproduce")
@@ -29,7 +28,7 @@ HEADER = ("# dnnlab: the results of docs/math.md, measured\n\nEvery number below
           "this run; the equations cited, (1a) to (4b), are those of docs/math.md.\n")
 
 
-def plan(settings: ReproduceSettings) -> dict:
+def plan(settings) -> dict:
     """section -> (report module, its typed settings), or the import error of that section."""
     plans = {}
     for name in settings.sections:
@@ -42,7 +41,7 @@ def plan(settings: ReproduceSettings) -> dict:
     return plans
 
 
-def job(settings: ReproduceSettings, tracker) -> dict:
+def job(settings, tracker) -> dict:
     out, parts, done = tracker.run_dir, [HEADER], {}
     for name, p in plan(settings).items():
         t0 = time.perf_counter()
