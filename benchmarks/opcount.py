@@ -10,6 +10,7 @@ at batch 16 (total), dnnlab's time independent of batch size.
     python benchmarks/opcount.py              # all classifiers (long: fvcore really computes)
     python benchmarks/opcount.py --quick      # 8 models
     python benchmarks/opcount.py --models alexnet --batches 1
+    python benchmarks/opcount.py --zoo --batches 1   # beyond torchvision: timm, recurrent, RAFT
 """
 from __future__ import annotations
 
@@ -32,10 +33,28 @@ QUICK = ["alexnet", "resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "
          "convnext_tiny", "regnet_y_400mf"]
 
 
+def _zoo():
+    """(name, model, inputs builder(batch)) beyond torchvision's classifiers."""
+    import timm
+
+    lstm = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.LSTM(64, 128, 2))
+    return [
+        ("timm/sequencer2d_s", timm.create_model("sequencer2d_s"),
+         lambda b: (torch.zeros(b, 3, 224, 224),)),
+        ("timm/coat_tiny", timm.create_model("coat_tiny"),
+         lambda b: (torch.zeros(b, 3, 224, 224),)),
+        ("timm/deit_tiny", timm.create_model("deit_tiny_patch16_224"),
+         lambda b: (torch.zeros(b, 3, 224, 224),)),
+        ("lstm 2x128", lstm, lambda b: (torch.zeros(20, b, 64),)),
+        ("raft_small", torchvision.models.optical_flow.raft_small(),
+         lambda b: (torch.zeros(b, 3, 128, 128), torch.zeros(b, 3, 128, 128))),
+    ]
+
+
 def fvcore_total(model, shape) -> int:
     from fvcore.nn import FlopCountAnalysis
 
-    fca = FlopCountAnalysis(model, torch.zeros(shape))
+    fca = FlopCountAnalysis(model, shape if isinstance(shape, tuple) else torch.zeros(shape))
     fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     return fca.total()
 
@@ -44,6 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--models", nargs="*")
+    ap.add_argument("--zoo", action="store_true", help="timm, recurrent and RAFT models")
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 16])
     ap.add_argument("--min-run-time", type=float, default=0.5,
                     help="seconds of runs per timing (at least one run, after a warm-up)")
@@ -60,13 +80,18 @@ def main() -> None:
         table.add_column(f"speed-up b{b}", justify="right")
     tot = {b: [0.0, 0.0] for b in args.batches}
     worst_b1 = float("inf")
-    for name in names:
-        model = materialize(build_meta(lambda n=name: torchvision.models.get_model(n))).eval()
-        base = torchvision_input_shape(name, model)
+    entries = _zoo() if args.zoo else [(n, None, None) for n in names]
+    for name, model, make in entries:
+        if model is None:
+            model = materialize(build_meta(lambda n=name: torchvision.models.get_model(n)))
+            base = torchvision_input_shape(name, model)
+        model.eval()
         cells = [name]
         for b in args.batches:
-            shape = [b] + base[1:]
-            ours = median_seconds(lambda m=model, s=shape: count_ops(m, s),
+            shape = make(b) if make else [b] + base[1:]
+            ours = median_seconds(lambda m=model, s=shape: count_ops(
+                m, None if isinstance(s, tuple) else s,
+                inputs=s if isinstance(s, tuple) else None),
                                   min_run_time=args.min_run_time)
             with torch.no_grad():
                 theirs = median_seconds(lambda m=model, s=shape: fvcore_total(m, s),
@@ -84,7 +109,7 @@ def main() -> None:
     table.add_row(*cells, style="bold")
     console.print(table)
     b_hi = max(args.batches)
-    console.print(f"models: {len(names)}; dnnlab time b{b_hi} / b1: "
+    console.print(f"models: {len(entries)}; dnnlab time b{b_hi} / b1: "
                   f"{tot[b_hi][0] / tot[min(args.batches)][0]:.2f} (target ~1: batch-independent)")
     console.print(f"target: slowest model at b1 >= 1.0x fvcore: {worst_b1:.1f}x "
                   f"{'PASS' if worst_b1 >= 1 else 'FAIL'}")

@@ -3,6 +3,8 @@
     python -m pipelines.opcount model=alexnet
     python -m pipelines.opcount -m 'model=choice(alexnet,resnet18,vit_b_16)'
     python -m pipelines.opcount model=alexnet input_shape=[1,3,32,32]   # one-line error
+    python -m pipelines.opcount model=timm model.name=deit_tiny_patch16_224 unit=FLOPs
+    python -m pipelines.opcount model=hf_bert        # token ids: the config's `inputs`
 
 Writes results.json, results.csv (one row per op), layers.csv, totals.csv and per_layer.png
 into the run dir, and the same to W&B (the tables as wandb.Tables, totals in the summary).
@@ -13,10 +15,11 @@ import hydra
 from omegaconf import DictConfig
 
 from dnnlab.config import register
-from dnnlab.errors import DnnlabError
+from dnnlab.errors import ConfigError, DnnlabError
 from dnnlab.models import build_model
 from dnnlab.opcount.experiment import OpcountSettings, run
 from dnnlab.opcount.plots import plot_per_layer
+from dnnlab.opcount.zoo import default_input_shape, make_inputs
 from dnnlab.runtime import console, launch, run_job, status
 
 register("opcount")
@@ -25,8 +28,17 @@ register("opcount")
 def job(settings: OpcountSettings, tracker) -> dict:
     with status(f"counting {settings.name} ..."):
         model = build_model(settings.model["builder"], device="meta")
-        result = run(model, settings.input_shape, name=settings.name, count=settings.count,
-                     training=settings.training, reconcile_counts=settings.reconcile)
+        shape, inputs = settings.input_shape, None
+        if settings.inputs is not None:
+            inputs = make_inputs(settings.inputs)
+        elif shape is None:
+            shape = default_input_shape(model)  # timm: its pretrained_cfg's input_size
+            if shape is None:
+                raise ConfigError("input_shape: none given and the model has no default "
+                                  "(give input_shape=[...] or inputs)")
+        result = run(model, shape, inputs=inputs, name=settings.name, count=settings.count,
+                     training=settings.training, reconcile_counts=settings.reconcile,
+                     unit=settings.unit)
     tracker.results.update(result.to_dict())
     tracker.save()
     result.report.to_csv(tracker.run_dir / "results.csv")
@@ -36,6 +48,7 @@ def job(settings: OpcountSettings, tracker) -> dict:
     console.print(result.totals_table().to_rich())
     if result.flop_counter_line():
         console.print(result.flop_counter_line(), highlight=False)
+    console.print(result.mode_line(), highlight=False)
     png = plot_per_layer(result, tracker.run_dir / "per_layer.png")
     tracker.image("per_layer", png)
     tracker.summary(**result.summary())

@@ -1,23 +1,32 @@
 """The analytic counter: runs a model on the meta device and counts every conv/linear/product.
 
 How it works (no weights, no compute, no memory):
-1. the model's parameters and buffers are swapped for meta tensors of the same shapes through
-   `torch.func.functional_call` (the model itself is not touched);
+1. the model's parameters and buffers are swapped, in place and only for the call, for meta
+   tensors of the same shapes (one per distinct tensor: shared modules and tied weights stay
+   shared); everything the forward could change (every module's attributes, hooks, caches,
+   train/eval flags) is saved before and put back afterwards, whether the count succeeds or
+   fails (`_ModelGuard`);
 2. a `TorchFunctionMode` sees every torch call (F.conv2d, F.linear, `@`, bmm, einsum,
-   scaled_dot_product_attention, norms, pools, elementwise ops) with its real shapes and counts
-   it with the handler registered for its name (`registry.py`; the built-in ones in
-   `handlers.py` use the closed forms of docs/math.md (2), `formulas.py`); a composite function
-   that hides linear maps (`F.multi_head_attention_forward`) is opened so that its inner calls
-   are counted too, and dnnlab's own layers are counted like torch's (their autograd Functions
-   call F.conv2d etc., which the mode sees; smooth max reaches it through
-   `handle_torch_function`);
+   scaled_dot_product_attention, RNN/LSTM/GRU layers and cells, norms, pools, elementwise ops)
+   with its real shapes and counts it with the handler registered for its name (`registry.py`;
+   the built-in ones in `handlers.py` use the closed forms of docs/math.md (2), `formulas.py`);
+   a call that has a closed form for its output too (a recurrent layer) is not run at all on
+   meta (`registry.SHORTCUTS`: no per-time-step work); a composite function that hides linear
+   maps (`F.multi_head_attention_forward`) is opened so that its inner calls are counted too;
+   a call that computes but has no handler is listed in `OpReport.not_counted` with its module;
 3. global module hooks, removed afterwards, keep a stack of the modules being run
    (`_ModuleStack`) so that every row carries the module path (`features.0`) and a failing
    layer can be named.
+
+A model whose forward needs values (data-dependent shapes: detection's `nonzero`, NMS,
+`.item()`) cannot run on meta; it is then run once on real CPU tensors (copies of its weights,
+zeros for a model built on meta), counted the same way, and the report says so
+(`OpReport.mode == "cpu"`, `mode_reason`).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +35,9 @@ from torch.overrides import TorchFunctionMode
 from dnnlab.errors import ShapeError
 from dnnlab.opcount import registry
 from dnnlab.opcount.handlers import count_smooth_max_module
-from dnnlab.opcount.registry import shape_of
 from dnnlab.opcount.rows import LayerRow, OpReport
+
+_Tensor = torch.Tensor
 
 
 class _ModuleStack:
@@ -35,7 +45,7 @@ class _ModuleStack:
 
     def __init__(self, names: dict):
         self.names = names  # id(module) -> path
-        self.stack: list = []  # [(module, input shapes)]
+        self.stack: list = []  # [(module, args)]
         self.mode = None  # the _CountMode, set by it
         self.opaque = 0  # > 0 inside a module counted as a whole (dnnlab's smooth max)
         self.handles = [
@@ -44,7 +54,7 @@ class _ModuleStack:
         ]
 
     def _pre(self, module, args):
-        self.stack.append((module, [shape_of(a) for a in args if isinstance(a, torch.Tensor)]))
+        self.stack.append((module, args))
         if getattr(module, "dnnlab_family", None):
             self.opaque += 1
 
@@ -62,6 +72,12 @@ class _ModuleStack:
         m = self.stack[-1][0]
         return self.names.get(id(m), type(m).__name__), type(m).__name__
 
+    def shapes(self) -> list:
+        """The shapes of the tensors the running module was called with."""
+        if not self.stack:
+            return []
+        return [list(a.shape) for a in self.stack[-1][1] if isinstance(a, _Tensor)]
+
     def close(self):
         for h in self.handles:
             h.remove()
@@ -70,9 +86,10 @@ class _ModuleStack:
 class _CountMode(TorchFunctionMode):
     """Counts each torch call that has a registered handler; the `counter` handlers get."""
 
-    def __init__(self, modules: _ModuleStack, rows: list, count_bias: bool):
+    def __init__(self, modules: _ModuleStack, rows: list, count_bias: bool, meta: bool):
         super().__init__()
-        self.modules, self.rows, self.count_bias = modules, rows, count_bias
+        self.modules, self.rows, self.count_bias, self.meta = modules, rows, count_bias, meta
+        self.not_counted: dict = {}  # op -> [module paths] (first few)
         modules.mode = self
 
     def add(self, op: str, family: str, in_shape: Sequence[int], out_shape: Sequence[int],
@@ -93,16 +110,25 @@ class _CountMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.modules.opaque:  # inside a module counted as a whole
             return func(*args, **kwargs)
-        if func is F.multi_head_attention_forward:  # hides F.linear and SDPA: open it
-            return _open_python(self, func, args, kwargs)
         name = getattr(func, "__name__", "")
         handler = registry.HANDLERS.get(name)
         if handler is None:
-            return func(*args, **kwargs)
+            if func is F.multi_head_attention_forward:  # hides F.linear and SDPA: open it
+                return _open_python(self, func, args, kwargs)
+            out = func(*args, **kwargs)
+            if name not in registry.FREE and (isinstance(out, _Tensor) or (
+                    isinstance(out, tuple) and out and isinstance(out[0], _Tensor))):
+                paths = self.not_counted.setdefault(name, [])
+                if len(paths) < 5:
+                    path = self.modules.where()[0] or "<model>"
+                    if path not in paths:
+                        paths.append(path)
+            return out
         pre = registry.PRECHECKS.get(name)
         if pre is not None:
             pre(self, args, kwargs)
-        out = func(*args, **kwargs)
+        short = registry.SHORTCUTS.get(name) if self.meta else None
+        out = short(args, kwargs) if short is not None else func(*args, **kwargs)
         handler(self, name, args, kwargs, out)
         return out
 
@@ -126,6 +152,249 @@ def _never(*args, **kwargs) -> bool:
     return False
 
 
+# -- leaving the model as it was ---------------------------------------------------------------
+
+_CONTAINERS = (dict, list, set)
+
+
+class _ModelGuard:
+    """Saves every module's attributes (parameters, buffers, hooks, caches, flags: the whole
+    `__dict__`, and the contents of the dicts/lists/sets in it) and puts them back on `restore`.
+
+    A forward that caches something (timm's LeViT caches attention biases per device), a count
+    that fails half-way, a swapped parameter: after `restore` the model holds exactly the
+    objects it held before, with the same contents.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.saved = []
+        for m in model.modules():
+            d = m.__dict__
+            inner = [(v, v.copy()) for v in d.values() if isinstance(v, _CONTAINERS)]
+            self.saved.append((m, dict(d), inner))
+
+    def restore(self) -> None:
+        for m, d, inner in self.saved:
+            m.__dict__.clear()
+            m.__dict__.update(d)
+            for obj, copy in inner:
+                obj.clear()
+                if isinstance(obj, list):
+                    obj.extend(copy)
+                else:
+                    obj.update(copy)
+
+
+def _swap_state(model: torch.nn.Module, make: Callable[[_Tensor], _Tensor]) -> None:
+    """Replace every parameter and buffer (in place, in the modules' dicts) by `make(t)`, one
+    replacement per distinct tensor (tied weights and shared modules stay tied). `_ModelGuard`
+    puts the originals back."""
+    memo: dict = {}
+    for m in model.modules():
+        for table in (m._parameters, m._buffers):
+            for k, t in table.items():
+                if t is None:
+                    continue
+                new = memo.get(id(t))
+                if new is None:
+                    new = make(t)
+                    if isinstance(t, torch.nn.Parameter):
+                        new = torch.nn.Parameter(new, requires_grad=t.requires_grad)
+                    memo[id(t)] = new
+                table[k] = new
+        if hasattr(m, "_init_flat_weights"):  # nn.RNN/LSTM/GRU keep a list of their weights
+            m._init_flat_weights()
+
+
+def _meta_like(t: _Tensor) -> _Tensor:
+    return torch.empty_like(t, device="meta")
+
+
+def _has_meta(model: torch.nn.Module) -> bool:
+    return any(t.is_meta for t in model.parameters()) or any(t.is_meta for t in model.buffers())
+
+
+def _cpu_or_same(t: _Tensor) -> _Tensor:
+    return _cpu_like(t) if t.is_meta else t
+
+
+def _cpu_like(t: _Tensor) -> _Tensor:
+    """A CPU copy (the forward may change buffers in place); zeros for a meta tensor (ones for
+    integers, as `dnnlab.models.materialize`)."""
+    if t.is_meta:
+        out = torch.empty_like(t, device="cpu")
+        return out.zero_() if t.is_floating_point() or t.is_complex() else out.fill_(1)
+    return t.detach().clone()
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+def _map(tree: Any, fn: Callable[[_Tensor], Any]) -> Any:
+    """`fn` applied to every tensor of a nested structure of tuples, lists and dicts."""
+    if isinstance(tree, _Tensor):
+        return fn(tree)
+    if isinstance(tree, tuple):
+        return tuple(_map(v, fn) for v in tree)
+    if isinstance(tree, list):
+        return [_map(v, fn) for v in tree]
+    if isinstance(tree, Mapping):
+        return {k: _map(v, fn) for k, v in tree.items()}
+    return tree
+
+
+def tensors_of(tree: Any) -> list:
+    """The tensors of a nested structure (tuples, lists, dicts, model outputs), in order."""
+    if isinstance(tree, _Tensor):
+        return [tree]
+    if isinstance(tree, (tuple, list)):
+        return [t for v in tree for t in tensors_of(v)]
+    if isinstance(tree, Mapping):
+        return [t for v in tree.values() for t in tensors_of(v)]
+    return []
+
+
+def call_args(input_shape: Sequence[int] | None, inputs: Any,
+              dtype: torch.dtype = torch.float32) -> tuple[tuple, dict]:
+    """(args, kwargs) the model is called with.
+
+    `inputs`: a tensor (the one argument), a tuple (the positional arguments), a dict (keyword
+    arguments), or anything else (a list of images: the one argument). `input_shape`: the
+    shorthand for one float tensor of that shape.
+    """
+    if (input_shape is None) == (inputs is None):
+        raise ShapeError("give either input_shape or inputs (what the model is called with)")
+    if inputs is None:
+        shape = [int(s) for s in input_shape]
+        if not shape or any(s < 1 for s in shape):
+            raise ShapeError(f"input_shape must be positive, got {list(input_shape)}")
+        return (torch.empty(shape, device="meta", dtype=dtype),), {}
+    if isinstance(inputs, tuple):
+        return inputs, {}
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    return (inputs,), {}
+
+
+def describe(args: tuple, kwargs: dict) -> str:
+    """'float32[1, 3, 224, 224]' or 'input_ids=int64[1, 128], ...' (dtypes and shapes)."""
+    def one(v: Any) -> str:
+        if isinstance(v, _Tensor):
+            return f"{str(v.dtype).replace('torch.', '')}{list(v.shape)}"
+        if isinstance(v, (list, tuple)):
+            inner = ", ".join(one(x) for x in v[:4]) + (", ..." if len(v) > 4 else "")
+            return f"[{inner}]"
+        if isinstance(v, Mapping):
+            return "{" + ", ".join(f"{k}: {one(x)}" for k, x in v.items()) + "}"
+        return repr(v)
+    return ", ".join([one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()])
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+_DATA_DEPENDENT = ("meta", "data-dependent", "no data", "item()", "nonzero")
+
+
+def _needs_values(err: BaseException) -> bool:
+    """Whether an error on meta comes from an op that needs real values (not a bad shape)."""
+    if isinstance(err, NotImplementedError):
+        return True
+    text = str(err).lower()
+    return any(w in text for w in _DATA_DEPENDENT)
+
+
+# -- the count ---------------------------------------------------------------------------------
+
+def _run(model, args, kwargs, names, count_bias, training, meta):
+    """One counted forward (meta or CPU); the model is restored by the caller's guard."""
+    rows: list = []
+    modules = _ModuleStack(names)
+    mode = _CountMode(modules, rows, count_bias, meta)
+    model.train(training)
+    _swap_state(model, _meta_like if meta else _cpu_like)
+    conv = _meta_like if meta else _cpu_real
+    args, kwargs = _map(args, conv), _map(kwargs, conv)
+    try:
+        with mode:
+            model(*args, **kwargs)
+    except ShapeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - named by the layer that failed, below
+        err.dnnlab_where = modules.where()  # type: ignore[attr-defined]
+        err.dnnlab_shapes = modules.shapes()  # type: ignore[attr-defined]
+        raise
+    finally:
+        modules.close()
+    return rows, mode.not_counted
+
+
+def _cpu_real(t: _Tensor) -> _Tensor:
+    """A real CPU input: the tensor itself, or zeros shaped like a meta one."""
+    if t.is_meta:
+        return torch.zeros(t.shape, dtype=t.dtype).requires_grad_(t.requires_grad)
+    return t
+
+
+def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
+              inputs: Any = None, count_bias: bool = True, name: str | None = None,
+              dtype: torch.dtype = torch.float32, training: bool = False,
+              device: str = "auto") -> OpReport:
+    """Count the multiplications, additions and MACs of every op of `model` on its input.
+
+    The input: `input_shape` (one float tensor of that shape), or `inputs`, what the model is
+    called with: a tensor, a tuple of positional arguments, a dict of keyword arguments (token
+    ids, masks: any dtype), or another object passed as the one argument (a list of images);
+    nested structures are fine. Meta tensors are fine too: only shapes and dtypes matter.
+
+    Runs on the meta device (`device="auto"` or `"meta"`): the cost does not depend on batch
+    size or resolution. A model that needs values (data-dependent shapes) is run once on CPU
+    tensors instead (`"auto"`; `"cpu"` forces it) and the report says which and why
+    (`mode`, `mode_reason`). The model is run in eval mode, as fvcore counts it, unless
+    `training=True`. In every case, success or failure, the model's parameters, buffers, hooks,
+    caches and modes are left exactly as they were. An input the network cannot take raises
+    `ShapeError` naming the failing layer by its module path and the shapes. Calls are counted
+    by the handlers of `registry.py`; calls that compute but have none are listed in
+    `OpReport.not_counted`.
+    """
+    if device not in ("auto", "meta", "cpu"):
+        raise ValueError(f"device must be 'auto', 'meta' or 'cpu', got {device!r}")
+    args, kwargs = call_args(input_shape, inputs, dtype)
+    shape = ([int(s) for s in input_shape] if inputs is None else
+             list(tensors_of((args, kwargs))[0].shape) if tensors_of((args, kwargs)) else [])
+    names = {id(m): n for n, m in model.named_modules()}  # the first path, as fvcore
+    guard = _ModelGuard(model)
+    mode, reason = ("cpu", "asked for (device='cpu')") if device == "cpu" else ("meta", "")
+    try:
+        try:
+            rows, not_counted = _run(model, args, kwargs, names, count_bias, training,
+                                     meta=mode == "meta")
+        except ShapeError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            if mode != "meta" or device == "meta" or not _needs_values(err):
+                raise
+            guard.restore()
+            mode, reason = "cpu", f"cannot run on meta: {_first_line(err)}"
+            rows, not_counted = _run(model, args, kwargs, names, count_bias, training,
+                                     meta=False)
+    except ShapeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - one line naming the layer
+        path, mtype = getattr(err, "dnnlab_where", ("", "<model>"))
+        shapes = getattr(err, "dnnlab_shapes", []) or [shape]
+        raise ShapeError(f"layer '{path or '<model>'}' ({mtype}) cannot take input of shape "
+                         f"{', '.join(map(str, shapes))} (model input "
+                         f"{shape if inputs is None else describe(args, kwargs)}): "
+                         f"{_first_line(err)}") from err
+    finally:
+        guard.restore()
+    return OpReport(name or type(model).__name__, shape, rows, count_bias, training,
+                    inputs=describe(args, kwargs), mode=mode, mode_reason=reason,
+                    not_counted=not_counted)
+
+
 def meta_state(model: torch.nn.Module) -> dict:
     """Meta tensors shaped like the model's parameters and buffers (for functional_call)."""
     state = {}
@@ -136,43 +405,30 @@ def meta_state(model: torch.nn.Module) -> dict:
     return state
 
 
-def count_ops(model: torch.nn.Module, input_shape: Sequence[int], *, count_bias: bool = True,
-              name: str | None = None, dtype: torch.dtype = torch.float32,
-              training: bool = False) -> OpReport:
-    """Count the multiplications, additions and MACs of every op of `model` on `input_shape`.
+class swapped:  # noqa: N801 - a context manager, used like a function
+    """`with swapped(model, meta=True):` the model's weights are meta tensors (or CPU copies)
+    inside the block, and everything is put back afterwards (for the fvcore and FlopCounterMode
+    checks). `copy=False` keeps real CPU weights as they are (only meta ones become zeros)."""
 
-    Runs on the meta device: the cost does not depend on batch size or resolution, and the
-    model is left as it was (its parameters are swapped for meta tensors only during the call,
-    and the hooks are removed). The model is run in eval mode, as fvcore counts it, unless
-    `training=True` (then auxiliary heads such as GoogLeNet's run too); its mode is
-    restored. An input the network cannot take raises `ShapeError` naming the failing layer by
-    its module path and the shapes. Calls are counted by the handlers of `registry.py`.
-    """
-    input_shape = [int(s) for s in input_shape]
-    if any(s < 1 for s in input_shape):
-        raise ShapeError(f"input_shape must be positive, got {input_shape}")
-    names = {id(m): n for n, m in model.named_modules()}
-    rows: list = []
-    modules = _ModuleStack(names)
-    mode = _CountMode(modules, rows, count_bias)
-    x = torch.empty(input_shape, device="meta", dtype=dtype)
-    modes = {m: m.training for m in model.modules()}
-    model.train(training)
-    try:
-        with mode:
-            torch.func.functional_call(model, meta_state(model), (x,), strict=False,
-                                       tie_weights=True)
-    except ShapeError:
-        raise
-    except (RuntimeError, ValueError, IndexError, AssertionError, TypeError) as err:
-        path, mtype = modules.where()
-        shapes = modules.stack[-1][1] if modules.stack else [input_shape]
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ShapeError(f"layer '{path or '<model>'}' ({mtype}) cannot take input of shape "
-                         f"{', '.join(map(str, shapes))} (model input {input_shape}): {first}"
-                         ) from err
-    finally:
-        modules.close()
-        for m, t in modes.items():
-            m.training = t
-    return OpReport(name or type(model).__name__, input_shape, rows, count_bias, training)
+    def __init__(self, model: torch.nn.Module, meta: bool = True, training: bool = False,
+                 copy: bool = True):
+        self.model, self.meta, self.training, self.copy = model, meta, training, copy
+
+    def __enter__(self):
+        self.guard = _ModelGuard(self.model)
+        self.model.train(self.training)
+        if self.meta:
+            _swap_state(self.model, _meta_like)
+        elif self.copy or _has_meta(self.model):
+            _swap_state(self.model, _cpu_like if self.copy else _cpu_or_same)
+        return self.model
+
+    def __exit__(self, *exc):
+        self.guard.restore()
+        return False
+
+
+def as_inputs(args: tuple, kwargs: dict, meta: bool) -> tuple[tuple, dict]:
+    """The call's tensors as meta tensors (meta=True) or real CPU tensors (zeros for meta)."""
+    conv = _meta_like if meta else _cpu_real
+    return _map(args, conv), _map(kwargs, conv)

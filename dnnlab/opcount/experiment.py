@@ -22,6 +22,8 @@ from dnnlab.opcount.reconcile import STRICT, Reconciliation, reconcile
 from dnnlab.opcount.rows import MAC_FAMILIES, OpReport
 from dnnlab.table import Table
 
+UNITS = {"MACs": 1, "FLOPs": 2}  # FLOPs = 2 MACs (a multiply and an add)
+
 
 @dataclass
 class CountSettings:
@@ -36,8 +38,10 @@ class OpcountSettings:
     """conf/opcount.yaml: the model (a conf/model node: name, input_shape, builder), the input
     shape (null: the model's), what to count, and what to check."""
 
-    model: Any = field(default_factory=dict)  # {name, input_shape, builder: {_target_, ...}}
+    model: Any = field(default_factory=dict)  # {name, input_shape, inputs, builder: {...}}
     input_shape: list[int] | None = None  # (N, C, H, W); null: model.input_shape
+    inputs: Any = None  # {arg: {shape, dtype, high}} / [spec, ...] / spec; null: model.inputs
+    unit: str = "MACs"  # totals in MACs or FLOPs (= 2 MACs for the product families)
     count: CountSettings = field(default_factory=CountSettings)
     training: bool = False  # count in train mode (auxiliary heads run); default eval, as fvcore
     reconcile: bool = True  # compare with fvcore (needs real CPU weights: built on demand)
@@ -48,14 +52,22 @@ class OpcountSettings:
         require(isinstance(self.model, Mapping) and isinstance(self.model.get("builder"),
                                                                Mapping),
                 "model", self.model, "expected a model config with a `builder`")
-        if self.input_shape is None:
+        require(self.unit in UNITS, "unit", self.unit, "expected MACs or FLOPs")
+        if self.inputs is None and self.input_shape is None:
+            self.inputs = self.model.get("inputs")
+        if self.input_shape is None and self.inputs is None:
             self.input_shape = self.model.get("input_shape")
         shape = self.input_shape
-        require(isinstance(shape, (list, tuple)) and len(shape) > 0, "input_shape", shape,
-                "expected a list of sizes, e.g. [1, 3, 224, 224]")
-        require(all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape),
-                "input_shape", shape, "every size must be an int >= 1")
-        self.input_shape = [int(s) for s in shape]
+        if shape is not None:
+            require(isinstance(shape, (list, tuple)) and len(shape) > 0, "input_shape", shape,
+                    "expected a list of sizes, e.g. [1, 3, 224, 224]")
+            require(all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                        for s in shape), "input_shape", shape, "every size must be an int >= 1")
+            self.input_shape = [int(s) for s in shape]
+        if self.inputs is not None:
+            from dnnlab.opcount.zoo import make_inputs
+
+            make_inputs(self.inputs)  # checks every spec (one line naming the key)
         require(self.show_rows >= 0, "show_rows", self.show_rows, "must be >= 0")
 
     @property
@@ -71,6 +83,7 @@ class OpcountResult:
     report: OpReport  # the counter's rows (results.csv)
     reconciliation: Reconciliation | None  # None when not reconciled
     backward: bool  # backward_totals were asked for
+    unit: str = "MACs"  # the unit of totals and tables: MACs, or FLOPs = 2 MACs
 
     @property
     def model(self) -> str:
@@ -102,7 +115,8 @@ class OpcountResult:
         return out
 
     def totals(self) -> dict:
-        """{family: {"analytic": int, "fvcore": int | None}} (MACs; other families: ops)."""
+        """{family: {"analytic": int, "fvcore": int | None}} in `unit` (MACs, or FLOPs = 2
+        MACs) for the product families; other families: ops."""
         totals = {fam: {"analytic": int(v), "fvcore": None}
                   for fam, v in self.report.totals().items()}
         if self.reconciliation is not None:
@@ -110,6 +124,12 @@ class OpcountResult:
                 totals.setdefault(fam, {"analytic": 0, "fvcore": None})["fvcore"] = v["fvcore"]
                 if fam in MAC_FAMILIES or fam in STRICT:
                     totals[fam]["analytic"] = v["analytic"]
+        k = UNITS[self.unit]
+        if k != 1:
+            for fam in MAC_FAMILIES:
+                if fam in totals:
+                    totals[fam] = {key: None if v is None else k * v
+                                   for key, v in totals[fam].items()}
         return totals
 
     def mismatches(self, strict: bool = False) -> list[dict]:
@@ -124,7 +144,12 @@ class OpcountResult:
         """results.json."""
         rec = self.reconciliation
         return {
-            "model": self.model, "input_shape": self.input_shape,
+            "model": self.model, "input_shape": self.input_shape, "unit": self.unit,
+            "inputs": self.report.inputs, "mode": self.report.mode,
+            "mode_reason": self.report.mode_reason,
+            "not_counted": {k: list(v) for k, v in self.report.not_counted.items()},
+            "fvcore_error": None if rec is None else rec.fvcore_error,
+            "failed_checks": None if rec is None else rec.failed,
             "count_bias": self.report.count_bias, "layers": self.layers(),
             "totals": self.totals(),
             "backward_totals": self.report.totals(backward=True) if self.backward else None,
@@ -154,7 +179,7 @@ class OpcountResult:
                  None if v["fvcore"] is None else v["analytic"] == v["fvcore"]]
                 for fam, v in self.totals().items()]
         return Table("totals", ["family", "dnnlab", "fvcore", "equal"], rows,
-                     title="totals per family (MACs; elementwise families: ops)",
+                     title=f"totals per family ({self.unit}; elementwise families: ops)",
                      formats={"dnnlab": "{:,}", "fvcore": "{:,}"})
 
     def per_layer_table(self) -> Table:
@@ -174,15 +199,29 @@ class OpcountResult:
         fc = None if self.reconciliation is None else self.reconciliation.flop_counter
         if not fc:
             return ""
-        return (f"training step vs torch FlopCounterMode: forward "
-                f"{fc['forward_flops_analytic']:,} / {fc['forward_flops_torch']:,} flops, "
-                f"backward {fc['backward_flops_analytic']:,} / {fc['backward_flops_torch']:,}: "
+        bwd = (f", backward {fc['backward_flops_analytic']:,} / "
+               f"{fc['backward_flops_torch']:,}" if "backward_flops_torch" in fc else "")
+        return (f"vs torch FlopCounterMode on {fc['device']}: forward "
+                f"{fc['forward_flops_analytic']:,} / {fc['forward_flops_torch']:,} flops{bwd}: "
                 f"{'match' if fc['match'] else 'MISMATCH'} {fc['why']}".rstrip())
 
+    def mode_line(self) -> str:
+        """How the model was counted, and what was not counted (one line each)."""
+        r = self.report
+        lines = [f"counted on {r.mode}" + (f" ({r.mode_reason})" if r.mode_reason else "")
+                 + f"; inputs: {r.inputs}"]
+        if r.not_counted:
+            lines.append("not counted (no rule): " + ", ".join(
+                f"{op} ({', '.join(p)})" for op, p in r.not_counted.items()))
+        if self.reconciliation is not None and self.reconciliation.fvcore_error:
+            lines.append(f"fvcore could not count it: {self.reconciliation.fvcore_error}")
+        return "\n".join(lines)
 
-def run(model: torch.nn.Module, input_shape: Sequence[int], *, name: str | None = None,
-        count: CountSettings | None = None, training: bool = False,
-        reconcile_counts: bool = True) -> OpcountResult:
+
+def run(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
+        inputs: Any = None, name: str | None = None, count: CountSettings | None = None,
+        training: bool = False, reconcile_counts: bool = True,
+        unit: str = "MACs") -> OpcountResult:
     """Count `model` on `input_shape` and, with `reconcile_counts`, compare with fvcore (and,
     with `count.backward`, a training step with FlopCounterMode).
 
@@ -192,10 +231,13 @@ def run(model: torch.nn.Module, input_shape: Sequence[int], *, name: str | None 
     """
     from dnnlab.models import materialize
 
+    require(unit in UNITS, "unit", unit, "expected MACs or FLOPs")
     count = count or CountSettings()
-    shape = [int(s) for s in input_shape]
-    report = count_ops(model, shape, count_bias=count.bias, name=name, training=training)
+    shape = None if input_shape is None else [int(s) for s in input_shape]
+    report = count_ops(model, shape, inputs=inputs, count_bias=count.bias, name=name,
+                       training=training)
     rec = None
     if reconcile_counts:
-        rec = reconcile(materialize(model), shape, report=report, backward=count.backward)
-    return OpcountResult(report, rec, count.backward)
+        rec = reconcile(materialize(model), shape, inputs=inputs, report=report,
+                        backward=count.backward)
+    return OpcountResult(report, rec, count.backward, unit)

@@ -89,3 +89,110 @@ def attention_counts(q_shape: Sequence[int], k_shape: Sequence[int], v_shape: Se
     macs = b * L * S * (E + Ev)
     outputs = b * L * S + b * L * Ev
     return macs, macs - outputs, macs
+
+
+def _einsum_terms(equation: str, ndims: Sequence[int]) -> tuple[list[str], str]:
+    """The input terms and the output term of an einsum equation, '...' spelled out as
+    letters that the equation does not use (as many as each operand's broadcast dims)."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    free = [c for c in "".join(map(chr, range(0x100, 0x140)))]  # letters no equation uses
+    ell_n = max((n - len(t.replace("...", "")) for t, n in zip(terms, ndims) if "..." in t),
+                default=0)
+    ell = "".join(free[:ell_n])
+    terms = [t.replace("...", ell[ell_n - (n - len(t.replace("...", ""))):])
+             if "..." in t else t for t, n in zip(terms, ndims)]
+    if arrow:
+        out = rhs.replace("...", ell)
+    else:  # implicit output: the letters seen once, in alphabetical order, after '...'
+        seen = "".join(terms)
+        out = ell + "".join(sorted(c for c in set(seen) if seen.count(c) == 1 and c not in ell))
+    return terms, out
+
+
+def einsum_contractions(equation: str, shapes: Sequence[Sequence[int]],
+                        path: Sequence[tuple[int, int]] | None = None,
+                        grads: Sequence[bool] | None = None) -> list[tuple[int, int, int]]:
+    """(MACs, outputs, backward MACs) of each pairwise product torch runs for
+    `torch.einsum(equation, *ops)` (`grads`: which operands require grad; the backward of a
+    product is one product of the same size per operand that needs a gradient).
+
+    torch contracts the operands two at a time, along `path` (pairs of positions in the list of
+    remaining operands, the result appended at the end: opt_einsum's convention) or left to
+    right. Before that, an index that appears in one operand only and not in the output is
+    summed out of it (adds, no products). A pair is then a batched matrix product (bmm) whose
+    cost is the product of the sizes of the indices both operands keep (batch), of each one's
+    own kept indices, and of the indices summed there (those that no later operand and not the
+    output use): every combination is one multiply-accumulate. A pair with no index to sum is
+    an elementwise (broadcast) product, not a MAC (torch runs `mul`). One operand: no product
+    (a permutation, a diagonal or a sum).
+    """
+    terms, out = _einsum_terms(equation, [len(s) for s in shapes])
+    size: dict = {}
+    ops = []
+    for term, shape in zip(terms, shapes):
+        dims = {}
+        for ch, n in zip(term, shape):
+            dims[ch] = int(n)  # a repeated letter is a diagonal: one index
+            if int(n) != 1:
+                size[ch] = int(n)
+        ops.append({ch for ch, n in dims.items() if n != 1})  # size-1 dims broadcast
+    keep_out = set(out)
+    count: dict = {}
+    for o in ops:
+        for ch in o:
+            count[ch] = count.get(ch, 0) + 1
+    ops = [{ch for ch in o if count[ch] > 1 or ch in keep_out} for o in ops]  # summed alone
+    if len(ops) < 2:
+        return []
+    left_to_right = path is None  # the result stays first; on a path it goes last
+    if path is None:
+        path = [(0, 1)] * (len(ops) - 1)
+    rg = list(grads) if grads is not None else [True] * len(ops)
+    result = []
+    for i, j in path:
+        a, b = ops[i], ops[j]
+        ga, gb = rg[i], rg[j]
+        rg = [g for k, g in enumerate(rg) if k not in (i, j)]
+        rg = [ga or gb] + rg if left_to_right else rg + [ga or gb]
+        rest = [o for k, o in enumerate(ops) if k not in (i, j)]
+        later = set().union(*rest) if rest else set()
+        summed = {ch for ch in a | b if ch not in keep_out and ch not in later}
+        both = a & b
+        if summed:
+            # one-sided summed indices are summed out first; the bmm sums the shared ones
+            a = {ch for ch in a if ch not in summed or ch in both}
+            b = {ch for ch in b if ch not in summed or ch in both}
+            kept = (a | b) - summed
+            macs = prod(size[ch] for ch in a | b)
+            result.append((macs, prod(size[ch] for ch in kept), macs * (int(ga) + int(gb))))
+        else:
+            kept = a | b
+        ops = [kept - summed] + rest if left_to_right else rest + [kept - summed]
+    return result
+
+
+def matrix_chain_macs(dims: Sequence[int]) -> int:
+    """MACs of the cheapest order of A_1 ... A_n, A_i of shape dims[i-1] x dims[i]
+    (what torch.linalg.multi_dot runs: it picks that order)."""
+    n = len(dims) - 1
+    best = [[0] * n for _ in range(n)]
+    for span in range(1, n):
+        for i in range(n - span):
+            j = i + span
+            best[i][j] = min(best[i][k] + best[k + 1][j] + dims[i] * dims[k + 1] * dims[j + 1]
+                             for k in range(i, j))
+    return best[0][n - 1]
+
+
+RNN_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def rnn_macs(rows: int, weights: Sequence) -> int:
+    """MACs of a recurrent layer (one direction of one layer) over `rows` = time steps x batch:
+    every step multiplies its input by W_ih (G H x I), its hidden state by W_hh (G H x H_out)
+    and, with a projection (LSTM proj_size), the new hidden state by W_hr (H_out x H):
+    rows (G H I + G H H_out + H_out H). G: 4 gates (LSTM), 3 (GRU), 1 (RNN). Biases are adds.
+    """
+    return rows * sum(prod(w.shape) for w in weights)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from dnnlab.opcount.counter import count_ops, meta_state
+from dnnlab.opcount.counter import as_inputs, call_args, count_ops, swapped, tensors_of
 from dnnlab.opcount.rows import MAC_FAMILIES, OpReport
 
 FVCORE_FAMILY = {
@@ -39,7 +39,9 @@ WHY = {
     "elementwise": "fvcore ignores elementwise ops (activations, residual adds, scaling)",
     "bias": "bias adds are not MACs: fvcore leaves them out",
     "smooth_max": "fvcore cannot see inside custom autograd Functions (prim::PythonOp)",
-    "matmul": "fvcore counts matmul/bmm/einsum by its own handles; a difference here is a bug",
+    "matmul": "fvcore counts matmul/bmm/einsum by its own handles (its einsum handle multiplies "
+              "every index size; dnnlab follows torch's pairwise contractions)",
+    "recurrent": "fvcore has no handle for RNN/LSTM/GRU layers and skips them",
     "conv": "conv must match fvcore exactly; a difference is a bug",
     "linear": "linear must match fvcore exactly; a difference is a bug",
 }
@@ -64,36 +66,55 @@ class Reconciliation:
     report: OpReport
     rows: list  # list[Comparison], per module and family
     totals: dict  # family -> {"analytic": int, "fvcore": int}
-    reconciled: bool  # conv and linear equal fvcore's, per layer and in total
-    flop_counter: dict = field(default_factory=dict)  # forward+backward vs FlopCounterMode
+    reconciled: bool  # both checks passed: fvcore (conv/linear) and FlopCounterMode (products)
+    flop_counter: dict = field(default_factory=dict)  # forward (+backward) vs FlopCounterMode
+    failed: list = field(default_factory=list)  # the checks that failed: "fvcore", "flop_counter"
+    fvcore_error: str = ""  # why fvcore could not count the model ("" when it did)
 
     def to_dict(self) -> dict:
         return {"rows": [asdict(r) for r in self.rows], "totals": self.totals,
-                "reconciled": self.reconciled, "flop_counter": self.flop_counter}
+                "reconciled": self.reconciled, "failed": self.failed,
+                "fvcore_error": self.fvcore_error, "flop_counter": self.flop_counter}
 
 
-def fvcore_counts(model: torch.nn.Module, input_shape: Sequence[int]) -> dict:
+def _fvcore_args(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """The call as positional arguments (fvcore traces with a tuple): keyword arguments are put
+    in their place in `forward`'s signature; one that cannot be is a ValueError."""
+    if not kwargs:
+        return tuple(args)
+    import inspect
+
+    params = list(inspect.signature(model.forward).parameters)
+    bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+    last = max(params.index(k) for k in bound)
+    out = []
+    for k in params[:last + 1]:
+        if k not in bound:
+            raise ValueError(f"fvcore takes positional inputs only; '{k}' is not given")
+        out.append(bound[k])
+    return tuple(out)
+
+
+def fvcore_counts(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
+                  inputs=None) -> dict:
     """{module path: {fvcore op: MACs}} for the ops each module runs itself (children removed).
 
-    The model must hold real (CPU) tensors: fvcore cannot trace meta tensors. It is traced in
-    eval mode with gradients on, and put back in the mode it was in.
+    fvcore traces the model with real CPU tensors (it cannot trace meta tensors): meta weights
+    are replaced by zeros and meta inputs by zeros for the trace only (`counter.swapped`). The
+    model is traced in eval mode with gradients on; everything is put back afterwards.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore's import warns about torch.jit.script
         from fvcore.nn import FlopCountAnalysis
     logging.getLogger("fvcore").setLevel(logging.ERROR)
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            x = torch.zeros(list(input_shape))
-            fca = FlopCountAnalysis(model, x)
-            fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            fca.tracer_warnings("none")
-            total = fca.by_module_and_operator()
-    finally:
-        model.train(was_training)
+    args, kwargs = call_args(input_shape, inputs)
+    args, kwargs = as_inputs(args, kwargs, meta=False)
+    with warnings.catch_warnings(), swapped(model, meta=False, copy=False):
+        warnings.simplefilter("ignore")
+        fca = FlopCountAnalysis(model, _fvcore_args(model, args, kwargs))
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        fca.tracer_warnings("none")
+        total = fca.by_module_and_operator()
     children = {n: [c for c, _ in m.named_children()] for n, m in model.named_modules()}
     own: dict = {}
     for path, ops in total.items():
@@ -123,66 +144,90 @@ def _torch_conv_backward(row) -> int:
                               out_val=(in_shape, e["w_shape"], None)) // 2
 
 
-def flop_counter_check(model: torch.nn.Module, input_shape: Sequence[int],
-                       report: OpReport) -> dict:
-    """Forward and backward of a training step under torch.utils.flop_counter.FlopCounterMode.
+# Products that FlopCounterMode has no formula for (it counts them 0): dnnlab counts them, the
+# check leaves them out and says so. On CPU tensors it also misses the CPU attention kernels.
+FLOP_COUNTER_BLIND = {"addbmm", "addmv", "mv", "dot", "vdot", "bilinear", "linalg_vecdot"}
+FLOP_COUNTER_BLIND_CPU = {"scaled_dot_product_attention"}
 
-    Runs on the meta device (where SDPA takes the math path: its products appear as bmm).
-    FlopCounterMode counts 2 flops per MAC for mm/addmm/bmm/conv/SDPA and their backward; we
-    compare 2 x our MACs, forward and backward separately. Grouped convs: FlopCounterMode
-    over-counts their backward (see `_torch_conv_backward`); we report our true count and also
-    the count under torch's formula, which must match exactly.
+
+def _grad_root(out):
+    """The first floating-point output tensor that requires grad (None if there is none)."""
+    for t in tensors_of(out if not hasattr(out, "to_tuple") else out.to_tuple()):
+        if t.is_floating_point() and t.requires_grad:
+            return t
+    return None
+
+
+def flop_counter_check(model: torch.nn.Module, input_shape: Sequence[int] | None,
+                       report: OpReport, *, inputs=None, backward: bool = True) -> dict:
+    """Forward (and backward of a training step) under torch.utils.flop_counter.FlopCounterMode.
+
+    Runs where the count ran: on the meta device (where SDPA takes the math path: its products
+    appear as bmm), or on CPU copies for a model that needs values (`report.mode == "cpu"`).
+    FlopCounterMode counts 2 flops per MAC for mm/addmm/bmm/baddbmm/conv/SDPA and their
+    backward; we compare 2 x our MACs of the product families, forward and backward
+    separately, leaving out the products it has no formula for (`FLOP_COUNTER_BLIND`). Grouped
+    convs: FlopCounterMode over-counts their backward (see `_torch_conv_backward`); we report
+    our true count and also the count under torch's formula, which must match exactly.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.empty(list(input_shape), device="meta")
-    modes = {m: m.training for m in model.modules()}
-    model.train(report.training)
-    try:
+    meta = report.mode == "meta"
+    args, kwargs = call_args(input_shape, inputs)
+    args, kwargs = as_inputs(args, kwargs, meta=meta)
+    with swapped(model, meta=meta, training=report.training) as m:
         with FlopCounterMode(display=False) as fwd_mode:
-            out = torch.func.functional_call(model, meta_state(model), (x,), strict=False,
-                                             tie_weights=True)
-    finally:
-        for m, t in modes.items():
-            m.training = t
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    with FlopCounterMode(display=False) as bwd_mode:
-        out.sum().backward()
-    fwd_torch, bwd_torch = int(fwd_mode.get_total_flops()), int(bwd_mode.get_total_flops())
-    fwd, bwd = report.total_macs(), report.total_macs(backward=True)
-    grouped = [r for r in report.layers if r.family == "conv" and r.extra.get("groups", 1) > 1]
-    bwd_torch_formula = bwd + sum(_torch_conv_backward(r) - r.bwd_macs for r in grouped)
-    res = {"forward_flops_torch": fwd_torch, "forward_flops_analytic": 2 * fwd,
-           "backward_flops_torch": bwd_torch, "backward_flops_analytic": 2 * bwd,
-           "backward_flops_analytic_torch_formula": 2 * bwd_torch_formula,
-           "grouped_convs": len(grouped)}
-    res["match"] = (2 * fwd == fwd_torch) and (2 * bwd_torch_formula == bwd_torch)
-    res["why"] = ("" if 2 * bwd == bwd_torch else
-                  f"FlopCounterMode's convolution_backward ignores groups in {len(grouped)} "
-                  "grouped convs (it over-counts them); with its formula for those layers the "
-                  "counts agree" if res["match"] else "mismatch: a bug")
+            out = m(*args, **kwargs)
+        root = _grad_root(out) if backward else None
+        bwd_torch = None
+        if root is not None:
+            with FlopCounterMode(display=False) as bwd_mode:
+                root.sum().backward()
+            bwd_torch = int(bwd_mode.get_total_flops())
+    blind_ops = FLOP_COUNTER_BLIND | (set() if meta else FLOP_COUNTER_BLIND_CPU)
+    blind = [r for r in report.layers if r.op in blind_ops and r.family in MAC_FAMILIES]
+    fwd_torch = int(fwd_mode.get_total_flops())
+    fwd = report.total_macs() - sum(r.macs for r in blind)
+    res = {"device": "meta" if meta else "cpu",
+           "forward_flops_torch": fwd_torch, "forward_flops_analytic": 2 * fwd,
+           "not_seen_by_torch": sorted({r.op for r in blind}),
+           "not_seen_macs": sum(r.macs for r in blind)}
+    res["forward_match"] = 2 * fwd == fwd_torch
+    why = [] if res["forward_match"] else ["forward differs: a bug"]
+    if backward and bwd_torch is None:
+        res["backward"] = "not checked: no output requires grad"
+    elif backward:
+        bwd = report.total_macs(backward=True) - sum(r.bwd_macs for r in blind)
+        grouped = [r for r in report.layers
+                   if r.family == "conv" and r.extra.get("groups", 1) > 1]
+        bwd_torch_formula = bwd + sum(_torch_conv_backward(r) - r.bwd_macs for r in grouped)
+        res.update({"backward_flops_torch": bwd_torch, "backward_flops_analytic": 2 * bwd,
+                    "backward_flops_analytic_torch_formula": 2 * bwd_torch_formula,
+                    "grouped_convs": len(grouped)})
+        res["backward_match"] = 2 * bwd_torch_formula == bwd_torch
+        if not res["backward_match"]:
+            why.append("backward differs: dnnlab counts the backward of every op, autograd "
+                       "only of the ops that reach the output checked (a head whose output is "
+                       "not used, such as BERT's pooler, has none)")
+        elif 2 * bwd != bwd_torch:
+            why.append(f"FlopCounterMode's convolution_backward ignores groups in "
+                       f"{len(grouped)} grouped convs (it over-counts them); with its formula "
+                       "for those layers the counts agree")
+    if blind:
+        why.append(f"FlopCounterMode has no formula for {', '.join(res['not_seen_by_torch'])} "
+                   f"({res['not_seen_macs']:,} MACs counted by dnnlab only)")
+    res["match"] = res["forward_match"]  # the check of `reconciled`; backward: informative
+    res["why"] = "; ".join(why)
     return res
 
 
-def reconcile(model: torch.nn.Module, input_shape: Sequence[int], *, count_bias: bool = True,
-              backward: bool = True, report: OpReport | None = None) -> Reconciliation:
-    """Compare dnnlab's counts with fvcore's layer by layer and family by family.
-
-    `model` must have real CPU weights (for fvcore). Every row that differs says why.
-    """
-    report = report or count_ops(model, input_shape, count_bias=count_bias)
+def _fvcore_rows(report: OpReport, theirs: dict) -> tuple[list, dict, bool]:
     ours: dict = defaultdict(lambda: defaultdict(int))
     unseen: dict = defaultdict(int)  # MACs that fvcore cannot see, per (path, family)
     for row in report.layers:
         ours[row.path][row.family] += row.macs
         if row.extra.get("string_padding"):
             unseen[(row.path, row.family)] += row.macs
-    theirs: dict = defaultdict(lambda: defaultdict(int))
-    for path, ops in fvcore_counts(model, input_shape).items():
-        for op, v in ops.items():
-            theirs[path][FVCORE_FAMILY.get(op, op)] += int(v)
     rows, totals = [], defaultdict(lambda: {"analytic": 0, "fvcore": 0})
     for f in MAC_FAMILIES:
         totals[f]
@@ -203,5 +248,35 @@ def reconcile(model: torch.nn.Module, input_shape: Sequence[int], *, count_bias:
              if r.family in STRICT) and all(
         totals[f]["analytic"] - (explained if f == "conv" else 0) == totals[f]["fvcore"]
         for f in STRICT)
-    fc = flop_counter_check(model, input_shape, report) if backward else {}
-    return Reconciliation(report, rows, dict(totals), ok, fc)
+    return rows, dict(totals), ok
+
+
+def reconcile(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
+              inputs=None, count_bias: bool = True, backward: bool = True,
+              report: OpReport | None = None) -> Reconciliation:
+    """Compare dnnlab's counts with fvcore's layer by layer and family by family, and the
+    product families with FlopCounterMode's (forward, and with `backward` a training step).
+
+    `reconciled` is True only when conv/linear equal fvcore's (where fvcore can trace the
+    model: it cannot when the output is a dict, say) AND the product families equal
+    FlopCounterMode's; `failed` names the checks that did not pass, `fvcore_error` why fvcore
+    did not run. Every row that differs says why. The model is left as it was.
+    """
+    report = report or count_ops(model, input_shape, inputs=inputs, count_bias=count_bias)
+    fv_error = ""
+    try:
+        theirs_raw = fvcore_counts(model, input_shape, inputs=inputs)
+    except Exception as err:  # noqa: BLE001 - fvcore cannot trace every model: say why
+        theirs_raw, fv_error = {}, (str(err).strip().splitlines() or [type(err).__name__])[0]
+    theirs: dict = defaultdict(lambda: defaultdict(int))
+    for path, ops in theirs_raw.items():
+        for op, v in ops.items():
+            theirs[path][FVCORE_FAMILY.get(op, op)] += int(v)
+    if fv_error:
+        rows, totals, fv_ok = [], {f: {"analytic": v, "fvcore": None} for f, v in
+                                   report.totals().items() if f in MAC_FAMILIES}, True
+    else:
+        rows, totals, fv_ok = _fvcore_rows(report, theirs)
+    fc = flop_counter_check(model, input_shape, report, inputs=inputs, backward=backward)
+    failed = ([] if fv_ok else ["fvcore"]) + ([] if fc["match"] else ["flop_counter"])
+    return Reconciliation(report, rows, totals, not failed, fc, failed, fv_error)

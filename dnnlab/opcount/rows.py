@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # Families that are multiply-accumulate products (their `macs` are MACs, fvcore's unit).
-MAC_FAMILIES = ("conv", "linear", "matmul", "attention")
+# `recurrent`: the gate products of RNN/LSTM/GRU layers and cells (docs/opcount.md).
+MAC_FAMILIES = ("conv", "linear", "matmul", "attention", "recurrent")
 # Families whose `macs` column holds elementary operations (mults + adds + others), the unit
 # fvcore uses for such ops.
 ELEMENTWISE_FAMILIES = ("bias", "norm", "pool", "elementwise", "smooth_max")
@@ -52,6 +53,10 @@ class OpReport:
     layers: list  # list[LayerRow]
     count_bias: bool = True
     training: bool = False
+    inputs: str = ""  # what the model was called with: dtypes and shapes
+    mode: str = "meta"  # "meta" (shapes only) or "cpu" (real tensors: data-dependent shapes)
+    mode_reason: str = ""  # why the count ran on CPU
+    not_counted: dict = field(default_factory=dict)  # op -> module paths: computes, no handler
 
     def totals(self, backward: bool = False) -> dict:
         """MACs per operator family (always has the MAC families' keys, `conv` and `linear`).
@@ -85,6 +90,10 @@ class OpReport:
             "input_shape": list(self.input_shape),
             "count_bias": self.count_bias,
             "training": self.training,
+            "inputs": self.inputs,
+            "mode": self.mode,
+            "mode_reason": self.mode_reason,
+            "not_counted": {k: list(v) for k, v in self.not_counted.items()},
             "layers": [asdict(r) for r in self.layers],
             "totals": self.totals(),
             "backward_totals": self.totals(backward=True),

@@ -10,7 +10,8 @@ from dnnlab.errors import ConfigError, ShapeError
 from dnnlab.opcount import build_meta
 from dnnlab.opcount.experiment import CountSettings, OpcountSettings, run
 
-KEYS = {"model", "input_shape", "count_bias", "layers", "totals", "backward_totals",
+KEYS = {"model", "input_shape", "unit", "inputs", "mode", "mode_reason", "not_counted",
+        "fvcore_error", "failed_checks", "count_bias", "layers", "totals", "backward_totals",
         "reconciled", "flop_counter", "mismatches"}
 LENET = {"name": "tiny", "input_shape": [2, 1, 8, 8], "builder": {
     "_target_": "dnnlab.models.build_layers", "layers": [

@@ -28,7 +28,7 @@ def test_backward_counts_against_flop_counter_mode():
     for name in ("resnet18", "mobilenet_v3_small"):  # the second has depthwise (grouped) convs
         rec = reconcile(torchvision.models.get_model(name), [2, 3, 64, 64])
         fc = rec.flop_counter
-        assert fc["match"], fc
+        assert fc["match"] and fc["backward_match"], fc
         assert fc["forward_flops_torch"] == fc["forward_flops_analytic"]
     # first conv: no input gradient (the data does not require grad), weight gradient only
     report = count_ops(torchvision.models.alexnet(), [1, 3, 224, 224])
@@ -54,7 +54,8 @@ def _check_classifier(name: str, backward: bool) -> None:
     assert rec.totals["conv"]["analytic"] == rec.totals["conv"]["fvcore"]
     assert rec.totals["linear"]["analytic"] == rec.totals["linear"]["fvcore"]
     if backward:
-        assert rec.flop_counter["match"], (name, rec.flop_counter)
+        assert rec.flop_counter["match"] and rec.flop_counter["backward_match"], (
+            name, rec.flop_counter)
 
 
 @pytest.mark.parametrize("name", FAST)

@@ -35,10 +35,11 @@ class Cumsum(nn.Module):
 @pytest.fixture
 def registered():
     register_handler(torch.cumsum, count_cumsum)
-    register_handler("bilinear", count_bilinear)
+    builtin = HANDLERS["bilinear"]  # a built-in one: replaced by the example, then put back
+    register_handler("bilinear", count_bilinear, replace=True)
     yield
     unregister_handler("cumsum")
-    unregister_handler(F.bilinear)
+    register_handler(F.bilinear, builtin, replace=True)
 
 
 def test_a_registered_op_is_counted_by_its_closed_form(registered):
@@ -47,7 +48,7 @@ def test_a_registered_op_is_counted_by_its_closed_form(registered):
     assert [r.adds for r in rows] == [3 * (7 - 1), (3 - 1) * 7]  # L - 1 adds per line
     assert rows[0].path == "" and rows[0].out_shape == [3, 7]
     (row,) = count_ops(_Pair(nn.Bilinear(4, 5, 6)), [2, 4]).layers
-    assert row.op == "bilinear" and row.family == "linear" and row.path == "layer"
+    assert row.op == "bilinear" and row.family == "linear" and row.path == "layer"  # the example
     assert row.macs == 2 * 6 * 4 * (5 + 1)
 
 
@@ -66,6 +67,7 @@ def test_without_a_handler_the_op_is_not_counted():
     report = count_ops(Cumsum(), [3, 7])
     assert "cumsum" not in HANDLERS
     assert [r.family for r in report.layers] == ["elementwise"]  # the + only
+    assert report.not_counted == {"cumsum": ["<model>"]}  # listed, never dropped silently
 
 
 def test_registering_twice_needs_replace(registered):
