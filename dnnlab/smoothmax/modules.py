@@ -115,12 +115,11 @@ def _up(t: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
 
 
 class _WindowSmoothMax(torch.autograd.Function):
-    """nu_beta over non-overlapping kh x kw windows for a scalar beta in (0, inf], computed on
+    """nu_beta over non-overlapping kh x kw windows for a finite scalar beta > 0, computed on
     contiguous 4-d tensors (max_pool2d, avg_pool2d, a broadcast of each window's value) instead
     of reductions over strided window views. Same values and gradients as smooth_max:
     nu = m + (1/beta) log sum exp(beta (x - m)) (docs/math.md (1a), shifted by the window max
-    m); grad = softmax(beta x) over the window (docs/math.md (1c)), the argmax one-hot with ties
-    shared at inf.
+    m); grad = softmax(beta x) over the window (docs/math.md (1c)). beta = inf is _WindowMax.
     """
 
     @staticmethod
@@ -131,9 +130,6 @@ class _WindowSmoothMax(torch.autograd.Function):
         xc = x[:, :, :ho * kh, :wo * kw].to(cd)  # (B, C, Ho*kh, Wo*kw), windows that fit
         m = F.max_pool2d(xc, (kh, kw))  # (B, C, Ho, Wo) the window max (NaN propagates)
         ctx.shape, ctx.kernel, ctx.beta, ctx.x_dtype = x.shape, kernel, beta, x.dtype
-        if math.isinf(beta):  # nu_inf = max (docs/math.md (1a), limit)
-            ctx.save_for_backward(xc, m)
-            return m.to(x.dtype)
         # an infinite or NaN max shifts by 0, as in smooth_max: +inf -> +inf, all -inf -> -inf
         shift = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)  # (B, C, Ho, Wo)
         e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # exp(beta (x - m)) <= 1  (1a)
@@ -149,25 +145,102 @@ class _WindowSmoothMax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # g: (B, C, Ho, Wo)
         (kh, kw), (h, w), beta = ctx.kernel, ctx.shape[2:], ctx.beta
-        if math.isinf(beta):
-            xc, m = ctx.saved_tensors
-            wgt = (xc == _up(m, kh, kw)).to(xc.dtype)  # argmax one-hot (docs/math.md (1c), limit)
-            count = F.avg_pool2d(wgt, (kh, kw)).mul_(kh * kw).clamp_min_(1.0)  # ties share it
-            gq = torch.where(m > -math.inf, g.to(xc.dtype) / count, 0.0)  # all -inf window: 0
-            gx = wgt.mul_(_up(gq, kh, kw))
-        else:
-            xc, shift, s = ctx.saved_tensors
-            e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # as in the forward
-            gx = e.mul_(_up(g.to(xc.dtype) / s, kh, kw))  # softmax(beta x) * g  (docs/math.md (1c))
+        xc, shift, s = ctx.saved_tensors
+        e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # as in the forward
+        gx = e.mul_(_up(g.to(xc.dtype) / s, kh, kw))  # softmax(beta x) * g  (docs/math.md (1c))
         gx = gx.to(ctx.x_dtype)
         if gx.shape[2] != h or gx.shape[3] != w:  # rows/columns no window covers: gradient 0
             gx = F.pad(gx, (0, w - gx.shape[3], 0, h - gx.shape[2]))
         return gx, None, None, None
 
 
+def _rows(t: torch.Tensor, kh: int, kw: int) -> list[torch.Tensor]:
+    """The kh rows of the non-overlapping kh x kw windows that fit in a (B, C, H, W) tensor: kh
+    views (B, C, Ho, Wo*kw), row i holding row i of every window (contiguous along W when t is)."""
+    ho, wo = t.shape[2] // kh, t.shape[3] // kw
+    v = t[:, :, :ho * kh, :wo * kw].unflatten(2, (ho, kh))  # (B, C, Ho, kh, Wo*kw), a view
+    return [v[:, :, :, i] for i in range(kh)]
+
+
+def _widen(t: torch.Tensor, kw: int) -> torch.Tensor:
+    """(B, C, Ho, Wo) -> (B, C, Ho, Wo*kw): each window's value repeated along its kw columns."""
+    if kw == 1:
+        return t
+    b, c, ho, wo = t.shape
+    return t[..., None].expand(b, c, ho, wo, kw).reshape(b, c, ho, wo * kw)
+
+
+class _WindowMax(torch.autograd.Function):
+    """Max pooling over non-overlapping kh x kw windows (nu_inf = max, docs/math.md (1a), limit)
+    whose gradient is the argmax one-hot with tied maxima sharing it equally: the limit of
+    softmax(beta x) (docs/math.md (1c)).
+
+    Built from elementwise ops on the windows' rows (views of x, contiguous along W), with no
+    full-size temporary but the gradient itself: the forward takes the max of the kh rows, then
+    of the kw columns (torch.maximum, NaN propagating like max_pool2d); the backward marks each
+    entry equal to its window's max with torch.eq into a float tensor (1.0 or 0.0) that then
+    becomes the gradient, so the tie count is an exact sum and a maximum's gradient is
+    g / count, bit for bit the value of the earlier mask-and-average form
+    (tests/smoothmax/test_max_pool.py). No indices are kept. On CPU this is faster than
+    max_pool2d's own kernel (docs/smoothmax.md, "Max pooling with shared ties").
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel):  # x: (B, C, H, W)
+        kh, kw = kernel
+        rows = _rows(x, kh, kw)
+        col = rows[0]  # (B, C, Ho, Wo*kw): each window column's max
+        for r in rows[1:]:
+            col = torch.maximum(col, r)
+        cols = col.unflatten(3, (col.shape[3] // kw, kw))
+        m = cols[..., 0]  # (B, C, Ho, Wo): each window's max
+        for j in range(1, kw):
+            m = torch.maximum(m, cols[..., j])
+        if kh * kw == 1:
+            m = m.clone()  # a 1x1 window: the max is x itself, not a view of it
+        ctx.kernel, ctx.x_dtype = kernel, x.dtype
+        ctx.save_for_backward(x, m)
+        return m
+
+    @staticmethod
+    def backward(ctx, g):  # g: (B, C, Ho, Wo)
+        (kh, kw), x, m = ctx.kernel, *ctx.saved_tensors
+        cd = compute_dtype(x.dtype)
+        x, m, g = x.to(cd), m.to(cd), g.to(cd)
+        h, w = x.shape[2:]
+        ho, wo = m.shape[2:]
+        fits = h == ho * kh and w == wo * kw
+        xw = x[:, :, :ho * kh, :wo * kw].unflatten(2, (ho, kh))  # (B, C, Ho, kh, Wo*kw), a view
+        ind = torch.empty(xw.shape, dtype=cd, device=x.device)  # becomes the gradient
+        mw = _widen(m, kw)  # (B, C, Ho, Wo*kw); one op per window row is faster than one
+        for i in range(kh):  # broadcast over the rows: 1.0 where x is its window's max
+            torch.eq(xw[:, :, :, i], mw, out=ind[:, :, :, i])
+        col = ind[:, :, :, 0] if kh == 1 else ind[:, :, :, 0] + ind[:, :, :, 1]
+        for i in range(2, kh):  # (B, C, Ho, Wo*kw): maxima per window column
+            col.add_(ind[:, :, :, i])
+        cols = col.unflatten(3, (wo, kw))
+        count = cols[..., 0].clone() if kw == 1 else cols[..., 0] + cols[..., 1]
+        for j in range(2, kw):  # (B, C, Ho, Wo): maxima per window, an exact integer
+            count.add_(cols[..., j])
+        if m.numel() and not bool(m.amin() > -math.inf):  # some max is -inf or NaN (amin
+            count.clamp_min_(1.0)  # propagates NaN): a NaN window has no max, 0 not 0/0, and an
+            gq = torch.where(m > -math.inf, g / count, 0.0)  # all -inf window gradient 0
+        else:
+            gq = g / count  # ties share g; a finite max equals itself, so count >= 1
+        gw = _widen(gq, kw)
+        for i in range(kh):
+            ind[:, :, :, i].mul_(gw)  # g / count on each maximum, 0 elsewhere
+        gx = ind
+        if fits:
+            gx = gx.view(x.shape)
+        else:  # rows or columns no window covers: gradient 0
+            gx = F.pad(gx.flatten(2, 3), (0, w - wo * kw, 0, h - ho * kh))
+        return gx.to(ctx.x_dtype), None
+
+
 class _GlobalMax(torch.autograd.Function):
     """Global pooling at beta = inf: max over (H, W), ties sharing the gradient
-    (docs/math.md (1c))."""
+    (docs/math.md (1c)); the backward as in _WindowMax, one window per plane."""
 
     @staticmethod
     def forward(ctx, x):  # (B, C, H, W) -> (B, C, 1, 1)
@@ -179,9 +252,14 @@ class _GlobalMax(torch.autograd.Function):
     def backward(ctx, g):
         x, out = ctx.saved_tensors
         cd = compute_dtype(x.dtype)
-        wgt = ((x == out) & (out > -math.inf)).to(cd)
-        count = wgt.sum((2, 3), keepdim=True).clamp_min_(1.0)
-        return wgt.mul_(g.to(cd) / count).to(x.dtype)
+        xc, out = x.to(cd), out.to(cd)
+        ind = torch.eq(xc, out, out=torch.empty_like(xc))  # 1.0 where x is its plane's max
+        if out.numel() and not bool(out.amin() > -math.inf):  # a plane's max is -inf or NaN
+            ind.mul_(out > -math.inf)  # an all -inf plane: gradient 0
+            count = ind.sum((2, 3), keepdim=True).clamp_min_(1.0)  # NaN plane: 0, not 0/0
+        else:
+            count = ind.sum((2, 3), keepdim=True)  # ties per plane, exact, >= 1
+        return ind.mul_(g.to(cd) / count).to(x.dtype)
 
 
 class SmoothMaxPool2d(_Temperature):
@@ -203,7 +281,7 @@ class SmoothMaxPool2d(_Temperature):
 
     ties: at beta = inf, "shared" (default) gives the gradient of the limit of softmax(beta x):
     the argmax one-hot with tied maxima sharing it equally (docs/math.md (1c)); "first" is
-    torch's max pooling (F.max_pool2d), which routes it to one argmax per window, and is faster.
+    torch's max pooling (F.max_pool2d), which routes it to one argmax per window.
     """
 
     dnnlab_family = "smooth_max"  # dnnlab.opcount counts it as one op of its own family
@@ -257,7 +335,7 @@ class SmoothMaxPool2d(_Temperature):
                                  f"kernel {self.kernel_size}")
             if self.kernel_size is None:
                 return _GlobalMax.apply(x)  # fast path: same values and gradients
-            return _WindowSmoothMax.apply(x, self.kernel_size, math.inf, self.normalized)
+            return _WindowMax.apply(x, self.kernel_size)  # fast path, same as below
         if (not isinstance(b, torch.Tensor) and self.kernel_size is not None
                 and self.stride == self.kernel_size):
             if x.shape[2] < self.kernel_size[0] or x.shape[3] < self.kernel_size[1]:

@@ -1,0 +1,134 @@
+"""SmoothMaxPool2d at beta = inf with shared ties (dnnlab.smoothmax.modules._WindowMax and
+_GlobalMax): the same values as max pooling and, bit for bit in float64 and float32, the same
+gradients as the mask-and-average form the layer used before (copied below as the reference) and
+as an independent per-window computation: g / (number of maxima) on each maximum, 0 elsewhere
+(docs/math.md (1c), the limit of softmax(beta x)). Inputs with and without ties (ReLU zeros,
+small integers), windows that tile the input or leave rows/columns out, and -inf, +inf, NaN."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dnnlab.smoothmax.modules import SmoothMaxPool2d
+
+INF = math.inf
+
+
+def _up(t, kh, kw):
+    b, c, ho, wo = t.shape
+    return t[:, :, :, None, :, None].expand(b, c, ho, kh, wo, kw).reshape(b, c, ho * kh, wo * kw)
+
+
+def previous_window(x, g, kh, kw):
+    """The earlier _WindowSmoothMax at beta = inf, verbatim: (max, gradient)."""
+    h, w = x.shape[2:]
+    xc = x[:, :, :h // kh * kh, :w // kw * kw]
+    m = F.max_pool2d(xc, (kh, kw))
+    wgt = (xc == _up(m, kh, kw)).to(xc.dtype)
+    count = F.avg_pool2d(wgt, (kh, kw)).mul_(kh * kw).clamp_min_(1.0)
+    gq = torch.where(m > -math.inf, g / count, 0.0)
+    gx = wgt.mul_(_up(gq, kh, kw))
+    return m, F.pad(gx, (0, w - gx.shape[3], 0, h - gx.shape[2]))
+
+
+def previous_global(x, g):
+    """The earlier _GlobalMax, verbatim: (max, gradient)."""
+    out = torch.amax(x, (2, 3), keepdim=True)
+    wgt = ((x == out) & (out > -math.inf)).to(x.dtype)
+    count = wgt.sum((2, 3), keepdim=True).clamp_min_(1.0)
+    return out, wgt.mul_(g / count)
+
+
+def per_window(x, g, kh, kw):
+    """Independent: one window at a time, in Python loops."""
+    gx = torch.zeros_like(x)
+    for b in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            for i in range(x.shape[2] // kh):
+                for j in range(x.shape[3] // kw):
+                    win = x[b, c, i * kh:(i + 1) * kh, j * kw:(j + 1) * kw]
+                    top = win.max()
+                    if not top > -math.inf:  # NaN or all -inf: no maximum gets the gradient
+                        continue
+                    tied = win == top
+                    gx[b, c, i * kh:(i + 1) * kh, j * kw:(j + 1) * kw][tied] = (
+                        g[b, c, i, j] / tied.sum().to(x.dtype))
+    return gx
+
+
+def inputs(kind, shape, dtype):
+    gen = torch.Generator().manual_seed(hash((kind, shape)) % 2**31)
+    x = torch.randn(shape, generator=gen, dtype=dtype)
+    if kind == "relu":  # ties among zeros, as after a ReLU
+        x = x.relu()
+    elif kind == "integers":  # ties at nonzero values too
+        x = torch.randint(-2, 3, shape, generator=gen).to(dtype)
+    elif kind == "special":  # an all -inf window, -inf beside finite, +inf ties, a NaN
+        x[0, 0, :3, :3] = -INF
+        x[0, 1, 0, 0] = -INF
+        x[1, 0, 2:4, 2:4] = INF
+        x[1, 1, 1, 1] = math.nan
+    return x
+
+
+def run(pool, x, g):
+    x = x.clone().requires_grad_(True)
+    y = pool(x)
+    y.backward(g)
+    return y.detach(), x.grad
+
+
+def same_bits(a, b):
+    """Equal entries (NaN where NaN) with the same sign bits, zeros included."""
+    return (a.shape == b.shape and torch.equal(a.isnan(), b.isnan())
+            and torch.equal(a.nan_to_num(), b.nan_to_num())
+            and torch.equal(a.signbit(), b.signbit()))
+
+
+KINDS = ("relu", "integers", "normal", "special")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kernel,shape", [
+    ((2, 2), (2, 3, 8, 8)), ((2, 2), (2, 3, 7, 9)), ((2, 3), (2, 3, 6, 9)), ((3, 3), (2, 2, 7, 8)),
+    ((1, 1), (2, 2, 4, 5)), ((4, 1), (2, 2, 8, 3)), ((8, 8), (2, 2, 8, 8))])
+def test_window_gradient_bit_for_bit(kernel, shape, kind, dtype):
+    x = inputs(kind, shape, dtype)
+    kh, kw = kernel
+    if kind == "relu":
+        x[0, 0, :kh, :kw] = 0.0  # at least one window of ReLU zeros
+    g = torch.randn(shape[0], shape[1], shape[2] // kh, shape[3] // kw, dtype=dtype)
+    y, gx = run(SmoothMaxPool2d(INF, kernel_size=kernel), x, g)
+    m, gx_prev = previous_window(x, g, kh, kw)
+    torch.testing.assert_close(y, m, rtol=0, atol=0, equal_nan=True)
+    assert same_bits(gx, gx_prev)
+    assert torch.equal(gx, per_window(x, g, kh, kw))
+    if kind == "relu" and kh * kw > 1:  # the all-zero window shares its gradient
+        assert torch.equal(gx[0, 0, :kh, :kw], (g[0, 0, 0, 0] / (kh * kw)).expand(kh, kw))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (3, 2, 5, 7), (2, 2, 1, 1)])
+def test_global_gradient_bit_for_bit(shape, kind, dtype):
+    x = inputs(kind, shape, dtype) if shape[2] > 3 or kind != "special" else torch.randn(shape)
+    x = x.to(dtype)
+    if kind == "relu":
+        x[0, 0] = 0.0  # a dead channel: every entry ties
+    g = torch.randn(shape[0], shape[1], 1, 1, dtype=dtype)
+    y, gx = run(SmoothMaxPool2d(INF), x, g)
+    m, gx_prev = previous_global(x, g)
+    torch.testing.assert_close(y, m, rtol=0, atol=0, equal_nan=True)
+    assert same_bits(gx, gx_prev)
+    assert torch.equal(gx, per_window(x, g, shape[2], shape[3]))
+
+
+def test_half_precision_input_follows_the_float32_gradient():
+    x = inputs("relu", (2, 3, 8, 8), torch.float32).to(torch.bfloat16)
+    g = torch.randn(2, 3, 4, 4).to(torch.bfloat16)
+    y, gx = run(SmoothMaxPool2d(INF, kernel_size=2), x, g)
+    m, gx_prev = previous_window(x.float(), g.float(), 2, 2)
+    assert y.dtype == gx.dtype == torch.bfloat16
+    assert torch.equal(y.float(), m) and torch.equal(gx, gx_prev.to(torch.bfloat16))
