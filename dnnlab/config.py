@@ -142,3 +142,15 @@ def settings_of(cls: type, values: Any, key: str) -> Any:
         return OmegaConf.to_object(node)
     except ConfigError as err:
         raise err.under(key) from None
+
+
+def resolved_with(cfg: DictConfig, values: dict[str, Any]) -> dict:
+    """The config as a plain dict, resolved after setting the dotted keys of `values` (values
+    that interpolate them, such as a schedule's `T_max: ${trainer.epochs}`, follow)."""
+    from omegaconf import open_dict
+
+    now = cfg.copy()
+    with open_dict(now):
+        for key, value in values.items():
+            OmegaConf.update(now, key, value, force_add=True)
+    return OmegaConf.to_container(now, resolve=True, enum_to_str=True)

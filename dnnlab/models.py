@@ -117,19 +117,21 @@ class SmoothMaxCNN(torch.nn.Module):
                  ties: str = "shared") -> None:
         super().__init__()
         from dnnlab.beta import parse_beta
+        from dnnlab.errors import require
         from dnnlab.nn import Conv2d, SmoothMaxPool2d
 
         beta = parse_beta(beta, "model.pool.beta")
+        require(ties in ("shared", "first"), "model.pool.ties", ties, "expected shared or first")
+        pool = SmoothMaxPool2d
         if len(channels) != 3:
             raise ConfigError(f"model.builder.channels: expected 3 sizes, got {list(channels)}")
         c1, c2, c3 = [int(c) for c in channels]
         self.features = torch.nn.Sequential(
             Conv2d(in_channels, c1, 3, padding=1), torch.nn.ReLU(),
             Conv2d(c1, c2, 3, padding=1), torch.nn.ReLU(),
-            SmoothMaxPool2d(beta, kernel_size=2, learnable=learnable, normalized=normalized,
-                            ties=ties),
+            pool(beta, kernel_size=2, learnable=learnable, normalized=normalized, ties=ties),
             Conv2d(c2, c3, 3, padding=1), torch.nn.ReLU(),
-            SmoothMaxPool2d(beta, learnable=learnable, normalized=normalized, ties=ties),  # global
+            pool(beta, learnable=learnable, normalized=normalized, ties=ties),  # global
         )
         self.head = torch.nn.Linear(c3, num_classes)
 

@@ -22,7 +22,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import shutil
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -30,15 +33,32 @@ from typing import Any
 
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
 
 from dnnlab.config import to_settings
 from dnnlab.errors import DnnlabError
-from dnnlab.tracking import Tracker, sweep_info
+from dnnlab.tracking import Tracker, run_dir_of, sweep_info
 
 console = Console() if Console().is_terminal else Console(width=150)
+
+DIRNAME_MAX = 80  # characters of the overrides in a run dir's name
+
+
+def _overrides_dirname(overrides: str) -> str:
+    """`_<overrides>` for a run dir's name (Hydra's override_dirname, '/' -> '_', at most
+    DIRNAME_MAX characters); '' without overrides."""
+    s = str(overrides or "").replace("/", "_").replace(os.sep, "_")
+    return f"_{s[:DIRNAME_MAX]}" if s else ""
+
+
+# conf/hydra/default.yaml: run dirs named <time>-<pid>_<overrides>. Cached, so that a multirun's
+# workers (which get a copy of the resolver cache) agree with the main process.
+OmegaConf.register_new_resolver("dnnlab_pid", lambda: str(os.getpid()), use_cache=True,
+                                replace=True)
+OmegaConf.register_new_resolver("dnnlab_overrides", _overrides_dirname, use_cache=True,
+                                replace=True)
 err_console = Console(stderr=True)
 
 
@@ -51,23 +71,136 @@ def error_line(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Tracker], Any]) -> Any:
-    """Check the config into typed settings, then run `job(settings, tracker)` inside a W&B run
-    that is finished on exit. A DnnlabError is one line and exit status 1 (in a multirun the job
-    is reported failed and the others go on). What the job wrote before is kept."""
+class NothingToDo(Exception):
+    """Raised by a pipeline's `prepare` when the run is already complete (a resume of a
+    finished run with the same config): `run_job` prints the message, writes nothing and
+    returns `result`."""
+
+    def __init__(self, message: str, result: Any):
+        super().__init__(message)
+        self.result = result
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by run_job's handler so that it stops a run like
+    Ctrl-C (exit status 143 instead of 130)."""
+
+    exit_code = 143
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _is_fresh(run_dir: Path) -> bool:
+    """A run dir Hydra has just made for this job: nothing in it but Hydra's log file."""
+    try:
+        return all(p.suffix == ".log" and p.stat().st_size == 0 for p in run_dir.iterdir())
+    except OSError:
+        return False
+
+
+def _write_hydra_dir(run_dir: Path) -> None:
+    """Hydra's `.hydra/` (config.yaml, hydra.yaml, overrides.yaml), written here once the config
+    is accepted (conf/hydra/default.yaml sets output_subdir: null): a refused config or resume
+    leaves an existing run's record as it was."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        hc = HydraConfig.instance().cfg
+    except ValueError:
+        return
+    if hc is None:
+        return
+    d = run_dir / ".hydra"
+    d.mkdir(parents=True, exist_ok=True)
+    task = _TASK_CFG.get("cfg")
+    files = {"hydra.yaml": hc, "overrides.yaml": hc.hydra.overrides.task}
+    if task is not None:
+        files["config.yaml"] = task
+    for name, node in files.items():
+        tmp = d / (name + ".tmp")
+        tmp.write_text(OmegaConf.to_yaml(node))
+        os.replace(tmp, d / name)
+
+
+_TASK_CFG: dict = {}
+_FAILED: list[str] = []  # failed jobs of a multirun run in this process (one line each)
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except ValueError:
+        return []
+
+
+def _cleanup(run_dir: Path, fresh: bool) -> None:
+    """After a refused config: remove the run dir if this job made it (single runs only; a
+    multirun keeps its job dirs for the sweep summary)."""
+    if fresh and not sweep_info()[0]:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Tracker], Any],
+            prepare: Callable[[Any, DictConfig, Path], Any] | None = None) -> Any:
+    """Check the config into typed settings, run `prepare(settings, cfg, run_dir)` if given
+    (everything that can refuse the config: data, model, shapes, a resume; it must write
+    nothing), then `job(prepared or settings, tracker)` inside a W&B run that is finished on
+    exit. A config refused before the job starts leaves nothing behind: no W&B run, no
+    `.hydra/` rewritten, and a run dir this job made is removed. A DnnlabError is one line and
+    exit status 1 (in a multirun the job is reported failed and the others go on). Ctrl-C,
+    SIGINT or SIGTERM: one line (the pipeline's `err.line` if it set one), the W&B run finished
+    as interrupted, exit 130 (143 for SIGTERM). What the job wrote before is kept."""
+    run_dir = run_dir_of()
+    fresh = _is_fresh(run_dir)
+    _TASK_CFG["cfg"] = cfg
+    multirun = sweep_info()[0]
+    if multirun:
+        _write_hydra_dir(run_dir)  # the sweep summary reads a failed job's overrides too
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        # a shell starts background jobs with SIGINT ignored: `kill -INT` must stop them too
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    tracker = None
     try:
         settings = to_settings(cfg)
-        with Tracker(cfg, pipeline) as tracker:
+        ready = prepare(settings, cfg, run_dir) if prepare is not None else settings
+        if not multirun:
+            _write_hydra_dir(run_dir)
+        with Tracker(cfg, pipeline, run_dir=run_dir) as tracker:
             try:
-                return job(settings, tracker)
+                return job(ready, tracker)
             except DnnlabError as err:
                 tracker.summary(error=str(err))
                 raise
-    except DnnlabError as err:
-        if sweep_info()[0]:
-            raise  # Hydra records the failed job; launch() prints the line
-        error_line(str(err))
+    except NothingToDo as done:
+        console.print(str(done), highlight=False)
+        return done.result
+    except (DnnlabError, OSError) as err:
+        line = str(err) if isinstance(err, DnnlabError) else (
+            f"cannot write {err.filename or run_dir}: {err.strerror or err}")
+        if multirun:  # the job failed, the others go on; FailedJobs prints the line at the end
+            from dnnlab.tracking import write_json
+
+            with contextlib.suppress(OSError):
+                write_json(run_dir / "failed.json", {"error": line})
+            _FAILED.append(f"job {run_dir.name} ({' '.join(_overrides())}): {line}")
+            return {}
+        if tracker is None:
+            _cleanup(run_dir, fresh)
+        error_line(line)
         sys.exit(1)
+    except KeyboardInterrupt as err:
+        if tracker is None:
+            _cleanup(run_dir, fresh)
+        line = getattr(err, "line", None) or (
+            "interrupted before training started; nothing was kept" if tracker is None else
+            f"interrupted; what the run wrote so far is in {run_dir}")
+        err_console.print(line, highlight=False, soft_wrap=True)
+        sys.exit(getattr(err, "exit_code", 130))
 
 
 def _first_line(x: object) -> str:
@@ -110,11 +243,17 @@ def launch(module: str) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we print the one line ourselves
     try:
         importlib.import_module(module).main()
-    except KeyboardInterrupt:
+        if _FAILED:  # a multirun without the FailedJobs callback: its failed jobs, one line each
+            for line in _FAILED:
+                error_line(line)
+            sys.exit(1)
+    except KeyboardInterrupt as err:
         error_line("interrupted (Ctrl-C); what the run wrote so far is in its run dir")
-        sys.exit(130)
+        sys.exit(getattr(err, "exit_code", 130))
     except Exception as err:  # noqa: BLE001 - sorted below: user errors one line, bugs re-raised
         said = None if full else describe(err)
+        if said is None and isinstance(err, OSError) and not full:
+            said = (f"cannot write {err.filename or ''}: {err.strerror or err}", 1)  # run dir
         if said is None:
             raise
         error_line(said[0])
@@ -154,6 +293,32 @@ class SweepSummary(Callback):
         summary = write_summary(sweep_dir)
         log_sweep_summary(config, sweep_dir, summary_table(summary),
                           sweep_dir / "summary.png", failed=len(summary["failed"]))
+
+
+class FailedJobs(Callback):
+    """Hydra callback of every pipeline (conf/hydra/default.yaml): at the end of a multirun, one
+    line per failed job (its `failed.json`, written by run_job), no traceback, and exit status
+    1 if any failed. The other jobs' results are kept."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        import json
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = sorted((p for p in sweep_dir.glob("*/failed.json")),
+                        key=lambda p: (len(p.parent.name), p.parent.name))
+        for f in failed:
+            ov = f.parent / ".hydra" / "overrides.yaml"
+            overrides = " ".join(yaml_list(ov)) if ov.exists() else ""
+            error_line(f"job {f.parent.name} ({overrides}): {json.loads(f.read_text())['error']}")
+        _FAILED.clear()  # said here (the lines of every launcher's jobs, from their dirs)
+        if failed:
+            sys.exit(1)
+
+
+def yaml_list(path: Path) -> list[str]:
+    import yaml
+
+    return [str(x) for x in (yaml.safe_load(path.read_text()) or [])]
 
 
 def _is_multirun(config: DictConfig) -> bool:

@@ -23,6 +23,7 @@ several jobs (joblib workers) would otherwise log them all into the first run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -72,10 +73,28 @@ def _tags(tags) -> list[str]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a crash never leaves a half-written results.json)."""
+    """Write JSON atomically (a crash never leaves a half-written results.json): a temp file,
+    then a rename. If either fails (an unwritable dir or file), the temp file is removed and
+    the OSError names `path`."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(jsonable(data), indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    text = json.dumps(jsonable(data), indent=2, allow_nan=False)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
+
+
+def _task_overrides() -> list[str]:
+    """The job's task overrides as given on the command line ([] outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ValueError, ImportError):
+        return []
 
 
 class Tracker:
@@ -90,6 +109,7 @@ class Tracker:
         self.run = None
         self._ctx = None
         self._metrics = open(self.run_dir / "metrics.jsonl", "a")
+        self.overrides = _task_overrides()  # the job's command-line overrides
 
     # -- W&B ------------------------------------------------------------------------------------
     def _init_wandb(self):
@@ -130,11 +150,22 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.save()
-        self._metrics.close()
-        if self.run is not None:
-            self.run.finish(exit_code=1 if exc_type else 0)
-        self.run = None
+        """Save results.json (unless there is nothing to save) and finish the W&B run: exit code
+        0, 1 on an error, 130/143 and summary status "interrupted" on Ctrl-C / SIGTERM."""
+        code = 1 if exc_type else 0
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            code = getattr(exc, "exit_code", 130)
+            self.results["status"] = "interrupted"
+            if self.run is not None:
+                self.run.summary["status"] = "interrupted"
+        try:
+            if self.results:
+                self.save()
+        finally:
+            self._metrics.close()
+            if self.run is not None:
+                self.run.finish(exit_code=code)
+            self.run = None
 
     # -- logging --------------------------------------------------------------------------------
     def log(self, metrics: dict, step: int | None = None) -> None:

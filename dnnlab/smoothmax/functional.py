@@ -74,6 +74,8 @@ def _check_tensor_beta(beta: torch.Tensor, cdtype: torch.dtype, reduced: torch.S
             f"shape {tuple(reduced)} (the input's shape with the reduced dims kept as 1)"
         )
     b = beta.detach().to(cdtype)
+    if b.is_meta:  # no values to check (shape checks and op counting run on meta)
+        return b
     bad = torch.isnan(b) | (b < torch.finfo(cdtype).tiny)  # nonpositive, NaN or underflowing
     if bool(bad.any()):
         value = beta.detach()[bad][0].item()  # the first bad entry, in the caller's dtype
@@ -119,7 +121,7 @@ class _SmoothMax(torch.autograd.Function):
         inf_mask = None
         if tensor_beta:
             inf_mask = torch.isinf(beta_c)  # (broadcastable to (..., 1, ...))
-            if bool(inf_mask.any()):
+            if not beta_c.is_meta and bool(inf_mask.any()):  # meta: no values, shapes only
                 beta_c = beta_c.masked_fill(inf_mask, 1.0)  # finite stand-in, replaced below
             else:
                 inf_mask = None

@@ -98,18 +98,53 @@ def torchvision_set(name: str, *, root: str, download: bool = True, val_fraction
     cls = getattr(torchvision.datasets, cls_name)
     tf = transforms.Compose([transforms.ToTensor(),
                              transforms.Normalize([0.5] * channels, [0.5] * channels)])
+    existed = _existing_dirs(Path(root), cls)
     try:
         train_full = cls(root=root, train=True, download=download, transform=tf)
         test = cls(root=root, train=False, download=download, transform=tf)
     except Exception as err:  # noqa: BLE001 - missing files, no network
+        _remove_new_empty_dirs(Path(root), cls, existed)
+        where, files = expected_files(cls, Path(root))
         raise ConfigError(
-            f"data={name}: cannot load {cls_name} from {root} ({str(err).splitlines()[0][:120]})."
-            f" Run once with network access (data.dataset.download=true), or copy the "
-            f"{cls_name} files into {Path(root) / cls_name} (paths.data_dir={root})") from None
+            f"data={name}: cannot load {cls_name} ({str(err).strip().splitlines()[0][:100]}). "
+            f"torchvision reads {', '.join(files)} in {where} (paths.data_dir={root}): copy them "
+            f"there, or run once with network access (data.dataset.download=true)") from None
     n_val = int(round(len(train_full) * val_fraction))
     val, train = random_split(train_full, [n_val, len(train_full) - n_val],
                               generator=_generator(split_seed))
     return Splits(train, val, test, channels, 10, size)
+
+
+def expected_files(cls: type, root: Path) -> tuple[Path, list[str]]:
+    """(the dir, the file names) torchvision's `cls` looks for under `root`: MNIST and
+    Fashion-MNIST read root/<Class>/raw/<resource without .gz>; CIFAR-10 reads
+    root/cifar-10-batches-py/<batch files> (or extracts root/cifar-10-python.tar.gz)."""
+    if hasattr(cls, "resources"):  # MNIST, FashionMNIST
+        return root / cls.__name__ / "raw", [Path(url).name.removesuffix(".gz")
+                                              for url, _md5 in cls.resources]
+    files = [f for f, _md5 in list(cls.train_list) + list(cls.test_list)] + [cls.meta["filename"]]
+    return root / cls.base_folder, files
+
+
+def _chain(root: Path, cls: type) -> list[Path]:
+    """root, then each dir down to where torchvision reads the files (root/MNIST/raw)."""
+    where, _ = expected_files(cls, root)
+    return [root, *[root.joinpath(*where.relative_to(root).parts[:i + 1])
+                    for i in range(len(where.relative_to(root).parts))]]
+
+
+def _existing_dirs(root: Path, cls: type) -> set[Path]:
+    return {d for d in _chain(root, cls) if d.is_dir()}
+
+
+def _remove_new_empty_dirs(root: Path, cls: type, existed: set[Path]) -> None:
+    """Remove the empty dirs a failed load made (root/MNIST/raw, ...), not ones there before."""
+    for d in reversed(_chain(root, cls)):
+        if d not in existed and d.is_dir():
+            try:
+                d.rmdir()  # only if empty
+            except OSError:
+                return
 
 
 def mnist(*, root: str, download: bool = True, val_fraction: float = 0.2, split_seed: int = 0

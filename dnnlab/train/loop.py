@@ -15,6 +15,7 @@ and `on_epoch` receive what there is to log.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -28,15 +29,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dnnlab.errors import ConfigError, DnnlabError, ShapeError
+from dnnlab.table import jsonable
 from dnnlab.train.data import Splits
 from dnnlab.train.probes import Capture, compare, pooling_stats, probe_metrics
 from dnnlab.train.settings import TrainerSettings
 
 CKPT = "checkpoint.pt"
+PREV = "checkpoint.prev.pt"  # the checkpoint before the last, kept until a new one is complete
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's and torch's generators and ask torch for deterministic kernels."""
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    """Seed Python's and torch's generators, ask torch for deterministic kernels and, if given,
+    fix torch's CPU thread count: a CPU reduction splits its sum by thread, so 1 and 2 threads
+    give different roundings (and, over an epoch, different metrics). Launchers differ in the
+    count they leave (joblib's workers get cores / n_jobs), so a job sets its own."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -114,6 +122,7 @@ class TrainResult:
     epochs: int
     steps: int
     history: list = field(default_factory=list)
+    betas: dict = field(default_factory=dict)  # {pooling layer: beta at the end}
 
     def final(self) -> dict[str, Any]:
         """Everything but the history (the W&B summary)."""
@@ -123,18 +132,65 @@ class TrainResult:
         return {"history": self.history} | self.final()
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C / SIGINT (exit_code 130) or SIGTERM (143, when the signal
+    handler raised a KeyboardInterrupt with `exit_code`, as dnnlab.runtime's does): the epoch
+    and step it was in, and the last checkpoint written (None before the first epoch ended)."""
+
+    def __init__(self, epoch: int, step: int, checkpoint: Path | None, exit_code: int = 130):
+        super().__init__(f"interrupted at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.checkpoint, self.exit_code = epoch, step, checkpoint, exit_code
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill -9 never leaves half a checkpoint
+    """Write `path` atomically and keep the one it replaces as `checkpoint.prev.pt`: the new one
+    goes to a temp file, is flushed to disk, then the old one becomes the previous and the temp
+    file the current. A kill at any moment leaves at least one complete checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.replace(path, path.with_name(PREV))
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DnnlabError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def _resume(path: Path, model, optimizer, scheduler, device) -> tuple[int, list, int]:
-    """Load the checkpoint into model, optimizer, scheduler and the RNGs: (epoch, history, step)."""
-    if not path.exists():
-        raise ConfigError(f"trainer.resume=true: no checkpoint at {path} "
-                          "(pass the run's hydra.run.dir)")
-    ck = torch.load(path, weights_only=True, map_location=device)
+def read_checkpoint(run_dir: Path) -> tuple[dict, Path, str | None]:
+    """The newest readable checkpoint of a run dir: (state, its path, a warning or None).
+
+    `checkpoint.pt` if it loads; else `checkpoint.prev.pt` (the one before it), with a warning
+    naming the bad file; ConfigError naming the file(s) when neither loads or none exists."""
+    cur, prev = Path(run_dir) / CKPT, Path(run_dir) / PREV
+    if not cur.exists() and not prev.exists():
+        raise ConfigError(f"trainer.resume=true: no checkpoint in {run_dir} "
+                          "(pass the run's dir as hydra.run.dir)")
+    bad = []
+    for path in (cur, prev):
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+            if not isinstance(state, dict) or not {"model", "epoch", "step", "history"} <= set(
+                    state):
+                raise ValueError("not a dnnlab checkpoint")
+        except Exception as err:  # noqa: BLE001 - truncated, corrupt, not a checkpoint
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            bad.append(f"{path} is unreadable ({first[:100]})")
+            continue
+        warning = (f"{bad[0]}; resuming from {path} (after epoch {int(state['epoch'])})"
+                   if bad else None)
+        return state, path, warning
+    raise ConfigError(f"trainer.resume=true: {'; '.join(bad)}; no good checkpoint to resume "
+                      "from")
+
+
+def _restore(ck: dict, model, optimizer, scheduler) -> tuple[int, list, int]:
+    """Load a checkpoint into model, optimizer, scheduler and the RNGs: (epoch, history, step)."""
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     if scheduler is not None and ck.get("scheduler") is not None:
@@ -148,10 +204,14 @@ def _resume(path: Path, model, optimizer, scheduler, device) -> tuple[int, list,
 def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer,
         scheduler: Any, settings: TrainerSettings, run_dir: Path, seed: int, batch_size: int,
         on_epoch: Callable[[EpochEnd], None] | None = None,
-        on_probe: Callable[[dict, int], None] | None = None) -> TrainResult:
+        on_probe: Callable[[dict, int], None] | None = None,
+        checkpoint: dict | None = None, config: dict | None = None) -> TrainResult:
     """Train `model` (already on its device) for `settings.epochs` epochs, writing
-    run_dir/checkpoint.pt after each; resume from it if `settings.resume`. A non-finite loss
-    stops the run (DnnlabError naming the step and the last good checkpoint)."""
+    run_dir/checkpoint.pt after each (with `config`, the resolved config that made the run);
+    resume from `checkpoint` (a state from `read_checkpoint`; read here when not given) if
+    `settings.resume`. A non-finite loss stops the run (DnnlabError naming the step and the last
+    good checkpoint); Ctrl-C or SIGTERM (`Terminated`) raises `Interrupted` with the epoch and
+    step it stopped at and the last checkpoint."""
     device = resolve_device(settings.device)
     val_loader = DataLoader(splits.val, batch_size=256)
     test_loader = DataLoader(splits.test, batch_size=256)
@@ -160,67 +220,85 @@ def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     ckpt_path = Path(run_dir) / CKPT
     start, history, step, resumed = 0, [], 0, None
+    worst = {"max_abs_err": 0.0, "max_rel_err": 0.0}
     if settings.resume:
-        resumed, history, step = _resume(ckpt_path, model, optimizer, scheduler, device)
+        ck = checkpoint if checkpoint is not None else read_checkpoint(run_dir)[0]
+        resumed, history, step = _restore(ck, model, optimizer, scheduler)
+        worst.update(ck.get("probe_worst") or {})
         start = resumed + 1
     k = settings.probe_every
-    worst = {"max_abs_err": 0.0, "max_rel_err": 0.0}
     pool: dict = {}
-    for epoch in range(start, settings.epochs):
-        gen = torch.Generator().manual_seed(seed * 100003 + epoch)  # same order after resume
-        loader = DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=gen)
-        model.train()
-        t0, seen, run_loss, run_correct = time.perf_counter(), 0, 0.0, 0
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)  # (B, C, H, W), (B,)
-            step += 1
-            cap = Capture(model) if k > 0 and step % k == 0 else None
-            out = model(x)  # (B, num_classes)
-            loss = F.cross_entropy(out, y)
-            if not torch.isfinite(loss):
+    epoch = start
+    try:
+        for epoch in range(start, settings.epochs):
+            gen = torch.Generator().manual_seed(seed * 100003 + epoch)  # same order after resume
+            loader = DataLoader(splits.train, batch_size=batch_size, shuffle=True, generator=gen)
+            model.train()
+            t0, seen, run_loss, run_correct = time.perf_counter(), 0, 0.0, 0
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)  # (B, C, H, W), (B,)
+                step += 1
+                cap = Capture(model) if k > 0 and step % k == 0 else None
+                out = model(x)  # (B, num_classes)
+                loss = F.cross_entropy(out, y)
+                if not torch.isfinite(loss):
+                    if cap is not None:
+                        cap.close()
+                    last = ckpt_path if ckpt_path.exists() else "none (first epoch)"
+                    raise DnnlabError(f"loss is {loss.item()} at epoch {epoch} step {step} "
+                                      f"(optimizer.lr={optimizer.param_groups[0]['lr']:g}); "
+                                      f"stopped. Last good checkpoint: {last}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                seen += len(y)
+                run_loss += loss.item() * len(y)
+                run_correct += (out.argmax(1) == y).sum().item()
                 if cap is not None:
                     cap.close()
-                last = ckpt_path if ckpt_path.exists() else "none (first epoch)"
-                raise DnnlabError(f"loss is {loss.item()} at epoch {epoch} step {step} "
-                                  f"(optimizer.lr={optimizer.param_groups[0]['lr']:g}); "
-                                  f"stopped. Last good checkpoint: {last}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += len(y)
-            run_loss += loss.item() * len(y)
-            run_correct += (out.argmax(1) == y).sum().item()
-            if cap is not None:
-                cap.close()
-                rows = compare(cap)
-                for r in rows:
-                    worst["max_abs_err"] = max(worst["max_abs_err"], r["max_abs_err"])
-                    worst["max_rel_err"] = max(worst["max_rel_err"], r["max_rel_err"])
-                if on_probe is not None:
-                    on_probe(probe_metrics(rows), step)
-        dt = time.perf_counter() - t0
-        if scheduler is not None:
-            scheduler.step()
-        val = evaluate(model, val_loader, device)
+                    rows = compare(cap)
+                    for r in rows:
+                        worst["max_abs_err"] = max(worst["max_abs_err"], r["max_abs_err"])
+                        worst["max_rel_err"] = max(worst["max_rel_err"], r["max_rel_err"])
+                    if on_probe is not None:
+                        on_probe(probe_metrics(rows), step)
+            dt = time.perf_counter() - t0
+            if scheduler is not None:
+                scheduler.step()
+            val = evaluate(model, val_loader, device)
+            pool = pooling_stats(model, probe_x)
+            rec = {"epoch": epoch, "step": step, "train_loss": run_loss / seen,
+                   "train_accuracy": run_correct / seen, "val_loss": val["loss"],
+                   "val_accuracy": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
+                   "images_per_s": seen / dt}
+            rec.update({key: v for key, v in pool.items() if key.count("/") == 1})
+            history.append(rec)
+            _save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate())},
+                "epoch": epoch, "step": step, "history": history, "probe_worst": dict(worst),
+                "config": json.dumps(jsonable(config)) if config is not None else None})
+            if on_epoch is not None:
+                on_epoch(EpochEnd(rec, pool, step, history,
+                                  resumed if epoch == start and resumed is not None else None))
+    except Interrupted:
+        raise
+    except KeyboardInterrupt as err:
+        last = ckpt_path if ckpt_path.exists() else None
+        raise Interrupted(epoch, step, last, getattr(err, "exit_code", 130)) from None
+    if not pool:  # nothing left to train (resumed at its last epoch): measure the model as it is
         pool = pooling_stats(model, probe_x)
-        rec = {"epoch": epoch, "step": step, "train_loss": run_loss / seen,
-               "train_accuracy": run_correct / seen, "val_loss": val["loss"],
-               "val_accuracy": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
-               "images_per_s": seen / dt}
-        rec.update({key: v for key, v in pool.items() if key.count("/") == 1})
-        history.append(rec)
-        _save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate())},
-            "epoch": epoch, "step": step, "history": history})
-        if on_epoch is not None:
-            on_epoch(EpochEnd(rec, pool, step, history,
-                              resumed if epoch == start and resumed is not None else None))
     test = evaluate(model, test_loader, device)
     return TrainResult(
         test_accuracy=test["accuracy"], test_loss=test["loss"],
         val_accuracy=history[-1]["val_accuracy"] if history else None,
         grad_entropy=pool.get("pool/entropy_rel"), argmax_mass=pool.get("pool/argmax_mass"),
         probe_max_abs_err=worst["max_abs_err"], probe_max_rel_err=worst["max_rel_err"],
-        epochs=settings.epochs, steps=step, history=history)
+        epochs=settings.epochs, steps=step, history=history, betas=pool_betas(pool))
+
+
+def pool_betas(pool: dict) -> dict[str, float]:
+    """{layer: beta} from the pooling statistics (the learned values for a learnable beta)."""
+    return {k[len("pool/"):-len("/beta")]: v for k, v in pool.items()
+            if k.startswith("pool/") and k.endswith("/beta")}

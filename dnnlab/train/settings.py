@@ -41,9 +41,11 @@ class TrainerSettings:
     probe_every: int = 20  # every K steps: hand-written gradients vs autograd (0: never)
     resume: bool = False  # true: continue from checkpoint.pt in the same run dir
     progress: bool = True  # a progress bar (drawn by the pipeline)
+    threads: int = 1  # torch's CPU threads: fixed, so every launcher gives the same metrics
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        require(self.threads >= 1, "threads", self.threads, "must be >= 1")
         require(self.probe_every >= 0, "probe_every", self.probe_every,
                 "must be >= 0 (0: no probes)")
 

@@ -37,6 +37,7 @@ def collect(sweep_dir: Path) -> list[dict]:
         failed = _read_json(job / "failed.json")
         status = "failed" if failed else ("done" if "test_accuracy" in res else "running")
         rows.append({"job": int(job.name), "overrides": overrides or [], "beta": res.get("beta"),
+                     "betas": res.get("betas") or {},
                      "test_accuracy": res.get("test_accuracy"),
                      "grad_entropy": res.get("grad_entropy"),
                      "argmax_mass": res.get("argmax_mass"), "status": status,
@@ -56,6 +57,13 @@ def write_summary(sweep_dir: Path) -> dict:
 
 
 def summary_table(summary: dict) -> Table:
-    """The jobs of a summary as a Table (beta as text: a number, "inf" or "learnable")."""
-    rows = [[str(r[c]) if c == "beta" else r[c] for c in COLUMNS] for r in summary["jobs"]]
+    """The jobs of a summary as a Table (beta as text: a number, "inf", or for a learnable beta
+    "learnable" and the final value of each pooling layer's: "learnable (5.02, 4.93)")."""
+    rows = [[_beta_text(r) if c == "beta" else r[c] for c in COLUMNS] for r in summary["jobs"]]
     return Table("summary", COLUMNS, rows, title=f"sweep {summary['sweep_dir']}")
+
+
+def _beta_text(row: dict) -> str:
+    if row["beta"] == "learnable" and row.get("betas"):
+        return f"learnable ({', '.join(f'{v:.3g}' for v in row['betas'].values())})"
+    return str(row["beta"])

@@ -64,8 +64,8 @@ def test_bad_fractions(kwargs, match):
 
 
 def test_torchvision_offline_says_where_to_put_the_files(tmp_path):
-    with pytest.raises(ConfigError, match=r"^data=mnist: cannot load MNIST from .*"
-                                          r"copy the MNIST files into"):
+    with pytest.raises(ConfigError, match=r"^data=mnist: cannot load MNIST .*torchvision reads "
+                                          r"train-images-idx3-ubyte, .* in .*MNIST/raw"):
         mnist(root=str(tmp_path), download=False)
     with pytest.raises(ConfigError, match=r"^data.name='svhn'"):
         torchvision_set("svhn", root=str(tmp_path))

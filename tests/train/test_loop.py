@@ -74,7 +74,7 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(tmp_path):
 
 
 def test_resume_without_a_checkpoint_names_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"^trainer.resume=true: no checkpoint at"):
+    with pytest.raises(ConfigError, match=r"^trainer.resume=true: no checkpoint in"):
         _run(tmp_path, resume=True)
 
 
