@@ -33,10 +33,3 @@ def parse_beta(beta, key: str = "beta", allow_inf: bool = True) -> float:
         what = "a number in (0, inf]" if allow_inf else "a finite number > 0"
         raise ConfigError(f"{key}={beta!r}: expected {what}")
     return value
-
-
-def beta_label(beta) -> str:
-    """A short label: 4.0 -> "4", inf -> "inf", "learnable" as is."""
-    if isinstance(beta, str):
-        return beta
-    return "inf" if beta == INF else f"{beta:g}"

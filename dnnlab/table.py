@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,8 +128,3 @@ def _csv(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return "x".join(map(str, v))
     return jsonable(v)
-
-
-def rows_of(dicts: Sequence[dict], columns: Sequence[str]) -> list[list[Any]]:
-    """[[d[c] for c in columns] for d in dicts] (missing keys: None)."""
-    return [[d.get(c) for c in columns] for d in dicts]
