@@ -123,6 +123,7 @@ class TrainResult:
     steps: int
     history: list = field(default_factory=list)
     betas: dict = field(default_factory=dict)  # {pooling layer: beta at the end}
+    compile_seconds: float | None = None  # trainer.compile: the first compiled step's time
 
     def final(self) -> dict[str, Any]:
         """Everything but the history (the W&B summary)."""
@@ -227,6 +228,11 @@ def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer
         worst.update(ck.get("probe_worst") or {})
         start = resumed + 1
     k = settings.probe_every
+    # torch.compile: the training steps run the compiled module (dnnlab's autograd Functions
+    # trace without graph breaks); probe steps, evaluation and pooling statistics run `model`
+    # itself (the same parameters), so hooks and eval mode never force a recompile
+    forward = torch.compile(model) if settings.compile else model
+    compile_seconds = None
     pool: dict = {}
     epoch = start
     try:
@@ -239,7 +245,9 @@ def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer
                 x, y = x.to(device), y.to(device)  # (B, C, H, W), (B,)
                 step += 1
                 cap = Capture(model) if k > 0 and step % k == 0 else None
-                out = model(x)  # (B, num_classes)
+                first = settings.compile and compile_seconds is None and cap is None
+                t_first = time.perf_counter() if first else 0.0
+                out = (model if cap is not None else forward)(x)  # (B, num_classes)
                 loss = F.cross_entropy(out, y)
                 if not torch.isfinite(loss):
                     if cap is not None:
@@ -251,6 +259,8 @@ def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if first:  # the first compiled step: tracing and code generation, once
+                    compile_seconds = time.perf_counter() - t_first
                 seen += len(y)
                 run_loss += loss.item() * len(y)
                 run_correct += (out.argmax(1) == y).sum().item()
@@ -295,7 +305,8 @@ def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer
         val_accuracy=history[-1]["val_accuracy"] if history else None,
         grad_entropy=pool.get("pool/entropy_rel"), argmax_mass=pool.get("pool/argmax_mass"),
         probe_max_abs_err=worst["max_abs_err"], probe_max_rel_err=worst["max_rel_err"],
-        epochs=settings.epochs, steps=step, history=history, betas=pool_betas(pool))
+        epochs=settings.epochs, steps=step, history=history, betas=pool_betas(pool),
+        compile_seconds=compile_seconds)
 
 
 def pool_betas(pool: dict) -> dict[str, float]:

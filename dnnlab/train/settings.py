@@ -42,6 +42,7 @@ class TrainerSettings:
     resume: bool = False  # true: continue from checkpoint.pt in the same run dir
     progress: bool = True  # a progress bar (drawn by the pipeline)
     threads: int = 1  # torch's CPU threads: fixed, so every launcher gives the same metrics
+    compile: bool = False  # the training step's forward (and its backward) through torch.compile
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
