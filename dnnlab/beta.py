@@ -33,3 +33,22 @@ def parse_beta(beta, key: str = "beta", allow_inf: bool = True) -> float:
         what = "a number in (0, inf]" if allow_inf else "a finite number > 0"
         raise ConfigError(f"{key}={beta!r}: expected {what}")
     return value
+
+
+# Where beta = inf sits on a numeric log10(beta) axis (W&B config, summary and sweep tables,
+# whose charts cannot place infinity): beta = 1e6, where the gradient of nu_beta, softmax(beta
+# x), is the argmax one-hot to about 1e-20 on the inputs of docs/math.md's check (1c). A finite
+# beta of 1e6 or more shares the place; the text value ("inf") says which it is.
+LOG10_BETA_INF = 6.0
+
+
+def log10_beta(beta) -> float | None:
+    """log10(beta) for a W&B axis: a number; LOG10_BETA_INF for inf (a float or "inf"); None
+    for anything that is not one temperature ("learnable", a per-channel list, None)."""
+    try:
+        value = to_float(beta)
+    except ConfigError:
+        return None
+    if math.isnan(value) or value <= 0:
+        return None
+    return LOG10_BETA_INF if value == INF else min(math.log10(value), LOG10_BETA_INF)

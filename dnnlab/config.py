@@ -39,6 +39,19 @@ class WandbMode(str, Enum):
 
 
 @dataclass
+class WatchConfig:
+    """wandb.watch of a trained model: histograms every `log_freq` steps."""
+
+    log: str | None = None  # gradients | parameters | all | null (no histograms)
+    log_freq: int = 100
+
+    def __post_init__(self) -> None:
+        require(self.log in (None, "gradients", "parameters", "all"), "log", self.log,
+                "expected gradients, parameters, all or null")
+        require(self.log_freq >= 1, "log_freq", self.log_freq, "must be >= 1")
+
+
+@dataclass
 class WandbConfig:
     """Weights & Biases, one run per job (dnnlab.tracking)."""
 
@@ -48,6 +61,7 @@ class WandbConfig:
     group: str | None = None  # null: the sweep's name in a multirun
     tags: Any = field(default_factory=list)  # a list of strings; one string is one tag
     init_timeout: float = 60.0
+    watch: WatchConfig = field(default_factory=WatchConfig)  # pipelines that train a model
 
     def __post_init__(self) -> None:
         if isinstance(self.tags, str):

@@ -170,7 +170,8 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Tracker], Any],
         ready = prepare(settings, cfg, run_dir) if prepare is not None else settings
         if not multirun:
             _write_hydra_dir(run_dir)
-        with Tracker(cfg, pipeline, run_dir=run_dir) as tracker:
+        resume = bool(OmegaConf.select(cfg, "trainer.resume", default=False))
+        with Tracker(cfg, pipeline, run_dir=run_dir, resume=resume) as tracker:
             try:
                 return job(ready, tracker)
             except DnnlabError as err:
@@ -285,14 +286,15 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from dnnlab.tracking import log_sweep_summary
-        from dnnlab.train.sweep import summary_table, write_summary
+        from dnnlab.train.sweep import LINES, summary_table, swept_keys, write_summary
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.exists():
             return
         summary = write_summary(sweep_dir)
         log_sweep_summary(config, sweep_dir, summary_table(summary),
-                          sweep_dir / "summary.png", failed=len(summary["failed"]))
+                          sweep_dir / "summary.png", failed=len(summary["failed"]),
+                          swept=swept_keys(summary["jobs"]), lines=LINES)
 
 
 class FailedJobs(Callback):

@@ -17,6 +17,7 @@ from dnnlab.config import register, resolved_with
 from dnnlab.models import build_model, instantiate_spec
 from dnnlab.runtime import NothingToDo, console, launch, run_job
 from dnnlab.train import loop
+from dnnlab.train.logs import TrainLogs
 from dnnlab.train.probes import pool_beta
 from dnnlab.train.resume import check_same_config, resume_command
 from dnnlab.train.settings import TrainSettings
@@ -53,17 +54,18 @@ def job(p: SimpleNamespace, tracker) -> dict:
     if p.warning:
         console.print(f"warning: {p.warning}", highlight=False, soft_wrap=True)
     tracker.results.update({k: v for k, v in p.old.items() if k not in ("status", "error")})
-    tracker.results.update(model=str(s.model.get("name")), data=s.data.name,
-                           beta=pool_beta(model), history=p.old.get("history", []))
+    tracker.update(model=str(s.model.get("name")), data=s.data.name, beta=pool_beta(model),
+                   history=p.old.get("history", []))
+    logs = TrainLogs(tracker, model, pool_beta(model))
+    logs.start(int(p.ck["step"]) if p.ck is not None else None, s.wandb.watch.log,
+               s.wandb.watch.log_freq)
     bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                    TextColumn("{task.completed}/{task.total} {task.fields[metrics]}"),
                    TimeElapsedColumn(), console=console, disable=not s.trainer.progress)
     task = bar.add_task("train", total=s.trainer.epochs, epoch=0, metrics="")
 
     def on_epoch(end) -> None:
-        tracker.log(end.metrics(), step=end.step)
-        tracker.results["history"] = end.history
-        tracker.save()
+        logs.on_epoch(end)
         r = end.record
         bar.update(task, completed=r["epoch"] + 1, epoch=r["epoch"] + 1, metrics=(
             f"loss {r['train_loss']:.3f} val_acc {r['val_accuracy']:.3f} "
@@ -72,17 +74,17 @@ def job(p: SimpleNamespace, tracker) -> dict:
     try:
         with bar:
             result = loop.fit(model, p.splits, p.opt, p.sched, s.trainer, tracker.run_dir,
-                              s.seed, s.data.batch_size, on_epoch=on_epoch, on_probe=tracker.log,
-                              checkpoint=p.ck, config=p.config)
+                              s.seed, s.data.batch_size, on_epoch=on_epoch,
+                              on_probe=logs.on_probe, on_step=logs.on_step, checkpoint=p.ck,
+                              config=p.config)
     except loop.Interrupted as err:
         err.line = (f"interrupted at epoch {err.epoch}, step {err.step}; checkpoint "
                     f"{err.checkpoint or 'none yet (first epoch)'}; resume with: "
                     f"{resume_command('pipelines.train', tracker.overrides, tracker.run_dir)}")
         raise
-    tracker.log({"test/accuracy": result.test_accuracy, "test/loss": result.test_loss},
-                step=result.steps)
-    tracker.results.update(result.to_dict())
-    tracker.summary(**result.final())
+    logs.finish(result, p.config)
+    if result.compile_seconds is not None:
+        console.print(f"torch.compile: first step {result.compile_seconds:.1f} s")
     console.print(f"test accuracy {result.test_accuracy:.4f}; "
                   f"results: {tracker.run_dir / 'results.json'}")
     return tracker.results

@@ -54,8 +54,11 @@ def find_runs(run_dir: str | Path) -> list:
 
 
 def summarize(path: str | Path) -> dict:
-    """{'run': Record.run, 'config': {...}, 'history': [{...}], 'summary': {...}}."""
-    out: dict = {"run": None, "config": {}, "history": [], "summary": {}}
+    """{'run': Record.run, 'config': {...}, 'history': [{...}], 'summary': {...},
+    'metrics': {name: MetricRecord} (define_metric), 'artifacts': [ArtifactRecord],
+    'exit': the exit code or None}."""
+    out: dict = {"run": None, "config": {}, "history": [], "summary": {}, "metrics": {},
+                 "artifacts": [], "exit": None}
     for rec in read_records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
@@ -71,6 +74,12 @@ def summarize(path: str | Path) -> dict:
                 key = item.key or "/".join(item.nested_key)
                 row[key] = json.loads(item.value_json)
             out["history"].append(row)
+        elif kind == "metric":
+            out["metrics"][rec.metric.name or rec.metric.glob_name] = rec.metric
+        elif kind == "artifact":
+            out["artifacts"].append(rec.artifact)
+        elif kind == "exit":
+            out["exit"] = rec.exit.exit_code
         elif kind == "summary":
             for item in rec.summary.update:
                 key = item.key or "/".join(item.nested_key)

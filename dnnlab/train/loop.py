@@ -2,7 +2,7 @@
 
     seed_everything(seed)                                   # before the model is built
     result = fit(model, splits, optimizer, scheduler, settings, run_dir, seed, batch_size,
-                 on_epoch=..., on_probe=...)
+                 on_step=..., on_epoch=..., on_probe=...)
     result.to_dict()                                        # results.json (without model/data)
 
 Each epoch reshuffles the training split with a generator seeded by (seed, epoch), so a run
@@ -10,8 +10,10 @@ resumed from `checkpoint.pt` (model, optimizer, scheduler, RNG states, history) 
 batches as one that never stopped, and ends with the same metrics. Every
 `settings.probe_every` steps the hand-written gradients of each dnnlab layer are compared with
 autograd on the live batch (dnnlab.train.probes); after each epoch the pooling's gradient
-statistics are measured on a fixed validation batch. Nothing here logs or prints: `on_probe`
-and `on_epoch` receive what there is to log.
+statistics are measured on a fixed validation batch. Nothing here logs or prints: `on_step`
+(every `settings.log_every` steps), `on_probe` and `on_epoch` receive what there is to log,
+under the names W&B shows (`train/...`, `val/...`, `probe/...`, `pool/...`, with the step axes
+`trainer/global_step` and `epoch`; docs/wandb.md).
 """
 from __future__ import annotations
 
@@ -31,11 +33,12 @@ from torch.utils.data import DataLoader
 from dnnlab.errors import ConfigError, DnnlabError, ShapeError
 from dnnlab.table import jsonable
 from dnnlab.train.data import Splits
-from dnnlab.train.probes import Capture, compare, pooling_stats, probe_metrics
+from dnnlab.train.probes import Capture, compare, pooling_stats
 from dnnlab.train.settings import TrainerSettings
 
 CKPT = "checkpoint.pt"
 PREV = "checkpoint.prev.pt"  # the checkpoint before the last, kept until a new one is complete
+BEST = "model.best.pt"  # the weights of the epoch with the best validation accuracy so far
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:
@@ -89,6 +92,12 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -
     return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1)}
 
 
+# an epoch record's keys (results.json's history) -> their names in W&B and metrics.jsonl
+EPOCH_METRICS = {"epoch": "epoch", "step": "trainer/global_step", "train_loss": "train/loss_epoch",
+                 "train_accuracy": "train/accuracy", "val_loss": "val/loss",
+                 "val_accuracy": "val/accuracy", "images_per_s": "train/images_per_s"}
+
+
 @dataclass
 class EpochEnd:
     """What an epoch leaves: its history record, the pooling statistics, the step count."""
@@ -98,13 +107,17 @@ class EpochEnd:
     step: int
     history: list  # every record so far
     resumed_from_epoch: int | None = None  # set on the first epoch after a resume
+    learnable: bool = False  # a pooling beta that trains: its value is worth a chart
 
     def metrics(self) -> dict[str, Any]:
-        """The scalars to log at `step`: epoch/<key> for the record, the pooling statistics."""
-        out = {f"epoch/{k}" if k != "epoch" else k: v for k, v in self.record.items()
-               if not isinstance(v, str)} | self.pool
+        """The scalars to log at `step`, one name per quantity: EPOCH_METRICS of the record
+        (the learning rate is charted per step, as train/lr), then the pooling statistics
+        (`pool/<layer>/beta` only when beta is learnable: a constant is no chart)."""
+        out = {EPOCH_METRICS[k]: v for k, v in self.record.items() if k in EPOCH_METRICS}
+        out |= {k: v for k, v in self.pool.items()
+                if self.learnable or not k.endswith("/beta")}
         if self.resumed_from_epoch is not None:
-            out["resumed_from_epoch"] = self.resumed_from_epoch
+            out["trainer/resumed_from_epoch"] = self.resumed_from_epoch
         return out
 
 
@@ -143,8 +156,8 @@ class Interrupted(KeyboardInterrupt):
         self.epoch, self.step, self.checkpoint, self.exit_code = epoch, step, checkpoint, exit_code
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    """Write `path` atomically and keep the one it replaces as `checkpoint.prev.pt`: the new one
+def _save_checkpoint(path: Path, state: dict, prev: str | None = PREV) -> None:
+    """Write `path` atomically and keep the one it replaces as `prev` (unless None): the new one
     goes to a temp file, is flushed to disk, then the old one becomes the previous and the temp
     file the current. A kill at any moment leaves at least one complete checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
@@ -153,8 +166,8 @@ def _save_checkpoint(path: Path, state: dict) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        if path.exists():
-            os.replace(path, path.with_name(PREV))
+        if path.exists() and prev is not None:
+            os.replace(path, path.with_name(prev))
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
@@ -205,12 +218,16 @@ def _restore(ck: dict, model, optimizer, scheduler) -> tuple[int, list, int]:
 def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer,
         scheduler: Any, settings: TrainerSettings, run_dir: Path, seed: int, batch_size: int,
         on_epoch: Callable[[EpochEnd], None] | None = None,
-        on_probe: Callable[[dict, int], None] | None = None,
+        on_probe: Callable[[list[dict], int], None] | None = None,
+        on_step: Callable[[dict, int], None] | None = None,
         checkpoint: dict | None = None, config: dict | None = None) -> TrainResult:
     """Train `model` (already on its device) for `settings.epochs` epochs, writing
     run_dir/checkpoint.pt after each (with `config`, the resolved config that made the run);
     resume from `checkpoint` (a state from `read_checkpoint`; read here when not given) if
-    `settings.resume`. A non-finite loss stops the run (DnnlabError naming the step and the last
+    `settings.resume`. Every `settings.log_every` steps `on_step({"train/loss", "train/lr",
+    "trainer/global_step"}, step)`; every `settings.probe_every` steps `on_probe(rows, step)`
+    with the rows of dnnlab.train.probes.compare; after each epoch `on_epoch(EpochEnd)`.
+    A non-finite loss stops the run (DnnlabError naming the step and the last
     good checkpoint); Ctrl-C or SIGTERM (`Terminated`) raises `Interrupted` with the epoch and
     step it stopped at and the last checkpoint."""
     device = resolve_device(settings.device)
@@ -227,7 +244,9 @@ def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer
         resumed, history, step = _restore(ck, model, optimizer, scheduler)
         worst.update(ck.get("probe_worst") or {})
         start = resumed + 1
-    k = settings.probe_every
+    k, every = settings.probe_every, settings.log_every
+    learnable = any(getattr(m, "learnable", False) for m in model.modules())
+    best = max((h["val_accuracy"] for h in history), default=-1.0)
     # torch.compile: the training steps run the compiled module (dnnlab's autograd Functions
     # trace without graph breaks); probe steps, evaluation and pooling statistics run `model`
     # itself (the same parameters), so hooks and eval mode never force a recompile
@@ -262,7 +281,11 @@ def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer
                 if first:  # the first compiled step: tracing and code generation, once
                     compile_seconds = time.perf_counter() - t_first
                 seen += len(y)
-                run_loss += loss.item() * len(y)
+                loss_value = loss.item()
+                run_loss += loss_value * len(y)
+                if on_step is not None and every > 0 and step % every == 0:
+                    on_step({"trainer/global_step": step, "train/loss": loss_value,
+                             "train/lr": optimizer.param_groups[0]["lr"]}, step)
                 run_correct += (out.argmax(1) == y).sum().item()
                 if cap is not None:
                     cap.close()
@@ -271,7 +294,7 @@ def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer
                         worst["max_abs_err"] = max(worst["max_abs_err"], r["max_abs_err"])
                         worst["max_rel_err"] = max(worst["max_rel_err"], r["max_rel_err"])
                     if on_probe is not None:
-                        on_probe(probe_metrics(rows), step)
+                        on_probe(rows, step)
             dt = time.perf_counter() - t0
             if scheduler is not None:
                 scheduler.step()
@@ -289,9 +312,15 @@ def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer
                 "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate())},
                 "epoch": epoch, "step": step, "history": history, "probe_worst": dict(worst),
                 "config": json.dumps(jsonable(config)) if config is not None else None})
+            if rec["val_accuracy"] > best:  # the best weights so far (the W&B `best` model)
+                best = rec["val_accuracy"]
+                _save_checkpoint(Path(run_dir) / BEST, {
+                    "model": model.state_dict(), "epoch": epoch, "step": step,
+                    "val_accuracy": best}, prev=None)
             if on_epoch is not None:
                 on_epoch(EpochEnd(rec, pool, step, history,
-                                  resumed if epoch == start and resumed is not None else None))
+                                  resumed if epoch == start and resumed is not None else None,
+                                  learnable))
     except Interrupted:
         raise
     except KeyboardInterrupt as err:

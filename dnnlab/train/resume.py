@@ -18,6 +18,7 @@ from dnnlab.errors import ConfigError
 from dnnlab.table import jsonable
 
 MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "wandb.mode",
+              "wandb.watch.log", "wandb.watch.log_freq",
               "paths.root_dir", "paths.output_dir")
 
 

@@ -39,6 +39,7 @@ class TrainerSettings:
     epochs: int = 10
     device: str = "cpu"  # cpu | cuda | cuda:<i> | auto (cuda when present)
     probe_every: int = 20  # every K steps: hand-written gradients vs autograd (0: never)
+    log_every: int = 1  # every N steps: train/loss and train/lr to W&B (0: never)
     resume: bool = False  # true: continue from checkpoint.pt in the same run dir
     progress: bool = True  # a progress bar (drawn by the pipeline)
     threads: int = 1  # torch's CPU threads: fixed, so every launcher gives the same metrics
@@ -47,6 +48,8 @@ class TrainerSettings:
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
         require(self.threads >= 1, "threads", self.threads, "must be >= 1")
+        require(self.log_every >= 0, "log_every", self.log_every,
+                "must be >= 0 (0: no per-step rows)")
         require(self.probe_every >= 0, "probe_every", self.probe_every,
                 "must be >= 0 (0: no probes)")
 

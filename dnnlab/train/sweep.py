@@ -14,11 +14,16 @@ from typing import Any
 
 import yaml
 
+from dnnlab.beta import log10_beta
 from dnnlab.table import Table
 from dnnlab.tracking import write_json
 from dnnlab.train.plots import plot_temperature_sweep
 
-COLUMNS = ["job", "beta", "test_accuracy", "grad_entropy", "argmax_mass", "status"]
+COLUMNS = ["job", "beta", "log10_beta", "test_accuracy", "grad_entropy", "argmax_mass",
+           "status"]
+# the sweep summary's live W&B line plots, drawn from its table: (x, y, title)
+LINES = [("log10_beta", "test_accuracy", "test accuracy against log10(beta) (inf at 6)"),
+         ("log10_beta", "grad_entropy", "gradient entropy / log n against log10(beta)")]
 
 
 def _read_json(path: Path) -> Any:
@@ -57,10 +62,38 @@ def write_summary(sweep_dir: Path) -> dict:
 
 
 def summary_table(summary: dict) -> Table:
-    """The jobs of a summary as a Table (beta as text: a number, "inf", or for a learnable beta
-    "learnable" and the final value of each pooling layer's: "learnable (5.02, 4.93)")."""
-    rows = [[_beta_text(r) if c == "beta" else r[c] for c in COLUMNS] for r in summary["jobs"]]
-    return Table("summary", COLUMNS, rows, title=f"sweep {summary['sweep_dir']}")
+    """The jobs of a summary as a Table, ordered by beta, with a numeric `log10_beta`
+    (dnnlab.beta.log10_beta) for W&B's line plots; beta as text: a number, "inf", or for a
+    learnable beta "learnable" and each pooling layer's final value: "learnable (5.02, 4.93)".
+    """
+
+    def cell(r: dict, c: str) -> Any:
+        if c == "beta":
+            return _beta_text(r)
+        if c == "log10_beta":
+            return log10_beta(r["beta"])
+        return r[c]
+
+    jobs = sorted(summary["jobs"], key=lambda r: (log10_beta(r["beta"]) is None,
+                                                  log10_beta(r["beta"]) or 0.0, r["job"]))
+    rows = [[cell(r, c) for c in COLUMNS] for r in jobs]
+    return Table("summary", COLUMNS, rows, title=f"sweep {summary['sweep_dir']} (by beta; "
+                 "log10_beta places inf at 6)")
+
+
+def swept_keys(jobs: list[dict]) -> dict[str, list]:
+    """{key: [its value in each job, in job order]} for the overrides whose values differ
+    between the jobs (the sweep's own keys), then {key: value} under "fixed" for those every
+    job shares."""
+    values: dict[str, list] = {}
+    for r in jobs:
+        for o in r["overrides"]:
+            key, _, value = str(o).partition("=")
+            values.setdefault(key, []).append(value)
+    n = len(jobs)
+    swept = {k: v for k, v in values.items() if len(v) != n or len(set(v)) > 1}
+    fixed = {k: v[0] for k, v in values.items() if k not in swept}
+    return swept | ({"fixed": fixed} if fixed else {})
 
 
 def _beta_text(row: dict) -> str:

@@ -49,10 +49,13 @@ def test_learns_and_reports_everything(tmp_path):
     assert [e.record["epoch"] for e in ends] == [0, 1, 2, 3] and ends[-1].history == res.history
     assert ends[-1].step == res.steps and ends[0].resumed_from_epoch is None
     m = ends[-1].metrics()
-    assert {"epoch", "epoch/val_accuracy", "epoch/lr", "pool/entropy_rel",
-            "pool/features.4/argmax_mass"} <= set(m) and "resumed_from_epoch" not in m
+    assert {"epoch", "trainer/global_step", "val/accuracy", "train/loss_epoch",
+            "pool/entropy_rel", "pool/features.4/argmax_mass"} <= set(m)
+    assert "trainer/resumed_from_epoch" not in m and not any(k.endswith("/beta") for k in m)
+    assert m["trainer/global_step"] == res.steps and m["val/accuracy"] == res.val_accuracy
     assert [s for s, _ in probes] == list(range(3, res.steps + 1, 3))
-    assert all(k.startswith("probe/") for _, p in probes for k in p)
+    assert all({"layer", "param", "max_abs_err", "max_rel_err"} <= set(r)
+               for _, rows in probes for r in rows)
     assert 0 < res.probe_max_rel_err < 1e-4 and res.probe_max_abs_err > 0
     assert 0 < res.grad_entropy < 1 and 0 < res.argmax_mass <= 1
     d = res.to_dict()
@@ -70,7 +73,7 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(tmp_path):
     ends = []
     c = _run(tmp_path / "c", epochs=3, resume=True, on_epoch=ends.append)
     assert _history(c) == _history(a) and c.test_accuracy == a.test_accuracy
-    assert ends[0].resumed_from_epoch == 0 and ends[0].metrics()["resumed_from_epoch"] == 0
+    assert ends[0].resumed_from_epoch == 0 and ends[0].metrics()["trainer/resumed_from_epoch"] == 0
 
 
 def test_resume_without_a_checkpoint_names_the_key(tmp_path):
@@ -113,6 +116,10 @@ def test_evaluate_counts_correct_predictions():
 
 
 def test_epoch_end_metrics_skip_text():
-    e = EpochEnd({"epoch": 0, "val_accuracy": 0.5, "note": "x"}, {"pool/entropy_rel": 0.3}, 7,
-                 [], resumed_from_epoch=None)
-    assert e.metrics() == {"epoch": 0, "epoch/val_accuracy": 0.5, "pool/entropy_rel": 0.3}
+    e = EpochEnd({"epoch": 0, "step": 7, "val_accuracy": 0.5, "lr": 0.1, "note": "x"},
+                 {"pool/entropy_rel": 0.3, "pool/f.4/beta": 4.0}, 7, [],
+                 resumed_from_epoch=None)
+    assert e.metrics() == {"epoch": 0, "trainer/global_step": 7, "val/accuracy": 0.5,
+                           "pool/entropy_rel": 0.3}  # lr is charted per step; beta is constant
+    e.learnable, e.resumed_from_epoch = True, 0
+    assert e.metrics()["pool/f.4/beta"] == 4.0 and e.metrics()["trainer/resumed_from_epoch"] == 0

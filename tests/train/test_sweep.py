@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 
+from dnnlab.beta import LOG10_BETA_INF
 from dnnlab.table import Table
-from dnnlab.train.sweep import COLUMNS, collect, summary_table, write_summary
+from dnnlab.train.sweep import COLUMNS, LINES, collect, summary_table, swept_keys, write_summary
 
 
 def _job(sweep, n, overrides, results=None, failed=None):
@@ -39,7 +41,21 @@ def test_summary_of_done_failed_and_running_jobs(tmp_path):
     assert (sweep / "summary.png").stat().st_size > 1000
     t = summary_table(summary)
     assert isinstance(t, Table) and t.key == "summary" and t.columns == COLUMNS
-    assert t.rows[0] == [0, "2.0", 0.9, 0.6, 0.5, "done"] and t.rows[2][1] == "inf"
+    # ordered by beta (a failed or running job without a numeric beta last)
+    assert [r[0] for r in t.rows] == [0, 10, 2, 1]
+    assert t.rows[0] == [0, "2.0", math.log10(2.0), 0.9, 0.6, 0.5, "done"]
+    assert t.rows[2][1:3] == ["inf", LOG10_BETA_INF] and t.rows[3][2] is None
+
+
+def test_swept_keys_from_the_jobs_overrides():
+    jobs = [{"overrides": ["model.pool.beta=2", "trainer.epochs=3"]},
+            {"overrides": ["model.pool.beta=inf", "trainer.epochs=3"]},
+            {"overrides": ["model.pool.beta=8", "trainer.epochs=3", "seed=1"]}]
+    assert swept_keys(jobs) == {"model.pool.beta": ["2", "inf", "8"], "seed": ["1"],
+                                "fixed": {"trainer.epochs": "3"}}
+    assert swept_keys([]) == {}
+    assert [x for x, _, _ in LINES] == ["log10_beta"] * 2
+    assert {y for _, y, _ in LINES} <= set(COLUMNS)
 
 
 def test_empty_sweep(tmp_path):

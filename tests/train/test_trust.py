@@ -48,7 +48,7 @@ def test_learnable_beta_readme_command_moves_beta(pipeline, tmp_path):
     assert set(res["betas"]) == {"features.4", "features.7"}
     assert all(abs(b - 4.0) > 1e-3 for b in res["betas"].values()), res["betas"]  # it moved
     (run,) = find_runs(out)
-    epochs = [h for h in summarize(run)["history"] if "epoch/val_accuracy" in h]
+    epochs = [h for h in summarize(run)["history"] if "val/accuracy" in h]
     assert len(epochs) == 3
     for layer in ("features.4", "features.7"):  # beta per pooling layer per epoch
         seen = [h[f"pool/{layer}/beta"] for h in epochs]
