@@ -59,6 +59,7 @@ DISCARDED = "metrics.discarded.jsonl"  # rows past the checkpoint a resume redid
 _NAME_SKIP = ("hydra", "wandb", "paths", "experiment", "model", "trainer.resume",
               "trainer.progress", "model.name", "model.pool.beta", "model.pool.learnable")
 NAME_MAX = 100  # characters of a run name
+VALUE_MAX = 24  # characters of one override's value in it
 
 
 def run_dir_of() -> Path:
@@ -122,7 +123,7 @@ def _short(value: Any) -> str:
 def run_name(pipeline: str, config: dict, overrides: list[str]) -> str:
     """`<pipeline>[-<model>][-beta<value>[-learnable]][-<key>=<value>,...]`: what the run ran.
     The model is `model.name`, beta `model.pool.beta`; the other command-line overrides follow
-    by their last key (`epochs=3`), except those that only say where, how or whether to show
+    by their last key (`epochs=3`; a long value cut to VALUE_MAX characters), except those that only say where, how or whether to show
     or resume it (hydra.*, wandb.*, paths.*, trainer.resume, trainer.progress)."""
     parts = [pipeline]
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
@@ -138,6 +139,7 @@ def run_name(pipeline: str, config: dict, overrides: list[str]) -> str:
         key, _, value = o.lstrip("+~").partition("=")
         if key in _NAME_SKIP or key.split(".")[0] in _NAME_SKIP[:4]:
             continue
+        value = value if len(value) <= VALUE_MAX else value[:VALUE_MAX - 3] + "..."
         extra.append(f"{key.rsplit('.', 1)[-1]}={value}")
     if extra:
         parts.append(",".join(extra))

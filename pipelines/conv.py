@@ -24,10 +24,12 @@ register("conv")
 
 def job(settings: ConvSettings, tracker) -> dict:
     logged = {"rows": 0}
+    tracker.define_metric("scaling/n")  # the scaling timings are charted against n
+    for key in ("scaling/conv_s", "scaling/matrix_s"):
+        tracker.define_metric(key, step_metric="scaling/n")
 
     def progress(partial: ConvResult) -> None:
-        tracker.results.update(partial.to_dict())
-        tracker.save()
+        tracker.update(**partial.to_dict())
         rows = (partial.scaling or {}).get("rows", [])
         for row in rows[logged["rows"]:]:  # the scaling rows as they come
             metrics = {"scaling/n": row["n"], "scaling/conv_s": row["conv_s"]}

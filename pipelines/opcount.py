@@ -39,8 +39,7 @@ def job(settings: OpcountSettings, tracker) -> dict:
         result = run(model, shape, inputs=inputs, name=settings.name, count=settings.count,
                      training=settings.training, reconcile_counts=settings.reconcile,
                      unit=settings.unit)
-    tracker.results.update(result.to_dict())
-    tracker.save()
+    tracker.update(**result.to_dict())
     result.report.to_csv(tracker.run_dir / "results.csv")
     for table in result.tables():
         tracker.table(table)

@@ -37,8 +37,7 @@ def job(settings: LimitsSettings, tracker) -> dict:
         tracker.run.define_metric("bound", step_metric="log10_beta")
 
     def progress(partial: LimitsResult) -> None:
-        tracker.results.update(partial.to_dict())
-        tracker.save()  # results.json as rows come in
+        tracker.update(**partial.to_dict())
         history = partial.history(partial.done - 1)
         if history is not None:
             tracker.log(history, step=partial.done - 1)
@@ -46,8 +45,7 @@ def job(settings: LimitsSettings, tracker) -> dict:
     with status(f"smooth max over {len(settings.beta.values())} betas, n={settings.n:,} ..."):
         result = run(settings, on_progress=progress)
     results = result.to_dict()
-    tracker.results.update(results)
-    tracker.save()
+    tracker.update(**results)
     console.print(result.overview(settings.table_betas).to_rich())
     for table in result.tables():
         tracker.table(table)

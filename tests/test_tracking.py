@@ -111,6 +111,8 @@ def test_a_single_tag_string_is_one_tag(tags, expect):
     ({"model": {"name": "alexnet"}}, ["model=alexnet", "count.batch_size=16"],
      "train-alexnet-batch_size=16"),
     ({}, ["beta.max=1e6"], "train-max=1e6"),
+    ({}, ["real_nets=[{name:resnet18,input_shape:[2,3,32,32]}]"],
+     "train-real_nets=[{name:resnet18,input..."),
 ])
 def test_run_names_say_what_ran(config, overrides, name):
     assert tracking.run_name("train", config, overrides) == name

@@ -67,7 +67,8 @@ def summarize(path: str | Path) -> dict:
                 out["config"][item.key] = json.loads(item.value_json)
         elif kind == "config":
             for item in rec.config.update:
-                out["config"][item.key] = json.loads(item.value_json)
+                out["config"][item.key or "/".join(item.nested_key)] = json.loads(
+                    item.value_json)
         elif kind == "history":
             row = {}
             for item in rec.history.item:
