@@ -123,8 +123,9 @@ def _short(value: Any) -> str:
 def run_name(pipeline: str, config: dict, overrides: list[str]) -> str:
     """`<pipeline>[-<model>][-beta<value>[-learnable]][-<key>=<value>,...]`: what the run ran.
     The model is `model.name`, beta `model.pool.beta`; the other command-line overrides follow
-    by their last key (`epochs=3`; a long value cut to VALUE_MAX characters), except those that only say where, how or whether to show
-    or resume it (hydra.*, wandb.*, paths.*, trainer.resume, trainer.progress)."""
+    by their last key (`epochs=3`; a long value cut to VALUE_MAX characters), except those
+    that only say where, how or whether to show or resume it (hydra.*, wandb.*, paths.*,
+    trainer.resume, trainer.progress)."""
     parts = [pipeline]
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
     if model.get("name"):
