@@ -71,6 +71,7 @@ def test_default_run_is_a_dashboard(default_run):
     assert {k for k in names if k.startswith("probe/")} == {"probe/max_abs_err",
                                                             "probe/max_rel_err"}
     assert {"test/accuracy", "probes"} <= names and "test_accuracy" not in names
+    assert not [k for k in names if k.startswith(("gradients/", "parameters/"))]  # watch: null
     assert w["summary"]["beta"] == 4.0 and w["config"]["log10_beta"] == pytest.approx(0.60206)
     # artifacts: the model (best and latest, with the resolved config) and the results
     models = {tuple(a.aliases): a for a in w["artifacts"] if a.type == "model"}
@@ -158,3 +159,19 @@ def test_temperature_sweep_and_its_summary_run(tmp_path):
     plots = {k for k in w["config"] if k.startswith("_wandb/visualize/")}
     assert plots == {"_wandb/visualize/test_accuracy_vs_log10_beta",
                      "_wandb/visualize/grad_entropy_vs_log10_beta"}
+
+
+def test_watch_logs_gradient_histograms_and_a_bad_value_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    proc = run_pipeline("train", f"hydra.run.dir={out}", "trainer.epochs=1",
+                        "wandb.watch.log=gradients", "wandb.watch.log_freq=5", *QUICK)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = find_runs(out)
+    names = set().union(*(_names(h) for h in summarize(run)["history"]))
+    assert "gradients/features.0.weight" in names and "gradients/head.bias" in names
+    assert not [k for k in names if k.startswith("parameters/")]
+    bad = run_pipeline("train", f"hydra.run.dir={tmp_path / 'bad'}", "wandb.watch.log=weights",
+                       *QUICK)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 1 and len(lines) == 1, bad.stderr
+    assert "wandb.watch.log='weights': expected gradients, parameters, all or null" in lines[0]
