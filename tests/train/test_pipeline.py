@@ -129,7 +129,7 @@ def test_multirun_two_wandb_runs_one_group_and_summary(pipeline, tmp_path, launc
         w = summarize(run)
         groups.add(w["run"].run_group)
         betas.add(str(w["config"]["model"]["pool"]["beta"]))
-        assert w["run"].job_type == "train" and "test_accuracy" in w["summary"]
+        assert w["run"].job_type == "train" and "test/accuracy" in w["summary"]
     assert len(groups) == 1 and betas == {"2", "inf"}
     summary = json.loads((sweep / "summary.json").read_text())
     assert [r["status"] for r in summary["jobs"]] == ["done", "done"]
