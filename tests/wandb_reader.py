@@ -49,7 +49,13 @@ def read_records(path: str | Path) -> list:
 
 
 def find_runs(run_dir: str | Path) -> list:
-    """All .wandb files under a run dir."""
+    """All .wandb files under a run dir, complete: `run.finish()` returns before wandb's
+    service has written everything out (a busy machine shows it), so runs finished in this
+    process are flushed first by shutting the service down (`wandb.teardown`; the next
+    `wandb.init` starts a new one). A run of a process that has exited is complete."""
+    import wandb
+
+    wandb.teardown()
     return sorted(Path(run_dir).rglob("*.wandb"))
 
 

@@ -121,8 +121,9 @@ def test_kill_9_and_resume_is_one_run_with_every_epoch(tmp_path):
     resumed = run_pipeline("train", *args, "trainer.resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
+    # the killed run's file: a header, or not even that when wandb had not written it yet
     runs = [summarize(f) for f in find_runs(out)]
-    assert len(runs) == 2
+    assert len(runs) in (1, 2) and len(list(out.glob("wandb/offline-run-*"))) == 2
     assert len({w["run"].run_id for w in runs if w["run"] is not None}) == 1
     (final,) = [w for w in runs if w["exit"] == 0]
     epochs = [h["epoch"] for h in final["history"] if "val/accuracy" in h]
