@@ -5,7 +5,17 @@ dnnlab: dnnlab.nn.Conv2d (hand-written backward) + SmoothMaxPool2d (own backward
 torch:  torch.nn.Conv2d + the same pooling through autograd of dnnlab.smoothmax.reference
         (torch.logsumexp, finite beta) or nn.MaxPool2d / AdaptiveMaxPool2d (beta = inf).
 Prints images/s and the time ratio dnnlab / torch (medians from torch.utils.benchmark.Timer,
-via dnnlab.timing). Target: at most 1.15x the time.
+via dnnlab.timing). Target: at most 1.15x the time (eager).
+
+The same table times the step with each network through torch.compile (trainer.compile=true):
+each compiled once per row (torch.compile of the module, from a reset dynamo, warmed up outside
+the timing; the two compiled timings run one after the other, not interleaved),
+"compiled ratio" = dnnlab compiled / torch compiled, "compile speed-up" = dnnlab eager / dnnlab
+compiled (above 1: compiling pays), "compile s" the first compiled step of each, dnnlab / torch
+(tracing and code generation; less when inductor's on-disk cache already holds the kernels).
+The last line gives the worst compiled ratio too (no target).
+`--no-compile` leaves the compiled columns out: on a 2-core CPU `--quick` takes about 1 min
+without them and about 4 min with them (12 compiled models, 1-25 s each).
 
 A second table times the pooling alone at beta = inf with shared ties (SmoothMaxPool2d, forward
 and backward) against nn.MaxPool2d / nn.AdaptiveMaxPool2d on the inputs the network's two
@@ -14,13 +24,15 @@ the share of windows with tied maxima is printed). Target: at most 1.10x the tim
 prints its ratio; the last line gives the worst of each table. --quick keeps the shapes and
 times each case for less long.
 
-    python benchmarks/train.py [--quick] [--threads N]
+    python benchmarks/train.py [--quick] [--threads N] [--no-compile]
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -74,8 +86,9 @@ def torch_twin(model: SmoothMaxCNN, beta: float) -> nn.Module:
     return twin
 
 
-def step_time(model, x, y, min_run_time: float) -> float:
-    """Median seconds of one training step (forward, backward, Adam step)."""
+def training_step(model, x, y):
+    """One training step (forward, backward, Adam step) of `model` (a module or its
+    torch.compile) on (x, y), as a function of no arguments."""
     opt = torch.optim.Adam(model.parameters(), 1e-3)
 
     def step():
@@ -83,7 +96,31 @@ def step_time(model, x, y, min_run_time: float) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return median_seconds(step, min_run_time=min_run_time)
+    return step
+
+
+def step_time(model, x, y, min_run_time: float) -> float:
+    """Median seconds of one training step (forward, backward, Adam step)."""
+    return median_seconds(training_step(model, x, y), min_run_time=min_run_time)
+
+
+def compiled_time(model: nn.Module, x, y, min_run_time: float, rounds: int = 2
+                  ) -> tuple[float, float]:
+    """torch.compile(model)'s training step: (seconds of its first step, i.e. tracing and code
+    generation of forward and backward; the best median step time over `rounds`), warmed up
+    outside the timing. Each model is compiled from a reset dynamo: a graph break in one model
+    can leave shared code (SmoothMaxCNN.forward, nn.Sequential.forward) skipped, and the next
+    model compiled in the same process then runs eagerly (0 graphs)."""
+    torch._dynamo.reset()
+    step = training_step(torch.compile(model), x, y)
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    step()
+    step()
+    best = min(median_seconds(step, min_run_time=min_run_time) for _ in range(rounds))
+    torch._dynamo.reset()
+    return first, best
 
 
 def pool_inputs(model: SmoothMaxCNN, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -140,18 +177,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's, one per core)")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="skip the torch.compile columns (compiling takes most of the time)")
     args = ap.parse_args()
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     with torch_threads(args.threads):
-        run(args.quick)
+        run(args.quick, with_compile=not args.no_compile)
 
 
-def run(quick: bool) -> None:
+def run(quick: bool, with_compile: bool = True) -> None:
+    # torch.compile's code generation imports cpp_extension, which logs "No CUDA runtime is
+    # found" on machines without a CUDA toolkit: nothing to do with this benchmark
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     load_before = os.getloadavg()[0]
     run_time = 0.3 if quick else 1.5
     cases = [("digits 1x8x8, batch 64", 1, 8, 64), ("cifar-like 3x32x32, batch 128", 3, 32, 128)]
-    rows, worst, prows = [], 0.0, []
+    rows, worst, prows, cworst = [], 0.0, [], 0.0
     for name, c, s, b in cases:
         torch.manual_seed(0)
         x, y = torch.randn(b, c, s, s), torch.randint(0, 10, (b,))
@@ -165,14 +207,26 @@ def run(quick: bool) -> None:
                 t_ref.append(step_time(ref, x, y, run_time))
             to, tr = min(t_ours), min(t_ref)
             worst = max(worst, to / tr)
-            rows.append([name, f"{beta:g}" + (" (ties first)" if ties == "first" else ""),
-                         b / to, b / tr, to / tr, "PASS" if to / tr <= STEP_TARGET else "FAIL"])
-    table = Table("train_step", ["input", "beta", "dnnlab img/s", "torch img/s", "time ratio",
-                                 "target <= 1.15"], rows,
-                  title="training step: dnnlab layers vs torch native layers (median, same run)",
-                  formats={"dnnlab img/s": "{:,.0f}", "torch img/s": "{:,.0f}",
-                           "time ratio": "{:.2f}"})
-    console = Console(width=130)
+            row = [name, f"{beta:g}" + (" (ties first)" if ties == "first" else ""),
+                   b / to, b / tr, to / tr, "PASS" if to / tr <= STEP_TARGET else "FAIL"]
+            if with_compile:  # one after the other: each is compiled from a reset dynamo
+                (s_ours, tco), (s_ref, tcr) = (compiled_time(m, x, y, run_time)
+                                               for m in (ours, ref))
+                cworst = max(cworst, tco / tcr)
+                row += [b / tco, b / tcr, tco / tcr, to / tco, f"{s_ours:.0f} / {s_ref:.0f}"]
+            rows.append(row)
+    columns = ["input", "beta", "dnnlab img/s", "torch img/s", "time ratio", "target <= 1.15"]
+    if with_compile:
+        columns += ["dnnlab compiled img/s", "torch compiled img/s", "compiled ratio",
+                    "compile speed-up", "compile s"]
+    img = "{:,.0f}"
+    table = Table("train_step", columns, rows,
+                  title="training step: dnnlab layers vs torch native layers, eager"
+                        + (" and torch.compile" if with_compile else "") + " (median, same run)",
+                  formats={"dnnlab img/s": img, "torch img/s": img, "time ratio": "{:.2f}",
+                           "dnnlab compiled img/s": img, "torch compiled img/s": img,
+                           "compiled ratio": "{:.2f}", "compile speed-up": "{:.2f}"})
+    console = Console(width=210)
     console.print(table.to_rich())
     pool_table = Table("pool_step", ["input", "pooling", "tied windows", "dnnlab ms",
                                      "torch ms", "time ratio", "target <= 1.10"], prows,
@@ -186,7 +240,8 @@ def run(quick: bool) -> None:
                   f"after, {os.cpu_count()} cores (above that, other work competes: noisy)")
     console.print(f"threads: {torch.get_num_threads()}; worst time ratio: training step "
                   f"{worst:.2f} ({'PASS' if worst <= STEP_TARGET else 'FAIL'}), pooling "
-                  f"{pworst:.2f} ({'PASS' if pworst <= POOL_TARGET else 'FAIL'})")
+                  f"{pworst:.2f} ({'PASS' if pworst <= POOL_TARGET else 'FAIL'})"
+                  + (f"; compiled training step {cworst:.2f} (no target)" if with_compile else ""))
 
 
 if __name__ == "__main__":

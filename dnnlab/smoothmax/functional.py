@@ -138,7 +138,7 @@ class _SmoothMax(torch.autograd.Function):
         if normalized:
             # nu - log(n)/beta: r - log(n) is formed before the division by beta, so no large
             # log(n)/beta cancels at small beta
-            r.sub_(math.log(math.prod(x.shape[d] for d in dims)))
+            r.sub_(math.log(math.prod([x.shape[d] for d in dims])))  # a list: dynamo traces it
         if not tensor_beta:
             # nu = m + r / beta  (docs/math.md (1a), first line), one fused op into a fresh tensor
             nu = torch.add(shift.view(out_shape), r.view(out_shape), alpha=1.0 / beta_c)

@@ -18,6 +18,7 @@ under the names W&B shows (`train/...`, `val/...`, `probe/...`, `pool/...`, with
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import time
@@ -136,7 +137,7 @@ class TrainResult:
     steps: int
     history: list = field(default_factory=list)
     betas: dict = field(default_factory=dict)  # {pooling layer: beta at the end}
-    compile_seconds: float | None = None  # trainer.compile: the first compiled step's time
+    compile_seconds: float | None = None  # trainer.compile: the steps during which it compiled
 
     def final(self) -> dict[str, Any]:
         """Everything but the history (the W&B summary)."""
@@ -215,6 +216,22 @@ def _restore(ck: dict, model, optimizer, scheduler) -> tuple[int, list, int]:
     return int(ck["epoch"]), list(ck["history"]), int(ck["step"])
 
 
+def _compiled(model: torch.nn.Module) -> Any:
+    """torch.compile(model) from a clean dynamo state: a process that runs several jobs (joblib's
+    reused workers) would otherwise carry the previous job's graphs and cache limits over.
+    torch's cpp_extension import logs a CUDA warning on CPU machines; it is not an error."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    torch._dynamo.reset()
+    return torch.compile(model)
+
+
+def _graphs() -> int:
+    """The number of graphs dynamo has compiled in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer,
         scheduler: Any, settings: TrainerSettings, run_dir: Path, seed: int, batch_size: int,
         on_epoch: Callable[[EpochEnd], None] | None = None,
@@ -248,9 +265,10 @@ def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer
     learnable = any(getattr(m, "learnable", False) for m in model.modules())
     best = max((h["val_accuracy"] for h in history), default=-1.0)
     # torch.compile: the training steps run the compiled module (dnnlab's autograd Functions
-    # trace without graph breaks); probe steps, evaluation and pooling statistics run `model`
-    # itself (the same parameters), so hooks and eval mode never force a recompile
-    forward = torch.compile(model) if settings.compile else model
+    # trace without graph breaks, tests/train/test_compile.py); probe steps, evaluation and
+    # pooling statistics run `model` itself (the same parameters), so hooks and eval mode never
+    # force a recompile
+    forward = _compiled(model) if settings.compile else model
     compile_seconds = None
     pool: dict = {}
     epoch = start
@@ -264,8 +282,8 @@ def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer
                 x, y = x.to(device), y.to(device)  # (B, C, H, W), (B,)
                 step += 1
                 cap = Capture(model) if k > 0 and step % k == 0 else None
-                first = settings.compile and compile_seconds is None and cap is None
-                t_first = time.perf_counter() if first else 0.0
+                graphs = _graphs() if settings.compile and cap is None else None
+                t_step = time.perf_counter()
                 out = (model if cap is not None else forward)(x)  # (B, num_classes)
                 loss = F.cross_entropy(out, y)
                 if not torch.isfinite(loss):
@@ -278,8 +296,9 @@ def fit(model: torch.nn.Module, splits: Splits, optimizer: torch.optim.Optimizer
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                if first:  # the first compiled step: tracing and code generation, once
-                    compile_seconds = time.perf_counter() - t_first
+                if graphs is not None and _graphs() != graphs:  # this step compiled a graph
+                    # (the first step, and the first short last batch of an epoch)
+                    compile_seconds = (compile_seconds or 0.0) + time.perf_counter() - t_step
                 seen += len(y)
                 loss_value = loss.item()
                 run_loss += loss_value * len(y)
