@@ -154,20 +154,17 @@ class _WindowSmoothMax(torch.autograd.Function):
         return gx, None, None, None
 
 
-def _rows(t: torch.Tensor, kh: int, kw: int) -> list[torch.Tensor]:
-    """The kh rows of the non-overlapping kh x kw windows that fit in a (B, C, H, W) tensor: kh
-    views (B, C, Ho, Wo*kw), row i holding row i of every window (contiguous along W when t is)."""
-    ho, wo = t.shape[2] // kh, t.shape[3] // kw
-    v = t[:, :, :ho * kh, :wo * kw].unflatten(2, (ho, kh))  # (B, C, Ho, kh, Wo*kw), a view
-    return [v[:, :, :, i] for i in range(kh)]
-
-
 def _widen(t: torch.Tensor, kw: int) -> torch.Tensor:
-    """(B, C, Ho, Wo) -> (B, C, Ho, Wo*kw): each window's value repeated along its kw columns."""
+    """(B, C, Ho, Wo) -> (B, C, Ho, Wo*kw): each window's value repeated along its kw columns.
+    Written as kw strided copies of t, one per column of the windows: a copy from an expanded
+    view would run loops kw long, about 2.5x slower on CPU."""
     if kw == 1:
         return t
     b, c, ho, wo = t.shape
-    return t[..., None].expand(b, c, ho, wo, kw).reshape(b, c, ho, wo * kw)
+    out = t.new_empty((b, c, ho, wo, kw))
+    for j in range(kw):  # select, not unbind: see _WindowMax
+        out.select(4, j).copy_(t)
+    return out.view(b, c, ho, wo * kw)
 
 
 class _WindowMax(torch.autograd.Function):
@@ -182,84 +179,137 @@ class _WindowMax(torch.autograd.Function):
     becomes the gradient, so the tie count is an exact sum and a maximum's gradient is
     g / count, bit for bit the value of the earlier mask-and-average form
     (tests/smoothmax/test_max_pool.py). No indices are kept. On CPU this is faster than
-    max_pool2d's own kernel (docs/smoothmax.md, "Max pooling with shared ties").
+    max_pool2d's own kernel (docs/smoothmax.md, "Max pooling with shared ties"). At small
+    sizes the step is bound by per-op overhead (each Python-level op, view and keyword argument
+    costs microseconds of a step of a few hundred), hence unbind for the views read and
+    positional arguments; views written in place come from select, which, unlike unbind's,
+    may be written with grad mode on (backward with create_graph=True).
     """
 
     @staticmethod
     def forward(ctx, x, kernel):  # x: (B, C, H, W)
         kh, kw = kernel
-        rows = _rows(x, kh, kw)
+        h, w = x.shape[2:]
+        ho, wo = h // kh, w // kw
+        xc = x if h == ho * kh and w == wo * kw else x[:, :, :ho * kh, :wo * kw]
+        rows = xc.unflatten(2, (ho, kh)).unbind(3)  # kh views (B, C, Ho, Wo*kw)
         col = rows[0]  # (B, C, Ho, Wo*kw): each window column's max
         for r in rows[1:]:
             col = torch.maximum(col, r)
-        cols = col.unflatten(3, (col.shape[3] // kw, kw))
-        m = cols[..., 0]  # (B, C, Ho, Wo): each window's max
-        for j in range(1, kw):
-            m = torch.maximum(m, cols[..., j])
+        cols = col.unflatten(3, (wo, kw)).unbind(4)  # kw views (B, C, Ho, Wo)
+        m = cols[0]  # (B, C, Ho, Wo): each window's max
+        for cj in cols[1:]:
+            m = torch.maximum(m, cj)
         if kh * kw == 1:
             m = m.clone()  # a 1x1 window: the max is x itself, not a view of it
-        ctx.kernel, ctx.x_dtype = kernel, x.dtype
+        ctx.kernel = kernel
         ctx.save_for_backward(x, m)
         return m
 
     @staticmethod
     def backward(ctx, g):  # g: (B, C, Ho, Wo)
         (kh, kw), x, m = ctx.kernel, *ctx.saved_tensors
-        cd = compute_dtype(x.dtype)
-        x, m, g = x.to(cd), m.to(cd), g.to(cd)
+        xd = x.dtype
+        cd = compute_dtype(xd)
+        if m.dtype is not cd:  # float16/bfloat16: the float32 gradient (compute_dtype)
+            m = m.to(cd)
+        if g.dtype is not cd:
+            g = g.to(cd)
+        if torch.compiler.is_compiling():  # no out= into views, no host sync: one graph
+            return _WindowMax._traced_backward(x, m, g, kh, kw, cd), None
         h, w = x.shape[2:]
-        ho, wo = m.shape[2:]
+        b, c, ho, wo = m.shape
         fits = h == ho * kh and w == wo * kw
-        xw = x[:, :, :ho * kh, :wo * kw].unflatten(2, (ho, kh))  # (B, C, Ho, kh, Wo*kw), a view
-        ind = torch.empty(xw.shape, dtype=cd, device=x.device)  # becomes the gradient
+        # becomes the gradient: x's shape and layout when the windows tile x
+        gx = (torch.empty_like(x, dtype=cd) if fits
+              else m.new_empty((b, c, ho * kh, wo * kw)))
+        gx5 = gx.unflatten(2, (ho, kh))  # (B, C, Ho, kh, Wo*kw), a view
+        ind = [gx5.select(3, i) for i in range(kh)]  # its rows
+        xc = x if fits else x[:, :, :ho * kh, :wo * kw]
         mw = _widen(m, kw)  # (B, C, Ho, Wo*kw); one op per window row is faster than one
-        for i in range(kh):  # broadcast over the rows: 1.0 where x is its window's max
-            torch.eq(xw[:, :, :, i], mw, out=ind[:, :, :, i])
-        col = ind[:, :, :, 0] if kh == 1 else ind[:, :, :, 0] + ind[:, :, :, 1]
-        for i in range(2, kh):  # (B, C, Ho, Wo*kw): maxima per window column
-            col.add_(ind[:, :, :, i])
-        cols = col.unflatten(3, (wo, kw))
-        count = cols[..., 0].clone() if kw == 1 else cols[..., 0] + cols[..., 1]
-        for j in range(2, kw):  # (B, C, Ho, Wo): maxima per window, an exact integer
-            count.add_(cols[..., j])
+        for xr, ir in zip(xc.unflatten(2, (ho, kh)).unbind(3), ind):  # broadcast over the
+            torch.eq(xr, mw, out=ir)  # rows: 1.0 where x is its window's max, else 0.0
+        col = ind[0] if kh == 1 else ind[0] + ind[1]
+        for ir in ind[2:]:  # (B, C, Ho, Wo*kw): maxima per window column
+            col.add_(ir)
+        cols = col.unflatten(3, (wo, kw)).unbind(4)
+        count = cols[0].clone() if kw == 1 else cols[0] + cols[1]
+        for cj in cols[2:]:  # (B, C, Ho, Wo): maxima per window, an exact integer
+            count.add_(cj)
         if m.numel() and not bool(m.amin() > -math.inf):  # some max is -inf or NaN (amin
             count.clamp_min_(1.0)  # propagates NaN): a NaN window has no max, 0 not 0/0, and an
             gq = torch.where(m > -math.inf, g / count, 0.0)  # all -inf window gradient 0
         else:
             gq = g / count  # ties share g; a finite max equals itself, so count >= 1
         gw = _widen(gq, kw)
-        for i in range(kh):
-            ind[:, :, :, i].mul_(gw)  # g / count on each maximum, 0 elsewhere
-        gx = ind
-        if fits:
-            gx = gx.view(x.shape)
-        else:  # rows or columns no window covers: gradient 0
-            gx = F.pad(gx.flatten(2, 3), (0, w - wo * kw, 0, h - ho * kh))
-        return gx.to(ctx.x_dtype), None
+        for i in range(kh):  # fresh views: with create_graph=True each mul_ rebases gx
+            gx5.select(3, i).mul_(gw)  # g / count on each maximum, 0 elsewhere
+        if not fits:  # rows or columns no window covers: gradient 0
+            gx = F.pad(gx, (0, w - wo * kw, 0, h - ho * kh))
+        return (gx if xd is cd else gx.to(xd)), None
+
+
+    @staticmethod
+    def _traced_backward(x, m, g, kh: int, kw: int, cd: torch.dtype) -> torch.Tensor:
+        """The backward above as torch.compile traces it: the same values bit for bit (exact
+        integer counts, g / count, 0.0 or 1.0 times it), out of whole-tensor ops; every window
+        goes through the -inf/NaN form, which equals the plain one for a finite max."""
+        h, w = x.shape[2:]
+        b, c, ho, wo = m.shape
+        x5 = x[:, :, :ho * kh, :wo * kw].unflatten(2, (ho, kh))  # (B, C, Ho, kh, Wo*kw)
+        ind = torch.eq(x5, _widen_traced(m, kw).unsqueeze(3)).to(cd)  # 1.0 on each maximum
+        count = ind.sum(3).unflatten(3, (wo, kw)).sum(4)  # (B, C, Ho, Wo), exact
+        gq = torch.where(m > -math.inf, g / count.clamp_min(1.0), 0.0)
+        gx = (ind * _widen_traced(gq, kw).unsqueeze(3)).flatten(2, 3)  # (B, C, Ho*kh, Wo*kw)
+        if gx.shape[2] != h or gx.shape[3] != w:  # rows/columns no window covers: gradient 0
+            gx = F.pad(gx, (0, w - wo * kw, 0, h - ho * kh))
+        return gx.to(x.dtype)
+
+
+def _widen_traced(t: torch.Tensor, kw: int) -> torch.Tensor:
+    """_widen for torch.compile: (B, C, Ho, Wo) -> (B, C, Ho, Wo*kw) from an expanded view."""
+    b, c, ho, wo = t.shape
+    return t.unsqueeze(4).expand(b, c, ho, wo, kw).reshape(b, c, ho, wo * kw)
 
 
 class _GlobalMax(torch.autograd.Function):
     """Global pooling at beta = inf: max over (H, W), ties sharing the gradient
-    (docs/math.md (1c)); the backward as in _WindowMax, one window per plane."""
+    (docs/math.md (1c)); the backward as in _WindowMax, one window per plane.
+
+    A plane whose max is -inf (all -inf) or NaN gets gradient 0: its max is compared as NaN,
+    which equals nothing, so it has no maxima and its count (0) is clamped to 1, with no check
+    and no host sync. At the benchmark's small sizes (65k entries) the step is bound by per-op
+    overhead, so the ops are few and take positional arguments, and when a gradient is wanted
+    the forward also forms the mask and the counts, which leaves the backward two ops (the same
+    work, less time around it than in the backward). The backward scales the mask in place
+    into the gradient and drops it; a second backward (retain_graph=True) forms it again."""
 
     @staticmethod
     def forward(ctx, x):  # (B, C, H, W) -> (B, C, 1, 1)
-        out = torch.amax(x, (2, 3), keepdim=True)
-        ctx.save_for_backward(x, out)
+        out = x.amax((2, 3), True)
+        if ctx.needs_input_grad[0]:
+            ctx.ref = out.nan_to_num(math.nan, math.inf, math.nan)  # -inf -> NaN, others kept
+            ctx.ind = _GlobalMax._mask(x, ctx.ref)
+            # ties per plane, an exact integer; 1 where the plane has no max
+            ctx.count = ctx.ind.sum((2, 3), True).clamp_min_(1.0)
+            ctx.x_dtype = x.dtype
+            ctx.save_for_backward(x)  # for a second backward only
         return out
 
     @staticmethod
+    def _mask(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """1.0 where x equals its plane's ref, else 0.0, in the compute dtype (a new tensor)."""
+        if x.dtype is torch.float32 or x.dtype is torch.float64:
+            return torch.eq(x, ref, out=torch.empty_like(x))
+        return torch.eq(x, ref, out=torch.empty_like(x, dtype=compute_dtype(x.dtype)))
+
+    @staticmethod
     def backward(ctx, g):
-        x, out = ctx.saved_tensors
-        cd = compute_dtype(x.dtype)
-        xc, out = x.to(cd), out.to(cd)
-        ind = torch.eq(xc, out, out=torch.empty_like(xc))  # 1.0 where x is its plane's max
-        if out.numel() and not bool(out.amin() > -math.inf):  # a plane's max is -inf or NaN
-            ind.mul_(out > -math.inf)  # an all -inf plane: gradient 0
-            count = ind.sum((2, 3), keepdim=True).clamp_min_(1.0)  # NaN plane: 0, not 0/0
-        else:
-            count = ind.sum((2, 3), keepdim=True)  # ties per plane, exact, >= 1
-        return ind.mul_(g.to(cd) / count).to(x.dtype)
+        ind, ctx.ind = ctx.ind, None  # attributes outlive the backward: drop the mask now
+        if ind is None:  # a second backward: the first made its mask the gradient
+            ind = _GlobalMax._mask(ctx.saved_tensors[0], ctx.ref)
+        gx = ind.mul_((g if g.dtype is ind.dtype else g.to(ind.dtype)) / ctx.count)
+        return gx if ctx.x_dtype is ind.dtype else gx.to(ctx.x_dtype)
 
 
 class SmoothMaxPool2d(_Temperature):
@@ -320,6 +370,14 @@ class SmoothMaxPool2d(_Temperature):
         if x.dim() != 4:
             raise ShapeError(
                 f"SmoothMaxPool2d: expected a (B, C, H, W) input, got {tuple(x.shape)}")
+        if self.__dict__.get("_beta_float") == math.inf and self.ties == "shared":
+            # the common max-pooling case first, without the beta property's lookups: a fixed
+            # scalar beta = inf (the attribute _Temperature._init_beta sets for one)
+            ks = self.kernel_size
+            if ks is None:
+                return _GlobalMax.apply(x)  # fast path: same values and gradients
+            if self.stride == ks and x.shape[2] >= ks[0] and x.shape[3] >= ks[1]:
+                return _WindowMax.apply(x, ks)  # fast path, same as smooth_max's limit
         c = x.shape[1]
         b = self.beta
         if self.ties == "first" and not isinstance(b, torch.Tensor) and math.isinf(b):

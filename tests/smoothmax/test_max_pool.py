@@ -132,3 +132,43 @@ def test_half_precision_input_follows_the_float32_gradient():
     m, gx_prev = previous_window(x.float(), g.float(), 2, 2)
     assert y.dtype == gx.dtype == torch.bfloat16
     assert torch.equal(y.float(), m) and torch.equal(gx, gx_prev.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("kernel", [None, (2, 2), (2, 3)])
+def test_layouts_and_half_precision_follow_the_contiguous_float32_gradient(kernel):
+    """channels_last and strided inputs give the contiguous input's gradient, bit for bit;
+    float16/bfloat16 inputs the float32 gradient, rounded."""
+    x = inputs("special", (2, 3, 8, 9), torch.float32)
+    pool = SmoothMaxPool2d(INF, kernel_size=kernel)
+    g = torch.randn(pool(x).shape)
+    y, gx = run(pool, x, g)
+    strided = torch.stack([x, x], 4).flatten(3)[..., ::2]  # x, every other column of a copy
+    for xs in (x.contiguous(memory_format=torch.channels_last), strided):
+        ys, gs = run(pool, xs, g)
+        assert torch.equal(ys.nan_to_num(), y.nan_to_num()) and same_bits(gs, gx)
+    for dtype in (torch.float16, torch.bfloat16):
+        xh = inputs("relu", (2, 3, 8, 9), torch.float32).to(dtype)
+        yh, gh = run(pool, xh, g.to(dtype))
+        y32, g32 = run(pool, xh.float(), g.to(dtype).float())
+        assert yh.dtype == gh.dtype == dtype
+        assert torch.equal(yh.float(), y32) and torch.equal(gh, g32.to(dtype))
+
+
+@pytest.mark.parametrize("kernel", [None, (2, 2), (3, 2)])
+def test_backward_twice_and_through_the_incoming_gradient(kernel):
+    """retain_graph: a second backward gives the same gradient (the global pooling hands its
+    mask over to the first); create_graph: the gradient is differentiable in g, like the
+    reference's (up to the order of the sums over a window's entries)."""
+    x = inputs("integers", (2, 3, 6, 8), torch.float64).requires_grad_(True)
+    y = SmoothMaxPool2d(INF, kernel_size=kernel)(x)
+    g = torch.randn(y.shape, dtype=torch.float64, requires_grad=True)
+    first, = torch.autograd.grad(y, x, g, retain_graph=True)
+    second, = torch.autograd.grad(y, x, g, retain_graph=True)
+    gx, = torch.autograd.grad(y, x, g, create_graph=True)
+    assert same_bits(first, second) and same_bits(first, gx.detach())
+    w = torch.randn(x.shape, dtype=torch.float64)
+    gg, = torch.autograd.grad((gx * w).sum(), g)
+    kh, kw = kernel or x.shape[2:]
+    ref = (previous_window(x.detach(), g, kh, kw) if kernel else previous_global(x.detach(), g))[1]
+    want, = torch.autograd.grad((ref * w).sum(), g)
+    torch.testing.assert_close(gg, want)
