@@ -84,7 +84,7 @@ def job(p: SimpleNamespace, tracker) -> dict:
         raise
     logs.finish(result, p.config)
     if result.compile_seconds is not None:
-        console.print(f"torch.compile: first step {result.compile_seconds:.1f} s")
+        console.print(f"torch.compile: {result.compile_seconds:.1f} s in the steps that compiled")
     console.print(f"test accuracy {result.test_accuracy:.4f}; "
                   f"results: {tracker.run_dir / 'results.json'}")
     return tracker.results
