@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,20 @@ def run_pipeline(name: str, *overrides: str, multirun: bool = False, timeout: in
 @pytest.fixture
 def pipeline():
     return run_pipeline
+
+
+def kill_9_after_first_checkpoint(run_dir: Path, *overrides: str) -> None:
+    """Start pipelines.train into `run_dir` and kill -9 it as soon as its first checkpoint is
+    on disk (the test fails if the run ends before)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", WANDB_SILENT="true")
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", f"hydra.run.dir={run_dir}",
+                             *overrides], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (Path(run_dir) / "checkpoint.pt").exists():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

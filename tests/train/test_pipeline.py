@@ -4,16 +4,11 @@ the joblib and submitit launchers with their summary, a failing job, faults."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import kill_9_after_first_checkpoint
 from tests.wandb_reader import find_runs, summarize
 
 QUICK = ["trainer.progress=false"]
@@ -96,18 +91,7 @@ def test_same_config_same_metrics_and_kill_resume_equals_uninterrupted(pipeline,
     assert _history(ra) == _history(rb) and ra["test_accuracy"] == rb["test_accuracy"]
 
     c = tmp_path / "c"
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", f"hydra.run.dir={c}",
-                             *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:  # wait for the first checkpoint
-        if (c / "checkpoint.pt").exists():
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_after_first_checkpoint(c, *args)
     done = torch.load(c / "checkpoint.pt", weights_only=True)["epoch"]
     assert done < 3
     resumed = pipeline("train", f"hydra.run.dir={c}", "trainer.resume=true", *args)

@@ -4,17 +4,12 @@ its summary run."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import defaultdict
 
 import pytest
 
 from dnnlab.beta import LOG10_BETA_INF
-from tests.conftest import ROOT, run_pipeline
+from tests.conftest import kill_9_after_first_checkpoint, run_pipeline
 from tests.wandb_reader import find_runs, summarize
 
 QUICK = ["trainer.progress=false"]
@@ -107,17 +102,7 @@ def test_metrics_jsonl_holds_what_went_to_wandb(default_run):
 def test_kill_9_and_resume_is_one_run_with_every_epoch(tmp_path):
     out = tmp_path / "run"
     args = [f"hydra.run.dir={out}", "trainer.epochs=3", *QUICK]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", WANDB_SILENT="true")
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "checkpoint.pt").exists():
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_after_first_checkpoint(out, *args[1:])
     resumed = run_pipeline("train", *args, "trainer.resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
