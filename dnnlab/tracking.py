@@ -55,9 +55,11 @@ from dnnlab.table import Table, jsonable
 _WARNED = False
 ID_FILE = "wandb_run.json"  # the W&B run id of a run dir, for a resume to continue it
 DISCARDED = "metrics.discarded.jsonl"  # rows past the checkpoint a resume redid
-# keys that say nothing about what ran (where, how it is shown, whether it resumed)
-_NAME_SKIP = ("hydra", "wandb", "paths", "experiment", "model", "trainer.resume",
-              "trainer.progress", "model.name", "model.pool.beta", "model.pool.learnable")
+# overrides a run name leaves out: whole groups that say where, how it is shown or which
+# preset (a tag), and keys that say whether it resumed or that the name already holds
+_NAME_SKIP_GROUPS = ("hydra", "wandb", "paths", "experiment")
+_NAME_SKIP_KEYS = ("model", "trainer.resume", "trainer.progress", "model.name",
+                   "model.pool.beta", "model.pool.learnable")
 NAME_MAX = 100  # characters of a run name
 VALUE_MAX = 24  # characters of one override's value in it
 
@@ -138,7 +140,7 @@ def run_name(pipeline: str, config: dict, overrides: list[str]) -> str:
     extra = []
     for o in overrides:
         key, _, value = o.lstrip("+~").partition("=")
-        if key in _NAME_SKIP or key.split(".")[0] in _NAME_SKIP[:4]:
+        if key in _NAME_SKIP_KEYS or key.split(".")[0] in _NAME_SKIP_GROUPS:
             continue
         value = value if len(value) <= VALUE_MAX else value[:VALUE_MAX - 3] + "..."
         extra.append(f"{key.rsplit('.', 1)[-1]}={value}")
