@@ -149,12 +149,13 @@ def run_name(pipeline: str, config: dict, overrides: list[str]) -> str:
     return "-".join(parts)[:NAME_MAX]
 
 
-def run_tags(pipeline: str, config: dict, user_tags: Any) -> list[str]:
-    """The user's `wandb.tags`, then the pipeline, the model's name and the experiment preset
-    (Hydra's choice of `experiment`), each once."""
+def run_tags(pipeline: str, config: dict, user_tags: Any, experiment: str | None = None,
+             *more: str) -> list[str]:
+    """The user's `wandb.tags`, then the pipeline, the model's name, the experiment preset
+    (Hydra's choice of `experiment` when not given) and `more`, each once."""
     tags = _tags(user_tags)
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
-    extra = [pipeline, model.get("name"), _experiment()]
+    extra = [pipeline, model.get("name"), experiment or _experiment(), *more]
     return list(dict.fromkeys(tags + [str(t) for t in extra if t]))
 
 
@@ -403,8 +404,7 @@ def log_sweep_summary(config: DictConfig, sweep_dir: Path, table: Table, png: Pa
     pipeline = config.hydra.job.name
     group = w.get("group") or f"{pipeline}-{sweep_dir.name}"
     experiment = OmegaConf.select(config, "hydra.runtime.choices.experiment", default=None)
-    tags = list(dict.fromkeys(_tags(w.get("tags")) + [pipeline] + (
-        [experiment] if experiment else []) + ["sweep_summary"]))
+    tags = run_tags(pipeline, {}, w.get("tags"), experiment, "sweep_summary")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -91,8 +91,8 @@ class TrainLogs:
         if self.probes:
             tr.table(self.table())
         run_dir = Path(tr.run_dir)
-        if (run_dir / BEST).exists():
-            best = torch.load(run_dir / BEST, weights_only=True, map_location="cpu")
+        if (run_dir / BEST).exists() and result.history:  # fit keeps the first best epoch
+            best = max(result.history, key=lambda h: h["val_accuracy"])
             tr.artifact("model", "model", [run_dir / BEST], aliases=["best"], metadata={
                 "epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "config": config})
         if (run_dir / CKPT).exists():

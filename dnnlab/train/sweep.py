@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from dnnlab.beta import log10_beta
+from dnnlab.beta import LOG10_BETA_INF, log10_beta
 from dnnlab.table import Table
 from dnnlab.tracking import write_json
 from dnnlab.train.plots import plot_temperature_sweep
@@ -22,7 +22,8 @@ from dnnlab.train.plots import plot_temperature_sweep
 COLUMNS = ["job", "beta", "log10_beta", "test_accuracy", "grad_entropy", "argmax_mass",
            "status"]
 # the sweep summary's live W&B line plots, drawn from its table: (x, y, title)
-LINES = [("log10_beta", "test_accuracy", "test accuracy against log10(beta) (inf at 6)"),
+LINES = [("log10_beta", "test_accuracy",
+          f"test accuracy against log10(beta) (inf at {LOG10_BETA_INF:g})"),
          ("log10_beta", "grad_entropy", "gradient entropy / log n against log10(beta)")]
 
 
@@ -78,7 +79,7 @@ def summary_table(summary: dict) -> Table:
                                                   log10_beta(r["beta"]) or 0.0, r["job"]))
     rows = [[cell(r, c) for c in COLUMNS] for r in jobs]
     return Table("summary", COLUMNS, rows, title=f"sweep {summary['sweep_dir']} (by beta; "
-                 "log10_beta places inf at 6)")
+                 f"log10_beta places inf at {LOG10_BETA_INF:g})")
 
 
 def swept_keys(jobs: list[dict]) -> dict[str, list]:
