@@ -4,25 +4,33 @@ dnnlab's layers against the same network built from torch's native layers, in th
 dnnlab: dnnlab.nn.Conv2d (hand-written backward) + SmoothMaxPool2d (own backward).
 torch:  torch.nn.Conv2d + the same pooling through autograd of dnnlab.smoothmax.reference
         (torch.logsumexp, finite beta) or nn.MaxPool2d / AdaptiveMaxPool2d (beta = inf).
-Prints images/s and the time ratio dnnlab / torch (medians from torch.utils.benchmark.Timer,
-via dnnlab.timing). Target: at most 1.15x the time (eager).
+Prints images/s and the time ratio dnnlab / torch. Target: at most 1.15x the time (eager).
 
-The same table times the step with each network through torch.compile (trainer.compile=true):
-each compiled once per row (torch.compile of the module, from a reset dynamo, warmed up outside
-the timing; the two compiled timings run one after the other, not interleaved),
-"compiled ratio" = dnnlab compiled / torch compiled, "compile speed-up" = dnnlab eager / dnnlab
-compiled (above 1: compiling pays), "compile s" the first compiled step of each, dnnlab / torch
-(tracing and code generation; less when inductor's on-disk cache already holds the kernels).
-The last line gives the worst compiled ratio too (no target).
-`--no-compile` leaves the compiled columns out: on a 2-core CPU `--quick` takes about 1 min
-without them and about 4 min with them (12 compiled models, 1-25 s each).
+Timing (dnnlab.timing.paired_ratio): the two sides are timed in interleaved pairs of short
+blocks (a torch.utils.benchmark.Timer median each, alternating which side goes first), and the
+ratio is the median of the pairs' ratios, printed with its quartiles ("ratio IQR"). On a shared
+2-core machine the time of one block varies by 10-25%; a burst of other work lasts longer than
+a pair and hits both of its blocks, so it largely cancels in the pair's ratio. A control row per
+input times torch's network against itself the same way: its distance from 1.00 is the noise
+of that run, to read the other rows by (it counts in no worst).
+
+The compiled columns time the step with each network through torch.compile
+(trainer.compile=true), after all eager rows (compiling starts worker processes that would
+compete with eager timings): each compiled once per row (torch.compile of the module, from a
+reset dynamo, warmed up outside the timing; the two compiled timings run one after the other,
+not interleaved, the best of 2 medians each), "compiled ratio" = dnnlab compiled / torch
+compiled, "compile speed-up" = dnnlab eager / dnnlab compiled (above 1: compiling pays),
+"compile s" the first compiled step of each, dnnlab / torch (tracing and code generation; less
+when inductor's on-disk cache already holds the kernels). The last line gives the worst compiled
+ratio too (no target). `--no-compile` leaves the compiled columns out: on a 2-core CPU `--quick`
+takes about 2 min without them and about 5 min with them (12 compiled models, 1-25 s each).
 
 A second table times the pooling alone at beta = inf with shared ties (SmoothMaxPool2d, forward
 and backward) against nn.MaxPool2d / nn.AdaptiveMaxPool2d on the inputs the network's two
 poolings see (the ReLU outputs captured with forward hooks, ReLU zeros and their ties included;
-the share of windows with tied maxima is printed). Target: at most 1.10x the time. Every row
-prints its ratio; the last line gives the worst of each table. --quick keeps the shapes and
-times each case for less long.
+the share of windows with tied maxima is printed), paired the same way. Target: at most 1.10x
+the time. Every row prints its ratio; the last line gives the worst of each table. --quick
+keeps the shapes and times fewer, shorter pairs (15 of 0.05 s blocks against 25 of 0.2 s).
 
     python benchmarks/train.py [--quick] [--threads N] [--no-compile]
 """
@@ -43,7 +51,7 @@ from dnnlab.models import SmoothMaxCNN
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
 from dnnlab.smoothmax.reference import smooth_max_reference
 from dnnlab.table import Table
-from dnnlab.timing import median_seconds, torch_threads
+from dnnlab.timing import PairedTiming, median_seconds, paired_ratio, torch_threads
 
 
 class LogSumExpPool2d(nn.Module):
@@ -99,11 +107,6 @@ def training_step(model, x, y):
     return step
 
 
-def step_time(model, x, y, min_run_time: float) -> float:
-    """Median seconds of one training step (forward, backward, Adam step)."""
-    return median_seconds(training_step(model, x, y), min_run_time=min_run_time)
-
-
 def compiled_time(model: nn.Module, x, y, min_run_time: float, rounds: int = 2
                   ) -> tuple[float, float]:
     """torch.compile(model)'s training step: (seconds of its first step, i.e. tracing and code
@@ -142,31 +145,47 @@ def tied_share(x: torch.Tensor, k: int | None) -> float:
     return float(((w == w.amax(-1, keepdim=True)).sum(-1) > 1).double().mean())
 
 
-def pool_time(pool: nn.Module, x: torch.Tensor, min_run_time: float) -> float:
-    """Median seconds of the pooling's forward and backward (gradient into x)."""
+def pool_step(pool: nn.Module, x: torch.Tensor):
+    """The pooling's forward and backward (gradient into x), as a function of no arguments."""
     x = x.clone().requires_grad_(True)
     g = torch.randn_like(pool(x))
 
     def step():
         x.grad = None
         pool(x).backward(g)
-    return median_seconds(step, min_run_time=min_run_time)
+    return step
 
 
-def pool_rows(name: str, model: SmoothMaxCNN, x: torch.Tensor, run_time: float) -> list[list]:
+def pool_rows(name: str, model: SmoothMaxCNN, x: torch.Tensor, plan: Plan) -> list[list]:
     rows = []
     for kind, t in pool_inputs(model, x):
         k = 2 if kind == "2x2" else None
         ours = SmoothMaxPool2d(math.inf, kernel_size=k)
         ref = nn.MaxPool2d(k) if k else nn.AdaptiveMaxPool2d(1)
-        t_ours, t_ref = [], []
-        for _ in range(5):  # interleaved; a pooling step is short, so more rounds
-            t_ours.append(pool_time(ours, t, run_time))
-            t_ref.append(pool_time(ref, t, run_time))
-        to, tr = min(t_ours), min(t_ref)
-        rows.append([name, f"{kind} of {tuple(t.shape)}", tied_share(t, k), 1e3 * to, 1e3 * tr,
-                     to / tr, "PASS" if to / tr <= POOL_TARGET else "FAIL"])
+        p = plan.pair(pool_step(ours, t), pool_step(ref, t))
+        rows.append([name, f"{kind} of {tuple(t.shape)}", tied_share(t, k), 1e3 * p.a,
+                     1e3 * p.b, p.ratio, iqr(p), verdict(p.ratio, POOL_TARGET)])
     return rows
+
+
+class Plan:
+    """How long to time: `rounds` interleaved pairs of `block`-second blocks per eager row,
+    `compiled` seconds per median of a compiled step."""
+
+    def __init__(self, quick: bool):
+        self.rounds, self.block = (15, 0.05) if quick else (25, 0.2)
+        self.compiled = 0.3 if quick else 1.5
+
+    def pair(self, fa, fb) -> PairedTiming:
+        return paired_ratio(fa, fb, rounds=self.rounds, min_run_time=self.block)
+
+
+def iqr(p: PairedTiming) -> str:
+    return f"{p.low:.2f}-{p.high:.2f}"
+
+
+def verdict(ratio: float, target: float) -> str:
+    return "PASS" if ratio <= target else "FAIL"
 
 
 STEP_TARGET, POOL_TARGET = 1.15, 1.10
@@ -191,56 +210,65 @@ def run(quick: bool, with_compile: bool = True) -> None:
     # found" on machines without a CUDA toolkit: nothing to do with this benchmark
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     load_before = os.getloadavg()[0]
-    run_time = 0.3 if quick else 1.5
+    plan = Plan(quick)
     cases = [("digits 1x8x8, batch 64", 1, 8, 64), ("cifar-like 3x32x32, batch 128", 3, 32, 128)]
-    rows, worst, prows, cworst = [], 0.0, [], 0.0
-    for name, c, s, b in cases:
+    rows, prows, controls, nets = [], [], [], []
+    for name, c, s, b in cases:  # eager, every row before any compiling
         torch.manual_seed(0)
         x, y = torch.randn(b, c, s, s), torch.randint(0, 10, (b,))
-        prows += pool_rows(name, SmoothMaxCNN(c, 10, (32, 64, 64), beta=math.inf), x, run_time)
+        prows += pool_rows(name, SmoothMaxCNN(c, 10, (32, 64, 64), beta=math.inf), x, plan)
         for beta, ties in ((4.0, "shared"), (math.inf, "shared"), (math.inf, "first")):
             ours = SmoothMaxCNN(c, 10, (32, 64, 64), beta=beta, normalized=True, ties=ties)
             ref = torch_twin(ours, beta)
-            t_ref, t_ours = [], []
-            for _ in range(3):  # interleaved, min of 3: a burst of other work hits one round
-                t_ours.append(step_time(ours, x, y, run_time))
-                t_ref.append(step_time(ref, x, y, run_time))
-            to, tr = min(t_ours), min(t_ref)
-            worst = max(worst, to / tr)
-            row = [name, f"{beta:g}" + (" (ties first)" if ties == "first" else ""),
-                   b / to, b / tr, to / tr, "PASS" if to / tr <= STEP_TARGET else "FAIL"]
-            if with_compile:  # one after the other: each is compiled from a reset dynamo
-                (s_ours, tco), (s_ref, tcr) = (compiled_time(m, x, y, run_time)
-                                               for m in (ours, ref))
-                cworst = max(cworst, tco / tcr)
-                row += [b / tco, b / tcr, tco / tcr, to / tco, f"{s_ours:.0f} / {s_ref:.0f}"]
-            rows.append(row)
-    columns = ["input", "beta", "dnnlab img/s", "torch img/s", "time ratio", "target <= 1.15"]
+            p = plan.pair(training_step(ours, x, y), training_step(ref, x, y))
+            rows.append([name, f"{beta:g}" + (" (ties first)" if ties == "first" else ""),
+                         b / p.a, b / p.b, p.ratio, iqr(p), verdict(p.ratio, STEP_TARGET)])
+            nets.append((ours, ref, x, y, p.a))
+        # the control: torch's beta = inf network against itself, timed the same way
+        p = plan.pair(training_step(ref, x, y), training_step(ref, x, y))
+        controls.append([name, "torch vs torch (noise)", b / p.a, b / p.b, p.ratio, iqr(p), ""])
+    worst = max(r[4] for r in rows)
+    cworst = 0.0
+    if with_compile:  # one after the other: each is compiled from a reset dynamo
+        for row, (ours, ref, x, y, t_eager) in zip(rows, nets):
+            (s_ours, tco), (s_ref, tcr) = (compiled_time(m, x, y, plan.compiled)
+                                           for m in (ours, ref))
+            cworst = max(cworst, tco / tcr)
+            b = x.shape[0]
+            row += [b / tco, b / tcr, tco / tcr, t_eager / tco, f"{s_ours:.0f} / {s_ref:.0f}"]
+        controls = [r + [""] * 5 for r in controls]
+    columns = ["input", "beta", "dnnlab img/s", "torch img/s", "time ratio", "ratio IQR",
+               "target <= 1.15"]
     if with_compile:
         columns += ["dnnlab compiled img/s", "torch compiled img/s", "compiled ratio",
                     "compile speed-up", "compile s"]
     img = "{:,.0f}"
-    table = Table("train_step", columns, rows,
+    table = Table("train_step", columns, rows + controls,
                   title="training step: dnnlab layers vs torch native layers, eager"
-                        + (" and torch.compile" if with_compile else "") + " (median, same run)",
+                        + (" and torch.compile" if with_compile else "")
+                        + " (median of interleaved pairs, same run)",
                   formats={"dnnlab img/s": img, "torch img/s": img, "time ratio": "{:.2f}",
                            "dnnlab compiled img/s": img, "torch compiled img/s": img,
                            "compiled ratio": "{:.2f}", "compile speed-up": "{:.2f}"})
-    console = Console(width=210)
+    console = Console(width=230)
     console.print(table.to_rich())
     pool_table = Table("pool_step", ["input", "pooling", "tied windows", "dnnlab ms",
-                                     "torch ms", "time ratio", "target <= 1.10"], prows,
+                                     "torch ms", "time ratio", "ratio IQR", "target <= 1.10"],
+                       prows,
                        title="max pooling, ties shared (dnnlab) vs torch's MaxPool2d: forward + "
-                             "backward (median, same run)",
+                             "backward (median of interleaved pairs, same run)",
                        formats={"tied windows": "{:.1%}", "dnnlab ms": "{:.3f}",
                                 "torch ms": "{:.3f}", "time ratio": "{:.2f}"})
     console.print(pool_table.to_rich())
     pworst = max(r[5] for r in prows)
+    noise = max(abs(r[4] - 1.0) for r in controls)
     console.print(f"load average (1 min): {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
-                  f"after, {os.cpu_count()} cores (above that, other work competes: noisy)")
+                  f"after, {os.cpu_count()} cores (above that, other work competes: noisy); "
+                  f"{plan.rounds} pairs of {plan.block:g} s blocks per row; control "
+                  f"(torch vs torch) off 1.00 by up to {noise:.2f}")
     console.print(f"threads: {torch.get_num_threads()}; worst time ratio: training step "
-                  f"{worst:.2f} ({'PASS' if worst <= STEP_TARGET else 'FAIL'}), pooling "
-                  f"{pworst:.2f} ({'PASS' if pworst <= POOL_TARGET else 'FAIL'})"
+                  f"{worst:.2f} ({verdict(worst, STEP_TARGET)}), pooling "
+                  f"{pworst:.2f} ({verdict(pworst, POOL_TARGET)})"
                   + (f"; compiled training step {cworst:.2f} (no target)" if with_compile else ""))
 
 

@@ -116,3 +116,27 @@ def test_plots_save_png(tmp_path):
     ax.plot([0, 1], [1, 0])
     path = plots.save(fig, tmp_path / "x.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_ratio_alternates_and_takes_the_median_of_the_pairs():
+    calls, costs = [], {"a": iter([2.0, 6.0, 3.0, 9.0, 4.0]), "b": iter([1.0, 2.0, 1.0, 3.0, 2.0])}
+
+    def time_fn(fn, min_run_time):
+        assert min_run_time == 0.01
+        calls.append(fn())
+        return next(costs[calls[-1]])
+
+    p = timing.paired_ratio(lambda: "a", lambda: "b", rounds=5, min_run_time=0.01,
+                            time_fn=time_fn)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]
+    # pair ratios 2, 3, 3, 3, 2: median 3; quartiles 2 and 3; medians of each side 4 and 2
+    assert (p.ratio, p.low, p.high, p.a, p.b, p.rounds) == (3.0, 2.0, 3.0, 4.0, 2.0, 5)
+
+
+def test_paired_ratio_times_real_work():
+    x = torch.randn(128, 128)
+    with timing.torch_threads(1):
+        p = timing.paired_ratio(lambda: x @ x, lambda: x @ x, rounds=3, min_run_time=0.01)
+    assert p.rounds == 3 and p.a > 0 and p.b > 0 and p.low <= p.ratio <= p.high
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        timing.paired_ratio(lambda: 0, lambda: 0, rounds=0, min_run_time=0.01)
