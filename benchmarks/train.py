@@ -7,7 +7,8 @@ torch:  torch.nn.Conv2d + the same pooling through autograd of dnnlab.smoothmax.
 Prints images/s and the time ratio dnnlab / torch. Target: at most 1.15x the time (eager).
 
 Timing (dnnlab.timing.paired_ratio): the two sides are timed in interleaved pairs of short
-blocks (a torch.utils.benchmark.Timer median each, alternating which side goes first), and the
+blocks (torch.utils.benchmark.Timer.timeit, the mean of a few back-to-back steps, after a
+warm-up; alternating which side goes first), and the
 ratio is the median of the pairs' ratios, printed with its quartiles ("ratio IQR"). On a shared
 2-core machine the time of one block varies by 10-25%; a burst of other work lasts longer than
 a pair and hits both of its blocks, so it largely cancels in the pair's ratio. A control row per
@@ -30,7 +31,8 @@ and backward) against nn.MaxPool2d / nn.AdaptiveMaxPool2d on the inputs the netw
 poolings see (the ReLU outputs captured with forward hooks, ReLU zeros and their ties included;
 the share of windows with tied maxima is printed), paired the same way. Target: at most 1.10x
 the time. Every row prints its ratio; the last line gives the worst of each table. --quick
-keeps the shapes and times fewer, shorter pairs (15 of 0.05 s blocks against 25 of 0.2 s).
+keeps the shapes and times fewer, shorter pairs: 15 pairs of blocks of at least 0.1 s and 2
+calls (a cifar-like step takes about 0.25 s), against 25 of 0.3 s and 3 calls.
 
     python benchmarks/train.py [--quick] [--threads N] [--no-compile]
 """
@@ -169,15 +171,27 @@ def pool_rows(name: str, model: SmoothMaxCNN, x: torch.Tensor, plan: Plan) -> li
 
 
 class Plan:
-    """How long to time: `rounds` interleaved pairs of `block`-second blocks per eager row,
-    `compiled` seconds per median of a compiled step."""
+    """How long to time: `rounds` interleaved pairs of blocks per eager row, each block as many
+    calls as fill `block` seconds and at least `min_calls`; `compiled` seconds per median of a
+    compiled step."""
 
-    def __init__(self, quick: bool):
-        self.rounds, self.block = (15, 0.05) if quick else (25, 0.2)
+    def __init__(self, quick: bool, rounds: int | None = None, block: float | None = None,
+                 min_calls: int | None = None, compiled: float | None = None,
+                 calls: int | None = None):
+        self.rounds, self.block, self.min_calls = (15, 0.1, 2) if quick else (25, 0.3, 3)
         self.compiled = 0.3 if quick else 1.5
+        self.rounds, self.block = rounds or self.rounds, block or self.block
+        self.min_calls, self.compiled = min_calls or self.min_calls, compiled or self.compiled
+        self.calls = calls  # calls per block, fixed (no warm-up calls to size the blocks)
 
     def pair(self, fa, fb) -> PairedTiming:
-        return paired_ratio(fa, fb, rounds=self.rounds, min_run_time=self.block)
+        return paired_ratio(fa, fb, rounds=self.rounds, min_run_time=self.block,
+                            min_calls=self.min_calls,
+                            calls=(self.calls, self.calls) if self.calls else None)
+
+    def __str__(self) -> str:
+        return (f"{self.rounds} pairs of blocks of >= {self.block:g} s and >= {self.min_calls} "
+                f"calls per row")
 
 
 def iqr(p: PairedTiming) -> str:
@@ -205,12 +219,12 @@ def main() -> None:
         run(args.quick, with_compile=not args.no_compile)
 
 
-def run(quick: bool, with_compile: bool = True) -> None:
+def run(quick: bool, with_compile: bool = True, plan: Plan | None = None) -> None:
     # torch.compile's code generation imports cpp_extension, which logs "No CUDA runtime is
     # found" on machines without a CUDA toolkit: nothing to do with this benchmark
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     load_before = os.getloadavg()[0]
-    plan = Plan(quick)
+    plan = plan or Plan(quick)
     cases = [("digits 1x8x8, batch 64", 1, 8, 64), ("cifar-like 3x32x32, batch 128", 3, 32, 128)]
     rows, prows, controls, nets = [], [], [], []
     for name, c, s, b in cases:  # eager, every row before any compiling
@@ -226,7 +240,7 @@ def run(quick: bool, with_compile: bool = True) -> None:
             nets.append((ours, ref, x, y, p.a))
         # the control: torch's beta = inf network against itself, timed the same way
         p = plan.pair(training_step(ref, x, y), training_step(ref, x, y))
-        controls.append([name, "torch vs torch (noise)", b / p.a, b / p.b, p.ratio, iqr(p), ""])
+        controls.append([name, "torch vs torch (noise)", b / p.a, b / p.b, p.ratio, iqr(p), None])
     worst = max(r[4] for r in rows)
     cworst = 0.0
     if with_compile:  # one after the other: each is compiled from a reset dynamo
@@ -236,7 +250,7 @@ def run(quick: bool, with_compile: bool = True) -> None:
             cworst = max(cworst, tco / tcr)
             b = x.shape[0]
             row += [b / tco, b / tcr, tco / tcr, t_eager / tco, f"{s_ours:.0f} / {s_ref:.0f}"]
-        controls = [r + [""] * 5 for r in controls]
+        controls = [r + [None] * 5 for r in controls]
     columns = ["input", "beta", "dnnlab img/s", "torch img/s", "time ratio", "ratio IQR",
                "target <= 1.15"]
     if with_compile:
@@ -264,7 +278,7 @@ def run(quick: bool, with_compile: bool = True) -> None:
     noise = max(abs(r[4] - 1.0) for r in controls)
     console.print(f"load average (1 min): {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
                   f"after, {os.cpu_count()} cores (above that, other work competes: noisy); "
-                  f"{plan.rounds} pairs of {plan.block:g} s blocks per row; control "
+                  f"{plan}; control "
                   f"(torch vs torch) off 1.00 by up to {noise:.2f}")
     console.print(f"threads: {torch.get_num_threads()}; worst time ratio: training step "
                   f"{worst:.2f} ({verdict(worst, STEP_TARGET)}), pooling "

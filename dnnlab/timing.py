@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,39 +38,64 @@ def median_seconds(fn: Callable[[], object], *, min_run_time: float = 0.2,
     return float(timer.blocked_autorange(min_run_time=min_run_time).median)
 
 
+def call_seconds(fn: Callable[[], object], number: int, *, threads: int | None = None) -> float:
+    """Seconds per call of `fn`: the mean of `number` back-to-back calls, one Timer.timeit block
+    (no warm-up of its own)."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn},
+                            num_threads=threads or torch.get_num_threads())
+    return float(timer.timeit(number).mean)
+
+
 @dataclass(frozen=True)
 class PairedTiming:
     """Two costs timed in interleaved pairs (see `paired_ratio`)."""
 
-    a: float  # seconds: the median over the rounds of fa's block medians
+    a: float  # seconds per call of fa: the median over the rounds of its blocks
     b: float  # the same for fb
     ratio: float  # the median over the rounds of a_i / b_i, the pairs' time ratios
     low: float  # their first quartile
     high: float  # their third quartile
     rounds: int
+    calls: tuple[int, int]  # calls of fa and of fb in each of their blocks
 
 
 def paired_ratio(fa: Callable[[], object], fb: Callable[[], object], *, rounds: int,
-                 min_run_time: float, time_fn: Callable[..., float] = median_seconds
+                 min_run_time: float, min_calls: int = 1, calls: tuple[int, int] | None = None,
+                 time_fn: Callable[[Callable[[], object], int], float] = call_seconds
                  ) -> PairedTiming:
     """The time ratio of fa to fb, from `rounds` pairs of short blocks timed back to back in
-    alternating order (a b, b a, a b, ...), each block a `time_fn` median (Timer's
-    blocked_autorange by default): the median of the pairs' ratios a_i / b_i, with its
-    quartiles. On a shared machine a burst of other work or a change of clock lasts longer than
-    one pair and hits both of its blocks alike, so it largely cancels in a_i / b_i, while the
-    ratio of two separately timed medians carries it whole; the alternating order cancels a
-    slow drift and the cost of going first."""
+    alternating order (a b, b a, a b, ...): the median of the pairs' ratios a_i / b_i, with its
+    quartiles. Each block is `time_fn(fn, n)`, seconds per call over n back-to-back calls
+    (`call_seconds`: a Timer.timeit block); n is `calls` or, after a warm-up call, the number
+    of calls that fill `min_run_time`, at least `min_calls`, for each side.
+
+    On a shared machine a burst of other work or a change of clock lasts longer than one pair
+    and hits both of its blocks alike, so it largely cancels in a_i / b_i, while the ratio of
+    two separately timed medians carries it whole; the alternating order cancels a slow drift
+    and the cost of going first."""
     if rounds < 1:
         raise ValueError(f"paired_ratio: rounds must be >= 1, got {rounds}")
-    ta, tb = [], []
+    if calls is None:
+        calls = tuple(_calls(f, min_run_time, min_calls, time_fn) for f in (fa, fb))
+    (na, nb), ta, tb = calls, [], []
     for i in range(rounds):
         if i % 2 == 0:
-            ta.append(time_fn(fa, min_run_time=min_run_time))
-            tb.append(time_fn(fb, min_run_time=min_run_time))
+            ta.append(time_fn(fa, na))
+            tb.append(time_fn(fb, nb))
         else:
-            tb.append(time_fn(fb, min_run_time=min_run_time))
-            ta.append(time_fn(fa, min_run_time=min_run_time))
+            tb.append(time_fn(fb, nb))
+            ta.append(time_fn(fa, na))
     r = [x / y for x, y in zip(ta, tb)]
     low, _, high = statistics.quantiles(r, n=4, method="inclusive") if rounds > 1 else r * 3
     return PairedTiming(statistics.median(ta), statistics.median(tb), statistics.median(r),
-                        low, high, rounds)
+                        low, high, rounds, (na, nb))
+
+
+def _calls(fn, min_run_time: float, min_calls: int, time_fn) -> int:
+    """Calls per block: enough to fill min_run_time by one timed call after a warm-up one."""
+    time_fn(fn, 1)
+    one = time_fn(fn, 1)
+    return max(min_calls, math.ceil(min_run_time / one) if one > 0 else min_calls)

@@ -1,0 +1,39 @@
+"""The benchmark scripts run end to end (briefly: a pair of tiny blocks per row) and print
+every table; their figures are not checked here (benchmarks print ratios, tests do not time)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / name)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_train_benchmark_prints_every_row_and_the_control(capsys):
+    bench = _load("train.py")
+    bench.run(quick=True, with_compile=False,
+              plan=bench.Plan(True, rounds=2, block=0.001, min_calls=1, calls=1))
+    out = capsys.readouterr().out
+    for text in ("training step", "torch vs torch (noise)", "ratio IQR", "max pooling",
+                 "global of (64, 64, 4, 4)", "2 pairs of blocks of >= 0.001 s and >= 1 calls",
+                 "worst time ratio"):
+        assert text in out
+    assert out.count("inf (ties first)") == 2
+
+
+@pytest.mark.slow
+def test_train_benchmark_with_compiled_columns(capsys):
+    bench = _load("train.py")
+    bench.run(quick=True, with_compile=True,
+              plan=bench.Plan(True, rounds=2, block=0.001, min_calls=1, calls=1,
+                                  compiled=0.001))
+    out = capsys.readouterr().out
+    assert "compiled ratio" in out and "compiled training step" in out
