@@ -17,14 +17,13 @@ of that run, to read the other rows by (it counts in no worst).
 
 The compiled columns time the step with each network through torch.compile
 (trainer.compile=true), after all eager rows (compiling starts worker processes that would
-compete with eager timings): each compiled once per row (torch.compile of the module, from a
-reset dynamo, warmed up outside the timing; the two compiled timings run one after the other,
-not interleaved, the best of 2 medians each), "compiled ratio" = dnnlab compiled / torch
-compiled, "compile speed-up" = dnnlab eager / dnnlab compiled (above 1: compiling pays),
-"compile s" the first compiled step of each, dnnlab / torch (tracing and code generation; less
-when inductor's on-disk cache already holds the kernels). The last line gives the worst compiled
-ratio too (no target). `--no-compile` leaves the compiled columns out: on a 2-core CPU `--quick`
-takes about 2 min without them and about 5 min with them (12 compiled models, 1-25 s each).
+compete with eager timings): both networks of a row compiled after one dynamo reset, warmed up
+outside the timing, then paired like the eager rows. "compiled ratio" = dnnlab compiled / torch
+compiled (no target; the worst is on the last line), "compile speed-up" = dnnlab eager / dnnlab
+compiled (above 1: compiling pays), "compile s" the first compiled step of each, dnnlab / torch
+(tracing and code generation; less when inductor's on-disk cache already holds the kernels).
+`--no-compile` leaves the compiled columns out: on a 2-core CPU `--quick` takes about 2 min
+without them and about 5 min with them (12 compiled models, 1-25 s each).
 
 A second table times the pooling alone at beta = inf with shared ties (SmoothMaxPool2d, forward
 and backward) against nn.MaxPool2d / nn.AdaptiveMaxPool2d on the inputs the network's two
@@ -53,7 +52,7 @@ from dnnlab.models import SmoothMaxCNN
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
 from dnnlab.smoothmax.reference import smooth_max_reference
 from dnnlab.table import Table
-from dnnlab.timing import PairedTiming, median_seconds, paired_ratio, torch_threads
+from dnnlab.timing import PairedTiming, paired_ratio, torch_threads
 
 
 class LogSumExpPool2d(nn.Module):
@@ -109,23 +108,31 @@ def training_step(model, x, y):
     return step
 
 
-def compiled_time(model: nn.Module, x, y, min_run_time: float, rounds: int = 2
-                  ) -> tuple[float, float]:
-    """torch.compile(model)'s training step: (seconds of its first step, i.e. tracing and code
-    generation of forward and backward; the best median step time over `rounds`), warmed up
-    outside the timing. Each model is compiled from a reset dynamo: a graph break in one model
-    can leave shared code (SmoothMaxCNN.forward, nn.Sequential.forward) skipped, and the next
-    model compiled in the same process then runs eagerly (0 graphs)."""
+def compiled_pair(ours: nn.Module, ref: nn.Module, x, y, plan: Plan
+                  ) -> tuple[float, float, PairedTiming]:
+    """torch.compile of both networks' training steps, timed as the eager rows are (interleaved
+    pairs): (seconds of the first step of ours, of ref, i.e. tracing and code generation of
+    forward and backward; their PairedTiming), each warmed up outside the timing. Both are
+    compiled after one dynamo reset (no state from earlier rows); dnnlab's layers compile with
+    no graph break (tests/train/test_compile.py), and a network that compiled no graph at all,
+    i.e. would run eagerly under the compiled name, is an error rather than a figure."""
+    counters = torch._dynamo.utils.counters["stats"]
     torch._dynamo.reset()
-    step = training_step(torch.compile(model), x, y)
-    t0 = time.perf_counter()
-    step()
-    first = time.perf_counter() - t0
-    step()
-    step()
-    best = min(median_seconds(step, min_run_time=min_run_time) for _ in range(rounds))
+    steps, firsts = [], []
+    for m in (ours, ref):
+        graphs = counters["unique_graphs"]
+        step = training_step(torch.compile(m), x, y)
+        t0 = time.perf_counter()
+        step()
+        firsts.append(time.perf_counter() - t0)
+        step()
+        step()
+        if counters["unique_graphs"] == graphs:
+            raise RuntimeError(f"torch.compile of {type(m).__name__} made no graph")
+        steps.append(step)
+    p = plan.pair(*steps)
     torch._dynamo.reset()
-    return first, best
+    return firsts[0], firsts[1], p
 
 
 def pool_inputs(model: SmoothMaxCNN, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -171,17 +178,14 @@ def pool_rows(name: str, model: SmoothMaxCNN, x: torch.Tensor, plan: Plan) -> li
 
 
 class Plan:
-    """How long to time: `rounds` interleaved pairs of blocks per eager row, each block as many
-    calls as fill `block` seconds and at least `min_calls`; `compiled` seconds per median of a
-    compiled step."""
+    """How long to time: `rounds` interleaved pairs of blocks per row, each block as many calls
+    as fill `block` seconds and at least `min_calls`."""
 
     def __init__(self, quick: bool, rounds: int | None = None, block: float | None = None,
-                 min_calls: int | None = None, compiled: float | None = None,
-                 calls: int | None = None):
+                 min_calls: int | None = None, calls: int | None = None):
         self.rounds, self.block, self.min_calls = (15, 0.1, 2) if quick else (25, 0.3, 3)
-        self.compiled = 0.3 if quick else 1.5
         self.rounds, self.block = rounds or self.rounds, block or self.block
-        self.min_calls, self.compiled = min_calls or self.min_calls, compiled or self.compiled
+        self.min_calls = min_calls or self.min_calls
         self.calls = calls  # calls per block, fixed (no warm-up calls to size the blocks)
 
     def pair(self, fa, fb) -> PairedTiming:
@@ -243,13 +247,12 @@ def run(quick: bool, with_compile: bool = True, plan: Plan | None = None) -> Non
         controls.append([name, "torch vs torch (noise)", b / p.a, b / p.b, p.ratio, iqr(p), None])
     worst = max(r[4] for r in rows)
     cworst = 0.0
-    if with_compile:  # one after the other: each is compiled from a reset dynamo
+    if with_compile:  # after every eager row: compiling leaves worker processes behind
         for row, (ours, ref, x, y, t_eager) in zip(rows, nets):
-            (s_ours, tco), (s_ref, tcr) = (compiled_time(m, x, y, plan.compiled)
-                                           for m in (ours, ref))
-            cworst = max(cworst, tco / tcr)
+            s_ours, s_ref, p = compiled_pair(ours, ref, x, y, plan)
+            cworst = max(cworst, p.ratio)
             b = x.shape[0]
-            row += [b / tco, b / tcr, tco / tcr, t_eager / tco, f"{s_ours:.0f} / {s_ref:.0f}"]
+            row += [b / p.a, b / p.b, p.ratio, t_eager / p.a, f"{s_ours:.0f} / {s_ref:.0f}"]
         controls = [r + [None] * 5 for r in controls]
     columns = ["input", "beta", "dnnlab img/s", "torch img/s", "time ratio", "ratio IQR",
                "target <= 1.15"]

@@ -33,7 +33,6 @@ def test_train_benchmark_prints_every_row_and_the_control(capsys):
 def test_train_benchmark_with_compiled_columns(capsys):
     bench = _load("train.py")
     bench.run(quick=True, with_compile=True,
-              plan=bench.Plan(True, rounds=2, block=0.001, min_calls=1, calls=1,
-                                  compiled=0.001))
+              plan=bench.Plan(True, rounds=2, block=0.001, min_calls=1, calls=1))
     out = capsys.readouterr().out
     assert "compiled ratio" in out and "compiled training step" in out
