@@ -1,5 +1,7 @@
 """Timing through torch.utils.benchmark.Timer: it adapts the number of runs to the cost of one
-and reports the median, synchronizing CUDA where the statement runs there."""
+and reports the median, synchronizing CUDA where the statement runs there. `paired_ratio`
+compares two costs in interleaved pairs of short blocks, which a shared machine's noise
+disturbs far less than two separate medians (docs/train.md, "How a ratio is timed")."""
 from __future__ import annotations
 
 import contextlib
@@ -24,29 +26,28 @@ def torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def median_seconds(fn: Callable[[], object], *, min_run_time: float = 0.2,
-                   threads: int | None = None, label: str = "") -> float:
-    """The median time of one call of `fn`, in seconds (Timer.blocked_autorange: as many runs
-    as fit in `min_run_time`, after a warm-up)."""
+def _timer(fn: Callable[[], object], threads: int | None, label: str = ""):
+    """A torch.utils.benchmark.Timer of `fn()` with `threads` (None: torch's current number)."""
     # torch.utils.benchmark imports cpp_extension, which logs a warning on machines without a
     # CUDA toolkit; it says nothing about timing, and a user's stderr is for errors
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import benchmark
 
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, label=label,
-                            num_threads=threads or torch.get_num_threads())
-    return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+    return benchmark.Timer(stmt="fn()", globals={"fn": fn}, label=label,
+                           num_threads=threads or torch.get_num_threads())
+
+
+def median_seconds(fn: Callable[[], object], *, min_run_time: float = 0.2,
+                   threads: int | None = None, label: str = "") -> float:
+    """The median time of one call of `fn`, in seconds (Timer.blocked_autorange: as many runs
+    as fit in `min_run_time`, after a warm-up)."""
+    return float(_timer(fn, threads, label).blocked_autorange(min_run_time=min_run_time).median)
 
 
 def call_seconds(fn: Callable[[], object], number: int, *, threads: int | None = None) -> float:
     """Seconds per call of `fn`: the mean of `number` back-to-back calls, one Timer.timeit block
     (no warm-up of its own)."""
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import benchmark
-
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn},
-                            num_threads=threads or torch.get_num_threads())
-    return float(timer.timeit(number).mean)
+    return float(_timer(fn, threads).timeit(number).mean)
 
 
 @dataclass(frozen=True)
