@@ -8,8 +8,8 @@ Prints images/s and the time ratio dnnlab / torch. Target: at most 1.15x the tim
 
 Timing (dnnlab.timing.paired_ratio): the two sides are timed in interleaved pairs of short
 blocks (torch.utils.benchmark.Timer.timeit, the mean of a few back-to-back steps, after a
-warm-up; alternating which side goes first), and the
-ratio is the median of the pairs' ratios, printed with its quartiles ("ratio IQR"). On a shared
+warm-up; alternating which side goes first), and the ratio is the median of the pairs' ratios,
+printed with its quartiles ("ratio IQR"). On a shared
 2-core machine the time of one block varies by 10-25%; a burst of other work lasts longer than
 a pair and hits both of its blocks, so it largely cancels in the pair's ratio. A control row per
 input times torch's network against itself the same way: its distance from 1.00 is the noise
@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -177,16 +178,16 @@ def pool_rows(name: str, model: SmoothMaxCNN, x: torch.Tensor, plan: Plan) -> li
     return rows
 
 
+@dataclass(frozen=True)
 class Plan:
     """How long to time: `rounds` interleaved pairs of blocks per row, each block as many calls
-    as fill `block` seconds and at least `min_calls`."""
+    as fill `block` seconds and at least `min_calls`, or exactly `calls` (no warm-up calls to
+    size the blocks)."""
 
-    def __init__(self, quick: bool, rounds: int | None = None, block: float | None = None,
-                 min_calls: int | None = None, calls: int | None = None):
-        self.rounds, self.block, self.min_calls = (15, 0.1, 2) if quick else (25, 0.3, 3)
-        self.rounds, self.block = rounds or self.rounds, block or self.block
-        self.min_calls = min_calls or self.min_calls
-        self.calls = calls  # calls per block, fixed (no warm-up calls to size the blocks)
+    rounds: int
+    block: float
+    min_calls: int
+    calls: int | None = None
 
     def pair(self, fa, fb) -> PairedTiming:
         return paired_ratio(fa, fb, rounds=self.rounds, min_run_time=self.block,
@@ -194,8 +195,12 @@ class Plan:
                             calls=(self.calls, self.calls) if self.calls else None)
 
     def __str__(self) -> str:
-        return (f"{self.rounds} pairs of blocks of >= {self.block:g} s and >= {self.min_calls} "
-                f"calls per row")
+        size = (f"{self.calls} calls" if self.calls
+                else f">= {self.block:g} s and >= {self.min_calls} calls")
+        return f"{self.rounds} pairs of blocks of {size} per row"
+
+
+QUICK, FULL = Plan(rounds=15, block=0.1, min_calls=2), Plan(rounds=25, block=0.3, min_calls=3)
 
 
 def iqr(p: PairedTiming) -> str:
@@ -228,7 +233,7 @@ def run(quick: bool, with_compile: bool = True, plan: Plan | None = None) -> Non
     # found" on machines without a CUDA toolkit: nothing to do with this benchmark
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     load_before = os.getloadavg()[0]
-    plan = plan or Plan(quick)
+    plan = plan or (QUICK if quick else FULL)
     cases = [("digits 1x8x8, batch 64", 1, 8, 64), ("cifar-like 3x32x32, batch 128", 3, 32, 128)]
     rows, prows, controls, nets = [], [], [], []
     for name, c, s, b in cases:  # eager, every row before any compiling
