@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,zoo]'
+	# the C++ pooling kernel, compiled once here (without a compiler the pure-torch path runs)
+	$(PY) -c 'from dnnlab.smoothmax.native import main; main()' || true
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -14,6 +14,7 @@ from torch import nn
 from dnnlab.beta import parse_beta, to_float
 from dnnlab.dtypes import compute_dtype
 from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.smoothmax import native
 from dnnlab.smoothmax.functional import smooth_max
 
 __all__ = ["SmoothMax", "SmoothMaxPool2d"]
@@ -272,29 +273,55 @@ def _widen_traced(t: torch.Tensor, kw: int) -> torch.Tensor:
     return t.unsqueeze(4).expand(b, c, ho, wo, kw).reshape(b, c, ho, wo * kw)
 
 
+def _native(x: torch.Tensor):
+    """The C++ kernel (dnnlab.smoothmax.native) when it can take x, else None: a contiguous
+    float32/float64 CPU tensor, outside torch.compile's tracing (which keeps the torch ops)."""
+    if (x.dtype is torch.float32 or x.dtype is torch.float64) and x.device.type == "cpu" \
+            and x.is_contiguous() and x.numel() and not torch.compiler.is_compiling():
+        return native.kernels()
+    return None
+
+
 class _GlobalMax(torch.autograd.Function):
     """Global pooling at beta = inf: max over (H, W), ties sharing the gradient
     (docs/math.md (1c)); the backward as in _WindowMax, one window per plane.
 
-    A plane whose max is -inf (all -inf) or NaN gets gradient 0: its max is compared as NaN,
-    which equals nothing, so it has no maxima and its count (0) is clamped to 1, with no check
-    and no host sync. At the benchmark's small sizes (65k entries) the step is bound by per-op
-    overhead, so the ops are few and take positional arguments, and when a gradient is wanted
-    the forward also forms the mask and the counts, which leaves the backward two ops (the same
-    work, less time around it than in the backward). The backward scales the mask in place
-    into the gradient and drops it; a second backward (retain_graph=True) forms it again."""
+    A plane whose max is -inf (all -inf) or NaN gets gradient 0 (0 * g): its max is compared
+    as NaN, which equals nothing, so it has no maxima and its count (0) is clamped to 1, with no
+    check and no host sync.
+
+    Contiguous float32/float64 CPU inputs go through the C++ kernel (global_max.cpp): the max
+    and the tie count of each plane in one pass, the gradient in another; the same values, bit
+    for bit. At the benchmark's small sizes (65k entries) the torch ops below are bound by
+    per-op overhead, which no arrangement of them removed (docs/train.md). Otherwise the forward
+    forms the mask and the counts when a gradient is wanted, which leaves the backward two ops;
+    the backward scales the mask in place into the gradient and drops it; a second backward
+    (retain_graph=True), or a backward of a native forward with create_graph=True, forms it
+    again."""
 
     @staticmethod
     def forward(ctx, x):  # (B, C, H, W) -> (B, C, 1, 1)
+        grad = ctx.needs_input_grad[0]
+        k = _native(x)
+        ctx.native = k is not None
+        if k is not None:
+            res = k.forward(x, grad)  # max (B, C, 1, 1) [, ties per plane]
+            if grad:
+                ctx.save_for_backward(x, res[0], res[1])
+            return res[0]
         out = x.amax((2, 3), True)
-        if ctx.needs_input_grad[0]:
-            ctx.ref = out.nan_to_num(math.nan, math.inf, math.nan)  # -inf -> NaN, others kept
+        if grad:
+            ctx.ref = _GlobalMax._ref(out)
             ctx.ind = _GlobalMax._mask(x, ctx.ref)
             # ties per plane, an exact integer; 1 where the plane has no max
             ctx.count = ctx.ind.sum((2, 3), True).clamp_min_(1.0)
             ctx.x_dtype = x.dtype
             ctx.save_for_backward(x)  # for a second backward only
         return out
+
+    @staticmethod
+    def _ref(out: torch.Tensor) -> torch.Tensor:
+        return out.nan_to_num(math.nan, math.inf, math.nan)  # -inf -> NaN, others kept
 
     @staticmethod
     def _mask(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -305,6 +332,15 @@ class _GlobalMax(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.native:
+            x, out, count = ctx.saved_tensors
+            if g.dtype is not x.dtype:
+                g = g.to(x.dtype)
+            if not torch.is_grad_enabled():  # create_graph=True needs the torch ops
+                return native.kernels().backward(x, out, count, g)
+            ref = _GlobalMax._ref(out)
+            ind = _GlobalMax._mask(x, ref)
+            return ind.mul_(g / ind.sum((2, 3), True).clamp_min_(1.0))
         ind, ctx.ind = ctx.ind, None  # attributes outlive the backward: drop the mask now
         if ind is None:  # a second backward: the first made its mask the gradient
             ind = _GlobalMax._mask(ctx.saved_tensors[0], ctx.ref)

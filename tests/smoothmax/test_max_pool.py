@@ -1,16 +1,24 @@
 """SmoothMaxPool2d at beta = inf with shared ties (dnnlab.smoothmax.modules._WindowMax and
-_GlobalMax): the same values as max pooling and, bit for bit in float64 and float32, the same
-gradients as the mask-and-average form the layer used before (copied below as the reference) and
-as an independent per-window computation: g / (number of maxima) on each maximum, 0 elsewhere
+_GlobalMax, the latter through its C++ kernel and through its pure-torch path): the same values
+as max pooling and, bit for bit in float64 and float32, the same gradients as the
+mask-and-average form the layer used before (copied below as the reference) and as an
+independent per-window computation: g / (number of maxima) on each maximum, 0 elsewhere
 (docs/math.md (1c), the limit of softmax(beta x)). Inputs with and without ties (ReLU zeros,
 small integers), windows that tile the input or leave rows/columns out, and -inf, +inf, NaN."""
 import math
+import os
+import shutil
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from dnnlab.smoothmax import native
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
+from dnnlab.timing import torch_threads
 
 INF = math.inf
 
@@ -89,6 +97,22 @@ def same_bits(a, b):
 KINDS = ("relu", "integers", "normal", "special")
 
 
+@pytest.fixture(params=["cpp", "torch"])
+def path(request):
+    """The global pooling's two paths: the C++ kernel (dnnlab.smoothmax.native) and the torch
+    ops. Tests taking this fixture run through both and check that the one named was taken."""
+    if request.param == "cpp" and native.kernels() is None:
+        pytest.fail("the C++ kernel did not build (see the warning); `make setup` builds it")
+    native.set_enabled(request.param == "cpp")
+    yield request.param
+    native.set_enabled(True)
+
+
+def took(y, path):
+    """y came from _GlobalMax through the path named (C++ kernel for float32/64 contiguous CPU)."""
+    return y.grad_fn.native is (path == "cpp")
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("kernel,shape", [
@@ -112,12 +136,14 @@ def test_window_gradient_bit_for_bit(kernel, shape, kind, dtype):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", [(2, 3, 4, 4), (3, 2, 5, 7), (2, 2, 1, 1)])
-def test_global_gradient_bit_for_bit(shape, kind, dtype):
+def test_global_gradient_bit_for_bit(shape, kind, dtype, path):
     x = inputs(kind, shape, dtype) if shape[2] > 3 or kind != "special" else torch.randn(shape)
     x = x.to(dtype)
     if kind == "relu":
         x[0, 0] = 0.0  # a dead channel: every entry ties
     g = torch.randn(shape[0], shape[1], 1, 1, dtype=dtype)
+    xg = x.clone().requires_grad_(True)
+    assert took(SmoothMaxPool2d(INF)(xg), path)
     y, gx = run(SmoothMaxPool2d(INF), x, g)
     m, gx_prev = previous_global(x, g)
     torch.testing.assert_close(y, m, rtol=0, atol=0, equal_nan=True)
@@ -135,7 +161,7 @@ def test_half_precision_input_follows_the_float32_gradient():
 
 
 @pytest.mark.parametrize("kernel", [None, (2, 2), (2, 3)])
-def test_layouts_and_half_precision_follow_the_contiguous_float32_gradient(kernel):
+def test_layouts_and_half_precision_follow_the_contiguous_float32_gradient(kernel, path):
     """channels_last and strided inputs give the contiguous input's gradient, bit for bit;
     float16/bfloat16 inputs the float32 gradient, rounded."""
     x = inputs("special", (2, 3, 8, 9), torch.float32)
@@ -155,7 +181,7 @@ def test_layouts_and_half_precision_follow_the_contiguous_float32_gradient(kerne
 
 
 @pytest.mark.parametrize("kernel", [None, (2, 2), (3, 2)])
-def test_backward_twice_and_through_the_incoming_gradient(kernel):
+def test_backward_twice_and_through_the_incoming_gradient(kernel, path):
     """retain_graph: a second backward gives the same gradient (the global pooling hands its
     mask over to the first); create_graph: the gradient is differentiable in g, like the
     reference's (up to the order of the sums over a window's entries)."""
@@ -172,3 +198,70 @@ def test_backward_twice_and_through_the_incoming_gradient(kernel):
     ref = (previous_window(x.detach(), g, kh, kw) if kernel else previous_global(x.detach(), g))[1]
     want, = torch.autograd.grad((ref * w).sum(), g)
     torch.testing.assert_close(gg, want)
+
+
+def test_the_cpp_kernel_builds_here():
+    """With a C++ compiler on the machine the kernel must build and load (the fast path of the
+    global pooling); without one, the pure-torch path runs and this says so."""
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on PATH: the global pooling runs its pure-torch path")
+    k = native.kernels()
+    assert k is not None
+    x = torch.tensor([[[[1.0, 3.0], [3.0, -1.0]]]])
+    m, count = k.forward(x, True)
+    assert m.item() == 3.0 and count.item() == 2.0
+    gx = k.backward(x, m, count, torch.full((1, 1, 1, 1), -4.0))
+    assert same_bits(gx, torch.tensor([[[[-0.0, -2.0], [-2.0, -0.0]]]]))
+
+
+def test_a_kernel_that_cannot_be_built_warns_and_the_torch_path_runs(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("DNNLAB_NATIVE_DIR", str(blocker / "sub"))
+    native._load.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="C\\+\\+ max-pooling kernel is unavailable.*"
+                                                "Not a directory"):
+            assert native.kernels() is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once: later calls do not warn again
+            x = torch.randn(2, 3, 4, 4, requires_grad=True)
+            y = SmoothMaxPool2d(INF)(x)
+            assert y.grad_fn.native is False
+            y.sum().backward()
+        assert torch.equal(x.grad, previous_global(x.detach(), torch.ones(2, 3, 1, 1))[1])
+    finally:
+        native._load.cache_clear()  # the next call loads the real build again
+
+
+def test_switched_off_by_the_environment_or_set_enabled():
+    code = ("import torch; from dnnlab.smoothmax import native, SmoothMaxPool2d; "
+            "y = SmoothMaxPool2d(float('inf'))(torch.randn(1, 1, 2, 2, requires_grad=True)); "
+            "print(native.kernels(), y.grad_fn.native)")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "DNNLAB_NATIVE": "0"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["None", "False"]
+    native.set_enabled(False)
+    try:
+        assert native.kernels() is None
+        y = SmoothMaxPool2d(INF)(torch.randn(1, 1, 2, 2, requires_grad=True))
+        assert y.grad_fn.native is False
+    finally:
+        native.set_enabled(True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_global_cpp_kernel_over_several_threads(dtype, path):
+    """An input large enough that the kernel splits its planes over torch's threads (chunks of
+    2^17 entries): the same values and gradients as the earlier form."""
+    x = inputs("relu", (16, 64, 16, 16), dtype)
+    x[3, 5] = 0.0
+    x[9, 1, 2, 3] = math.nan
+    g = torch.randn(16, 64, 1, 1, dtype=dtype)
+    xg = x.clone().requires_grad_(True)
+    assert took(SmoothMaxPool2d(INF)(xg), path)
+    with torch_threads(2):
+        y, gx = run(SmoothMaxPool2d(INF), x, g)
+    m, gx_prev = previous_global(x, g)
+    torch.testing.assert_close(y, m, rtol=0, atol=0, equal_nan=True)
+    assert same_bits(gx, gx_prev)

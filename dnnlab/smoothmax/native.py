@@ -1,0 +1,98 @@
+"""The C++ kernel of global max pooling with shared ties (global_max.cpp), built on first use.
+
+`kernels()` compiles global_max.cpp with torch.utils.cpp_extension (a C++ compiler and ninja;
+about 40 s once per machine and torch version, then loaded from the build directory in well under
+a second) and returns the module, or None when it cannot be built or is switched off; the pooling
+then runs its pure-torch path (modules._GlobalMax), which gives the same values bit
+for bit (tests/smoothmax/test_max_pool.py runs both). `make setup` builds it, so that a run does
+not stop for the compiler (`main()`: build it and say where it is, or why not).
+
+Build directory: $DNNLAB_NATIVE_DIR, else torch's extensions root (~/.cache/torch_extensions,
+or $TORCH_EXTENSIONS_DIR) /dnnlab/<name>, the name carrying the torch version (an extension built
+against one torch must not be loaded by another). Switched off by DNNLAB_NATIVE=0 or
+`set_enabled(False)`.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("global_max.cpp")
+NAME = "dnnlab_global_max_" + re.sub(r"\W", "_", torch.__version__)
+
+_enabled = os.environ.get("DNNLAB_NATIVE", "1") != "0"
+
+
+def set_enabled(on: bool) -> None:
+    """Use the C++ kernel (True, when it builds) or the pure-torch path (False)."""
+    global _enabled
+    _enabled = bool(on)
+
+
+def build_directory() -> Path:
+    root = os.environ.get("DNNLAB_NATIVE_DIR")
+    if root is None:
+        from torch.utils.cpp_extension import get_default_build_root
+        root = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root(),
+                            "dnnlab")
+    return Path(root) / NAME
+
+
+def kernels():
+    """The built module (`forward`, `backward`), or None: switched off, or it cannot be built
+    here (a warning, once, says why)."""
+    return _load() if _enabled else None
+
+
+@functools.cache
+def _load():
+    try:
+        return _build()
+    except Exception as e:  # no compiler, no ninja, an unwritable directory, a compile error
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        warnings.warn(f"dnnlab: the C++ max-pooling kernel is unavailable ({reason}); "
+                      "using the pure-torch path (same values, slower)", RuntimeWarning,
+                      stacklevel=3)
+        return None
+
+
+def _build():
+    # torch.utils.cpp_extension logs "No CUDA runtime is found" on import on a CPU machine
+    cpp_log = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_log.level
+    cpp_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load
+    finally:
+        cpp_log.setLevel(level)
+    bindir = os.path.dirname(sys.executable)  # the venv's ninja (pip package) when not on PATH
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    build = build_directory()
+    build.mkdir(parents=True, exist_ok=True)
+    if not any(build.glob(f"{NAME}*.so")):
+        print(f"dnnlab: compiling the C++ max-pooling kernel into {build} (once; about a "
+              "minute)", file=sys.stderr, flush=True)
+    return load(NAME, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(build),
+                verbose=False)
+
+
+def main() -> int:
+    """Build (or load) the kernel and print where it is; 1 when it is unavailable."""
+    t0 = time.perf_counter()
+    if not _enabled:
+        print("dnnlab: the C++ max-pooling kernel is switched off (DNNLAB_NATIVE=0)")
+        return 1
+    if kernels() is None:
+        return 1
+    print(f"dnnlab: C++ max-pooling kernel ready in {build_directory()} "
+          f"({time.perf_counter() - t0:.1f} s)")
+    return 0
