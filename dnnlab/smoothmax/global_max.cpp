@@ -17,6 +17,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -29,25 +31,63 @@ void check_input(const at::Tensor& x) {
               "global_max: expected a non-empty contiguous (B, C, H, W) CPU tensor");
 }
 
+// SIMD lanes as GCC/Clang vector extensions (16 bytes: SSE2 on x86-64, NEON on ARM, no
+// -march flag, so a build is valid on any machine of the architecture): V holds T's, M the
+// comparison masks (-1 where true).
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float V __attribute__((vector_size(16)));
+  typedef int32_t M __attribute__((vector_size(16)));
+};
+template <>
+struct Lanes<double> {
+  typedef double V __attribute__((vector_size(16)));
+  typedef int64_t M __attribute__((vector_size(16)));
+};
+
+template <typename V, typename T>
+inline V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
 // planes [begin, end) of n entries each: max into m, ties into count (if not null)
 template <typename T>
 void forward_planes(const T* x, T* m, T* count, int64_t begin, int64_t end, int64_t n) {
-  constexpr int64_t L = 8;  // independent compare-and-select lanes: not bound by one chain
+  typedef typename Lanes<T>::V V;
+  typedef typename Lanes<T>::M M;
+  constexpr int64_t W = sizeof(V) / sizeof(T);
+  const int64_t nv = n - n % W;  // entries in whole vectors; the rest one by one
   for (int64_t r = begin; r < end; ++r) {
     const T* p = x + r * n;
-    T acc[L];
-    for (int64_t l = 0; l < L; ++l) acc[l] = p[0];
-    int64_t j = 0;
-    for (; j + L <= n; j += L) {
-      for (int64_t l = 0; l < L; ++l) acc[l] = p[j + l] > acc[l] ? p[j + l] : acc[l];
+    T top = p[0];
+    if (nv) {
+      V a = load<V>(p);
+      for (int64_t j = W; j < nv; j += W) {
+        const V v = load<V>(p + j);
+        a = v > a ? v : a;  // compare and select (maxps), lane by lane
+      }
+      for (int64_t l = 0; l < W; ++l) top = a[l] > top ? a[l] : top;
     }
-    for (; j < n; ++j) acc[0] = p[j] > acc[0] ? p[j] : acc[0];
-    T top = acc[0];
-    for (int64_t l = 1; l < L; ++l) top = acc[l] > top ? acc[l] : top;
+    for (int64_t j = nv; j < n; ++j) top = p[j] > top ? p[j] : top;
     // ties, and NaN: every finite or infinite entry is <= the max of the others, so an entry
     // that is not <= top is a NaN (or top is, when the first entry was one)
-    int k = 0, bad = 0;
-    for (j = 0; j < n; ++j) {
+    const V t = top - V{};  // top in every lane
+    M kv = {}, bv = {};
+    for (int64_t j = 0; j < nv; j += W) {
+      const V v = load<V>(p + j);
+      kv += v == t;     // -1 per tie
+      bv += ~(v <= t);  // -1 per NaN
+    }
+    int64_t k = 0, bad = 0;
+    for (int64_t l = 0; l < W; ++l) {
+      k -= kv[l];
+      bad -= bv[l];
+    }
+    for (int64_t j = nv; j < n; ++j) {
       k += p[j] == top;
       bad += !(p[j] <= top);
     }
@@ -63,15 +103,23 @@ void forward_planes(const T* x, T* m, T* count, int64_t begin, int64_t end, int6
 template <typename T>
 void backward_planes(const T* x, const T* m, const T* count, const T* g, T* gx, int64_t begin,
                      int64_t end, int64_t n) {
+  typedef typename Lanes<T>::V V;
+  constexpr int64_t W = sizeof(V) / sizeof(T);
+  const int64_t nv = n - n % W;
   for (int64_t r = begin; r < end; ++r) {
     const T top = m[r];
     const bool live = top > -std::numeric_limits<T>::infinity();  // false for NaN too
     const T gq = live ? g[r] / count[r] : g[r];
     const T ref = live ? top : std::numeric_limits<T>::quiet_NaN();  // no max: no match
     const T z = T(0) * gq;  // (x == ref ? 1 : 0) * gq as a select (1 * gq is gq)
+    const V vref = ref - V{}, vgq = gq - V{}, vz = z - V{};
     const T* p = x + r * n;
     T* q = gx + r * n;
-    for (int64_t j = 0; j < n; ++j) q[j] = p[j] == ref ? gq : z;
+    for (int64_t j = 0; j < nv; j += W) {
+      const V out = load<V>(p + j) == vref ? vgq : vz;
+      std::memcpy(q + j, &out, sizeof(V));
+    }
+    for (int64_t j = nv; j < n; ++j) q[j] = p[j] == ref ? gq : z;
   }
 }
 

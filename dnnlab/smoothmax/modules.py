@@ -274,10 +274,12 @@ def _widen_traced(t: torch.Tensor, kw: int) -> torch.Tensor:
 
 
 def _native(x: torch.Tensor):
-    """The C++ kernel (dnnlab.smoothmax.native) when it can take x, else None: a contiguous
-    float32/float64 CPU tensor, outside torch.compile's tracing (which keeps the torch ops)."""
+    """The C++ kernel (dnnlab.smoothmax.native) when it takes x, else None: a contiguous
+    float32/float64 CPU tensor of at most native.MAX_ENTRIES entries (larger ones are faster
+    through torch's vectorized, multi-threaded ops), outside torch.compile's tracing."""
     if (x.dtype is torch.float32 or x.dtype is torch.float64) and x.device.type == "cpu" \
-            and x.is_contiguous() and x.numel() and not torch.compiler.is_compiling():
+            and 0 < x.numel() <= native.MAX_ENTRIES and x.is_contiguous() \
+            and not torch.compiler.is_compiling():
         return native.kernels()
     return None
 
@@ -290,10 +292,11 @@ class _GlobalMax(torch.autograd.Function):
     as NaN, which equals nothing, so it has no maxima and its count (0) is clamped to 1, with no
     check and no host sync.
 
-    Contiguous float32/float64 CPU inputs go through the C++ kernel (global_max.cpp): the max
-    and the tie count of each plane in one pass, the gradient in another; the same values, bit
-    for bit. At the benchmark's small sizes (65k entries) the torch ops below are bound by
-    per-op overhead, which no arrangement of them removed (docs/train.md). Otherwise the forward
+    Small contiguous float32/float64 CPU inputs go through the C++ kernel (global_max.cpp,
+    see _native): the max and the tie count of each plane in one pass, the gradient in another;
+    the same values, bit for bit. At such sizes (the benchmark's 64x64x4x4, 65k entries) the
+    torch ops below are bound by per-op overhead, which no arrangement of them removed
+    (docs/train.md). Otherwise the forward
     forms the mask and the counts when a gradient is wanted, which leaves the backward two ops;
     the backward scales the mask in place into the gradient and drops it; a second backward
     (retain_graph=True), or a backward of a native forward with create_graph=True, forms it

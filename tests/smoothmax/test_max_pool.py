@@ -251,9 +251,11 @@ def test_switched_off_by_the_environment_or_set_enabled():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_global_cpp_kernel_over_several_threads(dtype, path):
+def test_global_cpp_kernel_over_several_threads(dtype, path, monkeypatch):
     """An input large enough that the kernel splits its planes over torch's threads (chunks of
-    2^17 entries): the same values and gradients as the earlier form."""
+    2^17 entries; the layer gives the kernel such inputs only when MAX_ENTRIES allows): the same
+    values and gradients as the earlier form."""
+    monkeypatch.setattr(native, "MAX_ENTRIES", 1 << 20)
     x = inputs("relu", (16, 64, 16, 16), dtype)
     x[3, 5] = 0.0
     x[9, 1, 2, 3] = math.nan
@@ -265,3 +267,10 @@ def test_global_cpp_kernel_over_several_threads(dtype, path):
     m, gx_prev = previous_global(x, g)
     torch.testing.assert_close(y, m, rtol=0, atol=0, equal_nan=True)
     assert same_bits(gx, gx_prev)
+
+
+def test_large_inputs_take_the_torch_ops():
+    x = torch.randn(2, 64, 32, 32, requires_grad=True)  # 131,072 entries: the largest taken
+    assert SmoothMaxPool2d(INF)(x).grad_fn.native is (native.kernels() is not None)
+    x = torch.randn(2, 64, 32, 33, requires_grad=True)
+    assert SmoothMaxPool2d(INF)(x).grad_fn.native is False
