@@ -8,8 +8,8 @@ for bit (tests/smoothmax/test_max_pool.py runs both). `make setup` builds it, so
 not stop for the compiler (`main()`: build it and say where it is, or why not).
 
 Build directory: $DNNLAB_NATIVE_DIR, else torch's extensions root (~/.cache/torch_extensions,
-or $TORCH_EXTENSIONS_DIR) /dnnlab/<name>, the name carrying the torch version (an extension built
-against one torch must not be loaded by another). Switched off by DNNLAB_NATIVE=0 or
+or $TORCH_EXTENSIONS_DIR) /dnnlab/<name>, the name carrying the torch and Python versions (an
+extension built against one must not be loaded by another). Switched off by DNNLAB_NATIVE=0 or
 `set_enabled(False)`.
 """
 from __future__ import annotations
@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("global_max.cpp")
-NAME = "dnnlab_global_max_" + re.sub(r"\W", "_", torch.__version__)
+# a build serves one torch and one Python (e.g. dnnlab_global_max_2_14_1_cu130_py311)
+NAME = (f"dnnlab_global_max_{re.sub(r'[^0-9A-Za-z]', '_', torch.__version__)}"
+        f"_py{sys.version_info.major}{sys.version_info.minor}")
 
 # The global pooling takes the kernel for inputs of at most this many entries. Measured
 # (forward + backward, the kernel against the torch ops, 2-core CPU, 2 threads): 0.64-0.78x at

@@ -274,3 +274,14 @@ def test_large_inputs_take_the_torch_ops():
     assert SmoothMaxPool2d(INF)(x).grad_fn.native is (native.kernels() is not None)
     x = torch.randn(2, 64, 32, 33, requires_grad=True)
     assert SmoothMaxPool2d(INF)(x).grad_fn.native is False
+
+
+def test_main_builds_or_says_why(capsys):
+    assert native.main() == (0 if native.kernels() is not None else 1)
+    assert native.NAME in capsys.readouterr().out
+    native.set_enabled(False)
+    try:
+        assert native.main() == 1
+        assert "switched off (DNNLAB_NATIVE=0)" in capsys.readouterr().out
+    finally:
+        native.set_enabled(True)
