@@ -296,11 +296,10 @@ class _GlobalMax(torch.autograd.Function):
     see _native): the max and the tie count of each plane in one pass, the gradient in another;
     the same values, bit for bit. At such sizes (the benchmark's 64x64x4x4, 65k entries) the
     torch ops below are bound by per-op overhead, which no arrangement of them removed
-    (docs/train.md). Otherwise the forward
-    forms the mask and the counts when a gradient is wanted, which leaves the backward two ops;
-    the backward scales the mask in place into the gradient and drops it; a second backward
-    (retain_graph=True), or a backward of a native forward with create_graph=True, forms it
-    again."""
+    (docs/train.md). Otherwise the forward forms the mask and the counts when a gradient is
+    wanted, which leaves the backward two ops: it scales the mask in place into the gradient
+    and drops it; a second backward (retain_graph=True), or a backward of the kernel's forward
+    with create_graph=True, forms it again."""
 
     @staticmethod
     def forward(ctx, x):  # (B, C, H, W) -> (B, C, 1, 1)
