@@ -66,22 +66,35 @@ def _load():
     try:
         return _build()
     except Exception as e:  # no compiler, no ninja, an unwritable directory, a compile error
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        warnings.warn(f"dnnlab: the C++ max-pooling kernel is unavailable ({reason}); "
+        warnings.warn(f"dnnlab: the C++ max-pooling kernel is unavailable ({_reason(e)}); "
                       "using the pure-torch path (same values, slower)", RuntimeWarning,
                       stacklevel=3)
         return None
 
 
+def _reason(e: Exception) -> str:
+    """One line of why: a failed compile's first compiler line that says error (the exception
+    starts with the whole command line), else the exception's first line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    said = [ln for ln in lines[1:] if "error" in ln.lower() or "not found" in ln.lower()]
+    line = (said or lines or [type(e).__name__])[0]
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
 def _build():
-    # torch.utils.cpp_extension logs "No CUDA runtime is found" on import on a CPU machine
+    # torch.utils.cpp_extension logs "No CUDA runtime is found" on import on a CPU machine, and
+    # a wall of text about an unexpected compiler: a failure is reported by _load, in one line
     cpp_log = logging.getLogger("torch.utils.cpp_extension")
     level = cpp_log.level
     cpp_log.setLevel(logging.ERROR)
     try:
-        from torch.utils.cpp_extension import load
+        return _compile()
     finally:
         cpp_log.setLevel(level)
+
+
+def _compile():
+    from torch.utils.cpp_extension import load
     bindir = os.path.dirname(sys.executable)  # the venv's ninja (pip package) when not on PATH
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")

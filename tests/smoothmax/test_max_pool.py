@@ -285,3 +285,14 @@ def test_main_builds_or_says_why(capsys):
         assert "switched off (DNNLAB_NATIVE=0)" in capsys.readouterr().out
     finally:
         native.set_enabled(True)
+
+
+def test_a_failed_compile_is_reported_by_its_error_line():
+    e = RuntimeError("Error building extension 'x': [1/2] c++ -O3 -c global_max.cpp -o x.o\n"
+                     "FAILED: x.o\n"
+                     "global_max.cpp:3:1: error: 'foo' does not name a type\n"
+                     "ninja: build stopped: subcommand failed.")
+    assert native._reason(e) == "global_max.cpp:3:1: error: 'foo' does not name a type"
+    assert native._reason(OSError("[Errno 30] Read-only file system: '/x'")) == (
+        "[Errno 30] Read-only file system: '/x'")
+    assert native._reason(RuntimeError()) == "RuntimeError"
