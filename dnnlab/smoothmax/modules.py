@@ -314,9 +314,7 @@ class _GlobalMax(torch.autograd.Function):
         out = x.amax((2, 3), True)
         if grad:
             ctx.ref = _GlobalMax._ref(out)
-            ctx.ind = _GlobalMax._mask(x, ctx.ref)
-            # ties per plane, an exact integer; 1 where the plane has no max
-            ctx.count = ctx.ind.sum((2, 3), True).clamp_min_(1.0)
+            ctx.ind, ctx.count = _GlobalMax._mask_count(x, ctx.ref)
             ctx.x_dtype = x.dtype
             ctx.save_for_backward(x)  # for a second backward only
         return out
@@ -324,6 +322,13 @@ class _GlobalMax(torch.autograd.Function):
     @staticmethod
     def _ref(out: torch.Tensor) -> torch.Tensor:
         return out.nan_to_num(math.nan, math.inf, math.nan)  # -inf -> NaN, others kept
+
+    @staticmethod
+    def _mask_count(x: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask (_mask) and the ties per plane, an exact integer; 1 where the plane has no
+        max."""
+        ind = _GlobalMax._mask(x, ref)
+        return ind, ind.sum((2, 3), True).clamp_min_(1.0)
 
     @staticmethod
     def _mask(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -340,9 +345,8 @@ class _GlobalMax(torch.autograd.Function):
                 g = g.to(x.dtype)
             if not torch.is_grad_enabled():  # create_graph=True needs the torch ops
                 return native.kernels().backward(x, out, count, g)
-            ref = _GlobalMax._ref(out)
-            ind = _GlobalMax._mask(x, ref)
-            return ind.mul_(g / ind.sum((2, 3), True).clamp_min_(1.0))
+            ind, count = _GlobalMax._mask_count(x, _GlobalMax._ref(out))
+            return ind.mul_(g / count)
         ind, ctx.ind = ctx.ind, None  # attributes outlive the backward: drop the mask now
         if ind is None:  # a second backward: the first made its mask the gradient
             ind = _GlobalMax._mask(ctx.saved_tensors[0], ctx.ref)
