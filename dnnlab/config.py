@@ -1,33 +1,27 @@
 """Structured configs: the dataclass schema of every pipeline's config, in Hydra's ConfigStore.
 
-Each topic defines the settings its experiment takes as a dataclass (types, defaults, range
-checks in `__post_init__`); here they become the schemas of the primary configs, with the
-groups every job shares (`wandb`, `paths`). A primary YAML lists its schema first:
-
-    # conf/smoothmax.yaml
-    defaults:
-      - smoothmax_schema
-      - wandb: default
-      - ...
-
-so Hydra checks every type while composing (`trainer.epochs=abc` fails, naming the key), and
-`to_settings(cfg)` turns the composed config into the typed settings, running the dataclasses'
-own checks with the full key in the message (`trainer.epochs=0: must be >= 1`).
-
-This module, `dnnlab.runtime` and `dnnlab.tracking` are the only ones that take a DictConfig.
+Each topic defines its experiment's settings as a dataclass (types, defaults, range checks in
+`__post_init__`); here they become the schemas of the primary configs, with the groups every
+job shares (`wandb`, `paths`). A primary YAML lists `<pipeline>_schema` first, so Hydra checks
+types while composing (`trainer.epochs=abc` fails, naming the key) and `to_settings(cfg)` runs
+the dataclasses' own checks with the full key (`trainer.epochs=0: must be >= 1`) and refuses
+keys the schema lacks (`+trainer.epoch=3`). Only this module and dnnlab.runtime take a
+DictConfig.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from dnnlab.errors import ConfigError, require
+from dnnlab.errors import ConfigError, UnknownKeyError, first_line, require
 
 
 class WandbMode(str, Enum):
@@ -52,6 +46,19 @@ class WatchConfig:
 
 
 @dataclass
+class RunNameRule:
+    """How a pipeline names and tags its W&B runs (declared in its primary config): the name is
+    `<pipeline>-<part>-...` then the other command-line overrides; `parts` are keys shown by
+    value (`model.name` -> `smoothmax_cnn`, `model.pool.beta` -> `beta4`, a true flag
+    `model.pool.learnable` -> `learnable`), `skip` keys or groups a name leaves out, and `tags`
+    keys or config groups (`experiment`: Hydra's choice) whose values tag the run."""
+
+    parts: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class WandbConfig:
     """Weights & Biases, one run per job (dnnlab.tracking)."""
 
@@ -60,17 +67,16 @@ class WandbConfig:
     entity: str | None = None
     group: str | None = None  # null: the sweep's name in a multirun
     tags: Any = field(default_factory=list)  # a list of strings; one string is one tag
-    init_timeout: float = 60.0
+    init_timeout: float = 15.0  # seconds for online W&B to answer before going offline
     watch: WatchConfig = field(default_factory=WatchConfig)  # pipelines that train a model
+    run_name: RunNameRule = field(default_factory=RunNameRule)
 
     def __post_init__(self) -> None:
-        if isinstance(self.tags, str):
-            self.tags = [self.tags]
-        self.tags = list(self.tags or [])
-        for i, t in enumerate(self.tags):
+        tags = [self.tags] if isinstance(self.tags, str) else list(self.tags or [])
+        for i, t in enumerate(tags):
             require(isinstance(t, (str, int, float)) and not isinstance(t, bool),
                     f"tags[{i}]", t, "expected a string")
-        self.tags = [str(t) for t in self.tags]
+        self.tags = [str(t) for t in tags]
         require(self.init_timeout > 0, "init_timeout", self.init_timeout, "must be > 0")
 
 
@@ -119,11 +125,20 @@ def register(*pipelines: str) -> None:
 
 
 def _check_nodes(cfg: DictConfig, prefix: str) -> None:
-    """Instantiate every typed sub-node deepest first, so a dataclass's own check is reported
-    with the node's path before its key."""
-    for key in cfg.keys():
-        child = cfg._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+    """Check every typed node deepest first: keys its dataclass lacks are refused (Hydra's `+`
+    adds them even to a structured config), then the dataclass's own checks run, each error
+    under the node's path."""
+    cls = OmegaConf.get_type(cfg)
+    if dataclasses.is_dataclass(cls):
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in cfg.keys():
+            if key not in names:
+                path = f"{prefix}.{key}" if prefix else str(key)
+                near = difflib.get_close_matches(str(key), names, n=1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                raise UnknownKeyError(f"{path}: no such key in {cls.__name__}{hint}")
+    for key, child in cfg.items_ex(resolve=False):
+        if isinstance(child, DictConfig) and not OmegaConf.is_missing(cfg, key):
             path = f"{prefix}.{key}" if prefix else str(key)
             _check_nodes(child, path)
             if dataclasses.is_dataclass(OmegaConf.get_type(child)):
@@ -143,14 +158,11 @@ def to_settings(cfg: DictConfig) -> Any:
 def settings_of(cls: type, values: Any, key: str) -> Any:
     """`values` (a dict or DictConfig) checked against the dataclass `cls`, as an instance;
     every error (a wrong type, a bad value, an unknown key) is a ConfigError under `key`."""
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         node = OmegaConf.merge(OmegaConf.structured(cls), values or {})
     except OmegaConfBaseException as err:
         full = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else key
-        msg = str(err).strip().splitlines()[0]
-        raise ConfigError(f"{full}: {msg}") from None
+        raise ConfigError(f"{full}: {first_line(err)}") from None
     _check_nodes(node, key)
     try:
         return OmegaConf.to_object(node)
@@ -161,8 +173,6 @@ def settings_of(cls: type, values: Any, key: str) -> Any:
 def resolved_with(cfg: DictConfig, values: dict[str, Any]) -> dict:
     """The config as a plain dict, resolved after setting the dotted keys of `values` (values
     that interpolate them, such as a schedule's `T_max: ${trainer.epochs}`, follow)."""
-    from omegaconf import open_dict
-
     now = cfg.copy()
     with open_dict(now):
         for key, value in values.items():

@@ -44,3 +44,16 @@ def require(ok: bool, key: str, value: Any, expected: str) -> None:
     """Raise ConfigError.at(key, value, expected) unless `ok` (for __post_init__ checks)."""
     if not ok:
         raise ConfigError.at(key, value, expected)
+
+
+class UnknownKeyError(ConfigError):
+    """A key the config's schema does not have (a typo such as `+trainer.epoch=3`). Exit
+    status 2, like the unknown keys Hydra finds while composing."""
+
+    exit_code = 2
+
+
+def first_line(x: object) -> str:
+    """The first non-empty line of an error's (or any object's) text; its type's name if none."""
+    lines = [s.strip() for s in str(x).strip().splitlines() if s.strip()]
+    return lines[0] if lines else type(x).__name__

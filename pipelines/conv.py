@@ -14,55 +14,62 @@ import hydra
 from omegaconf import DictConfig
 
 from dnnlab.config import register
-from dnnlab.conv.experiment import ConvResult, ConvSettings, run
+from dnnlab.conv.experiment import ConvResult, ConvSettings, check_real_nets
+from dnnlab.conv.experiment import run as run_conv
 from dnnlab.conv.plots import plot_scaling
 from dnnlab.errors import DnnlabError
-from dnnlab.runtime import console, launch, run_job, status
+from dnnlab.runtime import Run, console, launch, run_job, status
 
 register("conv")
 
 
-def job(settings: ConvSettings, tracker) -> dict:
-    logged = {"rows": 0}
-    tracker.define_metric("scaling/n")  # the scaling timings are charted against n
+def prepare(settings: ConvSettings, cfg: DictConfig, run_dir) -> ConvSettings:
+    """A real network that cannot take its input shape is refused before anything is written."""
+    check_real_nets(settings)
+    return settings
+
+
+def job(settings: ConvSettings, run: Run) -> dict:
+    tr, logged = run.tracker, {"rows": 0}
+    tr.define_metric("scaling/n")  # the scaling timings are charted against n
     for key in ("scaling/conv_s", "scaling/matrix_s"):
-        tracker.define_metric(key, step_metric="scaling/n")
+        tr.define_metric(key, step_metric="scaling/n")
 
     def progress(partial: ConvResult) -> None:
-        tracker.update(**partial.to_dict())
+        run.results.update(**partial.to_dict())
         rows = (partial.scaling or {}).get("rows", [])
         for row in rows[logged["rows"]:]:  # the scaling rows as they come
             metrics = {"scaling/n": row["n"], "scaling/conv_s": row["conv_s"]}
             if not row["matrix_skipped"]:
                 metrics["scaling/matrix_s"] = row["matrix_s"]
-            tracker.log(metrics)
+            tr.log(metrics)
         logged["rows"] = len(rows)
 
     with status("conv: the chain, gradcheck, real networks, scaling ..."):
-        result = run(settings, on_progress=progress)
+        result = run_conv(settings, on_progress=progress)
     results = result.to_dict()
     for t in result.display_tables():
         console.print(t.to_rich())
     for t in result.tables():
-        tracker.table(t)
+        tr.table(t)
     if result.scaling is not None:
-        png = plot_scaling(result, tracker.run_dir / "scaling.png")
+        png = plot_scaling(result, run.dir / "scaling.png")
         results["scaling"]["plot"] = png.name
-        tracker.image("scaling_plot", png, caption=result.crossover_sentence())
+        tr.image("scaling_plot", png, caption=result.crossover_sentence())
         console.print(result.crossover_sentence(), highlight=False)
-    tracker.results.update(results)
-    tracker.summary(**result.summary())
+    run.results.update(results)
+    tr.summary(**result.summary())
     checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in result.checks.items())
     console.print(f"conv {'[green]PASSED[/]' if result.passed else '[red]FAILED[/]'}: {checks}")
-    console.print(f"results: {tracker.run_dir / 'results.json'}")
+    console.print(f"results: {run.results.path}")
     if not result.passed and settings.fail_on_mismatch:
         raise DnnlabError(result.failure())
-    return tracker.results
+    return run.results
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="conv")
 def main(cfg: DictConfig) -> dict:
-    return run_job(cfg, "conv", job)
+    return run_job(cfg, "conv", job, prepare=prepare)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@
 
 Writes results.json, results.csv (one row per op), layers.csv, totals.csv and per_layer.png
 into the run dir, and the same to W&B (the tables as wandb.Tables, totals in the summary).
+The count runs in `prepare`: a config it refuses leaves no run dir and no W&B run.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import hydra
 from omegaconf import DictConfig
@@ -17,15 +20,23 @@ from omegaconf import DictConfig
 from dnnlab.config import register
 from dnnlab.errors import ConfigError, DnnlabError
 from dnnlab.models import build_model
-from dnnlab.opcount.experiment import OpcountSettings, run
+from dnnlab.opcount.experiment import OpcountResult, OpcountSettings, run
 from dnnlab.opcount.plots import plot_per_layer
 from dnnlab.opcount.zoo import default_input_shape, make_inputs
-from dnnlab.runtime import console, launch, run_job, status
+from dnnlab.runtime import Run, console, launch, run_job, status
 
 register("opcount")
 
 
-def job(settings: OpcountSettings, tracker) -> dict:
+@dataclass
+class Counted:
+    settings: OpcountSettings
+    result: OpcountResult
+
+
+def prepare(settings: OpcountSettings, cfg: DictConfig, run_dir) -> Counted:
+    """The whole count: a model that cannot take the input is refused before anything is
+    written (no run dir, no W&B run)."""
     with status(f"counting {settings.name} ..."):
         model = build_model(settings.model["builder"], device="meta")
         shape, inputs = settings.input_shape, None
@@ -39,29 +50,33 @@ def job(settings: OpcountSettings, tracker) -> dict:
         result = run(model, shape, inputs=inputs, name=settings.name, count=settings.count,
                      training=settings.training, reconcile_counts=settings.reconcile,
                      unit=settings.unit)
-    tracker.update(**result.to_dict())
-    result.report.to_csv(tracker.run_dir / "results.csv")
+    return Counted(settings, result)
+
+
+def job(counted: Counted, run: Run) -> dict:
+    settings, result, tr = counted.settings, counted.result, run.tracker
+    run.results.update(**result.to_dict())
+    result.report.to_csv(run.dir / "results.csv")
     for table in result.tables():
-        tracker.table(table)
+        tr.table(table)
     console.print(result.per_layer_table().to_rich(max_rows=settings.show_rows))
     console.print(result.totals_table().to_rich())
     if result.flop_counter_line():
         console.print(result.flop_counter_line(), highlight=False)
     console.print(result.mode_line(), highlight=False)
-    png = plot_per_layer(result, tracker.run_dir / "per_layer.png")
-    tracker.image("per_layer", png)
-    tracker.summary(**result.summary())
-    console.print(f"results: {tracker.run_dir / 'results.json'}")
+    tr.image("per_layer", plot_per_layer(result, run.dir / "per_layer.png"))
+    tr.summary(**result.summary())
+    console.print(f"results: {run.results.path}")
     bad = result.mismatches(strict=True)
     if settings.fail_on_mismatch and result.reconciled is False:
         raise DnnlabError(f"conv/linear counts differ from fvcore at {len(bad)} rows, first: "
                           f"{bad[0] if bad else result.totals()}")
-    return result.to_dict()
+    return run.results
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="opcount")
 def main(cfg: DictConfig) -> dict:
-    return run_job(cfg, "opcount", job)
+    return run_job(cfg, "opcount", job, prepare=prepare)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import hydra
 from omegaconf import DictConfig
 
 from dnnlab.config import register, settings_of
-from dnnlab.errors import DnnlabError
-from dnnlab.runtime import console, launch, run_job, status
+from dnnlab.errors import DnnlabError, first_line
+from dnnlab.runtime import Run, console, launch, run_job, status
 
 register("reproduce")
 HEADER = ("# dnnlab: the results of docs/math.md, measured\n\nEvery number below was measured by "
@@ -41,8 +41,8 @@ def plan(settings) -> dict:
     return plans
 
 
-def job(settings, tracker) -> dict:
-    out, parts, done = tracker.run_dir, [HEADER], {}
+def job(settings, run: Run) -> dict:
+    out, tracker, parts, done = run.dir, run.tracker, [HEADER], {}
     for name, p in plan(settings).items():
         t0 = time.perf_counter()
         console.rule(f"[bold]{name}")
@@ -52,7 +52,7 @@ def job(settings, tracker) -> dict:
             with status(f"{name} ..."):
                 section = p[0].report_section(p[1], out)
         except Exception as err:  # noqa: BLE001 - one section failing must not lose the others
-            first = (str(err).strip().splitlines() or [""])[0]
+            first = first_line(err)
             (out / f"{name}.error.txt").write_text(
                 "".join(traceback.format_exception(type(err), err, err.__traceback__)))
             parts.append(f"\n## {name}\n\n**This section failed:** `{type(err).__name__}: "
@@ -69,12 +69,13 @@ def job(settings, tracker) -> dict:
             done[name] = "ok"
         tracker.summary(sections=done, **{f"seconds/{name}": time.perf_counter() - t0})
         (out / "report.md").write_text("\n".join(parts))  # written as it goes
+        run.results.update(sections=done, report=str(out / "report.md"))
     report = out / "report.md"
     console.print(f"\n[bold]report:[/] {report}")
     failed = [k for k, v in done.items() if v != "ok"]
     if failed:
         raise DnnlabError(f"report sections failed: {', '.join(failed)} (see {report})")
-    return {"sections": done, "report": str(report)}
+    return run.results
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="reproduce")

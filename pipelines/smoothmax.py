@@ -18,8 +18,9 @@ import hydra
 from omegaconf import DictConfig
 
 from dnnlab.config import register
-from dnnlab.runtime import console, launch, run_job, status
-from dnnlab.smoothmax.limits import HISTORY, LimitsResult, LimitsSettings, run
+from dnnlab.runtime import Run, console, launch, run_job, status
+from dnnlab.smoothmax import limits
+from dnnlab.smoothmax.limits import HISTORY, LimitsResult, LimitsSettings
 from dnnlab.smoothmax.plots import make_plots
 
 register("smoothmax")
@@ -29,32 +30,30 @@ SUMMARY = ("all_bounds_hold", "worst_gap_bound_ratio", "worst_gap_bound_ratio_f6
            "grad_onehot_dist_at_inf")
 
 
-def job(settings: LimitsSettings, tracker) -> dict:
-    if tracker.run is not None:  # W&B charts the per-beta history against log10(beta)
-        tracker.run.define_metric("log10_beta")
-        for key in HISTORY:
-            tracker.run.define_metric(f"{key}/*", step_metric="log10_beta")
-        tracker.run.define_metric("bound", step_metric="log10_beta")
+def job(settings: LimitsSettings, run: Run) -> dict:
+    tr = run.tracker
+    tr.define_metric("log10_beta")  # W&B charts the per-beta history against log10(beta)
+    for key in [f"{k}/*" for k in HISTORY] + ["bound"]:
+        tr.define_metric(key, step_metric="log10_beta")
 
     def progress(partial: LimitsResult) -> None:
-        tracker.update(**partial.to_dict())
+        run.results.update(**partial.to_dict())
         history = partial.history(partial.done - 1)
         if history is not None:
-            tracker.log(history, step=partial.done - 1)
+            tr.log(history, step=partial.done - 1)
 
     with status(f"smooth max over {len(settings.beta.values())} betas, n={settings.n:,} ..."):
-        result = run(settings, on_progress=progress)
-    results = result.to_dict()
-    tracker.update(**results)
+        result = limits.run(settings, on_progress=progress)
+    run.results.update(**result.to_dict())
     console.print(result.overview(settings.table_betas).to_rich())
     for table in result.tables():
-        tracker.table(table)
-    pngs = make_plots(result, settings, tracker.run_dir)
+        tr.table(table)
+    pngs = make_plots(result, settings, run.dir)
     for key, png in pngs.items():
-        tracker.image(key, png)
-    tracker.summary(plots=[p.name for p in pngs.values()], **{k: results[k] for k in SUMMARY})
-    console.print(f"results: {tracker.run_dir / 'results.json'}")
-    return results
+        tr.image(key, png)
+    tr.summary(plots=[p.name for p in pngs.values()], **{k: run.results[k] for k in SUMMARY})
+    console.print(f"results: {run.results.path}")
+    return run.results
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="smoothmax")

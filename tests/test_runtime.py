@@ -44,9 +44,10 @@ class AppConfig(JobConfig):
 ConfigStore.instance().store(name="app_schema", node=AppConfig)
 SEEN = []
 
-def job(settings, tracker):
+def job(settings, run):
     SEEN.append(settings)
-    tracker.summary(epochs=settings.inner.epochs)
+    run.tracker.summary(epochs=settings.inner.epochs)
+    run.results.update(epochs=settings.inner.epochs)
     if settings.fail:
         raise ShapeError("layer 'features.3' (Conv2d) cannot take input of shape [1, 2]")
     return settings.inner.epochs
@@ -71,6 +72,7 @@ def app(tmp_path, monkeypatch):
         hydra:
           run: {{dir: {tmp_path}/run}}
           sweep: {{dir: {tmp_path}/multi}}
+          callbacks: {{failed_jobs: {{_target_: dnnlab.runtime.FailedJobs}}}}
     """))
     (conf / "group" / "a.yaml").write_text("# @package _global_\nflag: true\n")
     (conf / "group" / "b.yaml").write_text("# @package _global_\nflag: false\n")
@@ -117,6 +119,7 @@ def test_a_good_run_gets_typed_settings(app, capsys):
     ("inner.epochs=0", 1, "inner.epochs=0: must be >= 1"),
     ("group=nope", 2, "group=nope: no such config (options: a, b)"),
     ("nokey=1", 2, "Could not override 'nokey'"),
+    ("+inner.epoch=3", 2, "inner.epoch: no such key in Inner (did you mean epochs?)"),
     ("fail=true", 1, "layer 'features.3' (Conv2d) cannot take input"),
     ("inner.epochs=[", 2, "inner.epochs=["),
 ])
@@ -179,6 +182,7 @@ def test_sweep_summary_callback_records_failures_and_logs_to_wandb(tmp_path):
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import OmegaConf
 
+    from dnnlab.train.sweep import SweepSummary
     from tests.wandb_reader import find_runs, summarize
 
     sweep = tmp_path / "multi"
@@ -196,10 +200,10 @@ def test_sweep_summary_callback_records_failures_and_logs_to_wandb(tmp_path):
                       "runtime": {"output_dir": str(sweep / str(job))},
                       "sweep": {"dir": str(sweep)}}})
 
-    cb = runtime.SweepSummary()
+    cb = SweepSummary()
     ok, bad = JobReturn(), JobReturn()
     ok.status, bad.status = JobStatus.COMPLETED, JobStatus.FAILED
-    bad._return_value = ShapeError("layer 'head' cannot take input")
+    bad.return_value = ShapeError("layer 'head' cannot take input")
     cb.on_job_end(config(0), ok)
     cb.on_job_end(config(1), bad)
     failed = json.loads((sweep / "1" / "failed.json").read_text())
@@ -212,4 +216,4 @@ def test_sweep_summary_callback_records_failures_and_logs_to_wandb(tmp_path):
     w = summarize(run)
     assert w["run"].job_type == "sweep_summary" and w["run"].run_group == "train-multi"
     assert w["summary"]["failed_jobs"] == 1 and w["summary"]["summary/_type"] == "table-file"
-    runtime.SweepSummary().on_job_end(OmegaConf.create({"hydra": {"mode": "RUN"}}), ok)  # no-op
+    SweepSummary().on_job_end(OmegaConf.create({"hydra": {"mode": "RUN"}}), ok)  # no-op

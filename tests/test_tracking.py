@@ -1,57 +1,51 @@
-"""Tracker: one real W&B run (offline) per job, mirrored in the run dir; read back from files."""
+"""Tracker: one real W&B run (offline) per job, mirrored in the run dir; read back from files.
+Run names and tags from a pipeline's rule; the fall-back when online W&B does not answer."""
 from __future__ import annotations
 
 import json
 import math
+import socket
+import threading
+import time
 
 import pytest
-from omegaconf import OmegaConf
 
 from dnnlab import tracking
-from dnnlab.config import JobConfig, to_settings
+from dnnlab.config import RunNameRule, WandbConfig, WandbMode
 from dnnlab.plots import plt, save
+from dnnlab.results import Results, read_json, write_json
 from dnnlab.table import Table
+from dnnlab.train.resume import DISCARDED, replay
 from tests.wandb_reader import find_runs, summarize
 
 
-def _cfg(mode="offline", **wandb):
-    cfg = OmegaConf.structured(JobConfig)
-    cfg.wandb.mode = mode
-    for k, v in wandb.items():
-        cfg.wandb[k] = v
-    cfg.paths.root_dir, cfg.paths.data_dir, cfg.paths.output_dir = ".", "data", "."
-    return cfg
+def _tracker(tmp_path, mode="offline", resume_id=None, **wandb):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    settings = WandbConfig(mode=WandbMode(mode), **wandb)
+    return tracking.Tracker(settings, tmp_path, job_type="unit", name="unit",
+                            config={"wandb": {"mode": mode}, "beta": math.inf},
+                            tags=settings.tags + ["unit"], resume_id=resume_id)
 
 
 def test_offline_run_holds_what_was_logged(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([1, 2])
     png = save(fig, tmp_path / "p.png")
-    with tracking.Tracker(_cfg(tags="hello", project="dnnlab-test"), "unit",
-                          run_dir=tmp_path) as tr:
+    with _tracker(tmp_path, tags=["hello"], project="dnnlab-test") as tr:
         tr.log({"loss": 0.5}, step=1)
         tr.log({"loss": 0.25, "beta": math.inf}, step=2)
         tr.table(Table("rows", ["beta", "gap"], [[1.0, 0.1], [math.inf, 0.0]]))
         tr.image("plot", png)
-        tr.results["history"] = [1, 2]
         tr.summary(final=0.25, beta=math.inf, nested={"a": math.inf})
     (run,) = find_runs(tmp_path)
     w = summarize(run)
     assert w["run"].job_type == "unit" and list(w["run"].tags) == ["hello", "unit"]
     assert w["run"].display_name == "unit" and w["summary"]["beta"] == "inf"  # no Infinity
     assert w["summary"]["nested"] == {"a": "inf"} and w["exit"] == 0
-    (art,) = [a for a in w["artifacts"] if a.type == "results"]  # results.json, ..., CSVs
-    assert art.type == "results" and art.name == f"results-{w['run'].run_id}"
-    assert sorted(c.path for c in art.manifest.contents) == ["metrics.jsonl", "results.json",
-                                                             "rows.csv"]
-    assert w["run"].project == "dnnlab-test"
-    assert w["config"]["wandb"]["mode"] == "offline"  # the resolved config, enums as names
-    losses = [h["loss"] for h in w["history"] if "loss" in h]
-    assert losses == [0.5, 0.25]
-    assert w["summary"]["final"] == 0.25
+    assert w["run"].project == "dnnlab-test" and w["config"]["beta"] == "inf"
+    assert [h["loss"] for h in w["history"] if "loss" in h] == [0.5, 0.25]
     assert w["summary"]["rows/_type"] == "table-file" and w["summary"]["plot/_type"] == "image-file"
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert res == {"history": [1, 2], "final": 0.25, "beta": "inf", "nested": {"a": "inf"}}
+    assert not (tmp_path / "results.json").exists()  # the job's Results owns it, not the sink
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines[1] == {"loss": 0.25, "beta": "inf", "_step": 2}
     assert lines[2:] == [{"rows": {"_type": "table", "path": "rows.csv"}},
@@ -59,70 +53,90 @@ def test_offline_run_holds_what_was_logged(tmp_path):
     assert (tmp_path / "rows.csv").read_text().splitlines()[2] == "inf,0.0"
 
 
-def test_disabled_mode_writes_local_files_only(tmp_path):
-    with tracking.Tracker(_cfg("disabled"), "unit", run_dir=tmp_path) as tr:
-        assert tr.run is None or tr.run.disabled
+def test_disabled_mode_writes_the_mirror_only(tmp_path):
+    with _tracker(tmp_path, "disabled") as tr:
+        assert tr.run is None and tr.run_id is None and tr.next_step == 0
+        tr.log({"x": 1}, step=0)
         tr.summary(x=1)
-    assert find_runs(tmp_path) == []
-    assert json.loads((tmp_path / "results.json").read_text()) == {"x": 1}
+    assert find_runs(tmp_path) == [] and not (tmp_path / tracking.ID_FILE).exists()
+    assert read_json(tmp_path / "nothing.json") is None
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"x": 1, "_step": 0}\n'
 
 
-def test_online_without_network_falls_back_with_one_warning(tmp_path, monkeypatch, capsys):
+def test_results_is_written_on_every_update_and_json_safe(tmp_path):
+    res = Results(tmp_path)
+    res.update(history=[1], beta=math.inf)
+    assert read_json(res.path) == {"history": [1], "beta": "inf"}
+    res.update(v=[math.nan, -math.inf])
+    assert json.loads(res.path.read_text())["v"] == ["nan", "-inf"]
+    assert not (tmp_path / "results.json.tmp").exists()
+    with pytest.raises(OSError) as err:
+        write_json(tmp_path / "no" / "r.json", {})
+    assert err.value.filename == str(tmp_path / "no" / "r.json")
+
+
+def _silent_server():
+    """A TCP server that accepts and never answers (a W&B host behind a dead proxy)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    conns = []
+    threading.Thread(target=lambda: [conns.append(srv.accept()) for _ in range(8)],
+                     daemon=True).start()
+    return srv
+
+
+@pytest.mark.parametrize("where", ["refused", "hangs"])
+def test_online_that_cannot_answer_falls_back_within_the_timeout(tmp_path, monkeypatch, capsys,
+                                                                 where):
+    srv = _silent_server() if where == "hangs" else None
+    port = srv.getsockname()[1] if srv else 9  # nothing listens on 9
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.setattr(tracking, "_WARNED", False)
-    with tracking.Tracker(_cfg("online", init_timeout=5), "unit", run_dir=tmp_path) as tr:
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(tracking, "_STATE", {"warned": False, "down": False})
+    t0 = time.perf_counter()
+    with _tracker(tmp_path / "a", "online", init_timeout=2) as tr:
+        assert tr.run is not None and tr.run.settings.mode == "offline"
         tr.summary(done=True)
+    with _tracker(tmp_path / "b", "online", init_timeout=2) as tr:  # the process knows: offline
+        assert tr.run.settings.mode == "offline"
+    assert time.perf_counter() - t0 < 2 + 15  # one timeout, not one per run; no 60-90 s wait
     err = capsys.readouterr().err
     assert err.count("warning: W&B could not start in mode 'online'") == 1
-    assert json.loads((tmp_path / "results.json").read_text()) == {"done": True}
+    assert "carrying on offline" in err and len(find_runs(tmp_path)) == 2
 
 
-def test_write_json_is_atomic_and_json_safe(tmp_path):
-    tracking.write_json(tmp_path / "r.json", {"v": [math.nan, -math.inf]})
-    assert json.loads((tmp_path / "r.json").read_text()) == {"v": ["nan", "-inf"]}
-    assert not (tmp_path / "r.json.tmp").exists()
-
-
-def test_run_dir_and_sweep_info_outside_hydra(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert tracking.run_dir_of() == tmp_path
-    assert tracking.sweep_info() == (False, None, None)
-
-
-@pytest.mark.parametrize("tags, expect", [("hello", ["hello"]), (["a", "b"], ["a", "b"]),
-                                          (None, [])])
-def test_a_single_tag_string_is_one_tag(tags, expect):
-    cfg = _cfg()
-    cfg.wandb.tags = tags
-    assert to_settings(cfg).wandb.tags == expect
-    assert tracking._tags(tags) == expect
+CONFIG = {"model": {"name": "smoothmax_cnn", "pool": {"beta": 4.0, "learnable": False}}}
+TRAIN = RunNameRule(parts=["model.name", "model.pool.beta", "model.pool.learnable"],
+                    skip=["experiment", "model", "trainer.resume", "trainer.progress"],
+                    tags=["model.name", "experiment"])
 
 
 @pytest.mark.parametrize("config, overrides, name", [
-    ({"model": {"name": "smoothmax_cnn", "pool": {"beta": 4.0}}}, [],
-     "train-smoothmax_cnn-beta4"),
+    (CONFIG, [], "train-smoothmax_cnn-beta4"),
     ({"model": {"name": "smoothmax_cnn", "pool": {"beta": "inf"}}},
      ["model.pool.beta=inf", "trainer.epochs=3", "hydra.run.dir=x", "wandb.mode=offline",
       "trainer.resume=true", "+model.builder.channels=[8,16,16]"],
-     "train-smoothmax_cnn-betainf-epochs=3,channels=[8,16,16]"),
+     "train-smoothmax_cnn-betainf-epochs=3"),
     ({"model": {"name": "cnn", "pool": {"beta": 0.5, "learnable": True}}},
      ["experiment=temperature_sweep"], "train-cnn-beta0.5-learnable"),
-    ({"model": {"name": "alexnet"}}, ["model=alexnet", "count.batch_size=16"],
-     "train-alexnet-batch_size=16"),
     ({}, ["beta.max=1e6"], "train-max=1e6"),
     ({}, ["real_nets=[{name:resnet18,input_shape:[2,3,32,32]}]"],
      "train-real_nets=[{name:resnet18,input..."),
 ])
-def test_run_names_say_what_ran(config, overrides, name):
-    assert tracking.run_name("train", config, overrides) == name
-    assert len(tracking.run_name("x", {}, [f"k{i}=v" for i in range(60)])) == tracking.NAME_MAX
+def test_run_names_follow_the_pipelines_rule(config, overrides, name):
+    assert tracking.run_name(TRAIN, "train", config, overrides) == name
+    long = tracking.run_name(RunNameRule(), "x", {}, [f"k{i}=v" for i in range(60)])
+    assert len(long) == tracking.NAME_MAX
+    assert tracking.run_name(RunNameRule(), "conv", CONFIG, ["model.pool.beta=2"]) == (
+        "conv-beta=2")  # the tracker itself knows no pipeline's keys
 
 
-def test_run_tags_add_pipeline_model_and_experiment_once():
-    assert tracking.run_tags("train", {"model": {"name": "cnn"}}, ["a", "train"]) == [
-        "a", "train", "cnn"]
-    assert tracking.run_tags("conv", {}, None) == ["conv"]
+def test_run_tags_add_pipeline_and_the_rules_values_once():
+    assert tracking.run_tags(TRAIN, "train", CONFIG, ["a", "train"],
+                             {"experiment": "temperature_sweep"}) == [
+        "a", "train", "smoothmax_cnn", "temperature_sweep"]
+    assert tracking.run_tags(RunNameRule(), "conv", {}, [], None, "x") == ["conv", "x"]
 
 
 def _rows(path):
@@ -130,7 +144,7 @@ def _rows(path):
 
 
 def test_resume_continues_the_run_and_replays_what_the_local_copy_holds(tmp_path):
-    with tracking.Tracker(_cfg(), "unit", run_dir=tmp_path) as tr:
+    with _tracker(tmp_path) as tr:
         tr.define_metric("trainer/global_step")
         tr.define_metric("loss", step_metric="trainer/global_step", summary="min")
         tr.config_update(beta=math.inf, log10_beta=6.0)
@@ -138,18 +152,18 @@ def test_resume_continues_the_run_and_replays_what_the_local_copy_holds(tmp_path
             tr.log({"trainer/global_step": s, "loss": 1.0 / s}, step=s)
         tr.artifact("model", "model", [tmp_path / "metrics.jsonl"], metadata={"b": math.inf},
                     aliases=["best"])
-        first = tr.run.id
+        first = tr.run_id
     stored = json.loads((tmp_path / tracking.ID_FILE).read_text())
-    assert stored["id"] == first and stored["name"] == "unit"
+    assert stored["id"] == first == tracking.stored_run_id(tmp_path) and stored["name"] == "unit"
     with open(tmp_path / "metrics.jsonl", "a") as f:  # a row cut by a kill
         f.write('{"loss": 0.1, "_st')
-    with tracking.Tracker(_cfg(), "unit", run_dir=tmp_path, resume=True) as tr:
-        assert tr.run.id == first
-        assert tr.rewind(3) == 3  # steps 1-3 replayed into the (offline: new) file
+    with _tracker(tmp_path, resume_id=first) as tr:
+        assert tr.run_id == first
+        assert replay(tr, 3) == 3  # steps 1-3 replayed into the (offline: new) file
         tr.log({"trainer/global_step": 4, "loss": 0.3}, step=4)
     kept = _rows(tmp_path / "metrics.jsonl")
     assert [r["_step"] for r in kept] == [1, 2, 3, 4] and kept[-1]["loss"] == 0.3
-    dropped = (tmp_path / tracking.DISCARDED).read_text().splitlines()
+    dropped = (tmp_path / DISCARDED).read_text().splitlines()
     assert [json.loads(d)["_step"] for d in dropped[:2]] == [4, 5] and len(dropped) == 3
     runs = [summarize(r) for r in find_runs(tmp_path)]
     assert {w["run"].run_id for w in runs} == {first}
@@ -157,16 +171,16 @@ def test_resume_continues_the_run_and_replays_what_the_local_copy_holds(tmp_path
     assert [h["_step"] for h in new["history"]] == [1, 2, 3, 4]
     assert old["config"]["beta"] == "inf" and old["metrics"]["loss"].step_metric == (
         "trainer/global_step")
-    assert [a.type for a in old["artifacts"]] == ["model", "results"]
+    assert [a.type for a in old["artifacts"]] == ["model"]
     assert json.loads(old["artifacts"][0].metadata) == {"b": "inf"}
 
 
 def test_a_fresh_run_in_the_same_dir_is_a_new_run(tmp_path):
     ids = []
     for _ in range(2):
-        with tracking.Tracker(_cfg(), "unit", run_dir=tmp_path) as tr:
-            ids.append(tr.run.id)
+        with _tracker(tmp_path) as tr:
+            ids.append(tr.run_id)
     assert ids[0] != ids[1]
-    with tracking.Tracker(_cfg("disabled"), "unit", run_dir=tmp_path, resume=True) as tr:
-        assert tr.rewind(0) == 0  # no W&B run: the local copy is still cut at the step
+    with _tracker(tmp_path, "disabled") as tr:
+        assert replay(tr, 0) == 0  # no W&B run: the local copy is still cut at the step
     assert (tmp_path / "metrics.jsonl").read_text() == ""

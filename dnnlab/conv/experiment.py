@@ -390,6 +390,21 @@ def build_real_net(name: str, dtype: torch.dtype, seed: int) -> torch.nn.Module:
     return getattr(torchvision.models, name)(weights=None).to(dtype).train()
 
 
+def check_real_nets(settings: ConvSettings) -> None:
+    """Each real network built on meta and run on its input shape (no memory, well under a
+    second): ShapeError naming `real_nets[i]` for an input it cannot take, before any stage."""
+    from dnnlab.opcount import count_ops
+
+    for i, net in enumerate(settings.real_nets):
+        with torch.device("meta"):
+            model = build_real_net(net.name, torch_dtype(net.dtype), settings.seed)
+        try:
+            count_ops(model, net.input_shape, dtype=torch_dtype(net.dtype), training=True)
+        except ShapeError as err:
+            raise ShapeError(f"real_nets[{i}] ({net.name}, input_shape={list(net.input_shape)})"
+                             f": {err}") from None
+
+
 def run_scaling(sc: ScalingSettings, activation: str,
                 on_row: Callable[[dict], None] | None = None) -> dict:
     """dnnlab.conv.scaling one n at a time, with `threads` torch threads (1 by default: the

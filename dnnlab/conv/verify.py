@@ -24,7 +24,7 @@ from dnnlab.conv.chain import ACTIVATIONS, METHODS, ChainSpec, init_params
 from dnnlab.conv.function import ConvNdFunction, weight_grad_mode
 from dnnlab.conv.modules import OUR_CONVS, swap_convs
 from dnnlab.dtypes import dtype_name, max_errors
-from dnnlab.errors import ShapeError
+from dnnlab.errors import ShapeError, first_line
 from dnnlab.timing import torch_threads
 
 
@@ -117,7 +117,7 @@ def gradcheck_chain(spec: ChainSpec, batch: int, seed: int) -> dict:
                 ok = torch.autograd.gradcheck(net, flat, eps=1e-6, atol=1e-7, rtol=1e-5)
             except GradcheckError as err:
                 ok = False
-                out["errors"][mode] = str(err).strip().splitlines()[0]
+                out["errors"][mode] = first_line(err)
         out["modes"][mode] = bool(ok)
     out["passed"] = all(out["modes"].values())
     out["seconds"] = time.perf_counter() - t
@@ -158,9 +158,8 @@ def compare_real_net(model: torch.nn.Module, name: str, input_shape: Sequence[in
     try:
         native = grads()
     except (RuntimeError, ValueError) as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ShapeError(f"{key or name} ({name}, input_shape={list(input_shape)}): "
-                         f"{msg}") from None
+                         f"{first_line(err)}") from None
     swap_convs(model)
     convs = sum(isinstance(m, OUR_CONVS) for m in model.modules())
     ours = grads()

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from dnnlab.errors import ShapeError
+from dnnlab.errors import ShapeError, first_line
 from dnnlab.opcount import registry
 from dnnlab.opcount.handlers import count_smooth_max_module
 from dnnlab.opcount.rows import LayerRow, OpReport
@@ -289,11 +289,6 @@ def describe(args: tuple, kwargs: dict) -> str:
     return ", ".join([one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()])
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 _DATA_DEPENDENT = ("meta", "data-dependent", "no data", "item()", "nonzero")
 
 
@@ -331,10 +326,8 @@ def _run(model, args, kwargs, names, count_bias, training, meta):
 
 
 def _cpu_real(t: _Tensor) -> _Tensor:
-    """A real CPU input: the tensor itself, or zeros shaped like a meta one."""
-    if t.is_meta:
-        return torch.zeros(t.shape, dtype=t.dtype).requires_grad_(t.requires_grad)
-    return t
+    """A real CPU input: the tensor itself, or `_cpu_like`'s stand-in for a meta one."""
+    return _cpu_like(t).requires_grad_(t.requires_grad) if t.is_meta else t
 
 
 def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
@@ -376,7 +369,7 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
             if mode != "meta" or device == "meta" or not _needs_values(err):
                 raise
             guard.restore()
-            mode, reason = "cpu", f"cannot run on meta: {_first_line(err)}"
+            mode, reason = "cpu", f"cannot run on meta: {first_line(err)}"
             rows, not_counted = _run(model, args, kwargs, names, count_bias, training,
                                      meta=False)
     except ShapeError:
@@ -387,7 +380,7 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
         raise ShapeError(f"layer '{path or '<model>'}' ({mtype}) cannot take input of shape "
                          f"{', '.join(map(str, shapes))} (model input "
                          f"{shape if inputs is None else describe(args, kwargs)}): "
-                         f"{_first_line(err)}") from err
+                         f"{first_line(err)}") from err
     finally:
         guard.restore()
     return OpReport(name or type(model).__name__, shape, rows, count_bias, training,

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from dnnlab.errors import first_line
 from dnnlab.opcount.counter import as_inputs, call_args, count_ops, swapped, tensors_of
 from dnnlab.opcount.rows import MAC_FAMILIES, OpReport
 
@@ -267,7 +268,7 @@ def reconcile(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
     try:
         theirs_raw = fvcore_counts(model, input_shape, inputs=inputs)
     except Exception as err:  # noqa: BLE001 - fvcore cannot trace every model: say why
-        theirs_raw, fv_error = {}, (str(err).strip().splitlines() or [type(err).__name__])[0]
+        theirs_raw, fv_error = {}, first_line(err)
     theirs: dict = defaultdict(lambda: defaultdict(int))
     for path, ops in theirs_raw.items():
         for op, v in ops.items():

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from dnnlab.errors import ConfigError, DnnlabError
+from dnnlab.errors import ConfigError, DnnlabError, first_line
 
 INSTALL = "pip install -e '.[zoo]'"
 
@@ -28,7 +28,7 @@ def timm_model(name: str, **kwargs: Any) -> torch.nn.Module:
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
     except RuntimeError as err:  # "Unknown model (...)"
-        raise ConfigError(f"model.name={name!r}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"model.name={name!r}: {first_line(err)}") from None
 
 
 def hf_model(model_class: str, config_class: str, **config: Any) -> torch.nn.Module:

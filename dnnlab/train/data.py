@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset, random_split
 
-from dnnlab.errors import ConfigError, require
+from dnnlab.errors import ConfigError, first_line, require
 
 
 @dataclass
@@ -106,7 +106,7 @@ def torchvision_set(name: str, *, root: str, download: bool = True, val_fraction
         _remove_new_empty_dirs(Path(root), cls, existed)
         where, files = expected_files(cls, Path(root))
         raise ConfigError(
-            f"data={name}: cannot load {cls_name} ({str(err).strip().splitlines()[0][:100]}). "
+            f"data={name}: cannot load {cls_name} ({first_line(err)[:100]}). "
             f"torchvision reads {', '.join(files)} in {where} (paths.data_dir={root}): copy them "
             f"there, or run once with network access (data.dataset.download=true)") from None
     n_val = int(round(len(train_full) * val_fraction))

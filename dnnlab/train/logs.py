@@ -1,14 +1,11 @@
-"""What a training run shows in W&B (docs/wandb.md), through a dnnlab.tracking.Tracker.
-
-    logs = TrainLogs(tracker, model, beta)
-    logs.start(resumed_at=None)             # define_metric, config, wandb.watch, replay
-    fit(..., on_step=logs.on_step, on_probe=logs.on_probe, on_epoch=logs.on_epoch)
-    logs.finish(result)                     # test row, summary, probes table, model artifacts
+"""What a training run shows in W&B (docs/wandb.md): a dnnlab.train.loop.Callback that hands
+the loop's records to a dnnlab.tracking.Tracker under W&B's names.
 
 One name per quantity, two step axes: `trainer/global_step` for what is measured per step
 (`train/loss`, `train/lr`, `probe/*`) and `epoch` for what is measured per epoch
 (`train/loss_epoch`, `train/accuracy`, `val/*`, `train/images_per_s`, `pool/*`, `test/*`). W&B's
 own `_step` is the global step, so a row logged twice (a resume's replay) lands on its place.
+It also keeps the run's probes table (probes.csv) and the best weights (model.best.pt).
 """
 from __future__ import annotations
 
@@ -19,11 +16,13 @@ from typing import Any
 import torch
 
 from dnnlab.beta import log10_beta
-from dnnlab.table import Table, jsonable
-from dnnlab.train.loop import BEST, CKPT, EpochEnd, TrainResult
+from dnnlab.table import Table
+from dnnlab.train.loop import Callback, EpochEnd, TrainResult, best_of
 from dnnlab.train.probes import probe_metrics
+from dnnlab.train.resume import save_atomic
 
 STEP, EPOCH = "trainer/global_step", "epoch"
+BEST = "model.best.pt"  # the weights of the first epoch with the best validation accuracy
 # (name or glob, its step axis, the summary's aggregation)
 METRICS = [
     ("train/loss", STEP, "min"), ("train/lr", STEP, "last"), ("probe/*", STEP, "max"),
@@ -32,79 +31,90 @@ METRICS = [
     ("train/images_per_s", EPOCH, "mean"), ("pool/*", EPOCH, "last"), ("test/*", EPOCH, "last"),
     ("trainer/resumed_from_epoch", EPOCH, "last"),
 ]
+# an epoch record's keys (results.json's history) -> their names in W&B
+EPOCH_NAMES = {"epoch": EPOCH, "step": STEP, "train_loss": "train/loss_epoch",
+               "train_accuracy": "train/accuracy", "val_loss": "val/loss",
+               "val_accuracy": "val/accuracy", "images_per_s": "train/images_per_s"}
 PROBE_COLUMNS = ["step", "layer", "type", "param", "max_abs_err", "max_rel_err"]
 
 
-class TrainLogs:
-    """The W&B side of one training run: callbacks for dnnlab.train.loop.fit."""
-
-    def __init__(self, tracker: Any, model: torch.nn.Module, beta: Any):
-        self.tracker, self.model, self.beta = tracker, model, beta
-        self.probes: list[list] = []  # the rows of the `probes` table (probes.csv)
-
-    def start(self, resumed_at: int | None = None, watch: str | None = None,
-              watch_every: int = 100) -> int:
-        """Define the metrics, add `beta` and `log10_beta` to the config, wandb.watch the model
-        if asked; after a resume from a checkpoint at step `resumed_at`, keep the probes and
-        the history up to it and replay the history into W&B. Returns the rows replayed."""
-        tr = self.tracker
-        tr.define_metric(STEP)
-        tr.define_metric(EPOCH)
-        for name, axis, summary in METRICS:
-            tr.define_metric(name, step_metric=axis, summary=summary)
-        tr.config_update(beta=self.beta, log10_beta=log10_beta(self.beta))
-        tr.watch(self.model, watch, watch_every)
-        if resumed_at is None:
-            return 0
-        self.probes = [r for r in _read_csv(tr.run_dir / "probes.csv") if r[0] <= resumed_at]
-        return tr.rewind(resumed_at)
-
-    def on_step(self, metrics: dict, step: int) -> None:
-        self.tracker.log(metrics, step=step)
-
-    def on_probe(self, rows: list[dict], step: int) -> None:
-        """The worst errors over the layers to the history; every row to the probes table."""
-        self.probes += [[step] + [r[c] for c in PROBE_COLUMNS[1:]] for r in rows]
-        self.tracker.log({STEP: step} | probe_metrics(rows), step=step)
-
-    def on_epoch(self, end: EpochEnd) -> None:
-        self.tracker.log(end.metrics(), step=end.step)
-        self.tracker.update(history=end.history)
-        self.table().to_csv(self.tracker.run_dir)  # probes.csv, as the run goes
-
-    def table(self) -> Table:
-        return Table("probes", PROBE_COLUMNS, self.probes,
-                     title="hand-written gradients vs autograd, per layer and probe step")
-
-    def finish(self, result: TrainResult, config: dict) -> None:
-        """The test row (at the last step, on the epoch axis), results.json, the W&B summary,
-        the probes table and the model artifacts: `model.best.pt` (alias best) and
-        `checkpoint.pt` (alias latest), with the resolved config as metadata."""
-        tr, last = self.tracker, (result.history[-1] if result.history else {})
-        tr.log({EPOCH: last.get("epoch", 0), STEP: result.steps,
-                "test/accuracy": result.test_accuracy, "test/loss": result.test_loss},
-               step=result.steps)
-        tr.update(**result.to_dict())
-        tr.wandb_summary(beta=self.beta, log10_beta=log10_beta(self.beta), steps=result.steps,
-                         epochs=result.epochs, **({"train/compile_seconds": result.compile_seconds}
-                                                  if result.compile_seconds is not None else {}))
-        if self.probes:
-            tr.table(self.table())
-        run_dir = Path(tr.run_dir)
-        if (run_dir / BEST).exists() and result.history:  # fit keeps the first best epoch
-            best = max(result.history, key=lambda h: h["val_accuracy"])
-            tr.artifact("model", "model", [run_dir / BEST], aliases=["best"], metadata={
-                "epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "config": config})
-        if (run_dir / CKPT).exists():
-            tr.artifact("model", "model", [run_dir / CKPT], aliases=["latest"], metadata={
-                "epoch": last.get("epoch"), "val_accuracy": last.get("val_accuracy"),
-                "test_accuracy": result.test_accuracy, "config": jsonable(config)})
+def epoch_metrics(end: EpochEnd) -> dict[str, Any]:
+    """The scalars of an epoch under W&B's names (the learning rate is charted per step), then
+    the pooling statistics (`pool/<layer>/beta` only when beta trains: a constant is no chart)."""
+    out = {EPOCH_NAMES[k]: v for k, v in end.record.items() if k in EPOCH_NAMES}
+    out |= {k: v for k, v in end.pool.items() if end.learnable or not k.endswith("/beta")}
+    if end.resumed_from_epoch is not None:
+        out["trainer/resumed_from_epoch"] = end.resumed_from_epoch
+    return out
 
 
-def _read_csv(path: Path) -> list[list]:
+def read_probes(path: Path) -> list[list]:
     """The rows of a probes.csv written before (numbers parsed); [] when there is none."""
     if not path.exists():
         return []
     with open(path, newline="") as f:
         rows = list(csv.reader(f))[1:]
     return [[int(r[0]), r[1], r[2], r[3], float(r[4]), float(r[5])] for r in rows if len(r) == 6]
+
+
+class TrainLogs(Callback):
+    """The W&B side of one training run."""
+
+    def __init__(self, tracker: Any, model: torch.nn.Module, beta: Any,
+                 resumed_at: int | None = None):
+        """Define the metrics and add `beta`, `log10_beta` to the config; after a resume from
+        a checkpoint at step `resumed_at`, keep the probes up to it."""
+        self.tracker, self.model, self.beta = tracker, model, beta
+        self.run_dir = Path(tracker.run_dir)
+        self.probes = [r for r in read_probes(self.run_dir / "probes.csv")
+                       if resumed_at is not None and r[0] <= resumed_at]
+        self.best = -1.0
+        tracker.define_metric(STEP)
+        tracker.define_metric(EPOCH)
+        for name, axis, summary in METRICS:
+            tracker.define_metric(name, step_metric=axis, summary=summary)
+        tracker.config_update(beta=beta, log10_beta=log10_beta(beta))
+
+    def on_step(self, step: int, loss: float, lr: float) -> None:
+        self.tracker.log({STEP: step, "train/loss": loss, "train/lr": lr}, step=step)
+
+    def on_probe(self, step: int, rows: list[dict]) -> None:
+        """The worst errors over the layers to the history; every row to the probes table."""
+        self.probes += [[step] + [r[c] for c in PROBE_COLUMNS[1:]] for r in rows]
+        self.tracker.log({STEP: step} | probe_metrics(rows), step=step)
+
+    def on_epoch(self, end: EpochEnd) -> None:
+        self.tracker.log(epoch_metrics(end), step=end.step)
+        self.table().to_csv(self.run_dir)  # probes.csv, as the run goes
+        best = best_of(end.history)
+        if best is end.record and best["val_accuracy"] > self.best:  # the W&B `best` model
+            self.best = best["val_accuracy"]
+            save_atomic(self.run_dir / BEST, {"model": self.model.state_dict(), "epoch":
+                        end.record["epoch"], "step": end.step, "val_accuracy": self.best})
+
+    def table(self) -> Table:
+        return Table("probes", PROBE_COLUMNS, self.probes,
+                     title="hand-written gradients vs autograd, per layer and probe step")
+
+    def finish(self, result: TrainResult, config: dict, checkpoint: Path) -> None:
+        """The test row (at the last step, on the epoch axis), the W&B summary, the probes
+        table and the model artifacts: model.best.pt (alias best) and the checkpoint (latest),
+        with the resolved config as metadata."""
+        tr, last = self.tracker, (result.history[-1] if result.history else {})
+        tr.log({EPOCH: last.get("epoch", 0), STEP: result.steps,
+                "test/accuracy": result.test_accuracy, "test/loss": result.test_loss},
+               step=result.steps)
+        tr.summary(beta=self.beta, log10_beta=log10_beta(self.beta), steps=result.steps,
+                   epochs=result.epochs, best_val_accuracy=result.best_val_accuracy,
+                   **({"train/compile_seconds": result.compile_seconds}
+                      if result.compile_seconds is not None else {}))
+        if self.probes:
+            tr.table(self.table())
+        best = best_of(result.history)
+        if (self.run_dir / BEST).exists() and best is not None:
+            tr.artifact("model", "model", [self.run_dir / BEST], aliases=["best"], metadata={
+                "epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "config": config})
+        if checkpoint.exists():
+            tr.artifact("model", "model", [checkpoint], aliases=["latest"], metadata={
+                "epoch": last.get("epoch"), "val_accuracy": last.get("val_accuracy"),
+                "test_accuracy": result.test_accuracy, "config": config})

@@ -19,11 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dnnlab.conv.modules import OUR_CONVS
 from dnnlab.dtypes import max_errors
-from dnnlab.nn import Conv1d, Conv2d, Conv3d, SmoothMaxPool2d
+from dnnlab.nn import SmoothMaxPool2d
 from dnnlab.smoothmax.reference import smooth_max_reference
-
-OUR_CONVS = (Conv1d, Conv2d, Conv3d)
 
 
 def _torch_conv_class(m: nn.Module) -> type:

@@ -20,9 +20,10 @@ from dnnlab.models import SmoothMaxCNN
 from dnnlab.report import Section
 from dnnlab.table import Table
 from dnnlab.train.data import digits
-from dnnlab.train.loop import fit, seed_everything
+from dnnlab.train.loop import Batches, fit, seed_everything
 from dnnlab.train.plots import plot_temperature_sweep
 from dnnlab.train.probes import pool_beta
+from dnnlab.train.resume import Checkpoint
 from dnnlab.train.settings import TrainerSettings
 
 # conf/train.yaml's defaults (tests/train/test_report.py checks them against the composed config)
@@ -57,9 +58,10 @@ def train_one(beta: float, epochs: int, run_dir: Path) -> dict:
         model = SmoothMaxCNN(**MODEL, beta=beta)
     opt = torch.optim.Adam(model.parameters(), **ADAM)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    res = fit(model, splits, opt, sched, TrainerSettings(epochs=epochs, device=DEVICE,
-                                                         probe_every=0, progress=False),
-              run_dir, SEED, BATCH_SIZE)
+    settings = TrainerSettings(epochs=epochs, device=DEVICE, probe_every=0, progress=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpoint(run_dir / "checkpoint.pt", {"beta": beta, "epochs": epochs})
+    res = fit(model, Batches(splits, BATCH_SIZE, SEED), opt, sched, settings, checkpoint=ckpt)
     return {"beta": pool_beta(model), "test_accuracy": res.test_accuracy,
             "grad_entropy": res.grad_entropy, "argmax_mass": res.argmax_mass, "status": "done"}
 

@@ -1,25 +1,50 @@
-"""Resuming a training run safely: what may change between a run and its resume, and the
-command that resumes an interrupted run.
+"""A run's checkpoint and its resume: one object reads it, checks the config, and hands the loop
+its start state; the same object writes it (nanoGPT's single checkpoint dict).
 
-A checkpoint records the resolved config that produced it (`dnnlab.train.loop.fit(config=)`).
-A resume may change only the keys of `MAY_CHANGE` (more epochs continue training; the resume
-switch, the progress bar, the W&B mode, and where the working dir is); any other difference
-would mix two experiments in one history, and is refused with one line listing the keys and
-both values. Launcher keys live in Hydra's own node, which is not part of the config compared.
+    ckpt = Checkpoint(run_dir / "checkpoint.pt", config)   # the resolved config of this run
+    ckpt.resume(config_now)     # trainer.resume: the state to start from, or ConfigError
+    fit(..., checkpoint=ckpt)   # restores ckpt.start, calls ckpt.save(state) after each epoch
+
+A resume may change only the keys of MAY_CHANGE (more epochs continue training; the resume switch,
+the progress bar, what W&B shows, where the working dir is): any other difference would mix two
+experiments in one history, and is refused with one line naming the keys and both values.
+`replay(tracker, step)` gives a resumed W&B run the history the run dir holds up to the checkpoint.
 """
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from dnnlab.errors import ConfigError
+import torch
+
+from dnnlab.errors import ConfigError, DnnlabError, first_line
 from dnnlab.table import jsonable
 
 MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "wandb.mode",
-              "wandb.watch.log", "wandb.watch.log_freq",
-              "paths.root_dir", "paths.output_dir")
+              "wandb.watch.log", "wandb.watch.log_freq", "paths.root_dir", "paths.output_dir")
+KEYS = {"model", "optimizer", "epoch", "step", "history"}  # what makes a dnnlab checkpoint
+DISCARDED = "metrics.discarded.jsonl"  # rows past the checkpoint that a resume redoes
+
+
+def save_atomic(path: Path, state: dict, prev: Path | None = None) -> None:
+    """torch.save to a temp file, fsync, then rename over `path` (the one it replaces kept as
+    `prev` when given): a kill at any moment leaves a complete file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if prev is not None and path.exists():
+            os.replace(path, prev)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DnnlabError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -40,28 +65,90 @@ def config_diff(before: dict, now: dict) -> list[tuple[str, Any, Any]]:
             if k not in MAY_CHANGE and a.get(k) != b.get(k)]
 
 
-def check_same_config(checkpoint: dict, config_now: Callable[[dict[str, Any]], dict],
-                      path: Any) -> None:
-    """ConfigError listing the differing keys (both values) when the config now is not the one
-    that made `checkpoint` (checkpoints written before configs were recorded are not compared).
-    `config_now(pinned)` gives the resolved config now with the keys of `pinned` (the
-    checkpoint's values of MAY_CHANGE) set before resolving, so values derived from them (the
-    cosine schedule's T_max = trainer.epochs) do not count as changes."""
-    recorded = checkpoint.get("config")
-    if not recorded:
-        return
-    before = json.loads(recorded)
-    flat = flatten(before)
-    diff = config_diff(before, config_now({k: flat[k] for k in MAY_CHANGE if k in flat}))
-    if diff:
-        keys = "; ".join(f"{k}: {_show(a)} in the checkpoint, {_show(b)} now" for k, a, b in diff)
-        raise ConfigError(f"trainer.resume=true refused: the config differs from the one that "
-                          f"made {path} in {keys} (a resume may change only "
-                          f"{', '.join(MAY_CHANGE[:4])}); nothing was written")
-
-
 def _show(v: Any) -> str:
     return json.dumps(v) if not isinstance(v, str) else v
+
+
+class Checkpoint:
+    """checkpoint.pt (and checkpoint.prev.pt, the one before) of a run: model, optimizer,
+    scheduler, RNG states, epoch, step, history, probe errors and the config that made it."""
+
+    def __init__(self, path: Path, config: dict):
+        self.path, self.config = Path(path), jsonable(config)
+        self.prev = self.path.with_name(self.path.stem + ".prev" + self.path.suffix)
+        self.start: dict | None = None  # the state a resume starts from
+        self.warning: str | None = None  # a bad checkpoint.pt passed over for the previous one
+
+    def save(self, state: dict) -> None:
+        save_atomic(self.path, state | {"config": json.dumps(self.config)}, prev=self.prev)
+
+    def load(self) -> dict:
+        """The newest readable state (checkpoint.pt, else the previous one, with `warning`
+        naming the bad file); ConfigError naming the file(s) when none loads or none exists."""
+        if not self.path.exists() and not self.prev.exists():
+            raise ConfigError(f"trainer.resume=true: no checkpoint in {self.path.parent} "
+                              "(pass the run's dir as hydra.run.dir)")
+        bad = []
+        for path in (self.path, self.prev):
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, weights_only=True, map_location="cpu")
+                if not isinstance(state, dict) or not KEYS <= set(state):
+                    raise ValueError("not a dnnlab checkpoint")
+            except Exception as err:  # noqa: BLE001 - truncated, corrupt, not a checkpoint
+                bad.append(f"{path} is unreadable ({first_line(err)[:100]})")
+                continue
+            if bad:
+                self.warning = f"{bad[0]}; resuming from {path} (after epoch {state['epoch']})"
+            return state
+        raise ConfigError(f"trainer.resume=true: {'; '.join(bad)}; no good checkpoint to "
+                          "resume from")
+
+    def resume(self, config_now: Callable[[dict[str, Any]], dict]) -> dict:
+        """Load the state and check it was made by this config: `config_now(pinned)` is the
+        config now, resolved with the checkpoint's values of MAY_CHANGE (so values derived
+        from them, a cosine schedule's T_max = trainer.epochs, are no change). Sets `start`."""
+        state = self.load()
+        if state.get("config"):
+            before = json.loads(state["config"])
+            flat = flatten(before)
+            diff = config_diff(before, config_now({k: flat[k] for k in MAY_CHANGE if k in flat}))
+            if diff:
+                keys = "; ".join(f"{k}: {_show(a)} in the checkpoint, {_show(b)} now"
+                                 for k, a, b in diff)
+                raise ConfigError(f"trainer.resume=true refused: the config differs from the one "
+                                  f"that made {self.path} in {keys} (a resume may change only "
+                                  f"{', '.join(MAY_CHANGE[:4])}); nothing was written")
+        self.start = state
+        return state
+
+
+def replay(tracker: Any, step: int) -> int:
+    """After a resume from a checkpoint taken at `step`: metrics.jsonl keeps its rows up to
+    `step` (later ones, from the part of an epoch the resume redoes, and lines cut by a kill, go
+    to metrics.discarded.jsonl), and W&B gets them again from its own next step on (an offline
+    run killed with kill -9 lost what wandb had buffered). Returns the rows sent to W&B."""
+    path = tracker.run_dir / "metrics.jsonl"
+    keep, drop = [], []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            drop.append(line)
+            continue
+        (drop if row.get("_step", -1) > step else keep).append(row)
+    if drop:
+        with open(tracker.run_dir / DISCARDED, "a") as f:
+            f.write("".join((d if isinstance(d, str) else json.dumps(d)) + "\n" for d in drop))
+    tracker.restart_mirror()
+    first, sent = tracker.next_step, 0
+    for row in keep:
+        s = row.pop("_step", None)
+        again = s is not None and s >= first and tracker.run is not None
+        tracker.log(row, step=s, to_wandb=again)
+        sent += again
+    return sent
 
 
 def resume_command(module: str, overrides: list[str], run_dir: Any) -> str:

@@ -1,22 +1,28 @@
 """The summary of a multirun of pipelines.train (a temperature sweep, say), read from the
 sweep dir: one row per job with its overrides, beta, test accuracy, gradient entropy and
-status (done, running, failed: a job's `failed.json`, written by dnnlab.runtime.SweepSummary).
+status (done, running, failed: a job's `failed.json`).
 
-dnnlab.runtime.SweepSummary (the Hydra callback) calls `write_summary` after every job, so a
-failed or killed job never loses the others' results, and logs `summary_table` and
-summary.png to W&B at the end of the multirun.
+`SweepSummary` (the Hydra callback of conf/train.yaml) rewrites summary.json and summary.png
+after every job, so a failed or killed job never loses the others' results, and at the end of
+the multirun logs the table and plot as their own W&B run (job_type sweep_summary) in the
+sweep's group.
 """
 from __future__ import annotations
 
-import json
+import traceback
 from pathlib import Path
 from typing import Any
 
-import yaml
+from hydra.core.utils import JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.beta import LOG10_BETA_INF, log10_beta
+from dnnlab.config import WandbConfig, settings_of
+from dnnlab.results import read_json, write_json
+from dnnlab.runtime import FAILED, err_console, job_dirs, read_overrides
 from dnnlab.table import Table
-from dnnlab.tracking import write_json
+from dnnlab.tracking import Tracker, run_tags
 from dnnlab.train.plots import plot_temperature_sweep
 
 COLUMNS = ["job", "beta", "log10_beta", "test_accuracy", "grad_entropy", "argmax_mass",
@@ -27,22 +33,15 @@ LINES = [("log10_beta", "test_accuracy",
          ("log10_beta", "grad_entropy", "gradient entropy / log n against log10(beta)")]
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def collect(sweep_dir: Path) -> list[dict]:
     """One row per numbered job dir of the sweep, in job order."""
     rows = []
-    jobs = sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()),
-                  key=lambda p: int(p.name))
-    for job in jobs:
-        ov = job / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(ov.read_text()) if ov.exists() else []
-        res = _read_json(job / "results.json") or {}
-        failed = _read_json(job / "failed.json")
+    for job in job_dirs(Path(sweep_dir)):
+        res = read_json(job / "results.json") or {}
+        failed = read_json(job / FAILED)
         status = "failed" if failed else ("done" if "test_accuracy" in res else "running")
-        rows.append({"job": int(job.name), "overrides": overrides or [], "beta": res.get("beta"),
+        rows.append({"job": int(job.name), "overrides": read_overrides(job),
+                     "beta": res.get("beta"),
                      "betas": res.get("betas") or {},
                      "test_accuracy": res.get("test_accuracy"),
                      "grad_entropy": res.get("grad_entropy"),
@@ -101,3 +100,56 @@ def _beta_text(row: dict) -> str:
     if row["beta"] == "learnable" and row.get("betas"):
         return f"learnable ({', '.join(f'{v:.3g}' for v in row['betas'].values())})"
     return str(row["beta"])
+
+
+def log_summary_run(wandb: WandbConfig, sweep_dir: Path, group: str, summary: dict,
+                    experiment: str | None = None) -> None:
+    """The sweep's summary as its own W&B run in the sweep's group: config = the swept keys and
+    their values; the table, a live line plot per LINES, the plot, the number of failed jobs."""
+    if wandb.mode == "disabled":
+        return
+    table = summary_table(summary)
+    config = {"sweep": swept_keys(summary["jobs"]), "sweep_dir": str(sweep_dir),
+              "jobs": len(table.rows), "pipeline": "train"}
+    tags = run_tags(wandb.run_name, "train", {}, wandb.tags, None,
+                    *([experiment] if experiment else []), "sweep_summary")
+    with Tracker(wandb, sweep_dir, job_type="sweep_summary", name=f"{group}-summary",
+                 config=config, tags=tags, group=group) as tr:
+        tr.table(table)
+        for x, y, title in LINES:
+            tr.line(table, x, y, title)
+        if (sweep_dir / "summary.png").exists():
+            tr.image("summary_plot", sweep_dir / "summary.png")
+        tr.summary(failed_jobs=len(summary["failed"]))
+
+
+class SweepSummary(Callback):
+    """Hydra callback of a train multirun (conf/train.yaml `hydra.callbacks`): summary.json
+    and summary.png after every job; the summary run at the end (none for an empty sweep)."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if str(OmegaConf.select(config, "hydra.mode")) not in ("RunMode.MULTIRUN", "MULTIRUN"):
+            return
+        if job_return.status == JobStatus.FAILED:  # an error run_job did not catch
+            try:
+                _ = job_return.return_value  # raises the job's exception
+            except Exception as err:  # noqa: BLE001 - recorded for the summary and FailedJobs
+                write_json(Path(config.hydra.runtime.output_dir) / FAILED, {
+                    "error": f"{type(err).__name__}: {err}",
+                    "traceback": "".join(traceback.format_exception(err))})
+        try:
+            write_summary(Path(config.hydra.sweep.dir))
+        except Exception as e:  # noqa: BLE001 - a summary must never fail a job
+            err_console.print(f"warning: sweep summary failed: {e}", highlight=False)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not job_dirs(sweep_dir):
+            return  # an empty sweep: FailedJobs refuses it
+        try:
+            wandb = settings_of(WandbConfig, config.get("wandb"), "wandb")
+            group = wandb.group or f"{config.hydra.job.name}-{sweep_dir.name}"
+            log_summary_run(wandb, sweep_dir, group, write_summary(sweep_dir),
+                            OmegaConf.select(config, "hydra.runtime.choices.experiment"))
+        except Exception as e:  # noqa: BLE001 - W&B must never sink a sweep
+            err_console.print(f"warning: W&B sweep summary not logged: {e}", highlight=False)

@@ -85,11 +85,15 @@ def test_conv_multirun_one_group(pipeline, tmp_path):
 @pytest.mark.parametrize("overrides, status, words", [
     (["chain.n0=4", "chain.filters=[5]"], 1, ["chain.filters[0]", "layer 1", "f=5"]),
     (["chain.activation=swish"], 2, ["chain.activation", "swish"]),
+    (["real_nets=[{name:resnet18,input_shape:[1,1,32,32]}]"], 1,
+     ["real_nets[0] (resnet18, input_shape=[1, 1, 32, 32])", "conv1"]),
 ])
-def test_bad_values_are_one_line(pipeline, tmp_path, overrides, status, words):
-    proc = pipeline("conv", *overrides, f"hydra.run.dir={tmp_path}")
+def test_bad_values_are_one_line_and_leave_nothing(pipeline, tmp_path, overrides, status, words):
+    out = tmp_path / "run"
+    proc = pipeline("conv", *overrides, f"hydra.run.dir={out}")
     assert proc.returncode == status, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert all(w in lines[0] for w in words), lines[0]
     assert "Traceback" not in proc.stderr
+    assert not out.exists()  # refused before the run dir and the W&B run exist

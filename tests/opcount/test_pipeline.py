@@ -34,15 +34,18 @@ def test_opcount_alexnet_end_to_end(pipeline, tmp_path):
 @pytest.mark.parametrize("override,status,words", [
     ("input_shape=[1,3,32,32]", 1, ["features.12", "[1, 256, 1, 1]"]),
     ("count.backward=maybe", 2, ["count.backward", "maybe"]),
+    ("model=timm model.name=no_such_net_zzz", 1, ["model.name='no_such_net_zzz'"]),
 ])
-def test_opcount_bad_input_is_one_line(pipeline, tmp_path, override, status, words):
+def test_opcount_bad_input_is_one_line_and_leaves_nothing(pipeline, tmp_path, override, status,
+                                                          words):
     out = tmp_path / "bad"
-    proc = pipeline("opcount", "model=alexnet", override, f"hydra.run.dir={out}")
+    proc = pipeline("opcount", "model=alexnet", *override.split(), f"hydra.run.dir={out}")
     assert proc.returncode == status
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert all(w in lines[0] for w in words), lines[0]
     assert "Traceback" not in proc.stderr
+    assert not out.exists()  # the count runs before the run dir and the W&B run exist
 
 
 def test_opcount_multirun_with_hydra_grammar_groups_jobs(pipeline, tmp_path):

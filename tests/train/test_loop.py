@@ -1,5 +1,5 @@
 """dnnlab.train.loop: learning on real data, determinism, resume == uninterrupted, NaN stop,
-checkpoints, probes and what the callbacks receive."""
+checkpoints, probes and what the callbacks receive (and their W&B names, train.logs)."""
 from __future__ import annotations
 
 import math
@@ -10,31 +10,54 @@ import torch
 from dnnlab.errors import ConfigError, DnnlabError, ShapeError
 from dnnlab.models import SmoothMaxCNN, build_layers
 from dnnlab.train.data import synthetic
+from dnnlab.train.logs import epoch_metrics
 from dnnlab.train.loop import (
-    CKPT,
+    Batches,
+    Callback,
     EpochEnd,
     TrainResult,
+    best_of,
     check_fits,
     evaluate,
     fit,
     resolve_device,
     seed_everything,
 )
+from dnnlab.train.resume import Checkpoint
 from dnnlab.train.settings import TrainerSettings
 
 
+class Record(Callback):
+    """Everything fit emits, in order."""
+
+    def __init__(self):
+        self.ends, self.probes, self.steps = [], [], []
+
+    def on_step(self, step, loss, lr):
+        self.steps.append(step)
+
+    def on_probe(self, step, rows):
+        self.probes.append((step, rows))
+
+    def on_epoch(self, end):
+        self.ends.append(end)
+
+
 def _run(run_dir, epochs=3, total=None, resume=False, probe_every=0, lr=0.01, sgd=False,
-         on_epoch=None, on_probe=None):
+         record=None):
     """A seeded run as the pipeline does it; `total` epochs of cosine schedule (default epochs)."""
     seed_everything(0)
     splits = synthetic(samples=240, num_classes=4)
     model = SmoothMaxCNN(1, splits.num_classes, (4, 8, 8), beta=4.0, normalized=True)
     opt = (torch.optim.SGD if sgd else torch.optim.Adam)(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total or epochs)
-    settings = TrainerSettings(epochs=epochs, probe_every=probe_every, resume=resume,
-                               progress=False)
-    return fit(model, splits, opt, sched, settings, run_dir, 0, 32, on_epoch=on_epoch,
-               on_probe=on_probe)
+    settings = TrainerSettings(epochs=epochs, probe_every=probe_every, progress=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpoint(run_dir / "checkpoint.pt", {"lr": lr, "total": total or epochs})
+    if resume:
+        ckpt.resume(lambda pinned: {"lr": lr, "total": total or epochs})
+    return fit(model, Batches(splits, 32, 0), opt, sched, settings,
+               callbacks=[record] if record else [], checkpoint=ckpt)
 
 
 def _history(res: TrainResult) -> list:
@@ -42,13 +65,14 @@ def _history(res: TrainResult) -> list:
 
 
 def test_learns_and_reports_everything(tmp_path):
-    ends, probes = [], []
-    res = _run(tmp_path, epochs=4, probe_every=3, lr=0.05, on_epoch=ends.append,
-               on_probe=lambda m, s: probes.append((s, m)))
+    rec = Record()
+    res = _run(tmp_path, epochs=4, probe_every=3, lr=0.05, record=rec)
+    ends, probes = rec.ends, rec.probes
     assert res.test_accuracy > 0.7 and res.epochs == 4 and res.steps == 4 * math.ceil(144 / 32)
     assert [e.record["epoch"] for e in ends] == [0, 1, 2, 3] and ends[-1].history == res.history
     assert ends[-1].step == res.steps and ends[0].resumed_from_epoch is None
-    m = ends[-1].metrics()
+    assert rec.steps == list(range(1, res.steps + 1))  # log_every=1
+    m = epoch_metrics(ends[-1])
     assert {"epoch", "trainer/global_step", "val/accuracy", "train/loss_epoch",
             "pool/entropy_rel", "pool/features.4/argmax_mass"} <= set(m)
     assert "trainer/resumed_from_epoch" not in m and not any(k.endswith("/beta") for k in m)
@@ -61,7 +85,9 @@ def test_learns_and_reports_everything(tmp_path):
     d = res.to_dict()
     assert list(d)[0] == "history" and d["test_accuracy"] == res.test_accuracy
     assert set(res.final()) == set(d) - {"history"} and "probe_max_rel_err" in d
-    ck = torch.load(tmp_path / CKPT, weights_only=True)
+    assert res.best_val_accuracy == max(h["val_accuracy"] for h in res.history)
+    assert res.history[res.best_epoch] is best_of(res.history)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ck["epoch"] == 3 and set(ck) >= {"model", "optimizer", "scheduler", "rng", "history"}
 
 
@@ -70,10 +96,11 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(tmp_path):
     b = _run(tmp_path / "b")
     assert _history(a) == _history(b) and a.test_accuracy == b.test_accuracy
     _run(tmp_path / "c", epochs=1, total=3)  # "killed" after epoch 0's checkpoint
-    ends = []
-    c = _run(tmp_path / "c", epochs=3, resume=True, on_epoch=ends.append)
+    rec = Record()
+    c = _run(tmp_path / "c", epochs=3, resume=True, record=rec)
     assert _history(c) == _history(a) and c.test_accuracy == a.test_accuracy
-    assert ends[0].resumed_from_epoch == 0 and ends[0].metrics()["trainer/resumed_from_epoch"] == 0
+    assert rec.ends[0].resumed_from_epoch == 0
+    assert epoch_metrics(rec.ends[0])["trainer/resumed_from_epoch"] == 0
 
 
 def test_resume_without_a_checkpoint_names_the_key(tmp_path):
@@ -96,14 +123,17 @@ def test_devices_and_fit_checks():
         with pytest.raises(ConfigError, match=r"^trainer.device=cuda: CUDA is not available"):
             resolve_device("cuda")
     splits = synthetic(samples=20)
-    check_fits(SmoothMaxCNN(1, 4, (4, 4, 4)), splits, "smoothmax_cnn", "synthetic")
+    check_fits(SmoothMaxCNN(1, 4, (4, 4, 4)), splits, "smoothmax_cnn", "synthetic", 4)
+    with pytest.raises(ConfigError, match=r"^data.num_classes=3: data=synthetic has labels "
+                                          r"0 .. 3 \(4 classes\); set data.num_classes=4$"):
+        check_fits(SmoothMaxCNN(1, 3, (4, 4, 4)), splits, "smoothmax_cnn", "synthetic", 3)
     lenet = build_layers([{"type": "Conv2d", "in_channels": 1, "out_channels": 6,
                            "kernel_size": 5}, {"type": "AvgPool2d", "kernel_size": 2},
                           {"type": "Conv2d", "in_channels": 6, "out_channels": 16,
                            "kernel_size": 5}])
     with pytest.raises(ShapeError, match=r"^model=lenet5 cannot take data=synthetic images "
                                          r"\[1, 8, 8\]: layer '2'"):
-        check_fits(lenet, splits, "lenet5", "synthetic")
+        check_fits(lenet, splits, "lenet5", "synthetic", 4)
 
 
 def test_evaluate_counts_correct_predictions():
@@ -119,7 +149,8 @@ def test_epoch_end_metrics_skip_text():
     e = EpochEnd({"epoch": 0, "step": 7, "val_accuracy": 0.5, "lr": 0.1, "note": "x"},
                  {"pool/entropy_rel": 0.3, "pool/f.4/beta": 4.0}, 7, [],
                  resumed_from_epoch=None)
-    assert e.metrics() == {"epoch": 0, "trainer/global_step": 7, "val/accuracy": 0.5,
-                           "pool/entropy_rel": 0.3}  # lr is charted per step; beta is constant
+    assert epoch_metrics(e) == {"epoch": 0, "trainer/global_step": 7, "val/accuracy": 0.5,
+                                "pool/entropy_rel": 0.3}  # lr is per step; beta is constant
     e.learnable, e.resumed_from_epoch = True, 0
-    assert e.metrics()["pool/f.4/beta"] == 4.0 and e.metrics()["trainer/resumed_from_epoch"] == 0
+    m = epoch_metrics(e)
+    assert m["pool/f.4/beta"] == 4.0 and m["trainer/resumed_from_epoch"] == 0

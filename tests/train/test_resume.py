@@ -1,24 +1,37 @@
-"""What a resume may change, the refusal line, and the resume command (dnnlab.train.resume)."""
+"""The checkpoint (atomic, a bad one passed over), what a resume may change, the refusal line,
+the replay into W&B and the resume command (dnnlab.train.resume)."""
 from __future__ import annotations
 
-import json
 import math
 import shlex
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from dnnlab.config import resolved_with
 from dnnlab.errors import ConfigError
-from dnnlab.train.resume import MAY_CHANGE, check_same_config, config_diff, flatten, resume_command
+from dnnlab.train.resume import (
+    MAY_CHANGE,
+    Checkpoint,
+    config_diff,
+    flatten,
+    resume_command,
+    save_atomic,
+)
 
 CFG = {"seed": 0, "trainer": {"epochs": 2, "resume": False, "progress": True},
        "model": {"pool": {"beta": 4.0}, "builder": {"channels": [16, 32, 32]}},
        "scheduler": {"T_max": "${trainer.epochs}"}, "wandb": {"mode": "offline"}}
 
 
-def _checkpoint(cfg: dict) -> dict:
-    return {"config": json.dumps(resolved_with(OmegaConf.create(cfg), {}))}
+STATE = {"model": {}, "optimizer": {}, "epoch": 1, "step": 10, "history": [{"epoch": 0}]}
+
+
+def _checkpoint(tmp_path, cfg: dict) -> Checkpoint:
+    ck = Checkpoint(tmp_path / "checkpoint.pt", resolved_with(OmegaConf.create(cfg), {}))
+    ck.save(STATE)
+    return ck
 
 
 def test_flatten_and_diff():
@@ -31,13 +44,36 @@ def test_flatten_and_diff():
     assert "trainer.epochs" in MAY_CHANGE
 
 
-def test_more_epochs_and_the_resume_switch_are_accepted():
-    ck = _checkpoint(CFG)
+def test_more_epochs_and_the_resume_switch_are_accepted(tmp_path):
+    ck = _checkpoint(tmp_path, CFG)
     now = OmegaConf.create(CFG)
     now.trainer.epochs, now.trainer.resume, now.wandb.mode = 10, True, "disabled"
     # T_max follows trainer.epochs: pinned to the checkpoint's value, it is no change
-    check_same_config(ck, lambda pinned: resolved_with(now, pinned), "ck.pt")
-    check_same_config({}, lambda pinned: {}, "old.pt")  # a checkpoint without a config
+    state = Checkpoint(ck.path, {}).resume(lambda pinned: resolved_with(now, pinned))
+    assert state["epoch"] == 1 and state["history"] == STATE["history"]
+
+
+def test_no_checkpoint_and_a_truncated_one(tmp_path):
+    ck = Checkpoint(tmp_path / "checkpoint.pt", {})
+    with pytest.raises(ConfigError, match=r"^trainer.resume=true: no checkpoint in"):
+        ck.load()
+    ck.save(STATE)
+    ck.save(STATE | {"epoch": 2})  # the first becomes checkpoint.prev.pt
+    data = ck.path.read_bytes()
+    ck.path.write_bytes(data[: len(data) // 2])  # cut by a kill or a full disk
+    again = Checkpoint(ck.path, {})
+    assert again.load()["epoch"] == 1
+    assert again.warning.startswith(f"{ck.path} is unreadable") and "after epoch 1" in again.warning
+    ck.prev.write_bytes(b"junk")
+    with pytest.raises(ConfigError, match=r"no good checkpoint to resume from$"):
+        Checkpoint(ck.path, {}).load()
+
+
+def test_save_atomic_names_an_unwritable_path(tmp_path):
+    save_atomic(tmp_path / "a.pt", {"x": torch.ones(2)})
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["x"].sum() == 2
+    with pytest.raises(Exception, match=r"^cannot write .*missing/a.pt"):
+        save_atomic(tmp_path / "missing" / "a.pt", {})
 
 
 @pytest.mark.parametrize("key, value, shown", [
@@ -46,11 +82,13 @@ def test_more_epochs_and_the_resume_switch_are_accepted():
      "model.builder.channels: [16, 32, 32] in the checkpoint, [8, 8, 8] now"),
     ("seed", 1, "seed: 0 in the checkpoint, 1 now"),
 ])
-def test_another_config_is_refused_naming_the_keys(key, value, shown):
+def test_another_config_is_refused_naming_the_keys(tmp_path, key, value, shown):
     now = OmegaConf.create(CFG)
     OmegaConf.update(now, key, value)
+    ck = _checkpoint(tmp_path, CFG)
     with pytest.raises(ConfigError) as err:
-        check_same_config(_checkpoint(CFG), lambda pinned: resolved_with(now, pinned), "ck.pt")
+        ck.resume(lambda pinned: resolved_with(now, pinned))
+    assert ck.start is None
     line = str(err.value)
     assert line.startswith("trainer.resume=true refused") and shown in line
     assert "nothing was written" in line and "\n" not in line

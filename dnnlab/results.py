@@ -1,0 +1,56 @@
+"""results.json, the record of one job: one owner, one writer.
+
+    results = Results(run_dir)            # made by dnnlab.runtime.run_job, handed to the job
+    results.update(test_accuracy=0.97)    # merged and written now (atomically)
+
+A job is the only one that fills it; the runtime adds `status` ("interrupted") and `error` through
+the same object when a job stops early. JSON holds no infinities: inf is the string "inf".
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from dnnlab.table import jsonable
+
+FILE = "results.json"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (a temp file, then a rename: a crash never leaves half a file);
+    an OSError names `path`."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    try:
+        tmp.write_text(json.dumps(jsonable(data), indent=2, allow_nan=False))
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in `path`, or None when it is missing or unreadable (a file cut by a kill)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Results(dict):
+    """The job's results.json: a dict written to the run dir on every `update`."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.path = Path(run_dir) / FILE
+
+    def update(self, *args: Any, **kv: Any) -> None:  # type: ignore[override]
+        super().update(*args, **kv)
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path, dict(self))

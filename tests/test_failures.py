@@ -1,0 +1,160 @@
+"""The ways a run goes wrong from the command line (issue: one owner for every artifact), each
+met as a user meets it, in a subprocess: one line naming the cause, a non-zero exit, no
+traceback, and nothing of another run touched."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.wandb_reader import find_runs
+
+QUICK = ["trainer.progress=false", "wandb.mode=disabled"]
+
+
+def _one_line(proc, code: int) -> str:
+    assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def _env() -> dict:
+    env = dict(os.environ, WANDB_SILENT="true", PYTHONWARNINGS="ignore")
+    env.pop("WANDB_MODE", None)
+    return env
+
+
+def test_a_run_dir_in_use_is_refused_and_a_stale_lock_taken_over(pipeline, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "pipelines.train", "trainer.epochs=200",
+                              f"hydra.run.dir={out}", *QUICK], cwd=ROOT, env=_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "checkpoint.pt").exists():
+            time.sleep(0.1)
+        assert first.poll() is None, "the first run ended too soon"
+        history = json.loads((out / "results.json").read_text())["history"]
+        proc = pipeline("train", "trainer.epochs=1", f"hydra.run.dir={out}", *QUICK)
+        line = _one_line(proc, 1)
+        assert line == (f"error: run dir {out} is in use by another run (pid {first.pid}); "
+                        "wait for it, or give another hydra.run.dir")
+        now = json.loads((out / "results.json").read_text())
+        assert now["history"][: len(history)] == history and "test_accuracy" not in now
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # kill -9 left the lock file with its pid: the kernel dropped the lock, a resume takes it
+    done = json.loads((out / "results.json").read_text())["history"]
+    proc = pipeline("train", f"trainer.epochs={len(done) + 1}", "trainer.resume=true",
+                    f"hydra.run.dir={out}", *QUICK)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / ".lock").read_text() == ""  # released
+
+
+def test_labels_outside_num_classes_name_both_numbers(pipeline, tmp_path):
+    out = tmp_path / "run"
+    proc = pipeline("train", "data.num_classes=5", f"hydra.run.dir={out}", *QUICK)
+    assert _one_line(proc, 1) == ("error: data.num_classes=5: data=digits has labels 0 .. 9 "
+                                  "(10 classes); set data.num_classes=10")
+    assert not out.exists()
+
+
+def test_malformed_yaml_names_the_file_and_the_line(pipeline, tmp_path):
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    bad = tmp_path / "conf" / "model" / "mine.yaml"
+    bad.write_text("name: mine\nbuilder:\n  channels: [8, 16\n  beta: 2\n")
+    out = tmp_path / "run"
+    proc = pipeline("train", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "model=mine",
+                    f"hydra.run.dir={out}", *QUICK)
+    line = _one_line(proc, 2)
+    assert line.startswith("error: ") and "mine.yaml" in line and ": line 4: " in line, line
+    assert not out.exists()
+
+
+def test_slurm_without_slurm_points_to_slurm_local(pipeline, tmp_path):
+    proc = pipeline("train", "hydra/launcher=slurm", "model.pool.beta=2,4",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}", *QUICK, multirun=True)
+    assert _one_line(proc, 1) == ("error: hydra/launcher=slurm: srun/sbatch not found; use "
+                                  "hydra/launcher=slurm_local to run the SLURM code path locally")
+    assert not list((tmp_path / "sweep").glob("[0-9]*"))
+
+
+@pytest.mark.parametrize("sweep", ["model.pool.beta=range(0)", "model=glob(zzz*)"])
+def test_an_empty_sweep_is_refused_and_makes_no_summary_run(pipeline, tmp_path, sweep):
+    out = tmp_path / "sweep"
+    proc = pipeline("train", sweep, f"hydra.sweep.dir={out}", "trainer.progress=false",
+                    multirun=True)
+    line = _one_line(proc, 1)
+    assert line.startswith("error: the sweep launched no job (overrides: ") and sweep in line
+    assert find_runs(tmp_path) == [] and not out.exists()
+
+
+def test_a_key_the_schema_lacks_is_refused(pipeline, tmp_path):
+    out = tmp_path / "run"
+    proc = pipeline("train", "+trainer.epoch=3", f"hydra.run.dir={out}", *QUICK)
+    assert _one_line(proc, 2) == ("error: trainer.epoch: no such key in TrainerSettings "
+                                  "(did you mean epochs?)")
+    assert not out.exists()
+
+
+def test_a_read_only_place_is_one_line(pipeline, tmp_path):
+    proc = pipeline("train", "hydra.run.dir=/proc/dnnlab-run", "trainer.epochs=1", *QUICK)
+    assert "cannot write /proc/dnnlab-run" in _one_line(proc, 1)
+    if os.geteuid() != 0:  # root writes through a mode bit
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        proc = pipeline("train", f"hydra.run.dir={ro / 'run'}", "trainer.epochs=1", *QUICK)
+        assert f"cannot write {ro / 'run'}" in _one_line(proc, 1)
+
+
+class _Silent:
+    """A W&B host that accepts connections and never answers."""
+
+    def __enter__(self):
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+        return f"http://127.0.0.1:{self.srv.getsockname()[1]}"
+
+    def _accept(self):
+        while True:
+            try:
+                self.conns.append(self.srv.accept())
+            except OSError:
+                return
+
+    def __exit__(self, *exc):
+        self.srv.close()
+
+
+@pytest.mark.slow
+def test_unreachable_online_wandb_goes_offline_once_per_process(tmp_path):
+    sweep = tmp_path / "sweep"
+    with _Silent() as url:
+        env = _env() | {"WANDB_BASE_URL": url, "WANDB_API_KEY": "x" * 40}
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-m", "pipelines.train", "-m",
+                               "model.pool.beta=4,inf", "trainer.epochs=1",
+                               "trainer.progress=false", "wandb.mode=online",
+                               "wandb.init_timeout=3", f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=300)
+        took = time.time() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: W&B")]
+    assert len(warnings) == 1 and "carrying on offline" in warnings[0], proc.stderr
+    runs = find_runs(sweep)
+    assert len(runs) == 3  # two jobs and the summary run, all kept offline
+    assert took < 120, took  # one 3 s timeout in all, not 60-90 s per run
