@@ -7,21 +7,18 @@
         tr.summary(reconciled=True)              # W&B summary
         tr.artifact("model", "model", [ckpt], aliases=["best"])
 
-It knows no pipeline: names and tags come from the rule each pipeline's config declares
-(`wandb.run_name`, read by `run_name` and `run_tags`). `metrics.jsonl` holds exactly what went
-to the W&B history: one line per `log` (with `_step`), and a `{"<key>": {"_type": "table" |
-"image", "path": ...}}` line per table or image. W&B config and summary hold no infinities (inf is
-the string "inf"). The run id is kept in `wandb_run.json` so that a resumed job continues it.
-If W&B cannot start (online with an unreachable server: given up after `wandb.init_timeout`),
-one warning per process says so and the run goes on offline, then disabled; later runs of the
-process start offline. Each job's run is finished on exit, so that a process running several
-jobs (joblib's workers) never logs one job into another's run.
+It knows no pipeline: the runtime hands it a name and tags (dnnlab.naming). metrics.jsonl holds
+what went to the W&B history: a line per `log` (with `_step`), a `{"<key>": {"_type": "table" |
+"image", "path": ...}}` line per table or image. No infinities reach W&B (inf is "inf").
+wandb_run.json keeps the run id, for a resume to continue the run. Online W&B that does not
+answer within `wandb.init_timeout` is given up with one warning per process: the run (and the
+process's later ones) go on offline. Each run is finished on exit, so that a process running
+several jobs (joblib's workers) never logs one into another's run.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sys
 import urllib.error
@@ -30,16 +27,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from dnnlab.config import RunNameRule, WandbConfig
 from dnnlab.errors import first_line
 from dnnlab.results import read_json, write_json
+from dnnlab.settings import WandbConfig, WandbMode
 from dnnlab.table import Table, jsonable
 
 ID_FILE = "wandb_run.json"  # the W&B run id of a run dir, for a resume to continue it
 MIRROR = "metrics.jsonl"
-JOB_GROUPS = ("hydra", "wandb", "paths")  # where and how a job runs: never in a run name
-NAME_MAX = 100  # characters of a run name
-VALUE_MAX = 24  # characters of one override's value in it
 _STATE = {"warned": False, "down": False}  # per process: one warning; online gave up
 
 
@@ -47,59 +41,6 @@ def stored_run_id(run_dir: Path) -> str | None:
     """The W&B run id a run dir's wandb_run.json records (None without one)."""
     data = read_json(Path(run_dir) / ID_FILE)
     return data.get("id") if isinstance(data, dict) else None
-
-
-def _short(value: Any) -> str:
-    """A config value for a run name: 4.0 -> 4, inf -> inf, [16, 32] -> 16_32."""
-    if isinstance(value, float):
-        return "inf" if value == math.inf else f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "_".join(_short(v) for v in value)
-    return str(value).lstrip(".")
-
-
-def _select(config: dict, key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def run_name(rule: RunNameRule, pipeline: str, config: dict, overrides: list[str]) -> str:
-    """`<pipeline>-<parts>-<key>=<value>,...` (at most NAME_MAX characters): the rule's parts by
-    value (a key ending in `name` as its value, a true flag as its last key, any other as last
-    key + value: `beta4`), then the other overrides by their last key, except those of the
-    rule's `skip` and the job groups (hydra, wandb, paths); a long value is cut."""
-    parts = [pipeline]
-    for key in rule.parts:
-        value, last = _select(config, key), key.rsplit(".", 1)[-1]
-        if value is None or value is False:
-            continue
-        parts.append(last if value is True else _short(value) if last == "name"
-                     else f"{last}{_short(value)}")
-    skip = set(rule.skip) | set(rule.parts)
-    extra = []
-    for o in overrides:
-        key, _, value = o.lstrip("+~").partition("=")
-        if key in skip or key.split(".")[0] in skip or key.split(".")[0] in JOB_GROUPS:
-            continue
-        value = value if len(value) <= VALUE_MAX else value[:VALUE_MAX - 3] + "..."
-        extra.append(f"{key.rsplit('.', 1)[-1]}={value}")
-    if extra:
-        parts.append(",".join(extra))
-    return "-".join(parts)[:NAME_MAX]
-
-
-def run_tags(rule: RunNameRule, pipeline: str, config: dict, user_tags: list[str],
-             choices: dict | None = None, *more: str) -> list[str]:
-    """The user's tags, the pipeline, the values of the rule's `tags` (a config key, or a
-    config group's choice in Hydra's `choices`) and `more`, each once."""
-    values = [_select(config, k) if _select(config, k) is not None else (choices or {}).get(k)
-              for k in rule.tags]
-    extra = [pipeline, *values, *more]
-    return list(dict.fromkeys([*user_tags, *(str(t) for t in extra if t)]))
 
 
 def _reachable(timeout: float) -> str | None:
@@ -127,23 +68,24 @@ class Tracker:
         self._mirror = open(self.run_dir / MIRROR, "a")
 
     def _init(self):
+        """wandb.init in the configured mode, else offline, else none (one warning)."""
         import wandb
 
-        mode = getattr(self.settings.mode, "value", self.settings.mode)
-        modes = [m for m in dict.fromkeys((mode, "offline", "disabled"))
+        s = self.settings
+        modes = [m for m in dict.fromkeys((WandbMode(s.mode).value, "offline"))
                  if not (m == "online" and _STATE["down"])]
-        kwargs = dict(project=self.settings.project, entity=self.settings.entity,
-                      group=self.group, job_type=self.job_type, name=self.name, tags=self.tags,
-                      dir=str(self.run_dir), config=self.config, reinit="finish_previous",
-                      id=self.resume_id, resume="allow" if self.resume_id else None,
-                      settings=wandb.Settings(console="off", x_disable_stats=True, silent=True,
-                                              init_timeout=float(self.settings.init_timeout)))
         for i, m in enumerate(modes):
-            why = _reachable(self.settings.init_timeout) if m == "online" else None
             try:
+                why = _reachable(s.init_timeout) if m == "online" else None
                 if why is not None:
                     raise ConnectionError(why)
-                run = wandb.init(mode=m, **kwargs)
+                run = wandb.init(
+                    mode=m, project=s.project, entity=s.entity, group=self.group,
+                    job_type=self.job_type, name=self.name, tags=self.tags,
+                    dir=str(self.run_dir), config=self.config, reinit="finish_previous",
+                    id=self.resume_id, resume="allow" if self.resume_id else None,
+                    settings=wandb.Settings(console="off", x_disable_stats=True, silent=True,
+                                            init_timeout=float(s.init_timeout)))
             except Exception as err:  # noqa: BLE001 - W&B must never sink a run
                 _STATE["down"] = _STATE["down"] or m == "online"
                 if not _STATE["warned"]:
@@ -152,23 +94,21 @@ class Tracker:
                           f"carrying on {then}", file=sys.stderr)
                     _STATE["warned"] = True
                 continue
-            if m != "disabled":
-                write_json(self.run_dir / ID_FILE, {"id": run.id, "name": self.name,
-                                                    "project": self.settings.project})
+            write_json(self.run_dir / ID_FILE, {"id": run.id, "name": self.name,
+                                                "project": s.project})
             return run
         return None
 
     def __enter__(self) -> Tracker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.run = self._init() if self.settings.mode != "disabled" else None
+            self.run = self._init() if self.settings.mode != WandbMode.disabled else None
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         """Finish the W&B run: exit code 0, 1 on an error, 130/143 on Ctrl-C / SIGTERM."""
-        code = 1 if exc_type else 0
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            code = getattr(exc, "exit_code", 130)
+        code = getattr(exc, "exit_code", 130) if isinstance(exc, KeyboardInterrupt) else int(
+            exc is not None)
         self._mirror.close()
         if self.run is not None:
             self.run.finish(exit_code=code)
@@ -179,8 +119,7 @@ class Tracker:
         return self.run.id if self.run is not None else None
 
     @property
-    def next_step(self) -> int:
-        """The first step W&B does not hold yet (0 without a run)."""
+    def next_step(self) -> int:  # the first step W&B does not hold yet
         return int(getattr(self.run, "step", 0) or 0) if self.run is not None else 0
 
     def _write(self, rec: dict) -> None:
@@ -194,18 +133,15 @@ class Tracker:
         if self.run is not None and to_wandb:
             self.run.log(jsonable(dict(metrics)), step=step)
 
-    def restart_mirror(self) -> None:
-        """Empty metrics.jsonl, for a resume to write back the rows it keeps."""
+    def restart_mirror(self) -> None:  # an empty metrics.jsonl, for a resume's replay
         self._mirror.close()
         self._mirror = open(self.run_dir / MIRROR, "w")
 
     def define_metric(self, name: str, step_metric: str | None = None,
-                      summary: str | None = None, hidden: bool = False) -> None:
-        """Chart `name` (a key or a glob such as `val/*`) against `step_metric`, with the
-        summary aggregation `summary` (min, max, last, ...)."""
+                      summary: str | None = None) -> None:
+        """Chart `name` (a key or a glob: `val/*`) against `step_metric`; summary min, max..."""
         if self.run is not None:
-            self.run.define_metric(name, step_metric=step_metric, summary=summary,
-                                   hidden=hidden)
+            self.run.define_metric(name, step_metric=step_metric, summary=summary)
 
     def config_update(self, **kv: Any) -> None:
         if self.run is not None:
@@ -216,8 +152,7 @@ class Tracker:
             for k, v in kv.items():
                 self.run.summary[k] = jsonable(v)
 
-    def table(self, table: Table) -> None:
-        """A Table as <key>.csv in the run dir and a wandb.Table."""
+    def table(self, table: Table) -> None:  # <key>.csv in the run dir and a wandb.Table
         path = table.to_csv(self.run_dir)
         self._write({table.key: {"_type": "table", "path": Path(path).name if path else None}})
         if self.run is not None:
@@ -230,8 +165,7 @@ class Tracker:
 
             self.run.log({f"{y}_vs_{x}": wandb.plot.line(table.to_wandb(), x, y, title=title)})
 
-    def image(self, key: str, path: Path, caption: str | None = None) -> None:
-        """A PNG already saved in the run dir, logged to W&B as an image."""
+    def image(self, key: str, path: Path, caption: str | None = None) -> None:  # a saved PNG
         self._write({key: {"_type": "image", "path": Path(path).name}})
         if self.run is not None:
             import wandb
@@ -252,7 +186,6 @@ class Tracker:
         with contextlib.suppress(Exception):  # an artifact must never sink a run
             self.run.log_artifact(art, aliases=list(aliases or []))
 
-    def watch(self, model: Any, log: str | None, log_freq: int) -> None:
-        """wandb.watch: histograms of gradients and/or parameters every `log_freq` steps."""
+    def watch(self, model: Any, log: str | None, log_freq: int) -> None:  # histograms
         if self.run is not None and log:
             self.run.watch(model, log=log, log_freq=log_freq)

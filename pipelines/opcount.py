@@ -17,13 +17,14 @@ from dataclasses import dataclass
 import hydra
 from omegaconf import DictConfig
 
+from dnnlab.cli import console, launch, status
 from dnnlab.config import register
 from dnnlab.errors import ConfigError, DnnlabError
 from dnnlab.models import build_model
 from dnnlab.opcount.experiment import OpcountResult, OpcountSettings, run
 from dnnlab.opcount.plots import plot_per_layer
 from dnnlab.opcount.zoo import default_input_shape, make_inputs
-from dnnlab.runtime import Run, console, launch, run_job, status
+from dnnlab.runtime import Run, run_job
 
 register("opcount")
 

@@ -19,9 +19,10 @@ import traceback
 import hydra
 from omegaconf import DictConfig
 
+from dnnlab.cli import console, launch, status
 from dnnlab.config import register, settings_of
 from dnnlab.errors import DnnlabError, first_line
-from dnnlab.runtime import Run, console, launch, run_job, status
+from dnnlab.runtime import Run, run_job
 
 register("reproduce")
 HEADER = ("# dnnlab: the results of docs/math.md, measured\n\nEvery number below was measured by "

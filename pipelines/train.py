@@ -1,10 +1,7 @@
-"""Train a network of dnnlab layers and watch docs/math.md (1c) and (4b) at work
-(`python -m pipelines.train`, `-m model.pool.beta=0.5,2,inf`, `trainer.resume=true`; docs/train.md).
-
-`prepare` builds everything that can refuse the config (data, model, shapes, a resume) before
-anything is written; `job` trains. The job owns results.json; the checkpoint holds the history.
-`main` returns the best validation accuracy, what a sweeper optimizes (never a test metric).
-"""
+"""Train a network of dnnlab layers and watch docs/math.md (1c) and (4b) at work (docs/train.md).
+`prepare` builds all that can refuse the config (data, model, shapes, a resume) before anything
+is written; `job` trains and owns results.json; the checkpoint holds the history. `main` returns
+the best validation accuracy, what a sweeper optimizes (never a test metric)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,11 +12,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from dnnlab.cli import console, launch
 from dnnlab.config import register, resolved_with
 from dnnlab.models import build_model, instantiate_spec
 from dnnlab.results import read_json
-from dnnlab.runtime import NothingToDo, Run, console, launch, run_job
+from dnnlab.runtime import NothingToDo, Run, run_job
 from dnnlab.train import loop
+from dnnlab.train.data import Batches, check_fits
 from dnnlab.train.logs import TrainLogs
 from dnnlab.train.probes import pool_beta
 from dnnlab.train.resume import Checkpoint, replay, resume_command
@@ -29,12 +28,10 @@ register("train")
 
 
 @dataclass
-class Ready:
-    """What `prepare` accepted: the objects `fit` takes, and whether this run resumes."""
-
+class Ready:  # what `prepare` accepted: the objects `fit` takes, and whether this run resumes
     settings: TrainSettings
     model: torch.nn.Module
-    batches: loop.Batches
+    batches: Batches
     optimizer: torch.optim.Optimizer
     scheduler: Any
     checkpoint: Checkpoint
@@ -46,7 +43,7 @@ def prepare(s: TrainSettings, cfg: DictConfig, run_dir) -> Ready:
     loop.seed_everything(s.seed, s.trainer.threads)  # before anything draws a random number
     splits = instantiate_spec(s.data.dataset, "data.dataset", root=s.paths.data_dir)
     model = build_model(s.model["builder"], device="cpu")
-    loop.check_fits(model, splits, s.model.get("name"), s.data.name, s.data.num_classes)
+    check_fits(model, splits, s.model.get("name"), s.data.name, s.data.num_classes)
     model.to(loop.resolve_device(s.trainer.device))
     opt = instantiate_spec(s.optimizer, "optimizer", params=model.parameters())
     sched = instantiate_spec(s.scheduler, "scheduler", optimizer=opt) if s.scheduler else None
@@ -59,13 +56,11 @@ def prepare(s: TrainSettings, cfg: DictConfig, run_dir) -> Ready:
             raise NothingToDo(f"nothing to do: {run_dir} already finished {done} epochs "
                               f"(trainer.epochs={s.trainer.epochs}); nothing changed. Raise "
                               "trainer.epochs to train longer", old)
-    return Ready(s, model, loop.Batches(splits, s.data.batch_size, s.seed), opt, sched, ck,
+    return Ready(s, model, Batches(splits, s.data.batch_size, s.seed), opt, sched, ck,
                  config, s.trainer.resume)
 
 
-class EpochBar(loop.Callback):
-    """The progress bar, and the history into results.json after every epoch."""
-
+class EpochBar(loop.Callback):  # the progress bar; the history into results.json every epoch
     def __init__(self, run: Run, epochs: int, show: bool):
         self.results, self.bar = run.results, Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
@@ -75,10 +70,9 @@ class EpochBar(loop.Callback):
 
     def on_epoch(self, end: loop.EpochEnd) -> None:
         self.results.update(history=end.history)
-        r = end.record
+        r, h = end.record, end.pool.get("pool/entropy_rel", float("nan"))
         self.bar.update(self.task, completed=r["epoch"] + 1, epoch=r["epoch"] + 1, metrics=(
-            f"loss {r['train_loss']:.3f} val_acc {r['val_accuracy']:.3f} "
-            f"H/Hmax {end.pool.get('pool/entropy_rel', float('nan')):.2f}"))
+            f"loss {r['train_loss']:.3f} val_acc {r['val_accuracy']:.3f} H/Hmax {h:.2f}"))
 
 
 def job(r: Ready, run: Run) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from dnnlab import runtime
+from dnnlab import cli
 from dnnlab.errors import ConfigError, ShapeError
 
 APP = '''
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 import hydra
 from hydra.core.config_store import ConfigStore
-from dnnlab.config import JobConfig
+from dnnlab.settings import JobConfig
 from dnnlab.errors import ShapeError, require
 from dnnlab.runtime import run_job
 
@@ -72,7 +72,7 @@ def app(tmp_path, monkeypatch):
         hydra:
           run: {{dir: {tmp_path}/run}}
           sweep: {{dir: {tmp_path}/multi}}
-          callbacks: {{failed_jobs: {{_target_: dnnlab.runtime.FailedJobs}}}}
+          callbacks: {{failed_jobs: {{_target_: dnnlab.sweep_dir.FailedJobs}}}}
     """))
     (conf / "group" / "a.yaml").write_text("# @package _global_\nflag: true\n")
     (conf / "group" / "b.yaml").write_text("# @package _global_\nflag: false\n")
@@ -85,7 +85,7 @@ def app(tmp_path, monkeypatch):
         monkeypatch.setattr(sys, "argv", [name, *argv])
         GlobalHydra.instance().clear()
         try:
-            runtime.launch(name)
+            cli.launch(name)
             return 0
         except SystemExit as e:
             return e.code
@@ -149,16 +149,16 @@ def test_full_error_env_gives_the_traceback(app, monkeypatch):
 
 
 def test_describe_sorts_user_errors_from_bugs():
-    assert runtime.describe(ConfigError("x=1: bad")) == ("x=1: bad", 1)
-    assert runtime.describe(ShapeError("layer 'a'")) == ("layer 'a'", 1)
-    assert runtime.describe(RuntimeError("bug")) is None
+    assert cli.describe(ConfigError("x=1: bad")) == ("x=1: bad", 1)
+    assert cli.describe(ShapeError("layer 'a'")) == ("layer 'a'", 1)
+    assert cli.describe(RuntimeError("bug")) is None
 
 
 def test_keyboard_interrupt_exits_130(monkeypatch, capsys, tmp_path):
     (tmp_path / "dnnlab_test_ctrl_c.py").write_text("def main():\n    raise KeyboardInterrupt\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(SystemExit) as e:
-        runtime.launch("dnnlab_test_ctrl_c")
+        cli.launch("dnnlab_test_ctrl_c")
     assert e.value.code == 130
     assert "interrupted" in _one_line(capsys.readouterr().err)
 

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from dnnlab import tracking
-from dnnlab.config import RunNameRule, WandbConfig, WandbMode
+from dnnlab import naming, tracking
 from dnnlab.plots import plt, save
 from dnnlab.results import Results, read_json, write_json
+from dnnlab.settings import RunNameRule, WandbConfig, WandbMode
 from dnnlab.table import Table
 from dnnlab.train.resume import DISCARDED, replay
 from tests.wandb_reader import find_runs, summarize
@@ -125,18 +125,18 @@ TRAIN = RunNameRule(parts=["model.name", "model.pool.beta", "model.pool.learnabl
      "train-real_nets=[{name:resnet18,input..."),
 ])
 def test_run_names_follow_the_pipelines_rule(config, overrides, name):
-    assert tracking.run_name(TRAIN, "train", config, overrides) == name
-    long = tracking.run_name(RunNameRule(), "x", {}, [f"k{i}=v" for i in range(60)])
-    assert len(long) == tracking.NAME_MAX
-    assert tracking.run_name(RunNameRule(), "conv", CONFIG, ["model.pool.beta=2"]) == (
+    assert naming.run_name(TRAIN, "train", config, overrides) == name
+    long = naming.run_name(RunNameRule(), "x", {}, [f"k{i}=v" for i in range(60)])
+    assert len(long) == naming.NAME_MAX
+    assert naming.run_name(RunNameRule(), "conv", CONFIG, ["model.pool.beta=2"]) == (
         "conv-beta=2")  # the tracker itself knows no pipeline's keys
 
 
 def test_run_tags_add_pipeline_and_the_rules_values_once():
-    assert tracking.run_tags(TRAIN, "train", CONFIG, ["a", "train"],
+    assert naming.run_tags(TRAIN, "train", CONFIG, ["a", "train"],
                              {"experiment": "temperature_sweep"}) == [
         "a", "train", "smoothmax_cnn", "temperature_sweep"]
-    assert tracking.run_tags(RunNameRule(), "conv", {}, [], None, "x") == ["conv", "x"]
+    assert naming.run_tags(RunNameRule(), "conv", {}, [], None, "x") == ["conv", "x"]
 
 
 def _rows(path):

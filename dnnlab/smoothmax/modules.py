@@ -178,7 +178,7 @@ class _WindowMax(torch.autograd.Function):
     of the kw columns (torch.maximum, NaN propagating like max_pool2d); the backward marks each
     entry equal to its window's max with torch.eq into a float tensor (1.0 or 0.0) that then
     becomes the gradient, so the tie count is an exact sum and a maximum's gradient is
-    g / count, bit for bit the value of the earlier mask-and-average form
+    g / count, bit for bit the mean of g over a mask of the maxima
     (tests/smoothmax/test_max_pool.py). No indices are kept. On CPU this is faster than
     max_pool2d's own kernel (docs/smoothmax.md, "Max pooling with shared ties"). At small
     sizes the step is bound by per-op overhead (each Python-level op, view and keyword argument

@@ -2,8 +2,9 @@
 (`loop.fit`, its `Callback`s), the checkpoint and resume (`resume`), what W&B shows (`logs`),
 the training-time gradient probes (`probes`), the multirun summary (`sweep`), the
 temperature-sweep plot (`plots`) and the report section (`report`). Settings: `settings`."""
-from dnnlab.train.data import Splits
-from dnnlab.train.loop import Batches, Callback, EpochEnd, TrainResult, fit, seed_everything
+from dnnlab.train.data import Batches, Splits
+from dnnlab.train.loop import fit, seed_everything
+from dnnlab.train.records import Callback, EpochEnd, TrainResult
 from dnnlab.train.resume import Checkpoint
 from dnnlab.train.settings import DataConfig, TrainerSettings, TrainSettings
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, TensorDataset, random_split
+from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
 
-from dnnlab.errors import ConfigError, first_line, require
+from dnnlab.errors import ConfigError, ShapeError, first_line, require
 
 
 @dataclass
@@ -166,3 +166,35 @@ def cifar10(*, root: str, download: bool = True, val_fraction: float = 0.2, spli
     """torchvision's CIFAR-10 (3x32x32)."""
     return torchvision_set("cifar10", root=root, download=download, val_fraction=val_fraction,
                            split_seed=split_seed)
+
+
+def check_fits(model: torch.nn.Module, splits: Splits, model_name: str, data_name: str,
+               num_classes: int) -> None:
+    """One line when the network cannot take the data's images (naming the layer; run on
+    meta) or the labels do not fit its `num_classes` outputs."""
+    from dnnlab.opcount import count_ops
+
+    shape = [1, splits.channels, splits.image_size, splits.image_size]
+    try:
+        count_ops(model, shape)
+    except ShapeError as err:
+        raise ShapeError(f"model={model_name} cannot take data={data_name} images "
+                         f"{shape[1:]}: {err}") from None
+    if splits.num_classes > num_classes:
+        raise ConfigError(f"data.num_classes={num_classes}: data={data_name} has labels 0 .. "
+                          f"{splits.num_classes - 1} ({splits.num_classes} classes); set "
+                          f"data.num_classes={splits.num_classes}")
+
+
+@dataclass
+class Batches:
+    """The data as the loop sees it: the splits, the batch size, and the seed of the shuffles."""
+
+    splits: Splits
+    batch_size: int
+    seed: int = 0
+
+    def train(self, epoch: int) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed * 100003 + epoch)  # same after a resume
+        return DataLoader(self.splits.train, batch_size=self.batch_size, shuffle=True,
+                          generator=gen)

@@ -1,11 +1,8 @@
-"""What a training run shows in W&B (docs/wandb.md): a dnnlab.train.loop.Callback that hands
-the loop's records to a dnnlab.tracking.Tracker under W&B's names.
-
-One name per quantity, two step axes: `trainer/global_step` for what is measured per step
-(`train/loss`, `train/lr`, `probe/*`) and `epoch` for what is measured per epoch
-(`train/loss_epoch`, `train/accuracy`, `val/*`, `train/images_per_s`, `pool/*`, `test/*`). W&B's
-own `_step` is the global step, so a row logged twice (a resume's replay) lands on its place.
-It also keeps the run's probes table (probes.csv) and the best weights (model.best.pt).
+"""What a training run shows in W&B (docs/wandb.md): a loop Callback that hands the records to
+a dnnlab.tracking.Tracker under W&B's names, one per quantity, on two step axes:
+`trainer/global_step` (`train/loss`, `train/lr`, `probe/*`) and `epoch` (`train/loss_epoch`,
+`train/accuracy`, `val/*`, `train/images_per_s`, `pool/*`, `test/*`). W&B's `_step` is the global
+step, so a row replayed on a resume lands on its place. Also probes.csv and model.best.pt.
 """
 from __future__ import annotations
 
@@ -17,8 +14,8 @@ import torch
 
 from dnnlab.beta import log10_beta
 from dnnlab.table import Table
-from dnnlab.train.loop import Callback, EpochEnd, TrainResult, best_of
 from dnnlab.train.probes import probe_metrics
+from dnnlab.train.records import Callback, EpochEnd, TrainResult, best_of
 from dnnlab.train.resume import save_atomic
 
 STEP, EPOCH = "trainer/global_step", "epoch"
@@ -62,13 +59,11 @@ class TrainLogs(Callback):
 
     def __init__(self, tracker: Any, model: torch.nn.Module, beta: Any,
                  resumed_at: int | None = None):
-        """Define the metrics and add `beta`, `log10_beta` to the config; after a resume from
-        a checkpoint at step `resumed_at`, keep the probes up to it."""
+        """Define the metrics, add beta to the config; keep the probes up to `resumed_at`."""
         self.tracker, self.model, self.beta = tracker, model, beta
         self.run_dir = Path(tracker.run_dir)
         self.probes = [r for r in read_probes(self.run_dir / "probes.csv")
                        if resumed_at is not None and r[0] <= resumed_at]
-        self.best = -1.0
         tracker.define_metric(STEP)
         tracker.define_metric(EPOCH)
         for name, axis, summary in METRICS:
@@ -86,11 +81,10 @@ class TrainLogs(Callback):
     def on_epoch(self, end: EpochEnd) -> None:
         self.tracker.log(epoch_metrics(end), step=end.step)
         self.table().to_csv(self.run_dir)  # probes.csv, as the run goes
-        best = best_of(end.history)
-        if best is end.record and best["val_accuracy"] > self.best:  # the W&B `best` model
-            self.best = best["val_accuracy"]
+        if best_of(end.history) is end.record:  # the first best epoch: the W&B `best` model
             save_atomic(self.run_dir / BEST, {"model": self.model.state_dict(), "epoch":
-                        end.record["epoch"], "step": end.step, "val_accuracy": self.best})
+                        end.record["epoch"], "step": end.step,
+                        "val_accuracy": end.record["val_accuracy"]})
 
     def table(self) -> Table:
         return Table("probes", PROBE_COLUMNS, self.probes,

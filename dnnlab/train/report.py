@@ -19,8 +19,8 @@ from dnnlab.errors import require
 from dnnlab.models import SmoothMaxCNN
 from dnnlab.report import Section
 from dnnlab.table import Table
-from dnnlab.train.data import digits
-from dnnlab.train.loop import Batches, fit, seed_everything
+from dnnlab.train.data import Batches, digits
+from dnnlab.train.loop import fit, seed_everything
 from dnnlab.train.plots import plot_temperature_sweep
 from dnnlab.train.probes import pool_beta
 from dnnlab.train.resume import Checkpoint

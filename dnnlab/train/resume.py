@@ -1,14 +1,12 @@
-"""A run's checkpoint and its resume: one object reads it, checks the config, and hands the loop
-its start state; the same object writes it (nanoGPT's single checkpoint dict).
+"""A run's checkpoint (nanoGPT's single dict) and its resume, in one object.
 
     ckpt = Checkpoint(run_dir / "checkpoint.pt", config)   # the resolved config of this run
     ckpt.resume(config_now)     # trainer.resume: the state to start from, or ConfigError
     fit(..., checkpoint=ckpt)   # restores ckpt.start, calls ckpt.save(state) after each epoch
 
-A resume may change only the keys of MAY_CHANGE (more epochs continue training; the resume switch,
-the progress bar, what W&B shows, where the working dir is): any other difference would mix two
-experiments in one history, and is refused with one line naming the keys and both values.
-`replay(tracker, step)` gives a resumed W&B run the history the run dir holds up to the checkpoint.
+A resume may change only MAY_CHANGE (more epochs, the resume switch, what is shown, where the
+working dir is): any other difference would mix two experiments in one history, and is refused
+in one line naming the keys and both values. `replay` gives a resumed W&B run its history.
 """
 from __future__ import annotations
 
@@ -31,8 +29,7 @@ DISCARDED = "metrics.discarded.jsonl"  # rows past the checkpoint that a resume 
 
 
 def save_atomic(path: Path, state: dict, prev: Path | None = None) -> None:
-    """torch.save to a temp file, fsync, then rename over `path` (the one it replaces kept as
-    `prev` when given): a kill at any moment leaves a complete file."""
+    """torch.save to a temp file, fsync, rename over `path` (the old one kept as `prev`)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -58,20 +55,16 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(before: dict, now: dict) -> list[tuple[str, Any, Any]]:
-    """(key, value in the checkpoint, value now) for every key outside MAY_CHANGE that
-    differs (a key missing on one side shows as None)."""
+    """(key, value in the checkpoint, value now; None if missing) for each key outside
+    MAY_CHANGE that differs."""
     a, b = flatten(jsonable(before)), flatten(jsonable(now))
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if k not in MAY_CHANGE and a.get(k) != b.get(k)]
 
 
-def _show(v: Any) -> str:
-    return json.dumps(v) if not isinstance(v, str) else v
-
-
 class Checkpoint:
-    """checkpoint.pt (and checkpoint.prev.pt, the one before) of a run: model, optimizer,
-    scheduler, RNG states, epoch, step, history, probe errors and the config that made it."""
+    """checkpoint.pt (and checkpoint.prev.pt, the one before): model, optimizer, scheduler, RNG
+    states, epoch, step, history, probe errors and the config that made it."""
 
     def __init__(self, path: Path, config: dict):
         self.path, self.config = Path(path), jsonable(config)
@@ -83,8 +76,8 @@ class Checkpoint:
         save_atomic(self.path, state | {"config": json.dumps(self.config)}, prev=self.prev)
 
     def load(self) -> dict:
-        """The newest readable state (checkpoint.pt, else the previous one, with `warning`
-        naming the bad file); ConfigError naming the file(s) when none loads or none exists."""
+        """The newest readable state (else the previous one, `warning` naming the bad file);
+        ConfigError naming the files when none loads."""
         if not self.path.exists() and not self.prev.exists():
             raise ConfigError(f"trainer.resume=true: no checkpoint in {self.path.parent} "
                               "(pass the run's dir as hydra.run.dir)")
@@ -106,16 +99,17 @@ class Checkpoint:
                           "resume from")
 
     def resume(self, config_now: Callable[[dict[str, Any]], dict]) -> dict:
-        """Load the state and check it was made by this config: `config_now(pinned)` is the
-        config now, resolved with the checkpoint's values of MAY_CHANGE (so values derived
-        from them, a cosine schedule's T_max = trainer.epochs, are no change). Sets `start`."""
+        """Load the state and check this config made it; sets `start`. `config_now(pinned)` is
+        the config now resolved with the checkpoint's MAY_CHANGE values (so T_max =
+        trainer.epochs is no change)."""
         state = self.load()
         if state.get("config"):
             before = json.loads(state["config"])
             flat = flatten(before)
             diff = config_diff(before, config_now({k: flat[k] for k in MAY_CHANGE if k in flat}))
             if diff:
-                keys = "; ".join(f"{k}: {_show(a)} in the checkpoint, {_show(b)} now"
+                show = lambda v: v if isinstance(v, str) else json.dumps(v)  # noqa: E731
+                keys = "; ".join(f"{k}: {show(a)} in the checkpoint, {show(b)} now"
                                  for k, a, b in diff)
                 raise ConfigError(f"trainer.resume=true refused: the config differs from the one "
                                   f"that made {self.path} in {keys} (a resume may change only "
@@ -125,10 +119,9 @@ class Checkpoint:
 
 
 def replay(tracker: Any, step: int) -> int:
-    """After a resume from a checkpoint taken at `step`: metrics.jsonl keeps its rows up to
-    `step` (later ones, from the part of an epoch the resume redoes, and lines cut by a kill, go
-    to metrics.discarded.jsonl), and W&B gets them again from its own next step on (an offline
-    run killed with kill -9 lost what wandb had buffered). Returns the rows sent to W&B."""
+    """After a resume from `step`: metrics.jsonl keeps its rows up to `step` (later ones, which
+    the resume redoes, and lines cut by a kill go to metrics.discarded.jsonl); W&B gets them
+    again from its own next step on (kill -9 loses what wandb buffered). Returns how many."""
     path = tracker.run_dir / "metrics.jsonl"
     keep, drop = [], []
     for line in path.read_text().splitlines() if path.exists() else []:
@@ -152,8 +145,7 @@ def replay(tracker: Any, step: int) -> int:
 
 
 def resume_command(module: str, overrides: list[str], run_dir: Any) -> str:
-    """The command line that resumes a run: its overrides, with trainer.resume=true and
-    hydra.run.dir=<run dir> instead of any given before."""
+    """The command line that resumes a run: its overrides + trainer.resume, hydra.run.dir."""
     keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in (
         "trainer.resume", "hydra.run.dir")]
     return shlex.join(["python", "-m", module, *keep, "trainer.resume=true",

@@ -18,11 +18,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.beta import LOG10_BETA_INF, log10_beta
-from dnnlab.config import WandbConfig, settings_of
+from dnnlab.cli import err_console
+from dnnlab.config import settings_of
+from dnnlab.naming import run_tags
 from dnnlab.results import read_json, write_json
-from dnnlab.runtime import FAILED, err_console, job_dirs, read_overrides
+from dnnlab.settings import WandbConfig
+from dnnlab.sweep_dir import FAILED, job_dirs, read_overrides
 from dnnlab.table import Table
-from dnnlab.tracking import Tracker, run_tags
+from dnnlab.tracking import Tracker
 from dnnlab.train.plots import plot_temperature_sweep
 
 COLUMNS = ["job", "beta", "log10_beta", "test_accuracy", "grad_entropy", "argmax_mass",

@@ -7,11 +7,11 @@ import json
 
 import torch
 
-from dnnlab.config import WandbConfig
 from dnnlab.models import SmoothMaxCNN
+from dnnlab.settings import WandbConfig
 from dnnlab.tracking import MIRROR, Tracker
 from dnnlab.train.logs import BEST, METRICS, PROBE_COLUMNS, TrainLogs, read_probes
-from dnnlab.train.loop import EpochEnd, TrainResult
+from dnnlab.train.records import EpochEnd, TrainResult
 from dnnlab.train.resume import DISCARDED, replay
 from tests.wandb_reader import find_runs, summarize
 

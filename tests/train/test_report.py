@@ -54,9 +54,21 @@ def test_a_short_section(tmp_path):
     assert t.key == "train_temperature_sweep" and [r[0] for r in t.rows] == ["2.0", "inf"]
 
 
+# docs/train.md's table. Two 2-core CPU VMs gave 0.833 and 0.841 at beta = 0.5 (and 0.316 / 0.324
+# entropy at inf) from the same code, seed and thread count: their float kernels differ. One
+# machine gives the same digits on every run; across machines they agree to 0.01.
+REPORTED = {"0.5": (0.833, 0.934, 0.242), "2.0": (0.928, 0.665, 0.476),
+            "8.0": (0.944, 0.539, 0.564), "inf": (0.983, 0.316, 0.735)}
+
+
 @pytest.mark.slow
 def test_the_reports_numbers(tmp_path):
     md = report_section(ReportSettings(), tmp_path).markdown
-    for line in ("| 0.5 | 0.833 | 0.934 | 0.242 |", "| 2.0 | 0.928 | 0.665 | 0.476 |",
-                 "| 8.0 | 0.944 | 0.539 | 0.564 |", "| inf | 0.983 | 0.316 | 0.735 |"):
-        assert line in md, md
+    rows = {c[0]: tuple(float(v) for v in c[1:]) for c in (
+        [s.strip() for s in line.strip("|").split("|")] for line in md.splitlines()
+        if line.startswith("| ") and not line.startswith("| beta"))}
+    assert set(rows) == set(REPORTED), md
+    for beta, numbers in REPORTED.items():
+        assert rows[beta] == pytest.approx(numbers, abs=0.01), (beta, rows[beta], md)
+    ents = [rows[b][1] for b in ("0.5", "2.0", "8.0", "inf")]
+    assert ents == sorted(ents, reverse=True)  # the entropy falls with beta, docs/math.md (1c)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 
+from dnnlab.cli import describe
 from dnnlab.config import to_settings
 from dnnlab.errors import ConfigError
-from dnnlab.runtime import describe
 from dnnlab.train.settings import DataConfig, TrainerSettings, TrainSettings
 from tests.train.conftest import compose_train
 
