@@ -5,6 +5,7 @@ In-process: a tiny Hydra app (its own config dir and schema, written in tmp_path
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -217,3 +218,23 @@ def test_sweep_summary_callback_records_failures_and_logs_to_wandb(tmp_path):
     assert w["run"].job_type == "sweep_summary" and w["run"].run_group == "train-multi"
     assert w["summary"]["failed_jobs"] == 1 and w["summary"]["summary/_type"] == "table-file"
     SweepSummary().on_job_end(OmegaConf.create({"hydra": {"mode": "RUN"}}), ok)  # no-op
+
+
+def test_a_locked_run_dir_names_its_holder_and_is_free_again(tmp_path):
+    from dnnlab.lock import RunDirInUse, RunLock
+
+    with RunLock(tmp_path / "run"):
+        assert (tmp_path / "run" / ".lock").read_text() == str(os.getpid())
+        with pytest.raises(RunDirInUse, match=rf"^run dir {tmp_path / 'run'} is in use by "
+                                              rf"another run \(pid {os.getpid()}\)"):
+            with RunLock(tmp_path / "run"):
+                pass
+    assert (tmp_path / "run" / ".lock").read_text() == ""
+    with RunLock(tmp_path / "run"):  # taken again once released
+        pass
+
+
+def test_an_empty_multirun_is_one_line_and_leaves_no_sweep_dir(app, capsys):
+    assert app("-m", "inner.epochs=range(1,1)") == 1
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("error: the sweep launched no job") and not (app.dir / "multi").exists()

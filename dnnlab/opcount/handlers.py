@@ -292,7 +292,7 @@ def _rnn_layout(name: str, args, kwargs):
     return x, bs, batch_first, d, layers, mats
 
 
-def _rnn_shortcut(name: str):
+def rnn_shortcut(name: str):
     """The outputs of a recurrent layer, made from the shapes alone (meta: nothing to run)."""
     def make(args, kwargs):
         x, bs, batch_first, d, layers, mats = _rnn_layout(name, args, kwargs)
@@ -528,7 +528,7 @@ def _register_builtins() -> None:
     register_handler("bilinear", _bilinear)
     register_handler("_scaled_mm", _matmul)
     for n in fm.RNN_GATES:
-        register_handler(n, _rnn, shortcut=_rnn_shortcut(n))
+        register_handler(n, _rnn, shortcut=rnn_shortcut(n))
         register_handler(n + "_cell", _rnn_cell)
     register_handler("flex_attention", _sdpa)
     register_handler("smooth_max", _smooth_max)

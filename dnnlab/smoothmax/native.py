@@ -66,13 +66,13 @@ def _load():
     try:
         return _build()
     except Exception as e:  # no compiler, no ninja, an unwritable directory, a compile error
-        warnings.warn(f"dnnlab: the C++ max-pooling kernel is unavailable ({_reason(e)}); "
+        warnings.warn(f"dnnlab: the C++ max-pooling kernel is unavailable ({build_error(e)}); "
                       "using the pure-torch path (same values, slower)", RuntimeWarning,
                       stacklevel=3)
         return None
 
 
-def _reason(e: Exception) -> str:
+def build_error(e: Exception) -> str:
     """One line of why: a failed compile's first compiler line that says error (the exception
     starts with the whole command line), else the exception's first line."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]

@@ -218,6 +218,6 @@ def test_reconcile_fails_on_an_uncounted_product_and_says_which_check():
 
 
 def _lstm_shortcut():
-    from dnnlab.opcount.handlers import _rnn_shortcut
+    from dnnlab.opcount.handlers import rnn_shortcut
 
-    return _rnn_shortcut("lstm")
+    return rnn_shortcut("lstm")

@@ -300,7 +300,7 @@ def test_a_failed_compile_is_reported_by_its_error_line():
                      "FAILED: x.o\n"
                      "global_max.cpp:3:1: error: 'foo' does not name a type\n"
                      "ninja: build stopped: subcommand failed.")
-    assert native._reason(e) == "global_max.cpp:3:1: error: 'foo' does not name a type"
-    assert native._reason(OSError("[Errno 30] Read-only file system: '/x'")) == (
+    assert native.build_error(e) == "global_max.cpp:3:1: error: 'foo' does not name a type"
+    assert native.build_error(OSError("[Errno 30] Read-only file system: '/x'")) == (
         "[Errno 30] Read-only file system: '/x'")
-    assert native._reason(RuntimeError()) == "RuntimeError"
+    assert native.build_error(RuntimeError()) == "RuntimeError"
