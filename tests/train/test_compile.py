@@ -207,3 +207,14 @@ def test_compiled_training_reaches_eager_accuracy(pipeline, tmp_path):
         comp["test_accuracy"], eager["test_accuracy"])
     assert eager.get("compile_seconds") is None
     assert comp["compile_seconds"] is not None and comp["compile_seconds"] > 0
+
+
+def test_graphs_compiled_counts_what_dynamo_compiles():
+    from dnnlab.torch_private import graphs_compiled
+
+    torch.compiler.reset()
+    before = graphs_compiled()
+    f = torch.compile(lambda x: torch.sin(x) * 2, backend="eager")
+    f(torch.ones(3))
+    f(torch.ones(3))  # the same graph again: no new one
+    assert graphs_compiled() == before + 1
