@@ -22,7 +22,6 @@ full-size beta * x instead, and allocates three more full-size temporaries in it
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
 from dnnlab.beta import to_float
@@ -153,13 +152,14 @@ class _SmoothMax(torch.autograd.Function):
         ctx.mode = "finite"
         ctx.normalized = normalized
         ctx.save_for_backward(x, shift, s, beta_c if tensor_beta else None,
-                              m if inf_mask is not None else None, inf_mask)
+                              m if inf_mask is not None else None, inf_mask,
+                              beta if tensor_beta else None)
         return nu if nu.dtype == x.dtype and nu._base is None else nu.to(x.dtype, copy=True)
 
     @staticmethod
     def backward(ctx, g):
-        if torch.is_grad_enabled():  # create_graph=True: first order only, as promised
-            return _backward_once(ctx, g)
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that has its own gradient
+            return _backward_graph(ctx, g)
         return _backward(ctx, g)
 
 
@@ -179,7 +179,7 @@ def _backward(ctx, g):
         gx = _argmax_weights(x, m, dims, cdtype).mul_(g)
         return (gx if gx.dtype == ctx.x_dtype else gx.to(ctx.x_dtype)), None, *nones
 
-    x, shift, s, beta_c, m, inf_mask = ctx.saved_tensors
+    x, shift, s, beta_c, m, inf_mask, _ = ctx.saved_tensors
     beta = beta_c if beta_c is not None else ctx.beta_c
     z = torch.sub(x, shift)  # (..., n, ...) x - m, as in the forward
     if beta_c is not None or beta != 1.0:
@@ -215,7 +215,44 @@ def _backward(ctx, g):
     return gx, gbeta, *nones
 
 
-_backward_once = once_differentiable(_backward)
+def _backward_graph(ctx, g):
+    """The same gradients as `_backward`, in out-of-place differentiable ops of the saved
+    input, beta and g, for create_graph=True: differentiated again they give the Hessian
+    beta (diag(p) - p p^T), p = softmax(beta x) (docs/math.md (1d)), and the mixed derivatives
+    in beta. At beta = inf the gradient e_argmax * g is constant in x (a zero Hessian)."""
+    dims, cdtype, red_shape = ctx.dims, ctx.cdtype, ctx.red_shape
+    g = g.reshape(red_shape).to(cdtype)  # (..., 1, ...)
+    nones = (None,) * 5
+    if ctx.mode == "inf":
+        (x,) = ctx.saved_tensors
+        xd = x.detach()
+        w = _argmax_weights(xd, torch.amax(xd, dims, keepdim=True), dims, cdtype)
+        return (w * g).to(ctx.x_dtype), None, *nones
+    x, shift, _, _, m, inf_mask, beta_in = ctx.saved_tensors
+    b = ctx.beta_c if beta_in is None else beta_in.to(cdtype)  # the caller's beta: it may train
+    if inf_mask is not None:
+        b = torch.where(inf_mask, torch.ones_like(b), b)  # the forward's finite stand-in
+    z = (x.to(cdtype) - shift) * b  # (..., n, ...) beta (x - m), m a constant
+    lse = torch.logsumexp(z, dims, keepdim=True)  # (..., 1, ...)
+    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))  # an all -inf slice
+    log_p = z - lse  # (..., n, ...) log softmax(beta x)  (docs/math.md (1c))
+    p = torch.exp(log_p)
+    gx = p * g if ctx.needs_input_grad[0] else None  # softmax(beta x) * g  (1c)
+    gbeta = None
+    if ctx.needs_input_grad[1]:
+        # d nu / d beta = -H(p) / beta^2 (as in `_backward`); p log p is 0 where p is 0
+        safe = torch.where(p > 0, log_p, torch.zeros_like(log_p))
+        neg_h = (p * safe).sum(dims, keepdim=True)  # (..., 1, ...)
+        if ctx.normalized:
+            neg_h = neg_h + math.log(math.prod(x.shape[d] for d in dims))
+        dbeta = neg_h / (b * b)
+        if inf_mask is not None:
+            dbeta = torch.where(inf_mask, torch.zeros_like(dbeta), dbeta)
+        gbeta = (dbeta * g).sum_to_size(ctx.beta_shape).to(ctx.beta_dtype)
+    if gx is not None and inf_mask is not None:
+        onehot = _argmax_weights(x.detach(), m, dims, cdtype) * g  # (1c), limit
+        gx = torch.where(inf_mask, onehot, gx)
+    return (gx.to(ctx.x_dtype) if gx is not None else None), gbeta, *nones
 
 
 def smooth_max(x: torch.Tensor, beta, dim=-1, keepdim: bool = False,
@@ -241,7 +278,8 @@ def smooth_max(x: torch.Tensor, beta, dim=-1, keepdim: bool = False,
     Gradient: softmax(beta x) (docs/math.md (1c)); at beta = inf the argmax one-hot, ties shared
     equally. A -inf entry gets weight 0; an all -inf slice gives -inf and gradient 0; a NaN
     gives NaN; a +inf entry gives +inf (with a NaN gradient at finite beta).
-    Double backward is not supported.
+    Double backward (create_graph=True) gives the Hessian beta (diag(p) - p p^T), p the
+    softmax (docs/math.md (1d)); zero at beta = inf.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"smooth_max: x must be a tensor, got {type(x).__name__}")

@@ -297,18 +297,58 @@ def test_half_dtypes_with_large_nu_keep_gradient_normalized(dtype):
 
 @pytest.mark.parametrize("beta", [2.0, INF, "tensor"])
 @pytest.mark.parametrize("keepdim", [False, True])
-def test_output_is_a_fresh_tensor_and_first_order_only(beta, keepdim):
+def test_output_is_a_fresh_tensor_and_its_gradient_has_a_graph(beta, keepdim):
     x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     b = torch.full((3, 1), 2.0, dtype=torch.float64) if beta == "tensor" else beta
     y = smooth_max(x, b, keepdim=keepdim)
     assert y.shape == ((3, 1) if keepdim else (3,))
     y.mul_(2.0)  # in place on the output: no view+inplace error, gradient still right
-    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)  # first order under create_graph
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     expected = 2 * (torch.softmax(2.0 * x, -1) if beta != INF else F.one_hot(x.argmax(-1), 5))
     torch.testing.assert_close(g.detach(), expected.double())
-    if beta != INF:
-        with pytest.raises(RuntimeError):  # double backward is not supported
-            g.sum().backward()
+    if beta == INF:  # e_argmax * g is constant in x, as torch.amax's gradient is
+        assert not g.requires_grad
+        return
+    (h,) = torch.autograd.grad((g * g).sum(), x)  # a gradient penalty
+    ref = x.detach().requires_grad_(True)
+    r = 2 * torch.softmax(2.0 * ref, -1)
+    (want,) = torch.autograd.grad((r * r).sum(), ref)
+    torch.testing.assert_close(h, want)
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.parametrize("beta", [0.5, 2.0, 7.0, INF, "tensor", "tensor_inf"])
+def test_second_derivatives_pass_gradgradcheck(beta, normalized):
+    """Double backward in float64 (docs/math.md (1d)): finite, infinite and tensor beta (one
+    that trains, one with an infinite entry), over one dim and over two."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    args, f = (x,), (lambda x: smooth_max(x, beta, normalized=normalized))
+    if beta == "tensor":
+        b = torch.tensor([[0.5], [2.0], [4.0]], dtype=torch.float64, requires_grad=True)
+        args, f = (x, b), (lambda x, b: smooth_max(x, b, normalized=normalized))
+    elif beta == "tensor_inf":
+        b = torch.tensor([[2.0], [INF], [3.0]], dtype=torch.float64)
+        f = lambda x: smooth_max(x, b, normalized=normalized)  # noqa: E731
+    assert torch.autograd.gradgradcheck(f, args)
+    if beta not in ("tensor", "tensor_inf"):
+        assert torch.autograd.gradgradcheck(
+            lambda x: smooth_max(x.view(3, 5, 1), beta, dim=(1, 2), normalized=normalized), (x,))
+
+
+@pytest.mark.parametrize("beta", [0.5, 2.0, 30.0])
+def test_hessian_equals_logsumexp_and_its_closed_form(beta):
+    """The Hessian through our layer (double backward) against autograd through
+    torch.logsumexp, and against beta (diag(p) - p p^T) with p = softmax(beta x)."""
+    torch.manual_seed(1)
+    x = torch.randn(7, dtype=torch.float64)
+    hessian = torch.autograd.functional.hessian
+    ours = hessian(lambda v: smooth_max(v, beta), x)
+    ref = hessian(lambda v: torch.logsumexp(beta * v, 0) / beta, x)
+    p = torch.softmax(beta * x, 0)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours, beta * (torch.diag(p) - torch.outer(p, p)), rtol=0,
+                               atol=1e-12)
 
 
 def test_saves_no_full_size_tensor_besides_the_input():
@@ -320,3 +360,22 @@ def test_saves_no_full_size_tensor_besides_the_input():
     big = [t for t in saved if t.numel() == x.numel()]
     assert big and all(t.data_ptr() == x.data_ptr() for t in big)
     assert sum(t.numel() for t in saved if t.numel() < x.numel()) <= 2 * 16
+
+
+@pytest.mark.parametrize("beta", [0.5, 4.0, 64.0])
+def test_hessian_trace_bound_and_limits(beta):
+    """docs/math.md (1d): trace beta (1 - sum mu^2), spectral norm <= beta / 2; as beta grows
+    the Hessian vanishes for a unique max and grows like beta / k along k tied maxima."""
+    hessian = torch.autograd.functional.hessian
+    x = torch.tensor([0.3, -1.2, 0.9, 0.1], dtype=torch.float64)
+    h = hessian(lambda v: smooth_max(v, beta), x)
+    mu = torch.softmax(beta * x, 0)
+    torch.testing.assert_close(torch.trace(h), beta * (1 - (mu * mu).sum()), rtol=1e-12,
+                               atol=1e-12)
+    assert torch.linalg.eigvalsh(h).max() <= beta / 2 + 1e-12
+    tied = torch.tensor([0.9, -1.2, 0.9, 0.9], dtype=torch.float64)  # k = 3 tied maxima
+    top = torch.linalg.eigvalsh(hessian(lambda v: smooth_max(v, beta), tied)).max()
+    if beta == 64.0:
+        assert h.abs().max() < 1e-10  # unique max: exp(-beta * 0.6) small
+        torch.testing.assert_close(top, torch.tensor(beta / 3, dtype=torch.float64), rtol=1e-12,
+                                   atol=0)
