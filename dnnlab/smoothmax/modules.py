@@ -140,15 +140,22 @@ class _WindowSmoothMax(torch.autograd.Function):
             r.sub_(math.log(kh * kw))  # nu - log(n)/beta, formed before dividing by beta
         nu = torch.add(shift, r, alpha=1.0 / beta)  # nu = m + r / beta  (docs/math.md (1a))
         s.clamp_min_(1.0)  # an all -inf window: exp(z) = 0 there, so the gradient is 0, not 0/0
-        ctx.save_for_backward(xc, shift, s)
+        ctx.save_for_backward(x, shift, s)  # x, not xc: a double backward differentiates it
         return nu.to(x.dtype)
 
     @staticmethod
     def backward(ctx, g):  # g: (B, C, Ho, Wo)
         (kh, kw), (h, w), beta = ctx.kernel, ctx.shape[2:], ctx.beta
-        xc, shift, s = ctx.saved_tensors
-        e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # as in the forward
-        gx = e.mul_(_up(g.to(xc.dtype) / s, kh, kw))  # softmax(beta x) * g  (docs/math.md (1c))
+        x, shift, s = ctx.saved_tensors
+        xc = x[:, :, :shift.shape[2] * kh, :shift.shape[3] * kw].to(s.dtype)  # as in forward
+        if torch.is_grad_enabled():  # create_graph=True: s formed again from x, out of place,
+            # so that this gradient's own derivative is the Hessian (docs/math.md (1d))
+            e = torch.exp((xc - _up(shift, kh, kw)) * beta)
+            s = (F.avg_pool2d(e, (kh, kw)) * (kh * kw)).clamp_min(1.0)
+            gx = e * _up(g.to(xc.dtype) / s, kh, kw)
+        else:
+            e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # as in the forward
+            gx = e.mul_(_up(g.to(xc.dtype) / s, kh, kw))  # softmax(beta x) * g  (1c)
         gx = gx.to(ctx.x_dtype)
         if gx.shape[2] != h or gx.shape[3] != w:  # rows/columns no window covers: gradient 0
             gx = F.pad(gx, (0, w - gx.shape[3], 0, h - gx.shape[2]))

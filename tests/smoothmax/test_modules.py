@@ -202,3 +202,35 @@ def test_pool_ties_first_is_torch_max_pooling():
         assert torch.equal(y, ref(x)) and torch.equal(ga, gb)
     with pytest.raises(ConfigError, match="ties"):
         SmoothMaxPool2d(math.inf, ties="all")
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+@pytest.mark.parametrize("ties", ["shared", "first"])
+@pytest.mark.parametrize("beta", [2.0, math.inf, [1.0, 3.0]], ids=["beta2", "inf", "tensor"])
+@pytest.mark.parametrize("kernel, stride", [(2, None), ((4, 4), None), (None, None), (3, 1)],
+                         ids=["2x2", "4x4", "global", "3x3s1"])
+def test_pooling_second_derivatives_pass_gradgradcheck(kernel, stride, beta, ties, normalized):
+    """Double backward through SmoothMaxPool2d in float64 (docs/math.md (1d)): the window and
+    global paths, finite, infinite and per-channel beta, both tie rules; a width no window
+    covers fully (5 with 2x2 windows)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    pool = SmoothMaxPool2d(beta, kernel, stride=stride, ties=ties, normalized=normalized)
+    assert torch.autograd.gradgradcheck(pool, (x,))
+
+
+def test_pooling_hessian_vector_product_equals_logsumexp():
+    """The issue's case: a Hessian-vector product through SmoothMaxPool2d(2.0, 2) was 0; it is
+    the product through torch.logsumexp over the same windows."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    v = torch.randn_like(x)
+
+    def ref(x):  # (B, C, 3, 3) windows of 2x2, nu_2 by torch.logsumexp
+        w = x.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)
+        return torch.logsumexp(2.0 * w, -1) / 2.0
+
+    _, ours = torch.autograd.functional.hvp(lambda x: SmoothMaxPool2d(2.0, 2)(x).sum(), x, v)
+    _, want = torch.autograd.functional.hvp(lambda x: ref(x).sum(), x, v)
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(ours, want, rtol=0, atol=1e-12)
