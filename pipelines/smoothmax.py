@@ -1,4 +1,4 @@
-"""The temperature limits of smooth max (docs/math.md (1a)-(1c)) over a grid of beta.
+"""The temperature limits of smooth max (docs/math.md (1a)-(1d)) over a grid of beta.
 
     python -m pipelines.smoothmax                          # n=1000, float32, 6 inputs, 29 betas
     python -m pipelines.smoothmax n=10 dtype=float16 inputs=[ties,neg_inf]
@@ -7,10 +7,10 @@
 The experiment is dnnlab.smoothmax.limits (its rows and tolerances are described there; the
 config is conf/smoothmax.yaml, see docs/smoothmax.md). Outputs in the run dir: results.json
 (written as rows come in; inf is the string "inf"), rows.csv, gap_vs_beta.png, grad_vs_beta.png,
-softmax_weights.png. In W&B: the same images, the rows as a table, and one history step per
-finite beta (step = its index in the grid) with beta, log10_beta, bound and gap/<input>,
-ratio/<input>, grad_onehot_dist/<input>, grad_entropy/<input>, grad_err_autograd/<input>,
-charted against log10_beta (define_metric).
+hessian_vs_beta.png, softmax_weights.png. In W&B: the same images, the rows as a table, and one
+history step per finite beta (step = its index in the grid) with beta, log10_beta, bound and
+<key>/<input> for gap, ratio, grad_onehot_dist, grad_entropy, grad_err_autograd and
+hessian_norm, charted against log10_beta (define_metric).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ register("smoothmax")
 SUMMARY = ("all_bounds_hold", "worst_gap_bound_ratio", "worst_gap_bound_ratio_f64", "min_gap",
            "max_grad_err_autograd", "max_grad1_softmax_err", "grad_onehot_dist_monotone",
            "grad1_softmax_holds", "grad1_softmax_err", "grad_onehot_dist_at_max_beta",
-           "grad_onehot_dist_at_inf")
+           "grad_onehot_dist_at_inf", "hessian_holds", "max_hessian_err")
 
 
 def job(settings: LimitsSettings, run: Run) -> dict:

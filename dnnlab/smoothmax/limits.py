@@ -1,4 +1,4 @@
-"""The temperature limits of smooth max (docs/math.md (1a)-(1c)), measured over a grid of beta.
+"""The temperature limits of smooth max (docs/math.md (1a)-(1d)), measured over a grid of beta.
 
 nu_beta(x) = (1/beta) log sum_i exp(beta x_i) is computed by dnnlab.smoothmax.functional
 .smooth_max (its own forward and backward). For each input x in R^n (`inputs`) and each beta of
@@ -16,6 +16,11 @@ the grid (plus beta = inf), one row:
   grad_err_autograd  max_i |our backward - autograd through dnnlab.smoothmax.reference| in
             float64 on the same x (logsumexp(beta (x - c))/beta + c, c = max x held constant;
             torch.amax at beta = inf, which also shares ties equally)
+  hessian_err        max |H_ours - H_ref| / max(1, beta) over the Hessian of nu_beta on the
+            HESSIAN_N largest entries of x, in float64: ours by double backward through smooth_max,
+            the reference by autograd through torch.logsumexp; also the trace against
+            beta (1 - sum mu^2), mu = softmax(beta x)                      (docs/math.md (1d))
+  hessian_norm       its largest eigenvalue, at most hessian_bound = beta / 2        ((1d))
 and per input grad1_softmax_err = max_i |grad nu_1 - torch.softmax(x)_i| (docs/math.md (1b)),
 the softmax in float64.
 
@@ -48,9 +53,13 @@ from dnnlab.table import Table
 
 INF = math.inf
 MAX_N = 10_000_000
-HISTORY = ("gap", "ratio", "grad_onehot_dist", "grad_entropy", "grad_err_autograd")
+HISTORY = ("gap", "ratio", "grad_onehot_dist", "grad_entropy", "grad_err_autograd",
+           "hessian_norm")
 COLUMNS = ["input", "beta", "n", "dtype", "gap", "gap_f64", "bound", "tol", "holds", "holds_f64",
-           "ratio", "grad_onehot_dist", "grad_entropy", "grad_err_autograd"]
+           "ratio", "grad_onehot_dist", "grad_entropy", "grad_err_autograd", "hessian_err",
+           "hessian_norm", "hessian_bound"]
+HESSIAN_N = 16  # entries of each input whose Hessian is formed (one backward pass per entry)
+HESSIAN_TOL = 1e-9  # on hessian_err (float64, relative to max(1, beta))
 
 
 class Distribution(str, Enum):
@@ -199,6 +208,28 @@ def reference_grad(x64: torch.Tensor, beta: float) -> torch.Tensor:
     return xr.grad
 
 
+def top_entries(x64: torch.Tensor) -> torch.Tensor:
+    """The HESSIAN_N largest entries (the tied maxima among them), where the curvature is."""
+    return torch.topk(x64, min(HESSIAN_N, x64.numel())).values
+
+
+def hessian_check(x64: torch.Tensor, beta: float) -> tuple[float, float]:
+    """(error, largest eigenvalue) of the Hessian of nu_beta at x64 (float64, a few entries):
+    double backward through smooth_max against autograd through torch.logsumexp and against
+    the trace beta (1 - sum mu^2) (docs/math.md (1d)); the error relative to max(1, beta)."""
+    hessian = torch.autograd.functional.hessian
+    ours = hessian(lambda v: smooth_max(v, beta), x64)  # (k, k)
+    ref = hessian(lambda v: smooth_max_reference(v, beta), x64)
+    scale = max(1.0, beta) if beta != INF else 1.0
+    err = torch.nan_to_num((ours - ref).abs(), nan=math.inf).max().item()
+    if beta != INF:
+        keep = torch.isfinite(x64)  # -inf entries: weight 0
+        mu = torch.softmax(beta * (x64[keep] - x64[keep].max()), 0)
+        trace = beta * (1 - (mu * mu).sum()).item()  # (1d)
+        err = max(err, abs(torch.trace(ours).item() - trace))
+    return err / scale, torch.linalg.eigvalsh(ours).max().item() + 0.0
+
+
 def measure_row(x: torch.Tensor, beta: float) -> dict:
     """The row of one 1-D input x (in its own dtype) at one beta in (0, inf]."""
     n, dtype = x.numel(), x.dtype
@@ -221,6 +252,8 @@ def measure_row(x: torch.Tensor, beta: float) -> dict:
         "grad_onehot_dist": (p - argmax_onehot(x)).abs().sum().item(),  # (1c): -> 0
         "grad_entropy": -torch.special.xlogy(p, p).sum().item() + 0.0,  # + 0.0: no "-0"
         "grad_err_autograd": (p - reference_grad(x64, beta)).abs().max().item(),
+        **dict(zip(("hessian_err", "hessian_norm"), hessian_check(top_entries(x64), beta))),
+        "hessian_bound": beta / 2,  # (1d): ||hess nu_beta||_2 <= beta / 2
     }
 
 
@@ -250,6 +283,7 @@ class LimitsResult:
     rows: list[dict] = field(default_factory=list)
     done: int = 0  # betas measured
     headline: dict = field(default_factory=dict)  # filled when the grid is done
+    hessian_n: int = HESSIAN_N  # the largest entries whose Hessian is checked (1d)
 
     @property
     def all_bounds_hold(self) -> bool:
@@ -322,6 +356,9 @@ def headline(result: LimitsResult, dtype: torch.dtype) -> dict:
         monotone &= all(b <= a + tol for a, b in itertools.pairwise(d))
     out["grad_onehot_dist_monotone"] = monotone
     out["grad1_softmax_holds"] = out["max_grad1_softmax_err"] <= tol
+    out["max_hessian_err"] = max(r["hessian_err"] for r in rows)  # (1d)
+    out["hessian_holds"] = out["max_hessian_err"] <= HESSIAN_TOL and all(
+        r["hessian_norm"] <= r["hessian_bound"] * (1 + HESSIAN_TOL) + HESSIAN_TOL for r in rows)
     return out
 
 

@@ -1,5 +1,6 @@
-"""The figures of the smooth-max limits (docs/math.md (1a)-(1c)): gap and bound against beta,
-the gradient's distance to the one-hot and its entropy, and the softmax weights of one input."""
+"""The figures of the smooth-max limits (docs/math.md (1a)-(1d)): gap and bound against beta,
+the gradient's distance to the one-hot and its entropy, the Hessian's norm against its bound,
+and the softmax weights of one input."""
 from __future__ import annotations
 
 import math
@@ -66,6 +67,25 @@ def plot_grad(result: LimitsResult, path: Path) -> Path:
     return save(fig, path)
 
 
+def plot_hessian(result: LimitsResult, path: Path) -> Path:
+    """docs/math.md (1d): the largest eigenvalue of the Hessian of nu_beta against beta, and the
+    bound beta / 2: it vanishes for a unique max and grows like beta / k with k tied maxima."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for k, (name, (b, h)) in enumerate(_by_input(result, "hessian_norm").items()):
+        ax.loglog(*_positive(b, h), marker="o", ms=3, color=f"C{k}", label=name)
+    betas = [b for b in result.betas if b != INF]
+    ax.loglog(betas, [b / 2 for b in betas], "k--", lw=1.5, label="bound beta/2")
+    ax.set_ylim(1e-8, max(betas))  # a unique max: the norm falls like exp(-beta gap), off scale
+    ax.set_xlabel("beta")
+    ax.set_ylabel("||hess nu_beta||_2 (largest eigenvalue)")
+    ax.set_title("(1d): hess nu_beta = beta (diag(mu) - mu mu^T) <= beta/2; -> 0 for a unique max,"
+                 f"\n~ beta/k for k tied maxima (the {result.hessian_n} largest entries; below 1e-8 "
+                 "not drawn)", fontsize=9)
+    ax.grid(which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
 def shown_entries(x: torch.Tensor, n_show: int) -> range:
     """The first n_show entries, or n_show entries around the argmax when it is not among them."""
     n, k = x.numel(), min(n_show, x.numel())
@@ -99,12 +119,13 @@ def plot_softmax(x: torch.Tensor, name: str, betas: list, n_show: int, path: Pat
 
 def make_plots(result: LimitsResult, settings: LimitsSettings, out: Path,
                prefix: str = "") -> dict[str, Path]:
-    """gap_vs_beta, grad_vs_beta and softmax_weights as <prefix><name>.png in `out`."""
+    """gap_vs_beta, grad_vs_beta, hessian_vs_beta and softmax_weights as <prefix><name>.png."""
     s = settings
     x = make_input(s.softmax_input, s.n, s.torch_dtype, s.seed)
     return {
         "gap_vs_beta": plot_gap(result, out / f"{prefix}gap_vs_beta.png"),
         "grad_vs_beta": plot_grad(result, out / f"{prefix}grad_vs_beta.png"),
+        "hessian_vs_beta": plot_hessian(result, out / f"{prefix}hessian_vs_beta.png"),
         "softmax_weights": plot_softmax(x, s.softmax_input.value, s.softmax_betas, s.n_show,
                                         out / f"{prefix}softmax_weights.png"),
     }

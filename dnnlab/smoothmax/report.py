@@ -11,7 +11,7 @@ from dnnlab.smoothmax.plots import make_plots
 
 PREFIX = "smoothmax_"  # the PNGs in the report's run dir: smoothmax_gap_vs_beta.png, ...
 SUMMARY = ("all_bounds_hold", "worst_gap_bound_ratio", "max_grad1_softmax_err",
-           "grad_onehot_dist_monotone")
+           "grad_onehot_dist_monotone", "hessian_holds", "max_hessian_err")
 
 
 @dataclass
@@ -59,13 +59,19 @@ def markdown(res: LimitsResult, pngs: dict[str, Path]) -> str:
                 f"e\\|\\|_1: {max(first):.3g} at beta = {finite[0]:g}, "
                 f"{max(at_top.values()):.3g} at beta = {finite[-1]:g}{inf_1c}; non-increasing "
                 f"in beta | {yes[ok_1c]} |")
+    worst_1d = max(r["hessian_norm"] / r["hessian_bound"] for r in res.rows if r["beta"] != INF)
+    claim_1d = ("| (1d) hess nu_beta = beta (diag(mu) - mu mu^T), trace beta (1 - sum mu^2), "
+                "\\|\\|hess\\|\\|_2 <= beta/2 | max error against autograd through "
+                f"torch.logsumexp and the trace (float64, relative to max(1, beta)): "
+                f"{h['max_hessian_err']:.2g}; largest norm / bound {worst_1d:.3g} | "
+                f"{yes[h['hessian_holds']]} |")
     head = (f"| input | worst gap/bound | \\|\\|grad - e\\|\\|_1 at beta = {finite[-1]:g} | "
             "at inf | \\|grad nu_1 - softmax\\| | \\|backward - autograd\\| |")
     per_input = ("\nPer input (worst over the grid; backward error against autograd through "
                  "torch.logsumexp, float64):\n")
-    lines = ["\n## 1. Smooth max (docs/math.md (1a)-(1c))\n", intro,
+    lines = ["\n## 1. Smooth max (docs/math.md (1a)-(1d))\n", intro,
              "| claim of docs/math.md | measured | holds |", "|---|---|---|",
-             claim_1a, claim_1b, claim_1c, per_input, head, "|---|---|---|---|---|---|"]
+             claim_1a, claim_1b, claim_1c, claim_1d, per_input, head, "|---|---|---|---|---|---|"]
     for name in res.inputs:
         rows = [r for r in res.rows if r["input"] == name]
         worst = max((r["ratio"] for r in rows if r["ratio"] is not None), default=None)
@@ -74,5 +80,6 @@ def markdown(res: LimitsResult, pngs: dict[str, Path]) -> str:
                      f"{max(r['grad_err_autograd'] for r in rows):.2g} |")
     lines += ["", f"![gap and bound against beta]({pngs['gap_vs_beta'].name})", "",
               f"![distance to the one-hot and entropy]({pngs['grad_vs_beta'].name})", "",
+              f"![the Hessian's norm and its bound]({pngs['hessian_vs_beta'].name})", "",
               f"![softmax weights]({pngs['softmax_weights'].name})", ""]
     return "\n".join(lines) + "\n"

@@ -21,13 +21,15 @@ def test_end_to_end(pipeline, tmp_path):
     assert len(res["rows"]) == 8 * 6 and set(res["grad1_softmax_err"]) == set(res["inputs"])
     for r in res["rows"]:
         for key in ("input", "beta", "n", "gap", "bound", "holds", "grad_onehot_dist",
-                    "grad_entropy", "grad_err_autograd"):
+                    "grad_entropy", "grad_err_autograd", "hessian_err", "hessian_norm"):
             assert key in r
     inf_rows = [r for r in res["rows"] if r["beta"] == "inf"]
     assert len(inf_rows) == 6
     assert all(r["gap"] == 0 and r["bound"] == 0 and r["grad_onehot_dist"] == 0 for r in inf_rows)
     assert max(res["grad1_softmax_err"].values()) < 1e-6
-    for png in ("gap_vs_beta.png", "grad_vs_beta.png", "softmax_weights.png"):
+    assert res["hessian_holds"] is True and res["max_hessian_err"] < 1e-9  # docs/math.md (1d)
+    for png in ("gap_vs_beta.png", "grad_vs_beta.png", "hessian_vs_beta.png",
+                "softmax_weights.png"):
         assert (out / png).stat().st_size > 1000
     assert len((out / "rows.csv").read_text().splitlines()) == 1 + 8 * 6
     assert "smooth max limits" in proc.stdout and "onehot_gap" in proc.stdout

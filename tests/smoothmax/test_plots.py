@@ -1,4 +1,4 @@
-"""dnnlab.smoothmax.plots: the three figures of a small run, and the entries the softmax plot
+"""dnnlab.smoothmax.plots: the four figures of a small run, and the entries the softmax plot
 shows."""
 import torch
 
@@ -6,7 +6,7 @@ from dnnlab.smoothmax.limits import BetaGrid, LimitsSettings, run
 from dnnlab.smoothmax.plots import make_plots, shown_entries
 
 
-def test_three_pngs(tmp_path):
+def test_four_pngs(tmp_path):
     for dtype in ("float32",):  # float32 also draws the dotted float64 gaps
         s = LimitsSettings(n=20, inputs=["normal", "neg_inf"], dtype=dtype, n_show=5,
                            beta=BetaGrid(min=0.1, max=100.0, num=3),
@@ -14,7 +14,7 @@ def test_three_pngs(tmp_path):
         pngs = make_plots(run(s), s, tmp_path, prefix=f"{dtype}_")
         assert [p.name for p in pngs.values()] == [
             f"{dtype}_gap_vs_beta.png", f"{dtype}_grad_vs_beta.png",
-            f"{dtype}_softmax_weights.png"]
+            f"{dtype}_hessian_vs_beta.png", f"{dtype}_softmax_weights.png"]
         assert all(p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 1000
                    for p in pngs.values())
 

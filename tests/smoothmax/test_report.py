@@ -19,17 +19,19 @@ def test_report_section(tmp_path):
     section = report_section(s, tmp_path)
     md = section.markdown
     assert section.title == "1. Smooth max"
-    assert md.lstrip().startswith("## 1. Smooth max (docs/math.md (1a)-(1c))")
+    assert md.lstrip().startswith("## 1. Smooth max (docs/math.md (1a)-(1d))")
     assert "| claim of docs/math.md | measured | holds |" in md and "n = 100 entries" in md
-    claims = [ln for ln in md.splitlines() if ln.startswith(("| (1a)", "| (1b)", "| (1c)"))]
-    assert len(claims) == 3 and all(ln.endswith("| yes |") for ln in claims), md
+    claims = [ln for ln in md.splitlines()
+              if ln.startswith(("| (1a)", "| (1b)", "| (1c)", "| (1d)"))]
+    assert len(claims) == 4 and all(ln.endswith("| yes |") for ln in claims), md
     per_input = [ln for ln in md.splitlines() if ln.startswith("| neg_inf |")]
     assert len(per_input) == 1
     for name in ("smoothmax_gap_vs_beta.png", "smoothmax_grad_vs_beta.png",
-                 "smoothmax_softmax_weights.png"):
+                 "smoothmax_hessian_vs_beta.png", "smoothmax_softmax_weights.png"):
         assert f"]({name})" in md and (tmp_path / name).stat().st_size > 1000
     assert set(section.images) == {"smoothmax/gap_vs_beta", "smoothmax/grad_vs_beta",
-                                   "smoothmax/softmax_weights"}
+                                   "smoothmax/hessian_vs_beta", "smoothmax/softmax_weights"}
+    assert section.summary["smoothmax/hessian_holds"] is True
     assert section.summary["smoothmax/all_bounds_hold"] is True
     assert section.summary["smoothmax/grad_onehot_dist_monotone"] is True
     (table,) = section.tables
