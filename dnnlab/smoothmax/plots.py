@@ -78,9 +78,9 @@ def plot_hessian(result: LimitsResult, path: Path) -> Path:
     ax.set_ylim(1e-8, max(betas))  # a unique max: the norm falls like exp(-beta gap), off scale
     ax.set_xlabel("beta")
     ax.set_ylabel("||hess nu_beta||_2 (largest eigenvalue)")
-    ax.set_title("(1d): hess nu_beta = beta (diag(mu) - mu mu^T) <= beta/2; -> 0 for a unique max,"
-                 f"\n~ beta/k for k tied maxima (the {result.hessian_n} largest entries; below 1e-8 "
-                 "not drawn)", fontsize=9)
+    ax.set_title("(1d): hess nu_beta = beta (diag(mu) - mu mu^T) <= beta/2; -> 0 for a unique "
+                 f"max,\n~ beta/k for k tied maxima (the {result.hessian_n} largest entries; "
+                 "below 1e-8 not drawn)", fontsize=9)
     ax.grid(which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return save(fig, path)
