@@ -48,6 +48,12 @@ class Results(dict):
         super().__init__()
         self.path = Path(run_dir) / FILE
 
+    @staticmethod
+    def read(run_dir: Path) -> dict:
+        """A run dir's results.json as written so far ({} when there is none or it is cut)."""
+        data = read_json(Path(run_dir) / FILE)
+        return data if isinstance(data, dict) else {}
+
     def update(self, *args: Any, **kv: Any) -> None:  # type: ignore[override]
         super().update(*args, **kv)
         self.save()

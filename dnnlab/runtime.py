@@ -76,11 +76,12 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
     results, started = None, False
     try:
         with RunLock(run_dir):
-            if hj.multirun:
-                hydra_job.write_hydra_dir(run_dir, cfg)  # the summary reads a failed job's too
+            if hj.multirun:  # first: the summary reads a failed job's overrides too
+                hydra_job.write_hydra_dir(run_dir, cfg)
             settings = to_settings(cfg)
             ready = prepare(settings, cfg, run_dir) if prepare is not None else settings
-            hydra_job.write_hydra_dir(run_dir, cfg)
+            if not hj.multirun:  # only once accepted: a refused resume leaves .hydra/ as it was
+                hydra_job.write_hydra_dir(run_dir, cfg)
             config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
             w = settings.wandb
             tracker = Tracker(

@@ -5,23 +5,23 @@ the best validation accuracy, what a sweeper optimizes (never a test metric)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dnnlab.cli import console, launch
 from dnnlab.config import register, resolved_with
 from dnnlab.models import build_model, instantiate_spec
-from dnnlab.results import read_json
+from dnnlab.results import Results
 from dnnlab.runtime import NothingToDo, Run, run_job
 from dnnlab.train import loop
 from dnnlab.train.data import Batches, check_fits
 from dnnlab.train.logs import TrainLogs
 from dnnlab.train.probes import pool_beta
-from dnnlab.train.resume import Checkpoint, replay, resume_command
+from dnnlab.train.progress import EpochBar
+from dnnlab.train.records import OnEpoch
+from dnnlab.train.resume import Checkpoint, interrupted_line, replay, resume_command
 from dnnlab.train.settings import TrainSettings
 
 register("train")
@@ -33,9 +33,8 @@ class Ready:  # what `prepare` accepted: the objects `fit` takes, and whether th
     model: torch.nn.Module
     batches: Batches
     optimizer: torch.optim.Optimizer
-    scheduler: Any
-    checkpoint: Checkpoint
-    config: dict
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    checkpoint: Checkpoint  # with the resolved config that made it
     resume: bool
 
 
@@ -47,32 +46,17 @@ def prepare(s: TrainSettings, cfg: DictConfig, run_dir) -> Ready:
     model.to(loop.resolve_device(s.trainer.device))
     opt = instantiate_spec(s.optimizer, "optimizer", params=model.parameters())
     sched = instantiate_spec(s.scheduler, "scheduler", optimizer=opt) if s.scheduler else None
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    ck = Checkpoint(run_dir / "checkpoint.pt", config)
+    ck = Checkpoint(run_dir / "checkpoint.pt",
+                    OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     if s.trainer.resume:
         done = int(ck.resume(lambda pinned: resolved_with(cfg, pinned))["epoch"]) + 1
-        old = read_json(run_dir / "results.json") or {}
+        old = Results.read(run_dir)
         if done >= s.trainer.epochs and "test_accuracy" in old:
             raise NothingToDo(f"nothing to do: {run_dir} already finished {done} epochs "
                               f"(trainer.epochs={s.trainer.epochs}); nothing changed. Raise "
                               "trainer.epochs to train longer", old)
     return Ready(s, model, Batches(splits, s.data.batch_size, s.seed), opt, sched, ck,
-                 config, s.trainer.resume)
-
-
-class EpochBar(loop.Callback):  # the progress bar; the history into results.json every epoch
-    def __init__(self, run: Run, epochs: int, show: bool):
-        self.results, self.bar = run.results, Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
-            TextColumn("{task.completed}/{task.total} {task.fields[metrics]}"),
-            TimeElapsedColumn(), console=console, disable=not show)
-        self.task = self.bar.add_task("train", total=epochs, epoch=0, metrics="")
-
-    def on_epoch(self, end: loop.EpochEnd) -> None:
-        self.results.update(history=end.history)
-        r, h = end.record, end.pool.get("pool/entropy_rel", float("nan"))
-        self.bar.update(self.task, completed=r["epoch"] + 1, epoch=r["epoch"] + 1, metrics=(
-            f"loss {r['train_loss']:.3f} val_acc {r['val_accuracy']:.3f} H/Hmax {h:.2f}"))
+                 s.trainer.resume)
 
 
 def job(r: Ready, run: Run) -> dict:
@@ -82,22 +66,21 @@ def job(r: Ready, run: Run) -> dict:
     step = int(ck.start["step"]) if ck.start is not None else None
     if step is not None:
         replay(run.tracker, step)
-    run.results.update(model=str(s.model.get("name")), data=s.data.name,
-                       beta=pool_beta(r.model), history=ck.start["history"] if ck.start else [])
-    logs = TrainLogs(run.tracker, r.model, pool_beta(r.model), resumed_at=step)
+    beta = pool_beta(r.model)
+    run.results.update(model=str(s.model.get("name")), data=s.data.name, beta=beta,
+                       history=ck.start["history"] if ck.start else [])
+    logs = TrainLogs(run.tracker, r.model, beta, resumed_at=step)
     run.tracker.watch(r.model, s.wandb.watch.log, s.wandb.watch.log_freq)
-    bar = EpochBar(run, s.trainer.epochs, s.trainer.progress)
+    history = OnEpoch(lambda end: run.results.update(history=end.history))  # as it goes
     try:
-        with bar.bar:
+        with EpochBar(s.trainer.epochs, console, s.trainer.progress) as bar:
             result = loop.fit(r.model, r.batches, r.optimizer, r.scheduler, s.trainer,
-                              callbacks=[logs, bar], checkpoint=ck)
+                              callbacks=[logs, history, bar], checkpoint=ck)
     except loop.Interrupted as err:
-        err.line = (f"interrupted at epoch {err.epoch}, step {err.step}; checkpoint "
-                    f"{err.checkpoint or 'none yet (first epoch)'}; resume with: "
-                    f"{resume_command('pipelines.train', run.overrides, run.dir)}")
+        err.line = interrupted_line(err, resume_command("pipelines.train", run.overrides, run.dir))
         raise
     run.results.update(**result.to_dict())
-    logs.finish(result, r.config, ck.path)
+    logs.finish(result, ck.config, ck.path)
     if result.compile_seconds is not None:
         console.print(f"torch.compile: {result.compile_seconds:.1f} s in the steps that compiled")
     console.print(f"best val accuracy {result.best_val_accuracy:.4f} (epoch {result.best_epoch})"

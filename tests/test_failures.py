@@ -61,11 +61,17 @@ def test_a_run_dir_in_use_is_refused_and_a_stale_lock_taken_over(pipeline, tmp_p
     assert (out / ".lock").read_text() == ""  # released
 
 
-def test_labels_outside_num_classes_name_both_numbers(pipeline, tmp_path):
+@pytest.mark.parametrize("override, code, line", [
+    ("data.num_classes=5", 1, "error: data.num_classes=5: data=digits has labels 0 .. 9 "
+                              "(10 classes); set data.num_classes=10"),  # names both numbers
+    ("+trainer.epoch=3", 2, "error: trainer.epoch: no such key in TrainerSettings "
+                            "(did you mean epochs?)"),  # a key the schema lacks
+])
+def test_a_refused_config_is_its_line_and_leaves_no_run_dir(pipeline, tmp_path, override, code,
+                                                            line):
     out = tmp_path / "run"
-    proc = pipeline("train", "data.num_classes=5", f"hydra.run.dir={out}", *QUICK)
-    assert _one_line(proc, 1) == ("error: data.num_classes=5: data=digits has labels 0 .. 9 "
-                                  "(10 classes); set data.num_classes=10")
+    proc = pipeline("train", override, f"hydra.run.dir={out}", *QUICK)
+    assert _one_line(proc, code) == line
     assert not out.exists()
 
 
@@ -97,14 +103,6 @@ def test_an_empty_sweep_is_refused_and_makes_no_summary_run(pipeline, tmp_path, 
     line = _one_line(proc, 1)
     assert line.startswith("error: the sweep launched no job (overrides: ") and sweep in line
     assert find_runs(tmp_path) == [] and not out.exists()
-
-
-def test_a_key_the_schema_lacks_is_refused(pipeline, tmp_path):
-    out = tmp_path / "run"
-    proc = pipeline("train", "+trainer.epoch=3", f"hydra.run.dir={out}", *QUICK)
-    assert _one_line(proc, 2) == ("error: trainer.epoch: no such key in TrainerSettings "
-                                  "(did you mean epochs?)")
-    assert not out.exists()
 
 
 def test_a_read_only_place_is_one_line(pipeline, tmp_path):

@@ -2,6 +2,7 @@
 callbacks (dnnlab.train.logs for W&B, the pipeline's progress bar) and for results.json."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +26,16 @@ class Callback:
     def on_probe(self, step: int, rows: list[dict]) -> None: ...
 
     def on_epoch(self, end: EpochEnd) -> None: ...
+
+
+class OnEpoch(Callback):
+    """A Callback that calls `fn(end)` after each epoch."""
+
+    def __init__(self, fn: Callable[[EpochEnd], Any]):
+        self.fn = fn
+
+    def on_epoch(self, end: EpochEnd) -> None:
+        self.fn(end)
 
 
 @dataclass

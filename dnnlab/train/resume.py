@@ -150,3 +150,10 @@ def resume_command(module: str, overrides: list[str], run_dir: Any) -> str:
         "trainer.resume", "hydra.run.dir")]
     return shlex.join(["python", "-m", module, *keep, "trainer.resume=true",
                        f"hydra.run.dir={run_dir}"])
+
+
+def interrupted_line(err: Any, command: str) -> str:
+    """The one line of an interrupted run (a dnnlab.train.records.Interrupted): where it
+    stopped, its last checkpoint, and `command`, which resumes it."""
+    return (f"interrupted at epoch {err.epoch}, step {err.step}; checkpoint "
+            f"{err.checkpoint or 'none yet (first epoch)'}; resume with: {command}")

@@ -21,7 +21,7 @@ from dnnlab.beta import LOG10_BETA_INF, log10_beta
 from dnnlab.cli import err_console
 from dnnlab.config import settings_of
 from dnnlab.naming import run_tags
-from dnnlab.results import read_json, write_json
+from dnnlab.results import Results, read_json, write_json
 from dnnlab.settings import WandbConfig
 from dnnlab.sweep_dir import FAILED, job_dirs, read_overrides
 from dnnlab.table import Table
@@ -40,7 +40,7 @@ def collect(sweep_dir: Path) -> list[dict]:
     """One row per numbered job dir of the sweep, in job order."""
     rows = []
     for job in job_dirs(Path(sweep_dir)):
-        res = read_json(job / "results.json") or {}
+        res = Results.read(job)
         failed = read_json(job / FAILED)
         status = "failed" if failed else ("done" if "test_accuracy" in res else "running")
         rows.append({"job": int(job.name), "overrides": read_overrides(job),

@@ -42,7 +42,7 @@ class Record(Callback):
 
 
 def _run(run_dir, epochs=3, total=None, resume=False, probe_every=0, lr=0.01, sgd=False,
-         record=None):
+         record=None, callbacks=()):
     """A seeded run as the pipeline does it; `total` epochs of cosine schedule (default epochs)."""
     seed_everything(0)
     splits = synthetic(samples=240, num_classes=4)
@@ -55,7 +55,7 @@ def _run(run_dir, epochs=3, total=None, resume=False, probe_every=0, lr=0.01, sg
     if resume:
         ckpt.resume(lambda pinned: {"lr": lr, "total": total or epochs})
     return fit(model, Batches(splits, 32, 0), opt, sched, settings,
-               callbacks=[record] if record else [], checkpoint=ckpt)
+               callbacks=([record] if record else []) + list(callbacks), checkpoint=ckpt)
 
 
 def _history(res: TrainResult) -> list:
@@ -152,3 +152,16 @@ def test_epoch_end_metrics_skip_text():
     e.learnable, e.resumed_from_epoch = True, 0
     m = epoch_metrics(e)
     assert m["pool/f.4/beta"] == 4.0 and m["trainer/resumed_from_epoch"] == 0
+
+
+def test_the_progress_bar_and_on_epoch_take_fits_records(tmp_path):
+    from rich.console import Console
+
+    from dnnlab.train.progress import EpochBar
+    from dnnlab.train.records import OnEpoch
+
+    seen, console = [], Console(file=open(tmp_path / "bar.txt", "w"), width=120)
+    with EpochBar(2, console) as bar:
+        res = _run(tmp_path, epochs=2, callbacks=[bar, OnEpoch(seen.append)])
+    assert [e.record for e in seen] == res.history
+    assert bar.bar.tasks[0].completed == 2
