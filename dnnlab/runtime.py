@@ -62,9 +62,11 @@ def _is_fresh(run_dir: Path) -> bool:
 
 
 def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
-            prepare: Callable[[Any, DictConfig, Path], Any] | None = None) -> Any:
+            prepare: Callable[[Any, DictConfig, Path], Any] | None = None,
+            wandb_config: Callable[[dict], dict] | None = None) -> Any:
     """Run `job(prepare(settings, cfg, run_dir) or settings, Run)` for one Hydra job. A
-    `prepare` result with `resume = True` continues the run dir's W&B run. A config refused
+    `prepare` result with `resume = True` continues the run dir's W&B run. `wandb_config`
+    gives the W&B run's config from the resolved one (one type per key). A config refused
     before the job starts leaves nothing behind (no W&B run, `.hydra/` untouched, a run dir this
     job made removed). In a multirun a failed job writes failed.json and the others go on."""
     hj = hydra_job.current()
@@ -85,7 +87,8 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
             config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
             w = settings.wandb
             tracker = Tracker(
-                w, run_dir, job_type=pipeline, config=config,
+                w, run_dir, job_type=pipeline,
+                config=wandb_config(config) if wandb_config else config,
                 name=run_name(w.run_name, pipeline, config, hj.overrides),
                 tags=run_tags(w.run_name, pipeline, config, w.tags, hj.choices),
                 group=w.group or hj.sweep_name,

@@ -165,6 +165,19 @@ class Tracker:
 
             self.run.log({f"{y}_vs_{x}": wandb.plot.line(table.to_wandb(), x, y, title=title)})
 
+    def lines(self, key: str, xs: list, ys: list[list], keys: list[str], title: str,
+              xname: str) -> None:
+        """A live W&B chart of several lines over one x (wandb.plot.line_series); points
+        without a value (None) are left out of their line."""
+        if self.run is not None:
+            import wandb
+
+            keep = [[i for i, v in enumerate(y) if v is not None] for y in ys]
+            self.run.log({key: wandb.plot.line_series(
+                xs=[[xs[i] for i in k] for k in keep], ys=[[y[i] for i in k]
+                                                          for y, k in zip(ys, keep)],
+                keys=keys, title=title, xname=xname)})
+
     def image(self, key: str, path: Path, caption: str | None = None) -> None:  # a saved PNG
         self._write({key: {"_type": "image", "path": Path(path).name}})
         if self.run is not None:

@@ -17,7 +17,7 @@ from dnnlab.results import Results
 from dnnlab.runtime import NothingToDo, Run, run_job
 from dnnlab.train import loop
 from dnnlab.train.data import Batches, check_fits
-from dnnlab.train.logs import TrainLogs
+from dnnlab.train.logs import TrainLogs, wandb_config
 from dnnlab.train.probes import pool_beta
 from dnnlab.train.progress import EpochBar
 from dnnlab.train.records import OnEpoch
@@ -67,7 +67,7 @@ def job(r: Ready, run: Run) -> dict:
     if step is not None:
         replay(run.tracker, step)
     beta = pool_beta(r.model)
-    run.results.update(model=str(s.model.get("name")), data=s.data.name, beta=beta,
+    run.results.update(model=str(s.model.get("name")), data=s.data.name, beta=beta, seed=s.seed,
                        history=ck.start["history"] if ck.start else [])
     logs = TrainLogs(run.tracker, r.model, beta, resumed_at=step)
     run.tracker.watch(r.model, s.wandb.watch.log, s.wandb.watch.log_freq)
@@ -90,7 +90,8 @@ def job(r: Ready, run: Run) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return run_job(cfg, "train", job, prepare=prepare).get("best_val_accuracy")
+    return run_job(cfg, "train", job, prepare=prepare,
+                   wandb_config=wandb_config).get("best_val_accuracy")
 
 
 if __name__ == "__main__":

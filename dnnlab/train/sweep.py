@@ -1,6 +1,8 @@
 """The summary of a multirun of pipelines.train (a temperature sweep, say), read from the
-sweep dir: one row per job with its overrides, beta, test accuracy, gradient entropy and
-status (done, running, failed: a job's `failed.json`).
+sweep dir: one row per job with its overrides, beta, seed, accuracies, gradient entropy and
+status (done, running, failed: a job's `failed.json`); the groups of replicates (jobs equal in
+every swept key but the seed, dnnlab.train.groups) with their means and 95% intervals; and
+Welch's t-test between groups adjacent in beta.
 
 `SweepSummary` (the Hydra callback of conf/train.yaml) rewrites summary.json and summary.png
 after every job, so a failed or killed job never loses the others' results, and at the end of
@@ -26,14 +28,15 @@ from dnnlab.settings import WandbConfig
 from dnnlab.sweep_dir import FAILED, job_dirs, read_overrides
 from dnnlab.table import Table
 from dnnlab.tracking import Tracker
+from dnnlab.train.groups import METRICS, compare_adjacent, group_jobs
 from dnnlab.train.plots import plot_temperature_sweep
 
-COLUMNS = ["job", "beta", "log10_beta", "test_accuracy", "grad_entropy", "argmax_mass",
-           "status"]
-# the sweep summary's live W&B line plots, drawn from its table: (x, y, title)
-LINES = [("log10_beta", "test_accuracy",
-          f"test accuracy against log10(beta) (inf at {LOG10_BETA_INF:g})"),
-         ("log10_beta", "grad_entropy", "gradient entropy / log n against log10(beta)")]
+COLUMNS = ["job", "beta", "log10_beta", "seed", "test_accuracy", "best_val_accuracy",
+           "grad_entropy", "argmax_mass", "status"]
+# the sweep summary's live W&B charts of the groups' means with their 95% intervals: (y, title)
+CHARTS = [("test_accuracy", f"test accuracy (mean, 95% CI) against log10(beta) "
+           f"(inf at {LOG10_BETA_INF:g})"),
+          ("grad_entropy", "gradient entropy / log n (mean, 95% CI) against log10(beta)")]
 
 
 def collect(sweep_dir: Path) -> list[dict]:
@@ -43,24 +46,36 @@ def collect(sweep_dir: Path) -> list[dict]:
         res = Results.read(job)
         failed = read_json(job / FAILED)
         status = "failed" if failed else ("done" if "test_accuracy" in res else "running")
-        rows.append({"job": int(job.name), "overrides": read_overrides(job),
+        overrides = read_overrides(job)
+        rows.append({"job": int(job.name), "overrides": overrides,
                      "beta": res.get("beta"),
                      "betas": res.get("betas") or {},
+                     "seed": res.get("seed", _seed_of(overrides)),
                      "test_accuracy": res.get("test_accuracy"),
+                     "best_val_accuracy": res.get("best_val_accuracy"),
                      "grad_entropy": res.get("grad_entropy"),
                      "argmax_mass": res.get("argmax_mass"), "status": status,
                      "error": (failed or {}).get("error") or res.get("error")})
     return rows
 
 
+def _seed_of(overrides: list[str]) -> int | None:
+    seeds = [o.partition("=")[2] for o in overrides if o.lstrip("+~").startswith("seed=")]
+    return int(seeds[-1]) if seeds and seeds[-1].lstrip("-").isdigit() else None
+
+
 def write_summary(sweep_dir: Path) -> dict:
-    """Rewrite <sweep_dir>/summary.json (and summary.png when a job is done); the summary."""
+    """Rewrite <sweep_dir>/summary.json (and summary.png when a job is done); the summary:
+    `jobs`, `failed`, `groups` (dnnlab.train.groups.group_jobs) and `comparisons` (Welch's
+    t-test of adjacent groups)."""
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
+    groups = group_jobs(rows)
     summary = {"sweep_dir": str(sweep_dir), "jobs": rows,
-               "failed": [r["job"] for r in rows if r["status"] == "failed"]}
+               "failed": [r["job"] for r in rows if r["status"] == "failed"],
+               "groups": groups, "comparisons": compare_adjacent(groups, rows)}
     write_json(sweep_dir / "summary.json", summary)
-    plot_temperature_sweep(rows, sweep_dir / "summary.png")
+    plot_temperature_sweep(rows, sweep_dir / "summary.png", groups)
     return summary
 
 
@@ -75,10 +90,11 @@ def summary_table(summary: dict) -> Table:
             return _beta_text(r)
         if c == "log10_beta":
             return log10_beta(r["beta"])
-        return r[c]
+        return r.get(c)
 
     jobs = sorted(summary["jobs"], key=lambda r: (log10_beta(r["beta"]) is None,
-                                                  log10_beta(r["beta"]) or 0.0, r["job"]))
+                                                  log10_beta(r["beta"]) or 0.0,
+                                                  r.get("seed") or 0, r["job"]))
     rows = [[cell(r, c) for c in COLUMNS] for r in jobs]
     return Table("summary", COLUMNS, rows, title=f"sweep {summary['sweep_dir']} (by beta; "
                  f"log10_beta places inf at {LOG10_BETA_INF:g})")
@@ -105,25 +121,69 @@ def _beta_text(row: dict) -> str:
     return str(row["beta"])
 
 
+def groups_table(summary: dict, metric: str = "test_accuracy") -> Table:
+    """The groups as a Table ordered by beta: the swept keys but the seed, `log10_beta` when
+    beta is swept, n, the seeds, each metric's mean and 95% interval, and for `metric` Welch's
+    p-value against the previous group along the axis and whether it is significant at 0.05."""
+    groups = summary.get("groups") or []
+    keys = list(groups[0]["key"]) if groups else []
+    beta = "model.pool.beta" in keys
+    prev = {repr(c["to"]): c for c in summary.get("comparisons") or [] if c["metric"] == metric}
+    cols = keys + (["log10_beta"] if beta else []) + ["n", "seeds"]
+    for m in METRICS:
+        cols += [f"{m}_mean", f"{m}_ci95_lo", f"{m}_ci95_hi"]
+    cols += [f"{metric}_diff_vs_prev", f"{metric}_p_vs_prev", "significant"]
+    rows = []
+    for g in sorted(groups, key=lambda g: (log10_beta(g["key"].get("model.pool.beta")) or 0.0)
+                    if beta else 0.0):
+        row = [g["key"][k] for k in keys] + ([log10_beta(g["key"]["model.pool.beta"])]
+                                             if beta else []) + [g["n"], _seeds(g["seeds"])]
+        for m in METRICS:
+            st = g["metrics"].get(m) or {}
+            ci = st.get("ci95") or [None, None]
+            row += [st.get("mean"), *ci]
+        c = prev.get(repr(g["key"])) or {}
+        row += [c.get("diff"), c.get("p"), c.get("significant")]
+        rows.append(row)
+    return Table("groups", cols, rows, title=f"sweep {summary['sweep_dir']}: groups of seeds "
+                 "(mean and Student-t 95% interval; Welch's t-test against the previous group)",
+                 formats={c: "{:.4f}" for c in cols if c.endswith(("_mean", "_lo", "_hi",
+                                                                   "_prev"))})
+
+
+def _seeds(seeds: list) -> str:
+    return ",".join("?" if s is None else str(s) for s in seeds)
+
+
 def log_summary_run(wandb: WandbConfig, sweep_dir: Path, group: str, summary: dict,
                     experiment: str | None = None) -> None:
     """The sweep's summary as its own W&B run in the sweep's group: config = the swept keys and
-    their values; the table, a live line plot per LINES, the plot, the number of failed jobs."""
+    their values; the jobs table, the groups table, a chart per CHARTS of the groups' means
+    with their intervals, the plot, the number of failed jobs."""
     if wandb.mode == "disabled":
         return
-    table = summary_table(summary)
+    table, groups = summary_table(summary), groups_table(summary)
     config = {"sweep": swept_keys(summary["jobs"]), "sweep_dir": str(sweep_dir),
-              "jobs": len(table.rows), "pipeline": "train"}
+              "jobs": len(table.rows), "groups": len(groups.rows), "pipeline": "train"}
     tags = run_tags(wandb.run_name, "train", {}, wandb.tags, None,
                     *([experiment] if experiment else []), "sweep_summary")
     with Tracker(wandb, sweep_dir, job_type="sweep_summary", name=f"{group}-summary",
                  config=config, tags=tags, group=group) as tr:
         tr.table(table)
-        for x, y, title in LINES:
-            tr.line(table, x, y, title)
+        tr.table(groups)
+        if "log10_beta" in groups.columns:
+            x = [r[groups.columns.index("log10_beta")] for r in groups.rows]
+            for m, title in CHARTS:
+                ys = [[r[groups.columns.index(f"{m}_{part}")] for r in groups.rows]
+                      for part in ("mean", "ci95_lo", "ci95_hi")]
+                tr.lines(f"{m}_mean_vs_log10_beta", x, ys, ["mean", "95% CI low",
+                                                            "95% CI high"], title, "log10_beta")
         if (sweep_dir / "summary.png").exists():
             tr.image("summary_plot", sweep_dir / "summary.png")
-        tr.summary(failed_jobs=len(summary["failed"]))
+        tr.summary(failed_jobs=len(summary["failed"]),
+                   significant_steps=sum(bool(c["significant"]) for c in
+                                         summary.get("comparisons") or []
+                                         if c["metric"] == "test_accuracy"))
 
 
 class SweepSummary(Callback):

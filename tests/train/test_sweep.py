@@ -7,7 +7,15 @@ import math
 
 from dnnlab.beta import LOG10_BETA_INF
 from dnnlab.table import Table
-from dnnlab.train.sweep import COLUMNS, LINES, collect, summary_table, swept_keys, write_summary
+from dnnlab.train.sweep import (
+    CHARTS,
+    COLUMNS,
+    collect,
+    groups_table,
+    summary_table,
+    swept_keys,
+    write_summary,
+)
 
 
 def _job(sweep, n, overrides, results=None, failed=None):
@@ -43,7 +51,7 @@ def test_summary_of_done_failed_and_running_jobs(tmp_path):
     assert isinstance(t, Table) and t.key == "summary" and t.columns == COLUMNS
     # ordered by beta (a failed or running job without a numeric beta last)
     assert [r[0] for r in t.rows] == [0, 10, 2, 1]
-    assert t.rows[0] == [0, "2.0", math.log10(2.0), 0.9, 0.6, 0.5, "done"]
+    assert t.rows[0] == [0, "2.0", math.log10(2.0), None, 0.9, None, 0.6, 0.5, "done"]
     assert t.rows[2][1:3] == ["inf", LOG10_BETA_INF] and t.rows[3][2] is None
 
 
@@ -54,11 +62,45 @@ def test_swept_keys_from_the_jobs_overrides():
     assert swept_keys(jobs) == {"model.pool.beta": ["2", "inf", "8"], "seed": ["1"],
                                 "fixed": {"trainer.epochs": "3"}}
     assert swept_keys([]) == {}
-    assert [x for x, _, _ in LINES] == ["log10_beta"] * 2
-    assert {y for _, y, _ in LINES} <= set(COLUMNS)
+    assert {y for y, _ in CHARTS} <= set(COLUMNS)
 
 
 def test_empty_sweep(tmp_path):
     summary = write_summary(tmp_path)
     assert summary["jobs"] == [] and not (tmp_path / "summary.png").exists()
     assert (tmp_path / "summary.json").exists() and summary_table(summary).rows == []
+
+
+def test_replicated_sweep_groups_by_beta_with_intervals(tmp_path):
+    """A 2 x 3 sweep (beta=2,inf seed=0,1,2): one group per beta with n = 3, the Student-t
+    interval of its three values, the seed column, Welch's test between the two betas, and a
+    plot with error bars."""
+    sweep = tmp_path / "sweep"
+    acc = {"2": [0.90, 0.92, 0.94], "inf": [0.97, 0.98, 0.99]}
+    n = 0
+    for beta in ("2", "inf"):
+        for seed in range(3):
+            _job(sweep, n, [f"model.pool.beta={beta}", f"seed={seed}"],
+                 {"beta": 2.0 if beta == "2" else "inf", "seed": seed,
+                  "test_accuracy": acc[beta][seed], "best_val_accuracy": acc[beta][seed] - 0.01,
+                  "grad_entropy": 0.5 if beta == "2" else 0.1, "argmax_mass": 0.6})
+            n += 1
+    summary = write_summary(sweep)
+    g2, ginf = summary["groups"]
+    assert g2["key"] == {"model.pool.beta": 2} and ginf["key"] == {"model.pool.beta": "inf"}
+    assert g2["n"] == ginf["n"] == 3 and g2["seeds"] == [0, 1, 2] and g2["jobs"] == [0, 1, 2]
+    m = g2["metrics"]["test_accuracy"]
+    half = 4.302652729911275 * 0.02 / math.sqrt(3)  # t(0.975, df 2), table value; std 0.02
+    assert math.isclose(m["mean"], 0.92) and math.isclose(m["std"], 0.02)
+    assert math.isclose(m["ci95"][0], 0.92 - half) and math.isclose(m["ci95"][1], 0.92 + half)
+    assert g2["metrics"]["grad_entropy"]["ci95"] == [0.5, 0.5]  # no spread: the mean itself
+    (cmp,) = [c for c in summary["comparisons"] if c["metric"] == "test_accuracy"]
+    assert cmp["from"] == g2["key"] and cmp["to"] == ginf["key"] and cmp["axis"] == "model.pool.beta"
+    assert math.isclose(cmp["diff"], 0.06) and cmp["p"] < 0.05 and cmp["significant"] is True
+    assert json.loads((sweep / "summary.json").read_text())["groups"][0]["n"] == 3
+    assert (sweep / "summary.png").stat().st_size > 1000
+    t = summary_table(summary)
+    assert [r[COLUMNS.index("seed")] for r in t.rows] == [0, 1, 2, 0, 1, 2]
+    gt = groups_table(summary)
+    assert gt.columns[:4] == ["model.pool.beta", "log10_beta", "n", "seeds"]
+    assert [r[2] for r in gt.rows] == [3, 3] and gt.rows[1][-1] is True and gt.rows[0][-1] is None
