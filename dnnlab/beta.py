@@ -52,3 +52,18 @@ def log10_beta(beta) -> float | None:
     if math.isnan(value) or value <= 0:
         return None
     return LOG10_BETA_INF if value == INF else min(math.log10(value), LOG10_BETA_INF)
+
+
+# beta as one float type for W&B's config and summary (JSON holds no infinity): inf is stored
+# as 10 ** LOG10_BETA_INF, the place log10_beta gives it; results.json keeps "inf" itself.
+BETA_INF_FLOAT = 10.0 ** LOG10_BETA_INF
+
+
+def beta_float(beta):
+    """beta as a float for W&B: a number as is, inf as BETA_INF_FLOAT; anything that is not
+    one temperature ("learnable", a list, None) as it is."""
+    try:
+        value = to_float(beta)
+    except ConfigError:
+        return beta
+    return BETA_INF_FLOAT if value == INF else value

@@ -3,8 +3,10 @@
     results = Results(run_dir)            # made by dnnlab.runtime.run_job, handed to the job
     results.update(test_accuracy=0.97)    # merged and written now (atomically)
 
-A job is the only one that fills it; the runtime adds `status` ("interrupted") and `error` through
-the same object when a job stops early. JSON holds no infinities: inf is the string "inf".
+A job is the only one that fills it; the runtime adds `status` (running, then done, failed or
+interrupted) and `error` through the same object. `status: done` and the config of the run dir's
+checkpoint are what makes a job finished: a re-run skips it (docs/train.md, "Resume").
+JSON holds no infinities: inf is the string "inf".
 """
 from __future__ import annotations
 

@@ -72,18 +72,25 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
     hj = hydra_job.current()
     run_dir, fresh = hj.run_dir, _is_fresh(hj.run_dir)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        # SIGTERM stops the run like Ctrl-C, unless a launcher handles it (submitit: the
+        # pre-emption signal is SIGUSR2, which requeues the job; its SIGTERM is passed over)
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None, _on_sigterm):
+            signal.signal(signal.SIGTERM, _on_sigterm)
         # a shell starts background jobs with SIGINT ignored: `kill -INT` must stop them too
         signal.signal(signal.SIGINT, signal.default_int_handler)
     results, started = None, False
     try:
         with RunLock(run_dir):
-            if hj.multirun:  # first: the summary reads a failed job's overrides too
+            # a new job's .hydra/ first (the summary reads a failed job's overrides too); a run
+            # dir's own only once accepted: a refused resume leaves .hydra/ as it was
+            first = hj.multirun and not (run_dir / ".hydra").exists()
+            if first:
                 hydra_job.write_hydra_dir(run_dir, cfg)
             settings = to_settings(cfg)
             ready = prepare(settings, cfg, run_dir) if prepare is not None else settings
-            if not hj.multirun:  # only once accepted: a refused resume leaves .hydra/ as it was
+            if not first:
                 hydra_job.write_hydra_dir(run_dir, cfg)
+            (run_dir / FAILED).unlink(missing_ok=True)  # a failed attempt's, now run again
             config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
             w = settings.wandb
             tracker = Tracker(
@@ -94,9 +101,12 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
                 group=w.group or hj.sweep_name,
                 resume_id=stored_run_id(run_dir) if getattr(ready, "resume", False) else None)
             results, started = Results(run_dir), True
+            results.update(status="running")  # then done, failed or interrupted
             with tracker:
                 try:
-                    return job(ready, Run(run_dir, results, tracker, hj.overrides))
+                    out = job(ready, Run(run_dir, results, tracker, hj.overrides))
+                    results.update(status="done")
+                    return out
                 except DnnlabError as err:
                     results.update(status="failed", error=str(err))
                     raise
@@ -109,7 +119,7 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
                     tracker.artifact("results", "results",
                                      [f for f in files + sorted(run_dir.glob("*.csv"))
                                       if f.exists()],
-                                     metadata={"status": results.get("status", "finished")})
+                                     metadata={"status": results.get("status")})
     except NothingToDo as done:
         console.print(str(done), highlight=False)
         return done.result

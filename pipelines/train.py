@@ -48,15 +48,16 @@ def prepare(s: TrainSettings, cfg: DictConfig, run_dir) -> Ready:
     sched = instantiate_spec(s.scheduler, "scheduler", optimizer=opt) if s.scheduler else None
     ck = Checkpoint(run_dir / "checkpoint.pt",
                     OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    if s.trainer.resume:
+    resume = s.trainer.resume is True or (s.trainer.resume == "auto" and ck.exists())
+    if resume:  # docs/train.md "Resume": the one rule, done = results.json done + same config
+        ck.switch = f"trainer.resume={str(s.trainer.resume).lower()}"
         done = int(ck.resume(lambda pinned: resolved_with(cfg, pinned))["epoch"]) + 1
         old = Results.read(run_dir)
-        if done >= s.trainer.epochs and "test_accuracy" in old:
+        if done >= s.trainer.epochs and old.get("status") == "done":
             raise NothingToDo(f"nothing to do: {run_dir} already finished {done} epochs "
-                              f"(trainer.epochs={s.trainer.epochs}); nothing changed. Raise "
+                              f"(trainer.epochs={s.trainer.epochs}) with this config. Raise "
                               "trainer.epochs to train longer", old)
-    return Ready(s, model, Batches(splits, s.data.batch_size, s.seed), opt, sched, ck,
-                 s.trainer.resume)
+    return Ready(s, model, Batches(splits, s.data.batch_size, s.seed), opt, sched, ck, resume)
 
 
 def job(r: Ready, run: Run) -> dict:

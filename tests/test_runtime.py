@@ -109,7 +109,8 @@ def test_a_good_run_gets_typed_settings(app, capsys):
     assert app("inner.epochs=3") == 0
     (settings,) = app.module().SEEN
     assert type(settings).__name__ == "AppConfig" and settings.inner.epochs == 3
-    assert json.loads((app.dir / "run" / "results.json").read_text()) == {"epochs": 3}
+    assert json.loads((app.dir / "run" / "results.json").read_text()) == {"status": "done",
+                                                                         "epochs": 3}
 
 
 @pytest.mark.parametrize("override, code, needle", [

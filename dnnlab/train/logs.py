@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from dnnlab.beta import log10_beta, to_float
-from dnnlab.errors import ConfigError
+from dnnlab.beta import beta_float, log10_beta
 from dnnlab.table import Table
 from dnnlab.train.probes import probe_metrics
 from dnnlab.train.records import Callback, EpochEnd, TrainResult, best_of
@@ -36,26 +35,20 @@ EPOCH_NAMES = {"epoch": EPOCH, "step": STEP, "train_loss": "train/loss_epoch",
 PROBE_COLUMNS = ["step", "layer", "type", "param", "max_abs_err", "max_rel_err"]
 
 
-def as_float(beta: Any) -> Any:
-    """beta as a float for W&B (inf the float infinity); a non-number ("learnable") as is."""
-    try:
-        return to_float(beta)
-    except ConfigError:
-        return beta
-
-
 def wandb_config(config: dict) -> dict:
     """The run's resolved config as W&B gets it, one type per key across a sweep's runs:
-    `model.pool.beta` a float (beta = inf is the float infinity, which W&B stores as JSON
-    `Infinity`; a list or "learnable" stays as it is) and `log10_beta` beside it, inf at
-    dnnlab.beta.LOG10_BETA_INF, the axis W&B charts and groups can use."""
+    `model.pool.beta` a float (dnnlab.beta.beta_float: inf is 1e6, where `log10_beta` = 6
+    places it; a list or "learnable" stays as it is) and `log10_beta` beside it: the axis W&B
+    charts and groups use (docs/wandb.md)."""
     pool = (config.get("model") or {}).get("pool")
     if not isinstance(pool, dict) or "beta" not in pool:
         return config
-    beta = as_float(pool["beta"])
+    beta = beta_float(pool["beta"])
     if not isinstance(beta, float):
         return config
     model = config["model"] | {"pool": pool | {"beta": beta}}
+    if isinstance(model.get("builder"), dict) and "beta" in model["builder"]:
+        model["builder"] = model["builder"] | {"beta": beta_float(model["builder"]["beta"])}
     return config | {"model": model, "log10_beta": log10_beta(beta)}
 
 
@@ -92,7 +85,7 @@ class TrainLogs(Callback):
         tracker.define_metric(EPOCH)
         for name, axis, summary in METRICS:
             tracker.define_metric(name, step_metric=axis, summary=summary)
-        tracker.config_update(beta=as_float(beta), log10_beta=log10_beta(beta))
+        tracker.config_update(beta=beta_float(beta), log10_beta=log10_beta(beta))
 
     def on_step(self, step: int, loss: float, lr: float) -> None:
         self.tracker.log({STEP: step, "train/loss": loss, "train/lr": lr}, step=step)
@@ -122,7 +115,7 @@ class TrainLogs(Callback):
         tr.log({EPOCH: last.get("epoch", 0), STEP: result.steps,
                 "test/accuracy": result.test_accuracy, "test/loss": result.test_loss},
                step=result.steps)
-        tr.summary(beta=as_float(self.beta), log10_beta=log10_beta(self.beta), steps=result.steps,
+        tr.summary(beta=beta_float(self.beta), log10_beta=log10_beta(self.beta), steps=result.steps,
                    epochs=result.epochs, best_val_accuracy=result.best_val_accuracy,
                    **({"train/compile_seconds": result.compile_seconds}
                       if result.compile_seconds is not None else {}))

@@ -1,4 +1,5 @@
-"""The training loop: deterministic, checkpointed every epoch, resumable, stopped by a NaN.
+"""The training loop: deterministic, checkpointed every epoch (and every `checkpoint_every`
+steps), resumable at either, stopped by a NaN.
 
     seed_everything(seed, threads)                        # before the model is built
     result = fit(model, Batches(splits, 64, seed), optimizer, scheduler, settings,
@@ -89,14 +90,26 @@ def fit(model: torch.nn.Module, data: Batches, optimizer: torch.optim.Optimizer,
     device = resolve_device(settings.device)
     val_loader = DataLoader(data.splits.val, batch_size=256)
     probe_x = next(iter(DataLoader(data.splits.val, batch_size=64)))[0].to(device)  # (64,C,H,W)
-    start, history, step, resumed = 0, [], 0, None
+    start, history, step, resumed, partial = 0, [], 0, None, None
     worst = {"max_abs_err": 0.0, "max_rel_err": 0.0}
     ck = checkpoint.start if checkpoint is not None else None
     if ck is not None:
         _restore(ck, model, optimizer, scheduler)
         resumed, history, step = int(ck["epoch"]), list(ck["history"]), int(ck["step"])
         worst.update(ck.get("probe_worst") or {})
-        start = resumed + 1
+        start, partial = resumed + 1, ck.get("partial")  # partial: within epoch `start`
+
+    def save(epoch_done: int, partial: dict | None = None) -> None:
+        """The checkpoint after epoch `epoch_done`, or within the next epoch (`partial`: its
+        batches done and running sums, trainer.checkpoint_every)."""
+        if checkpoint is not None:
+            checkpoint.save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate())},
+                "epoch": epoch_done, "step": step, "history": history,
+                "probe_worst": dict(worst), "partial": partial})
+
     k, every = settings.probe_every, settings.log_every
     learnable = any(getattr(m, "learnable", False) for m in model.modules())
     # training steps run the compiled module; probes, evaluation and pooling statistics run
@@ -110,7 +123,14 @@ def fit(model: torch.nn.Module, data: Batches, optimizer: torch.optim.Optimizer,
         for epoch in range(start, settings.epochs):
             model.train()
             t0, seen, run_loss, run_correct = time.perf_counter(), 0, 0.0, 0
-            for x, y in data.train(epoch):
+            skip = 0
+            if partial is not None and epoch == start:  # resumed inside this epoch
+                skip, seen = int(partial["batches"]), int(partial["seen"])
+                run_loss, run_correct = float(partial["loss"]), int(partial["correct"])
+                t0 -= float(partial["seconds"])
+            for batch, (x, y) in enumerate(data.train(epoch)):
+                if batch < skip:  # the same shuffle: these batches were trained before
+                    continue
                 x, y = x.to(device), y.to(device)  # (B, C, H, W), (B,)
                 step += 1
                 cap = Capture(model) if k > 0 and step % k == 0 else None
@@ -140,6 +160,10 @@ def fit(model: torch.nn.Module, data: Batches, optimizer: torch.optim.Optimizer,
                     worst = {key: max([v] + [r[key] for r in rows]) for key, v in worst.items()}
                     for cb in callbacks:
                         cb.on_probe(step, rows)
+                if settings.checkpoint_every and step % settings.checkpoint_every == 0:
+                    save(epoch - 1, {"batches": batch + 1, "seen": seen, "loss": run_loss,
+                                     "correct": run_correct,
+                                     "seconds": time.perf_counter() - t0})
             dt = time.perf_counter() - t0
             if scheduler is not None:
                 scheduler.step()
@@ -151,13 +175,7 @@ def fit(model: torch.nn.Module, data: Batches, optimizer: torch.optim.Optimizer,
                    "images_per_s": seen / dt}
             rec.update({key: v for key, v in pool.items() if key.count("/") == 1})
             history.append(rec)
-            if checkpoint is not None:
-                checkpoint.save({
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate())},
-                    "epoch": epoch, "step": step, "history": history,
-                    "probe_worst": dict(worst)})
+            save(epoch)
             end = EpochEnd(rec, pool, step, history, resumed if epoch == start else None,
                            learnable)
             for cb in callbacks:

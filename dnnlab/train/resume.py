@@ -22,7 +22,8 @@ import torch
 from dnnlab.errors import ConfigError, DnnlabError, first_line
 from dnnlab.table import jsonable
 
-MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "wandb.mode",
+MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "trainer.checkpoint_every",
+              "wandb.mode",
               "wandb.watch.log", "wandb.watch.log_freq", "paths.root_dir", "paths.output_dir")
 KEYS = {"model", "optimizer", "epoch", "step", "history"}  # what makes a dnnlab checkpoint
 DISCARDED = "metrics.discarded.jsonl"  # rows past the checkpoint that a resume redoes
@@ -71,6 +72,10 @@ class Checkpoint:
         self.prev = self.path.with_name(self.path.stem + ".prev" + self.path.suffix)
         self.start: dict | None = None  # the state a resume starts from
         self.warning: str | None = None  # a bad checkpoint.pt passed over for the previous one
+        self.switch = "trainer.resume=true"  # how the errors name the setting that resumes
+
+    def exists(self) -> bool:
+        return self.path.exists() or self.prev.exists()
 
     def save(self, state: dict) -> None:
         save_atomic(self.path, state | {"config": json.dumps(self.config)}, prev=self.prev)
@@ -79,7 +84,7 @@ class Checkpoint:
         """The newest readable state (else the previous one, `warning` naming the bad file);
         ConfigError naming the files when none loads."""
         if not self.path.exists() and not self.prev.exists():
-            raise ConfigError(f"trainer.resume=true: no checkpoint in {self.path.parent} "
+            raise ConfigError(f"{self.switch}: no checkpoint in {self.path.parent} "
                               "(pass the run's dir as hydra.run.dir)")
         bad = []
         for path in (self.path, self.prev):
@@ -95,7 +100,7 @@ class Checkpoint:
             if bad:
                 self.warning = f"{bad[0]}; resuming from {path} (after epoch {state['epoch']})"
             return state
-        raise ConfigError(f"trainer.resume=true: {'; '.join(bad)}; no good checkpoint to "
+        raise ConfigError(f"{self.switch}: {'; '.join(bad)}; no good checkpoint to "
                           "resume from")
 
     def resume(self, config_now: Callable[[dict[str, Any]], dict]) -> dict:
@@ -111,9 +116,11 @@ class Checkpoint:
                 show = lambda v: v if isinstance(v, str) else json.dumps(v)  # noqa: E731
                 keys = "; ".join(f"{k}: {show(a)} in the checkpoint, {show(b)} now"
                                  for k, a, b in diff)
-                raise ConfigError(f"trainer.resume=true refused: the config differs from the one "
+                also = ("; trainer.resume=false starts over in this dir, replacing it"
+                        if self.switch.endswith("auto") else "")
+                raise ConfigError(f"{self.switch} refused: the config differs from the one "
                                   f"that made {self.path} in {keys} (a resume may change only "
-                                  f"{', '.join(MAY_CHANGE[:4])}); nothing was written")
+                                  f"{', '.join(MAY_CHANGE[:4])}); nothing was written{also}")
         self.start = state
         return state
 

@@ -40,7 +40,10 @@ class TrainerSettings:
     device: str = "cpu"  # cpu | cuda | cuda:<i> | auto (cuda when present)
     probe_every: int = 20  # every K steps: hand-written gradients vs autograd (0: never)
     log_every: int = 1  # every N steps: train/loss and train/lr to W&B (0: never)
-    resume: bool = False  # true: continue from checkpoint.pt in the same run dir
+    # auto: continue from checkpoint.pt when the run dir holds one of this config (skip a run
+    # that is done), else start; true: continue or refuse; false: start over
+    resume: Any = "auto"
+    checkpoint_every: int = 0  # also save the checkpoint every N steps within an epoch (0: off)
     progress: bool = True  # a progress bar (drawn by the pipeline)
     threads: int = 1  # torch's CPU threads: fixed, so every launcher gives the same metrics
     compile: bool = False  # the training step's forward (and its backward) through torch.compile
@@ -52,6 +55,10 @@ class TrainerSettings:
                 "must be >= 0 (0: no per-step rows)")
         require(self.probe_every >= 0, "probe_every", self.probe_every,
                 "must be >= 0 (0: no probes)")
+        require(self.resume in (True, False, "auto"), "resume", self.resume,
+                "expected true, false or auto")
+        require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
+                "must be >= 0 (0: at epoch ends only)")
 
 
 @dataclass

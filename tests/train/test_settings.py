@@ -19,8 +19,8 @@ def test_defaults_compose_into_typed_settings():
         "digits", 64, 1, 8)
     assert s.data.dataset == {"_target_": "dnnlab.train.data.digits", "val_fraction": 0.2,
                               "test_fraction": 0.2, "split_seed": 0}
-    assert s.trainer == TrainerSettings(epochs=10, device="cpu", probe_every=20, resume=False,
-                                        progress=True)
+    assert s.trainer == TrainerSettings(epochs=10, device="cpu", probe_every=20, resume="auto",
+                                        checkpoint_every=0, progress=True)
     assert s.model["builder"]["_target_"] == "dnnlab.models.SmoothMaxCNN"
     assert s.optimizer["_partial_"] is True and s.scheduler["T_max"] == 10
     assert to_settings(compose_train("scheduler=none")).scheduler is None
@@ -32,6 +32,8 @@ def test_defaults_compose_into_typed_settings():
     ("trainer.probe_every=-5", "trainer.probe_every=-5: must be >= 0"),
     ("data.batch_size=0", "data.batch_size=0: must be a positive int"),
     ("data.image_size=0", "data.image_size=0: must be >= 1"),
+    ("trainer.resume=maybe", "trainer.resume='maybe': expected true, false or auto"),
+    ("trainer.checkpoint_every=-1", "trainer.checkpoint_every=-1: must be >= 0"),
 ])
 def test_bad_values_name_the_key(override, line):
     with pytest.raises(ConfigError) as err:
@@ -43,7 +45,6 @@ def test_bad_values_name_the_key(override, line):
     ("trainer.epochs=abc", "trainer.epochs: Value 'abc' of type 'str' could not be converted"),
     ("seed=abc", "seed: Value 'abc' of type 'str' could not be converted to Integer"),
     ("data.batch_size=12.5", "data.batch_size: Value '12.5' of type 'float' could not be"),
-    ("trainer.resume=maybe", "trainer.resume: Value 'maybe' is not a valid bool"),
 ])
 def test_wrong_types_fail_while_composing_with_the_key(override, line):
     with pytest.raises(ConfigCompositionException) as err:

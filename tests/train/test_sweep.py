@@ -95,7 +95,8 @@ def test_replicated_sweep_groups_by_beta_with_intervals(tmp_path):
     assert math.isclose(m["ci95"][0], 0.92 - half) and math.isclose(m["ci95"][1], 0.92 + half)
     assert g2["metrics"]["grad_entropy"]["ci95"] == [0.5, 0.5]  # no spread: the mean itself
     (cmp,) = [c for c in summary["comparisons"] if c["metric"] == "test_accuracy"]
-    assert cmp["from"] == g2["key"] and cmp["to"] == ginf["key"] and cmp["axis"] == "model.pool.beta"
+    assert cmp["from"] == g2["key"] and cmp["to"] == ginf["key"]
+    assert cmp["axis"] == "model.pool.beta"
     assert math.isclose(cmp["diff"], 0.06) and cmp["p"] < 0.05 and cmp["significant"] is True
     assert json.loads((sweep / "summary.json").read_text())["groups"][0]["n"] == 3
     assert (sweep / "summary.png").stat().st_size > 1000

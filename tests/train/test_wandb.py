@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from dnnlab.beta import LOG10_BETA_INF
+from dnnlab.beta import BETA_INF_FLOAT, LOG10_BETA_INF
 from tests.conftest import kill_9_after_first_checkpoint, run_pipeline
 from tests.wandb_reader import find_runs, summarize
 
@@ -132,8 +132,12 @@ def test_temperature_sweep_and_its_summary_run(tmp_path):
                                                      "train-smoothmax_cnn-betainf-epochs=1"]
     assert all("temperature_sweep" in w["run"].tags and w["exit"] == 0 for w in jobs)
     inf = jobs[1]
-    assert inf["config"]["model"]["pool"]["beta"] == "inf" and inf["summary"]["beta"] == "inf"
-    assert inf["config"]["log10_beta"] == LOG10_BETA_INF
+    # one float type per key in every run (docs/wandb.md): inf as 10 ** LOG10_BETA_INF
+    for w, beta in zip(jobs, (2.0, BETA_INF_FLOAT)):
+        for got in (w["config"]["model"]["pool"]["beta"], w["config"]["model"]["builder"]["beta"],
+                    w["config"]["beta"], w["summary"]["beta"]):
+            assert type(got) is float and got == beta
+    assert inf["config"]["log10_beta"] == LOG10_BETA_INF and jobs[0]["config"]["seed"] == 0
     assert "Infinity" not in json.dumps(inf["config"]) + json.dumps(inf["summary"])
     (run,) = find_runs(sweep / "wandb")
     w = summarize(run)
@@ -141,11 +145,11 @@ def test_temperature_sweep_and_its_summary_run(tmp_path):
     assert {"temperature_sweep", "sweep_summary", "train"} <= set(w["run"].tags)
     assert w["config"]["sweep"]["model.pool.beta"] == ["2", "inf"] and w["config"]["jobs"] == 2
     names = set().union(*(_names(h) for h in w["history"]))
-    assert {"summary", "summary_plot", "test_accuracy_vs_log10_beta_table",
-            "grad_entropy_vs_log10_beta_table"} <= names
+    assert {"summary", "groups", "summary_plot", "test_accuracy_mean_vs_log10_beta_table",
+            "grad_entropy_mean_vs_log10_beta_table"} <= names
     plots = {k for k in w["config"] if k.startswith("_wandb/visualize/")}
-    assert plots == {"_wandb/visualize/test_accuracy_vs_log10_beta",
-                     "_wandb/visualize/grad_entropy_vs_log10_beta"}
+    assert plots == {"_wandb/visualize/test_accuracy_mean_vs_log10_beta",
+                     "_wandb/visualize/grad_entropy_mean_vs_log10_beta"}
 
 
 def test_watch_logs_gradient_histograms_and_a_bad_value_is_one_line(tmp_path):
