@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from dnnlab.beta import BETA_INF_FLOAT
 from dnnlab.models import SmoothMaxCNN
 from dnnlab.settings import WandbConfig
 from dnnlab.tracking import MIRROR, Tracker
@@ -68,7 +69,7 @@ def test_a_run_through_train_logs(tmp_path):
                     tmp_path / CKPT)
     w = summarize(find_runs(tmp_path)[0])
     assert {name for name, _, _ in METRICS} <= set(w["metrics"])
-    assert w["config"]["beta"] == "inf" and w["config"]["log10_beta"] == 6.0
+    assert w["config"]["beta"] == BETA_INF_FLOAT and w["config"]["log10_beta"] == 6.0
     assert [h["_step"] for h in w["history"]] == [1, 2, 3, 4]
     assert w["history"][1]["probe/max_rel_err"] == 3e-6 * 2 and w["history"][3]["epoch"] == 1
     assert w["history"][3]["test/accuracy"] == 0.8

@@ -14,6 +14,7 @@ from dnnlab.train.logs import epoch_metrics
 from dnnlab.train.loop import (
     Callback,
     EpochEnd,
+    Interrupted,
     TrainResult,
     best_of,
     evaluate,
@@ -42,14 +43,15 @@ class Record(Callback):
 
 
 def _run(run_dir, epochs=3, total=None, resume=False, probe_every=0, lr=0.01, sgd=False,
-         record=None, callbacks=()):
+         record=None, callbacks=(), checkpoint_every=0):
     """A seeded run as the pipeline does it; `total` epochs of cosine schedule (default epochs)."""
     seed_everything(0)
     splits = synthetic(samples=240, num_classes=4)
     model = SmoothMaxCNN(1, splits.num_classes, (4, 8, 8), beta=4.0, normalized=True)
     opt = (torch.optim.SGD if sgd else torch.optim.Adam)(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total or epochs)
-    settings = TrainerSettings(epochs=epochs, probe_every=probe_every, progress=False)
+    settings = TrainerSettings(epochs=epochs, probe_every=probe_every, progress=False,
+                               checkpoint_every=checkpoint_every)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpoint(run_dir / "checkpoint.pt", {"lr": lr, "total": total or epochs})
     if resume:
@@ -99,6 +101,33 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(tmp_path):
     assert _history(c) == _history(a) and c.test_accuracy == a.test_accuracy
     assert rec.ends[0].resumed_from_epoch == 0
     assert epoch_metrics(rec.ends[0])["trainer/resumed_from_epoch"] == 0
+
+
+class StopAt(Callback):
+    """Ctrl-C at a given step (after that step's checkpoint_every save)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, step, loss, lr):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_checkpoint_every_resumes_inside_an_epoch_as_if_uninterrupted(tmp_path):
+    """5 steps an epoch; saved every 3 steps; stopped at step 8 (inside epoch 1, after the
+    save at step 6): the resume starts at epoch 1's 2nd batch and ends like one run."""
+    a = _run(tmp_path / "a")
+    with pytest.raises(Interrupted) as err:
+        _run(tmp_path / "b", checkpoint_every=3, callbacks=[StopAt(8)])
+    assert (err.value.epoch, err.value.step) == (1, 8)
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert (ck["epoch"], ck["step"], ck["partial"]["batches"]) == (0, 6, 1)
+    rec = Record()
+    b = _run(tmp_path / "b", resume=True, record=rec, checkpoint_every=3)
+    assert rec.steps[0] == 7 and rec.ends[0].record["epoch"] == 1
+    assert _history(b) == _history(a) and b.test_accuracy == a.test_accuracy
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["partial"] is None
 
 
 def test_resume_without_a_checkpoint_names_the_key(tmp_path):

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from dnnlab.beta import BETA_INF_FLOAT
 from tests.conftest import kill_9_after_first_checkpoint
 from tests.wandb_reader import find_runs, summarize
 
@@ -112,9 +113,9 @@ def test_multirun_two_wandb_runs_one_group_and_summary(pipeline, tmp_path, launc
         (run,) = find_runs(sweep / job)
         w = summarize(run)
         groups.add(w["run"].run_group)
-        betas.add(str(w["config"]["model"]["pool"]["beta"]))
+        betas.add(w["config"]["model"]["pool"]["beta"])
         assert w["run"].job_type == "train" and "test/accuracy" in w["summary"]
-    assert len(groups) == 1 and betas == {"2", "inf"}
+    assert len(groups) == 1 and betas == {2.0, BETA_INF_FLOAT}  # one float type
     summary = json.loads((sweep / "summary.json").read_text())
     assert [r["status"] for r in summary["jobs"]] == ["done", "done"]
     assert {str(r["beta"]) for r in summary["jobs"]} == {"2.0", "inf"}
