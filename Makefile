@@ -32,7 +32,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check dnnlab pipelines tests benchmarks conf
+	$(VENV)/bin/ruff check dnnlab pipelines tests benchmarks conf hydra_plugins
 
 bench: $(STAMP)
 	$(PY) benchmarks/opcount.py
