@@ -1,13 +1,15 @@
-"""The report's training section: a short temperature sweep of the smooth-max CNN on digits.
+"""The report's training section: a short temperature sweep of the smooth-max CNN on digits,
+replicated over seeds.
 
 Each beta trains conf/train.yaml's default run (digits, SmoothMaxCNN with normalized pooling,
-Adam with a cosine schedule, seed 0; the constants below, which a test compares with the
-composed config) for `epochs` epochs, without probes. As beta grows the pooling's gradient
+Adam with a cosine schedule; the constants below, which a test compares with the composed
+config) for `epochs` epochs, without probes, once per seed 0 .. seeds-1; the seeds of a beta
+are summarized as in a sweep (dnnlab.train.groups: mean, Student-t 95% interval, Welch's test
+between adjacent betas). As beta grows the pooling's gradient
 softmax(beta x) concentrates on the argmax (docs/math.md (1c)).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,10 @@ from dnnlab.beta import parse_beta
 from dnnlab.errors import require
 from dnnlab.models import SmoothMaxCNN
 from dnnlab.report import Section
+from dnnlab.results import write_json
 from dnnlab.table import Table
 from dnnlab.train.data import Batches, digits
+from dnnlab.train.groups import compare_adjacent, group_jobs
 from dnnlab.train.loop import fit, seed_everything
 from dnnlab.train.plots import plot_temperature_sweep
 from dnnlab.train.probes import pool_beta
@@ -38,21 +42,24 @@ DEVICE = "cpu"  # trainer.device
 
 @dataclass
 class ReportSettings:
-    """conf/reproduce.yaml `train:`: the betas of the sweep and the epochs of each run."""
+    """conf/reproduce.yaml `train:`: the betas of the sweep, the seeds per beta (replicates:
+    seeds 0 .. seeds-1) and the epochs of each run."""
 
-    betas: list[Any] = field(default_factory=lambda: [0.5, 2, 8, "inf"])
+    betas: list[Any] = field(default_factory=lambda: [0.5, 1, 2, 4, 8, "inf"])
     epochs: int = 5
+    seeds: int = 5
 
     def __post_init__(self) -> None:
         require(len(self.betas) >= 1, "betas", self.betas, "expected at least one beta")
         for i, b in enumerate(self.betas):
             parse_beta(b, f"betas[{i}]")
         require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        require(self.seeds >= 1, "seeds", self.seeds, "must be >= 1")
 
 
-def train_one(beta: float, epochs: int, run_dir: Path) -> dict:
-    """conf/train.yaml's default run at `beta` for `epochs` epochs: its sweep row."""
-    seed_everything(SEED)
+def train_one(beta: float, epochs: int, run_dir: Path, seed: int = SEED) -> dict:
+    """conf/train.yaml's default run at `beta` and `seed` for `epochs` epochs: its sweep row."""
+    seed_everything(seed)
     splits = digits(**DATASET)
     with torch.device(DEVICE):
         model = SmoothMaxCNN(**MODEL, beta=beta)
@@ -60,42 +67,85 @@ def train_one(beta: float, epochs: int, run_dir: Path) -> dict:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     settings = TrainerSettings(epochs=epochs, device=DEVICE, probe_every=0, progress=False)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpoint(run_dir / "checkpoint.pt", {"beta": beta, "epochs": epochs})
-    res = fit(model, Batches(splits, BATCH_SIZE, SEED), opt, sched, settings, checkpoint=ckpt)
-    return {"beta": pool_beta(model), "test_accuracy": res.test_accuracy,
-            "grad_entropy": res.grad_entropy, "argmax_mass": res.argmax_mass, "status": "done"}
+    ckpt = Checkpoint(run_dir / "checkpoint.pt", {"beta": beta, "epochs": epochs, "seed": seed})
+    res = fit(model, Batches(splits, BATCH_SIZE, seed), opt, sched, settings, checkpoint=ckpt)
+    return {"beta": pool_beta(model), "seed": seed, "test_accuracy": res.test_accuracy,
+            "best_val_accuracy": res.best_val_accuracy, "grad_entropy": res.grad_entropy,
+            "argmax_mass": res.argmax_mass, "status": "done"}
+
+
+def _ci(st: dict | None) -> str:
+    """mean [lo, hi] of a group's metric (dnnlab.train.groups.describe)."""
+    if not st:
+        return ""
+    lo_hi = st.get("ci95")
+    return f"{st['mean']:.3f}" + (f" [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else "")
 
 
 def report_section(settings: ReportSettings, out_dir: Path) -> Section:
-    """Train at each beta; the table, the plot and the markdown of the section."""
+    """Train `seeds` runs at each beta; the groups' means with Student-t 95% intervals, Welch's
+    test between adjacent betas; the table, the plot and the markdown of the section."""
     out_dir = Path(out_dir)
     rows = []
     for i, b in enumerate(settings.betas):
         beta = parse_beta(b, f"train.betas[{i}]")
-        row = train_one(beta, settings.epochs, out_dir / f"train_beta_{b}")
-        rows.append({"job": i} | row)
-    png = plot_temperature_sweep(rows, out_dir / "train_temperature_sweep.png")
-    (out_dir / "train_temperature_sweep.json").write_text(json.dumps(rows, indent=2))
-    cols = ["beta", "test_accuracy", "grad_entropy", "argmax_mass"]
+        for seed in range(settings.seeds):
+            row = train_one(beta, settings.epochs, out_dir / f"train_beta_{b}_seed_{seed}", seed)
+            rows.append({"job": len(rows), "overrides": [f"model.pool.beta={b}",
+                                                        f"seed={seed}"]} | row)
+    groups = group_jobs(rows, ["model.pool.beta", "seed"])
+    tests = {repr(c["to"]): c for c in compare_adjacent(groups, rows) if
+             c["metric"] == "test_accuracy"}
+    png = plot_temperature_sweep(rows, out_dir / "train_temperature_sweep.png", groups)
+    write_json(out_dir / "train_temperature_sweep.json",
+               {"jobs": rows, "groups": groups, "comparisons": list(tests.values())})
+    cols = ["beta", "seeds", "test_accuracy", "grad_entropy", "argmax_mass", "vs_previous_beta"]
+
+    def versus(g: dict) -> str:
+        c = tests.get(repr(g["key"]))
+        if c is None:
+            return ""
+        if c["p"] is None:
+            return f"{c['diff']:+.3f} (no test: fewer than 2 seeds or no spread)"
+        return f"{c['diff']:+.3f}, p = {c['p']:.2g}" + (" (significant)" if c["significant"]
+                                                        else " (not significant)")
+
+    m = lambda g, k: g["metrics"].get(k)  # noqa: E731
     table = Table("train_temperature_sweep", cols,
-                  [[str(r["beta"])] + [r[c] for c in cols[1:]] for r in rows],
-                  title="temperature sweep on digits",
-                  formats={c: "{:.3f}" for c in cols[1:]})
+                  [[str(r["beta"]), g["n"], _ci(m(g, "test_accuracy")),
+                    _ci(m(g, "grad_entropy")), _ci(m(g, "argmax_mass")), versus(g)]
+                   for g, r in ((g, rows[g["jobs"][0]]) for g in groups)],
+                  title=f"temperature sweep on digits ({settings.seeds} seeds per beta)")
     title = "Training with smooth-max pooling: a temperature sweep"
     lines = [f"\n## {title} (docs/math.md (1c) and (4b))\n",
-             f"`python -m pipelines.train` on scikit-learn's digits ({settings.epochs} epochs "
-             "each, normalized smooth-max pooling, dnnlab Conv2d layers with hand-written "
-             "backward). As beta grows the pooling's gradient softmax(beta x) concentrates on "
-             "the argmax (entropy / log n -> 0, up to ties between ReLU zeros, which share it).\n",
-             "| beta | test accuracy | gradient entropy / log n | mass on the argmax |",
-             "|---|---|---|---|"]
+             f"`python -m pipelines.train` on scikit-learn's digits: {settings.seeds} seeds per "
+             f"beta (the replicates: initialization and shuffles; one data split), "
+             f"{settings.epochs} epochs each, normalized smooth-max pooling, dnnlab Conv2d layers "
+             "with hand-written backward; epochs, seeds and betas chosen so that `make run` stays "
+             "within 3 minutes on 2 cores. Each cell is the mean over the seeds with its Student-t "
+             "95% interval; the last column is the change in test accuracy from the previous beta "
+             "with Welch's t-test (significant at 0.05). As beta grows the pooling's gradient "
+             "softmax(beta x) concentrates on the argmax (entropy / log n -> 0, up to ties "
+             "between ReLU zeros, which share it).\n",
+             "| beta | seeds | test accuracy | gradient entropy / log n | mass on the argmax "
+             "| vs previous beta |", "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in table.text_rows()]
-    ent = [r["grad_entropy"] for r in rows]
+    ent = [m(g, "grad_entropy")["mean"] for g in groups]
     mono = all(a >= b - 1e-9 for a, b in zip(ent, ent[1:]))
-    lines.append(f"\nEntropy non-increasing in beta: {'yes' if mono else 'NO'}.")
+    lines.append(f"\nMean entropy non-increasing in beta: {'yes' if mono else 'NO'}.")
+    sig = [c for c in tests.values() if c["significant"]]
+    if tests:
+        lines.append(f"Significant steps in test accuracy between adjacent betas (Welch, 0.05): "
+                     f"{len(sig)} of {len(tests)}.")
     images = {}
     if png:
         lines.append(f"\n![temperature sweep]({png.name})\n")
         images["train/temperature_sweep"] = png
-    summary = {f"train/beta_{r['beta']}/test_accuracy": r["test_accuracy"] for r in rows}
+    summary = {}
+    for g in groups:
+        b = rows[g["jobs"][0]]["beta"]
+        st = m(g, "test_accuracy")
+        summary[f"train/beta_{b}/test_accuracy"] = st["mean"]
+        if st.get("ci95"):
+            summary[f"train/beta_{b}/test_accuracy_ci95"] = st["ci95"]
     return Section(title, "\n".join(lines) + "\n", images, [table], summary)
