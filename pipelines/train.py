@@ -55,8 +55,8 @@ def prepare(s: TrainSettings, cfg: DictConfig, run_dir) -> Ready:
         old = Results.read(run_dir)
         if done >= s.trainer.epochs and old.get("status") == "done":
             raise NothingToDo(f"nothing to do: {run_dir} already finished {done} epochs "
-                              f"(trainer.epochs={s.trainer.epochs}) with this config. Raise "
-                              "trainer.epochs to train longer", old)
+                              f"(trainer.epochs={s.trainer.epochs}) with this config; nothing "
+                              "changed. Raise trainer.epochs to train longer", old)
     return Ready(s, model, Batches(splits, s.data.batch_size, s.seed), opt, sched, ck, resume)
 
 

@@ -69,10 +69,11 @@ def plot_temperature_sweep(rows: list[dict], path: Path,
 
 def _means(num: list[dict], groups: list[dict] | None) -> list[tuple[Any, dict]]:
     """[(beta, {metric: {mean, ci95}})] sorted by beta: the groups' statistics when every
-    group differs only in beta, else one point per row (its value as the mean)."""
-    betas = {g["key"].get("model.pool.beta") for g in groups or []}
-    if groups and len(betas) == len(groups) and None not in betas:
-        out = [(g["key"]["model.pool.beta"], g["metrics"]) for g in groups]
+    group differs only in beta (each placed at its jobs' beta), else one point per row."""
+    beta_of = {r["job"]: r["beta"] for r in num if "job" in r}
+    betas = [beta_of.get(g["jobs"][0]) for g in groups or []]
+    if groups and set(groups[0]["key"]) == {"model.pool.beta"} and None not in betas:
+        out = [(b, g["metrics"]) for b, g in zip(betas, groups)]
     else:
         out = [(r["beta"], {m: {"mean": r[m]} for m in ("test_accuracy", "grad_entropy")
                             if r.get(m) is not None}) for r in num]
