@@ -1,7 +1,8 @@
 """Seeds as replicates and sweeps that can be re-run, through the real pipeline: a 2 x 3 sweep
 (`-m model.pool.beta=2,inf seed=0,1,2`) summarized per beta with Student-t intervals, the W&B
 summary run's groups table read back from its offline files, and the same command re-run into
-the same sweep dir: finished jobs skipped (no checkpoint rewritten), a lost one run again."""
+the same sweep dir: finished jobs skipped (no checkpoint rewritten), an interrupted one resumed,
+a lost one run again."""
 from __future__ import annotations
 
 import json
@@ -54,12 +55,15 @@ def test_a_replicated_sweep_and_its_rerun(tmp_path):
     stamps = {j: (sweep / str(j) / "checkpoint.pt").stat().st_mtime_ns for j in range(6)}
     (sweep / "4" / "results.json").unlink()  # a job whose results were lost: run again
     (sweep / "4" / "checkpoint.pt").unlink()
+    five = json.loads((sweep / "5" / "results.json").read_text())  # killed after its checkpoint
+    (sweep / "5" / "results.json").write_text(json.dumps(five | {"status": "interrupted"}))
     again = run_pipeline("train", *ARGS, f"hydra.sweep.dir={sweep}", multirun=True)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("nothing to do") == 5, again.stdout[-3000:]
+    assert again.stdout.count("nothing to do") == 4, again.stdout[-3000:]
     assert {j: (sweep / str(j) / "checkpoint.pt").stat().st_mtime_ns
             for j in range(6) if j != 4} == {j: t for j, t in stamps.items() if j != 4}
     after = json.loads((sweep / "summary.json").read_text())
     assert [j["status"] for j in after["jobs"]] == ["done"] * 6
     assert after["jobs"][4]["test_accuracy"] == jobs[4]["test_accuracy"]  # deterministic
+    assert after["jobs"][5]["test_accuracy"] == jobs[5]["test_accuracy"]  # resumed, finished
     assert [g["n"] for g in after["groups"]] == [3, 3]
