@@ -46,9 +46,9 @@ def read_json(path: Path) -> Any:
 class Results(dict):
     """The job's results.json: a dict written to the run dir on every `update`."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, write: bool = True):
         super().__init__()
-        self.path = Path(run_dir) / FILE
+        self.path, self.write = Path(run_dir) / FILE, write  # write=False: rank > 0 of a run
 
     @staticmethod
     def read(run_dir: Path) -> dict:
@@ -61,4 +61,5 @@ class Results(dict):
         self.save()
 
     def save(self) -> None:
-        write_json(self.path, dict(self))
+        if self.write:
+            write_json(self.path, dict(self))

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from dnnlab import hydra_job
 from dnnlab.cli import console, err_console, error_line
 from dnnlab.config import to_settings
+from dnnlab.distributed import World
 from dnnlab.errors import DnnlabError
 from dnnlab.lock import RunLock
 from dnnlab.naming import run_name, run_tags
@@ -37,6 +38,7 @@ class Run:  # what a job is handed: where it writes and the owners of its artifa
     results: Results
     tracker: Tracker
     overrides: list[str] = field(default_factory=list)
+    world: World = field(default_factory=World)  # the processes of one run (rank 0 writes)
 
 
 class NothingToDo(Exception):  # from `prepare`: the run is complete; print, return `result`
@@ -63,14 +65,25 @@ def _is_fresh(run_dir: Path) -> bool:
 
 def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
             prepare: Callable[[Any, DictConfig, Path], Any] | None = None,
-            wandb_config: Callable[[dict], dict] | None = None) -> Any:
+            wandb_config: Callable[[dict], dict] | None = None,
+            distributed: bool = False) -> Any:
     """Run `job(prepare(settings, cfg, run_dir) or settings, Run)` for one Hydra job. A
     `prepare` result with `resume = True` continues the run dir's W&B run. `wandb_config`
     gives the W&B run's config from the resolved one (one type per key). A config refused
     before the job starts leaves nothing behind (no W&B run, `.hydra/` untouched, a run dir this
-    job made removed). In a multirun a failed job writes failed.json and the others go on."""
+    job made removed). In a multirun a failed job writes failed.json and the others go on.
+    `distributed`: under torchrun or SLURM tasks the job's processes form one run (dnnlab.
+    distributed): rank 0's run dir is everyone's, and only rank 0 writes to it."""
     hj = hydra_job.current()
+    world = World.from_env() if distributed else World()
+    world.init()
     run_dir, fresh = hj.run_dir, _is_fresh(hj.run_dir)
+    if world.size > 1:
+        run_dir = Path(world.broadcast(str(run_dir)))
+        if not world.is_main and fresh and run_dir != hj.run_dir:  # its own, made by Hydra
+            shutil.rmtree(hj.run_dir, ignore_errors=True)
+        fresh = fresh and world.is_main
+        world.barrier()
     if threading.current_thread() is threading.main_thread():
         # SIGTERM stops the run like Ctrl-C, unless a launcher handles it (submitit: the
         # pre-emption signal is SIGUSR2, which requeues the job; its SIGTERM is passed over)
@@ -80,31 +93,33 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
         signal.signal(signal.SIGINT, signal.default_int_handler)
     results, started = None, False
     try:
-        with RunLock(run_dir):
+        with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
             # a new job's .hydra/ first (the summary reads a failed job's overrides too); a run
             # dir's own only once accepted: a refused resume leaves .hydra/ as it was
-            first = hj.multirun and not (run_dir / ".hydra").exists()
+            first = hj.multirun and not (run_dir / ".hydra").exists() and world.is_main
             if first:
                 hydra_job.write_hydra_dir(run_dir, cfg)
             settings = to_settings(cfg)
             ready = prepare(settings, cfg, run_dir) if prepare is not None else settings
-            if not first:
+            if not first and world.is_main:
                 hydra_job.write_hydra_dir(run_dir, cfg)
-            (run_dir / FAILED).unlink(missing_ok=True)  # a failed attempt's, now run again
+            if world.is_main:
+                (run_dir / FAILED).unlink(missing_ok=True)  # a failed attempt's, run again
             config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-            w = settings.wandb
+            w = settings.wandb if world.is_main else replace(settings.wandb, mode="disabled")
             tracker = Tracker(
                 w, run_dir, job_type=pipeline,
                 config=wandb_config(config) if wandb_config else config,
                 name=run_name(w.run_name, pipeline, config, hj.overrides),
                 tags=run_tags(w.run_name, pipeline, config, w.tags, hj.choices),
                 group=w.group or hj.sweep_name,
-                resume_id=stored_run_id(run_dir) if getattr(ready, "resume", False) else None)
-            results, started = Results(run_dir), True
+                resume_id=stored_run_id(run_dir) if getattr(ready, "resume", False) else None,
+                mirror=world.is_main)
+            results, started = Results(run_dir, write=world.is_main), True
             results.update(status="running")  # then done, failed or interrupted
             with tracker:
                 try:
-                    out = job(ready, Run(run_dir, results, tracker, hj.overrides))
+                    out = job(ready, Run(run_dir, results, tracker, hj.overrides, world))
                     results.update(status="done")
                     return out
                 except DnnlabError as err:
@@ -121,7 +136,8 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
                                       if f.exists()],
                                      metadata={"status": results.get("status")})
     except NothingToDo as done:
-        console.print(str(done), highlight=False)
+        if world.is_main:
+            console.print(str(done), highlight=False)
         return done.result
     except (DnnlabError, OSError) as err:
         line = str(err) if isinstance(err, DnnlabError) else (
@@ -132,7 +148,8 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
             return {}
         if not started and fresh:
             shutil.rmtree(run_dir, ignore_errors=True)
-        error_line(line)
+        if world.is_main:  # the other ranks' line is rank 0's (or names them)
+            error_line(line)
         sys.exit(getattr(err, "exit_code", 1))
     except KeyboardInterrupt as err:
         if not started and fresh:
@@ -140,7 +157,10 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
         line = getattr(err, "line", None) or (
             "interrupted before the job started; nothing was kept" if not started else
             f"interrupted; what the run wrote so far is in {run_dir}")
-        err_console.print(line, highlight=False, soft_wrap=True)
+        if world.is_main:
+            err_console.print(line, highlight=False, soft_wrap=True)
         sys.exit(getattr(err, "exit_code", 130))
+    finally:
+        world.close()
 
 

@@ -60,12 +60,13 @@ class Tracker:
 
     def __init__(self, settings: WandbConfig, run_dir: Path, *, job_type: str, name: str,
                  config: dict, tags: list[str] | None = None, group: str | None = None,
-                 resume_id: str | None = None):
+                 resume_id: str | None = None, mirror: bool = True):
         self.settings, self.run_dir = settings, Path(run_dir)
         self.job_type, self.name, self.tags, self.group = job_type, name, tags or [], group
         self.config, self.resume_id = jsonable(config), resume_id
         self.run = None
-        self._mirror = open(self.run_dir / MIRROR, "a")
+        self.mirror_path = self.run_dir / MIRROR if mirror else Path(os.devnull)
+        self._mirror = open(self.mirror_path, "a")
 
     def _init(self):
         """wandb.init in the configured mode, else offline, else none (one warning)."""
@@ -135,7 +136,7 @@ class Tracker:
 
     def restart_mirror(self) -> None:  # an empty metrics.jsonl, for a resume's replay
         self._mirror.close()
-        self._mirror = open(self.run_dir / MIRROR, "w")
+        self._mirror = open(self.mirror_path, "w")
 
     def define_metric(self, name: str, step_metric: str | None = None,
                       summary: str | None = None) -> None:

@@ -13,15 +13,20 @@ from omegaconf import DictConfig, OmegaConf
 from dnnlab.cli import console, launch
 from dnnlab.config import register, resolved_with
 from dnnlab.models import build_model, instantiate_spec
-from dnnlab.results import Results
-from dnnlab.runtime import NothingToDo, Run, run_job
+from dnnlab.runtime import Run, run_job
 from dnnlab.train import loop
 from dnnlab.train.data import Batches, check_fits
 from dnnlab.train.logs import TrainLogs, wandb_config
 from dnnlab.train.probes import pool_beta
-from dnnlab.train.progress import EpochBar
+from dnnlab.train.progress import EpochBar, print_result
 from dnnlab.train.records import OnEpoch
-from dnnlab.train.resume import Checkpoint, interrupted_line, replay, resume_command
+from dnnlab.train.resume import (
+    Checkpoint,
+    interrupted_line,
+    replay,
+    resume_command,
+    resume_or_start,
+)
 from dnnlab.train.settings import TrainSettings
 
 register("train")
@@ -48,24 +53,17 @@ def prepare(s: TrainSettings, cfg: DictConfig, run_dir) -> Ready:
     sched = instantiate_spec(s.scheduler, "scheduler", optimizer=opt) if s.scheduler else None
     ck = Checkpoint(run_dir / "checkpoint.pt",
                     OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    resume = s.trainer.resume is True or (s.trainer.resume == "auto" and ck.exists())
-    if resume:  # docs/train.md "Resume": the one rule, done = results.json done + same config
-        ck.switch = f"trainer.resume={str(s.trainer.resume).lower()}"
-        done = int(ck.resume(lambda pinned: resolved_with(cfg, pinned))["epoch"]) + 1
-        old = Results.read(run_dir)
-        if done >= s.trainer.epochs and old.get("status") == "done":
-            raise NothingToDo(f"nothing to do: {run_dir} already finished {done} epochs "
-                              f"(trainer.epochs={s.trainer.epochs}) with this config; nothing "
-                              "changed. Raise trainer.epochs to train longer", old)
+    resume = resume_or_start(ck, s.trainer.resume, lambda pinned: resolved_with(cfg, pinned),
+                             s.trainer.epochs)  # or NothingToDo: done with this config
     return Ready(s, model, Batches(splits, s.data.batch_size, s.seed), opt, sched, ck, resume)
 
 
 def job(r: Ready, run: Run) -> dict:
-    s, ck = r.settings, r.checkpoint
-    if ck.warning:
+    s, ck, main = r.settings, r.checkpoint, run.world.is_main  # rank 0 alone writes and shows
+    if ck.warning and main:
         console.print(f"warning: {ck.warning}", highlight=False, soft_wrap=True)
     step = int(ck.start["step"]) if ck.start is not None else None
-    if step is not None:
+    if step is not None and main:
         replay(run.tracker, step)
     beta = pool_beta(r.model)
     run.results.update(model=str(s.model.get("name")), data=s.data.name, beta=beta, seed=s.seed,
@@ -74,25 +72,23 @@ def job(r: Ready, run: Run) -> dict:
     run.tracker.watch(r.model, s.wandb.watch.log, s.wandb.watch.log_freq)
     history = OnEpoch(lambda end: run.results.update(history=end.history))  # as it goes
     try:
-        with EpochBar(s.trainer.epochs, console, s.trainer.progress) as bar:
+        with EpochBar(s.trainer.epochs, console, s.trainer.progress and main) as bar:
             result = loop.fit(r.model, r.batches, r.optimizer, r.scheduler, s.trainer,
-                              callbacks=[logs, history, bar], checkpoint=ck)
+                              [logs, history, bar] if main else [], ck, run.world)
     except loop.Interrupted as err:
         err.line = interrupted_line(err, resume_command("pipelines.train", run.overrides, run.dir))
         raise
     run.results.update(**result.to_dict())
-    logs.finish(result, ck.config, ck.path)
-    if result.compile_seconds is not None:
-        console.print(f"torch.compile: {result.compile_seconds:.1f} s in the steps that compiled")
-    console.print(f"best val accuracy {result.best_val_accuracy:.4f} (epoch {result.best_epoch})"
-                  f"; test accuracy {result.test_accuracy:.4f}; results: {run.results.path}")
+    if main:
+        logs.finish(result, ck.config, ck.path)
+        print_result(console, result, run.results.path)
     return run.results
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return run_job(cfg, "train", job, prepare=prepare,
-                   wandb_config=wandb_config).get("best_val_accuracy")
+    return run_job(cfg, "train", job, prepare=prepare, wandb_config=wandb_config,
+                   distributed=True).get("best_val_accuracy")
 
 
 if __name__ == "__main__":

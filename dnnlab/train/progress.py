@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dnnlab.train.records import Callback, EpochEnd
+from dnnlab.train.records import Callback, EpochEnd, TrainResult
 
 
 class EpochBar(Callback):
@@ -28,3 +28,13 @@ class EpochBar(Callback):
         r, h = end.record, end.pool.get("pool/entropy_rel", float("nan"))
         self.bar.update(self.task, completed=r["epoch"] + 1, epoch=r["epoch"] + 1, metrics=(
             f"loss {r['train_loss']:.3f} val_acc {r['val_accuracy']:.3f} H/Hmax {h:.2f}"))
+
+
+def print_result(console: Console, result: TrainResult, path) -> None:
+    """The run's last lines: compile time if compiled, early stop, best val, test accuracy."""
+    if result.compile_seconds is not None:
+        console.print(f"torch.compile: {result.compile_seconds:.1f} s in the steps that compiled")
+    if result.stopped_epoch is not None:
+        console.print(f"early stopping after epoch {result.stopped_epoch}")
+    console.print(f"best val accuracy {result.best_val_accuracy:.4f} (epoch {result.best_epoch})"
+                  f"; test accuracy {result.test_accuracy:.4f}; results: {path}")

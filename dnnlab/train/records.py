@@ -56,6 +56,7 @@ class TrainResult:
     history: list = field(default_factory=list)
     betas: dict = field(default_factory=dict)  # {pooling layer: beta at the end}
     compile_seconds: float | None = None  # trainer.compile: the steps during which it compiled
+    stopped_epoch: int | None = None  # trainer.early_stopping: the epoch it stopped after
 
     def to_dict(self) -> dict[str, Any]:
         return {"history": self.history} | {k: v for k, v in asdict(self).items()

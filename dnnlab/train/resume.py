@@ -125,6 +125,27 @@ class Checkpoint:
         return state
 
 
+def resume_or_start(ck: Checkpoint, switch: Any, config_now: Callable[[dict], dict],
+                    epochs: int) -> bool:
+    """trainer.resume (docs/train.md, "Resume"): True (resume: `ck.start` set) when `switch` is
+    true, or auto and the run dir holds a checkpoint; a checkpoint of another config is
+    refused. One rule says a run is done: results.json says done and the checkpoint's config
+    is this one; then NothingToDo (dnnlab.runtime) with the old results."""
+    from dnnlab.results import Results
+    from dnnlab.runtime import NothingToDo
+
+    if not (switch is True or (switch == "auto" and ck.exists())):
+        return False
+    ck.switch = f"trainer.resume={str(switch).lower()}"
+    done = int(ck.resume(config_now)["epoch"]) + 1
+    old = Results.read(ck.path.parent)
+    if old.get("status") == "done" and (done >= epochs or old.get("stopped_epoch") is not None):
+        raise NothingToDo(f"nothing to do: {ck.path.parent} already finished {done} epochs "
+                          f"(trainer.epochs={epochs}) with this config; nothing changed. Raise "
+                          "trainer.epochs to train longer", old)
+    return True
+
+
 def replay(tracker: Any, step: int) -> int:
     """After a resume from `step`: metrics.jsonl keeps its rows up to `step` (later ones, which
     the resume redoes, and lines cut by a kill go to metrics.discarded.jsonl); W&B gets them

@@ -33,11 +33,33 @@ class DataConfig:
 
 
 @dataclass
+class EarlyStopping:
+    """trainer.early_stopping: stop when `monitor` (a key of the epoch records: val_loss,
+    val_accuracy, train_loss, ...) has not improved for `patience` epochs; off when null."""
+
+    monitor: str | None = None
+    patience: int = 3
+    mode: str = "min"  # min | max
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.patience >= 1, "patience", self.patience, "must be >= 1")
+        require(self.mode in ("min", "max"), "mode", self.mode,
+                "expected min or max")
+        require(self.monitor in (None,) + MONITORS, "monitor", self.monitor,
+                f"expected one of {', '.join(MONITORS)} (or null: off)")
+
+
+MONITORS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
+PRECISIONS = ("32", "bf16", "fp16")
+
+
+@dataclass
 class TrainerSettings:
     """conf/trainer/default.yaml: the loop (dnnlab.train.loop.fit)."""
 
     epochs: int = 10
-    device: str = "cpu"  # cpu | cuda | cuda:<i> | auto (cuda when present)
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:<i>
     probe_every: int = 20  # every K steps: hand-written gradients vs autograd (0: never)
     log_every: int = 1  # every N steps: train/loss and train/lr to W&B (0: never)
     # auto: continue from checkpoint.pt when the run dir holds one of this config (skip a run
@@ -47,6 +69,13 @@ class TrainerSettings:
     progress: bool = True  # a progress bar (drawn by the pipeline)
     threads: int = 1  # torch's CPU threads: fixed, so every launcher gives the same metrics
     compile: bool = False  # the training step's forward (and its backward) through torch.compile
+    precision: str = "32"  # 32 | bf16 (torch.autocast, CPU and CUDA) | fp16 (CUDA, GradScaler)
+    accumulate: int = 1  # K loader batches (micro-batches) per optimizer step
+    grad_clip: float | None = None  # clip the gradients' global norm to this (null: off)
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    limit_batches: int = 0  # at most N batches of train, val and test per epoch (0: all)
+    overfit_batches: int = 0  # N>0: train on the first N batches, the same each epoch, and
+    #                           validate and test on them (debug=overfit)
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
@@ -59,6 +88,16 @@ class TrainerSettings:
                 "expected true, false or auto")
         require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
                 "must be >= 0 (0: at epoch ends only)")
+        self.precision = str(self.precision)
+        require(self.precision in PRECISIONS, "precision", self.precision,
+                "expected 32, bf16 or fp16")
+        require(self.accumulate >= 1, "accumulate", self.accumulate, "must be >= 1")
+        require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip,
+                "must be > 0 (or null: off)")
+        require(self.limit_batches >= 0, "limit_batches", self.limit_batches,
+                "must be >= 0 (0: all)")
+        require(self.overfit_batches >= 0, "overfit_batches", self.overfit_batches,
+                "must be >= 0 (0: off)")
 
 
 @dataclass

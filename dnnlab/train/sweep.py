@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from dnnlab.beta import LOG10_BETA_INF, log10_beta
 from dnnlab.cli import err_console
 from dnnlab.config import settings_of
+from dnnlab.distributed import World
 from dnnlab.naming import run_tags
 from dnnlab.results import Results, read_json, write_json
 from dnnlab.settings import WandbConfig
@@ -192,6 +193,8 @@ class SweepSummary(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if str(OmegaConf.select(config, "hydra.mode")) not in ("RunMode.MULTIRUN", "MULTIRUN"):
+            return
+        if not World.from_env().is_main:  # a job of several processes: rank 0 summarizes
             return
         if job_return.status == JobStatus.FAILED:  # an error run_job did not catch
             try:

@@ -122,7 +122,7 @@ def test_checkpoint_every_resumes_inside_an_epoch_as_if_uninterrupted(tmp_path):
         _run(tmp_path / "b", checkpoint_every=3, callbacks=[StopAt(8)])
     assert (err.value.epoch, err.value.step) == (1, 8)
     ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
-    assert (ck["epoch"], ck["step"], ck["partial"]["batches"]) == (0, 6, 1)
+    assert (ck["epoch"], ck["step"], ck["partial"]["steps"]) == (0, 6, 1)
     rec = Record()
     b = _run(tmp_path / "b", resume=True, record=rec, checkpoint_every=3)
     assert rec.steps[0] == 7 and rec.ends[0].record["epoch"] == 1

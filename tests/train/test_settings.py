@@ -19,7 +19,7 @@ def test_defaults_compose_into_typed_settings():
         "digits", 64, 1, 8)
     assert s.data.dataset == {"_target_": "dnnlab.train.data.digits", "val_fraction": 0.2,
                               "test_fraction": 0.2, "split_seed": 0}
-    assert s.trainer == TrainerSettings(epochs=10, device="cpu", probe_every=20, resume="auto",
+    assert s.trainer == TrainerSettings(epochs=10, device="auto", probe_every=20, resume="auto",
                                         checkpoint_every=0, progress=True)
     assert s.model["builder"]["_target_"] == "dnnlab.models.SmoothMaxCNN"
     assert s.optimizer["_partial_"] is True and s.scheduler["T_max"] == 10
@@ -34,6 +34,12 @@ def test_defaults_compose_into_typed_settings():
     ("data.image_size=0", "data.image_size=0: must be >= 1"),
     ("trainer.resume=maybe", "trainer.resume='maybe': expected true, false or auto"),
     ("trainer.checkpoint_every=-1", "trainer.checkpoint_every=-1: must be >= 0"),
+    ("trainer.precision=fp8", "trainer.precision='fp8': expected 32, bf16 or fp16"),
+    ("trainer.accumulate=0", "trainer.accumulate=0: must be >= 1"),
+    ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0: must be > 0"),
+    ("trainer.early_stopping.monitor=val_acc",
+     "trainer.early_stopping.monitor='val_acc': expected one of val_loss, val_accuracy"),
+    ("trainer.early_stopping.mode=up", "trainer.early_stopping.mode='up': expected min or max"),
 ])
 def test_bad_values_name_the_key(override, line):
     with pytest.raises(ConfigError) as err:

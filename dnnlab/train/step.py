@@ -1,0 +1,90 @@
+"""One optimizer step, however it is made: K micro-batches (trainer.accumulate), each split over
+the ranks of a distributed run, under torch.autocast (trainer.precision), the gradient norm
+clipped (trainer.grad_clip).
+
+The loss of every part is its summed cross-entropy over the step's whole batch size n, times
+the number of ranks (DDP averages the gradients over them): the gradients add up to those of
+the mean loss over the n samples, as one process with batch n computes them. So batch B/K x K
+gives batch B's step, and N processes give one process's.
+
+    stepper = Stepper(forward, optimizer, settings, world, device)
+    sums = stepper.step([(x1, y1), (x2, y2)])   # {"loss": summed CE, "correct", "n"} over ranks
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from dnnlab.distributed import World
+from dnnlab.errors import ConfigError
+from dnnlab.train.settings import TrainerSettings
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: str, device: torch.device):
+    """torch.autocast for trainer.precision (a no-op context for 32)."""
+    if precision == "32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision=fp16: float16 training needs CUDA (device "
+                          f"{device}); use trainer.precision=bf16 on CPU")
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def groups(batches: Iterable, k: int) -> Iterator[list]:
+    """Consecutive groups of k loader batches (the last may be shorter): one optimizer step."""
+    group = []
+    for b in batches:
+        group.append(b)
+        if len(group) == k:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+class Stepper:
+    """Makes the optimizer steps of a run (forward: the model as trained, maybe DDP-wrapped
+    or compiled; `ddp`: the DDP wrapper, for no_sync between micro-batches)."""
+
+    def __init__(self, forward: Callable, optimizer: torch.optim.Optimizer,
+                 settings: TrainerSettings, world: World, device: torch.device,
+                 params: Iterable[torch.nn.Parameter], ddp=None):
+        self.forward, self.optimizer, self.settings = forward, optimizer, settings
+        self.world, self.device, self.ddp = world, device, ddp
+        self.params = list(params)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
+        autocast(settings.precision, device)  # refuse fp16 without CUDA before training
+
+    def step(self, group: list) -> dict:
+        """Train on one group of loader batches; the sums over every rank: loss (summed cross-
+        entropy), correct, n."""
+        n = sum(len(y) for _, y in group)
+        opt, w = self.optimizer, self.world
+        opt.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        for j, (x, y) in enumerate(group):
+            lo, hi = w.share(len(y))
+            x, y = x[lo:hi].to(self.device), y[lo:hi].to(self.device)  # (b, C, H, W), (b,)
+            sync = self.ddp is None or j == len(group) - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                with autocast(self.settings.precision, self.device):
+                    out = self.forward(x)  # (b, num_classes)
+                # the loss in float32 whatever the precision
+                part = F.cross_entropy(out.float(), y, reduction="sum")
+                self.scaler.scale(part * (w.size / n)).backward()
+            loss_sum += part.detach().double()
+            correct += (out.argmax(1) == y).sum()
+        sums = w.all_sum(torch.stack([loss_sum, correct]))
+        if torch.isfinite(sums[0]):
+            if self.settings.grad_clip is not None:
+                self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
+            self.scaler.step(opt)
+            self.scaler.update()
+        return {"loss": float(sums[0]), "correct": int(round(float(sums[1]))), "n": n}
