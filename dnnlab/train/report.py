@@ -24,7 +24,7 @@ from dnnlab.results import write_json
 from dnnlab.table import Table
 from dnnlab.train.data import Batches, digits
 from dnnlab.train.groups import compare_adjacent, group_jobs
-from dnnlab.train.loop import fit, seed_everything
+from dnnlab.train.loop import fit, resolve_device, seed_everything
 from dnnlab.train.plots import plot_temperature_sweep
 from dnnlab.train.probes import pool_beta
 from dnnlab.train.resume import Checkpoint
@@ -37,7 +37,7 @@ BATCH_SIZE = 64
 MODEL = {"in_channels": 1, "num_classes": 10, "channels": [16, 32, 32], "learnable": False,
          "normalized": True, "ties": "shared"}  # model.builder (smoothmax_cnn), but beta
 ADAM = {"lr": 0.01, "weight_decay": 0.0}  # optimizer (adam)
-DEVICE = "cpu"  # trainer.device
+DEVICE = "auto"  # trainer.device (CUDA when present)
 
 
 @dataclass
@@ -61,7 +61,7 @@ def train_one(beta: float, epochs: int, run_dir: Path, seed: int = SEED) -> dict
     """conf/train.yaml's default run at `beta` and `seed` for `epochs` epochs: its sweep row."""
     seed_everything(seed)
     splits = digits(**DATASET)
-    with torch.device(DEVICE):
+    with torch.device(resolve_device(DEVICE)):
         model = SmoothMaxCNN(**MODEL, beta=beta)
     opt = torch.optim.Adam(model.parameters(), **ADAM)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)

@@ -21,9 +21,10 @@ from dnnlab.train.loop import (
     fit,
     resolve_device,
     seed_everything,
+    stopped,
 )
 from dnnlab.train.resume import Checkpoint
-from dnnlab.train.settings import TrainerSettings
+from dnnlab.train.settings import EarlyStopping, TrainerSettings
 
 
 class Record(Callback):
@@ -43,7 +44,7 @@ class Record(Callback):
 
 
 def _run(run_dir, epochs=3, total=None, resume=False, probe_every=0, lr=0.01, sgd=False,
-         record=None, callbacks=(), checkpoint_every=0):
+         record=None, callbacks=(), checkpoint_every=0, batch=32, **trainer):
     """A seeded run as the pipeline does it; `total` epochs of cosine schedule (default epochs)."""
     seed_everything(0)
     splits = synthetic(samples=240, num_classes=4)
@@ -51,12 +52,12 @@ def _run(run_dir, epochs=3, total=None, resume=False, probe_every=0, lr=0.01, sg
     opt = (torch.optim.SGD if sgd else torch.optim.Adam)(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total or epochs)
     settings = TrainerSettings(epochs=epochs, probe_every=probe_every, progress=False,
-                               checkpoint_every=checkpoint_every)
+                               checkpoint_every=checkpoint_every, device="cpu", **trainer)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpoint(run_dir / "checkpoint.pt", {"lr": lr, "total": total or epochs})
     if resume:
         ckpt.resume(lambda pinned: {"lr": lr, "total": total or epochs})
-    return fit(model, Batches(splits, 32, 0), opt, sched, settings,
+    return fit(model, Batches(splits, batch, 0), opt, sched, settings,
                callbacks=([record] if record else []) + list(callbacks), checkpoint=ckpt)
 
 
@@ -194,3 +195,62 @@ def test_the_progress_bar_and_on_epoch_take_fits_records(tmp_path):
         res = _run(tmp_path, epochs=2, callbacks=[bar, OnEpoch(seen.append)])
     assert [e.record for e in seen] == res.history
     assert bar.bar.tasks[0].completed == 2
+
+
+def test_micro_batches_add_up_to_the_batch(tmp_path):
+    """trainer.accumulate: batch 16 x 2 (and 8 x 4) makes batch 32's steps, the last shorter
+    group included (144 samples: 4 steps of 32 and one of 16)."""
+    a = _run(tmp_path / "a", epochs=2)
+    for batch, k in ((16, 2), (8, 4)):
+        b = _run(tmp_path / f"b{k}", epochs=2, batch=batch, accumulate=k)
+        assert b.steps == a.steps == 2 * 5
+        assert b.test_loss == pytest.approx(a.test_loss, rel=1e-5)
+        assert [h["train_loss"] for h in b.history] == pytest.approx(
+            [h["train_loss"] for h in a.history], rel=1e-5)
+
+
+def test_grad_clip_bounds_each_step():
+    """trainer.grad_clip: with SGD (no momentum) every step moves the parameters by at most
+    lr x the clip norm."""
+    seed_everything(0)
+    splits = synthetic(samples=240, num_classes=4)
+    model = SmoothMaxCNN(1, splits.num_classes, (4, 8, 8), beta=4.0, normalized=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, Batches(splits, 32, 0), opt, None, TrainerSettings(
+        epochs=1, probe_every=0, progress=False, device="cpu", grad_clip=1e-3,
+        limit_batches=1))
+    moved = torch.sqrt(sum(((p - q) ** 2).sum() for p, q in zip(model.parameters(), before)))
+    assert 0 < moved <= 0.1 * 1e-3 * (1 + 1e-5)
+
+
+def test_early_stopping_rule_and_run(tmp_path):
+    es = EarlyStopping(monitor="val_loss", patience=2, mode="min")
+    h = [{"val_loss": v} for v in (1.0, 0.5, 0.6, 0.55)]
+    assert stopped(h, es) and not stopped(h[:3], es)
+    assert not stopped(h, EarlyStopping(monitor="val_loss", patience=3))
+    assert not stopped([{"val_accuracy": v} for v in (0.5, 0.6, 0.7)],
+                       EarlyStopping(monitor="val_accuracy", patience=1, mode="max"))
+    assert not stopped(h, EarlyStopping())  # off
+    res = _run(tmp_path, epochs=40, lr=0.05,
+               early_stopping=EarlyStopping(monitor="val_loss", patience=2))
+    assert res.stopped_epoch is not None and len(res.history) == res.stopped_epoch + 1 < 40
+    assert stopped(res.history, EarlyStopping(monitor="val_loss", patience=2))
+    again = _run(tmp_path, epochs=40, lr=0.05, resume=True,
+                 early_stopping=EarlyStopping(monitor="val_loss", patience=2))
+    assert again.stopped_epoch == res.stopped_epoch and again.history == res.history
+
+
+def test_limit_and_overfit_batches(tmp_path):
+    res = _run(tmp_path / "a", epochs=1, limit_batches=2)
+    assert res.steps == 2 and res.history[0]["step"] == 2
+    fit_one = _run(tmp_path / "b", epochs=80, lr=0.05, overfit_batches=1)
+    assert fit_one.steps == 80 and fit_one.history[-1]["train_accuracy"] == 1.0
+    assert fit_one.test_accuracy == 1.0  # tested on the batch it learned
+
+
+def test_fp16_needs_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: fp16 is allowed")
+    with pytest.raises(ConfigError, match=r"^trainer.precision=fp16: float16 training needs "):
+        _run(tmp_path, epochs=1, precision="fp16")

@@ -125,11 +125,11 @@ def test_kill_9_and_resume_is_one_run_with_every_epoch(tmp_path):
 def test_temperature_sweep_and_its_summary_run(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_pipeline("train", "experiment=temperature_sweep", "model.pool.beta=2,inf",
-                        "trainer.epochs=1", f"hydra.sweep.dir={sweep}", *QUICK)
+                        "seed=0", "trainer.epochs=1", f"hydra.sweep.dir={sweep}", *QUICK)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [summarize(find_runs(sweep / j)[0]) for j in ("0", "1")]
-    assert [w["run"].display_name for w in jobs] == ["train-smoothmax_cnn-beta2-epochs=1",
-                                                     "train-smoothmax_cnn-betainf-epochs=1"]
+    assert [w["run"].display_name for w in jobs] == [
+        "train-smoothmax_cnn-beta2-seed=0,epochs=1", "train-smoothmax_cnn-betainf-seed=0,epochs=1"]
     assert all("temperature_sweep" in w["run"].tags and w["exit"] == 0 for w in jobs)
     inf = jobs[1]
     # one float type per key in every run (docs/wandb.md): inf as 10 ** LOG10_BETA_INF
