@@ -33,7 +33,10 @@ the time. Every row prints its ratio; the last line gives the worst of each tabl
 keeps the shapes and times fewer, shorter pairs: 15 pairs of blocks of at least 0.1 s and 2
 calls (a cifar-like step takes about 0.25 s), against 25 of 0.3 s and 3 calls.
 
-    python benchmarks/train.py [--quick] [--threads N] [--no-compile]
+`--device cuda` runs every row on the GPU (the same ratios, both sides on the device; the
+timer synchronizes CUDA); benchmarks/gpu_checks.py runs it with the other GPU checks.
+
+    python benchmarks/train.py [--quick] [--threads N] [--no-compile] [--device cpu|cuda|auto]
 """
 from __future__ import annotations
 
@@ -49,11 +52,13 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
+from dnnlab.errors import ConfigError
 from dnnlab.models import SmoothMaxCNN
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
 from dnnlab.smoothmax.reference import smooth_max_reference
 from dnnlab.table import Table
 from dnnlab.timing import PairedTiming, paired_ratio, torch_threads
+from dnnlab.train.loop import resolve_device
 
 
 class LogSumExpPool2d(nn.Module):
@@ -170,8 +175,8 @@ def pool_rows(name: str, model: SmoothMaxCNN, x: torch.Tensor, plan: Plan) -> li
     rows = []
     for kind, t in pool_inputs(model, x):
         k = 2 if kind == "2x2" else None
-        ours = SmoothMaxPool2d(math.inf, kernel_size=k)
-        ref = nn.MaxPool2d(k) if k else nn.AdaptiveMaxPool2d(1)
+        ours = SmoothMaxPool2d(math.inf, kernel_size=k).to(t.device)
+        ref = (nn.MaxPool2d(k) if k else nn.AdaptiveMaxPool2d(1)).to(t.device)
         p = plan.pair(pool_step(ours, t), pool_step(ref, t))
         rows.append([name, f"{kind} of {tuple(t.shape)}", tied_share(t, k), 1e3 * p.a,
                      1e3 * p.b, p.ratio, iqr(p), verdict(p.ratio, POOL_TARGET)])
@@ -221,28 +226,37 @@ def main() -> None:
                     help="torch threads (default: torch's, one per core)")
     ap.add_argument("--no-compile", action="store_true",
                     help="skip the torch.compile columns (compiling takes most of the time)")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu, cuda, cuda:<i> or auto (cuda when present); default cpu")
     args = ap.parse_args()
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as err:
+        ap.error(str(err).replace("trainer.device", "--device"))
     with torch_threads(args.threads):
-        run(args.quick, with_compile=not args.no_compile)
+        run(args.quick, with_compile=not args.no_compile, device=device)
 
 
-def run(quick: bool, with_compile: bool = True, plan: Plan | None = None) -> None:
+def run(quick: bool, with_compile: bool = True, plan: Plan | None = None,
+        device: torch.device | None = None) -> None:
     # torch.compile's code generation imports cpp_extension, which logs "No CUDA runtime is
     # found" on machines without a CUDA toolkit: nothing to do with this benchmark
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     load_before = os.getloadavg()[0]
-    plan = plan or (QUICK if quick else FULL)
+    plan, device = plan or (QUICK if quick else FULL), device or torch.device("cpu")
     cases = [("digits 1x8x8, batch 64", 1, 8, 64), ("cifar-like 3x32x32, batch 128", 3, 32, 128)]
     rows, prows, controls, nets = [], [], [], []
     for name, c, s, b in cases:  # eager, every row before any compiling
         torch.manual_seed(0)
-        x, y = torch.randn(b, c, s, s), torch.randint(0, 10, (b,))
-        prows += pool_rows(name, SmoothMaxCNN(c, 10, (32, 64, 64), beta=math.inf), x, plan)
+        x, y = torch.randn(b, c, s, s, device=device), torch.randint(0, 10, (b,), device=device)
+        prows += pool_rows(name, SmoothMaxCNN(c, 10, (32, 64, 64), beta=math.inf).to(device), x,
+                           plan)
         for beta, ties in ((4.0, "shared"), (math.inf, "shared"), (math.inf, "first")):
-            ours = SmoothMaxCNN(c, 10, (32, 64, 64), beta=beta, normalized=True, ties=ties)
-            ref = torch_twin(ours, beta)
+            ours = SmoothMaxCNN(c, 10, (32, 64, 64), beta=beta, normalized=True,
+                                ties=ties).to(device)
+            ref = torch_twin(ours, beta).to(device)
             p = plan.pair(training_step(ours, x, y), training_step(ref, x, y))
             rows.append([name, f"{beta:g}" + (" (ties first)" if ties == "first" else ""),
                          b / p.a, b / p.b, p.ratio, iqr(p), verdict(p.ratio, STEP_TARGET)])
@@ -288,7 +302,8 @@ def run(quick: bool, with_compile: bool = True, plan: Plan | None = None) -> Non
                   f"after, {os.cpu_count()} cores (above that, other work competes: noisy); "
                   f"{plan}; control "
                   f"(torch vs torch) off 1.00 by up to {noise:.2f}")
-    console.print(f"threads: {torch.get_num_threads()}; worst time ratio: training step "
+    console.print(f"device: {device}; threads: {torch.get_num_threads()}; worst time ratio: "
+                  "training step "
                   f"{worst:.2f} ({verdict(worst, STEP_TARGET)}), pooling "
                   f"{pworst:.2f} ({verdict(pworst, POOL_TARGET)})"
                   + (f"; compiled training step {cworst:.2f} (no target)" if with_compile else ""))

@@ -1,0 +1,102 @@
+"""The GPU checks in one go, for a machine with a CUDA device (one is enough):
+
+    python benchmarks/gpu_checks.py [--quick]
+
+1. the device-only tests (tests/train/test_cuda.py: fp16 with a GradScaler, bf16, DDP on the
+   GPU), which skip on a CPU machine;
+2. pipelines.train on CUDA in float32, bf16 and fp16 (3 epochs of digits): each bf16 / fp16
+   test accuracy against float32's (target: within 0.02, finite losses);
+3. DDP on 1 GPU through torchrun (nccl): its test accuracy against the plain run's (within 0.01);
+4. trainer.compile=true on CUDA (same test accuracy within 0.01, compile time printed);
+5. benchmarks/train.py --quick --no-compile --device cuda (the eager ratios on the GPU).
+
+Every check prints its figure and PASS / FAIL in one table; the exit status is 1 if any
+failed. Run dirs go to a temporary directory. Without CUDA it says so and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, "-m", "pipelines.train", "trainer.device=cuda", "trainer.epochs=3",
+         "trainer.progress=false", "wandb.mode=disabled"]
+
+
+def run(cmd: list[str], timeout: int = 900) -> tuple[int, str, float]:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return p.returncode, (p.stdout + p.stderr)[-2000:], time.perf_counter() - t0
+
+
+def train(out: Path, name: str, *overrides: str, launcher: list[str] | None = None) -> dict:
+    d = out / name
+    code, tail, secs = run((launcher or TRAIN[:3]) + TRAIN[3:] + list(overrides)
+                           + [f"hydra.run.dir={d}"])
+    if code != 0:
+        return {"ok": False, "why": tail.strip().splitlines()[-1] if tail.strip() else "?"}
+    r = json.loads((d / "results.json").read_text())
+    losses = [h["train_loss"] for h in r["history"]]
+    return {"ok": all(v == v and abs(v) < float("inf") for v in losses), "acc": r["test_accuracy"],
+            "seconds": secs, "compile": r.get("compile_seconds")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="skip the benchmark (5.)")
+    args = ap.parse_args()
+    console = Console(width=160)
+    if not torch.cuda.is_available():
+        console.print("no CUDA device on this machine: nothing to check (exit 2)")
+        return 2
+    rows = []
+    code, tail, secs = run([sys.executable, "-m", "pytest", "-q", "tests/train/test_cuda.py"])
+    rows.append(["device-only tests", tail.strip().splitlines()[-1], f"{secs:.0f} s",
+                 code == 0])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        ref = train(out, "fp32")
+        rows.append(["float32 on CUDA", f"test accuracy {ref.get('acc')}",
+                     f"{ref.get('seconds', 0):.0f} s", ref["ok"]])
+        for prec in ("bf16", "fp16"):
+            r = train(out, prec, f"trainer.precision={prec}")
+            ok = r["ok"] and ref["ok"] and abs(r["acc"] - ref["acc"]) <= 0.02
+            rows.append([f"precision {prec}", f"test accuracy {r.get('acc')} vs float32 "
+                         f"{ref.get('acc')} (<= 0.02)" if r["ok"] else r["why"],
+                         f"{r.get('seconds', 0):.0f} s", ok])
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node=1", "-m", "pipelines.train"]
+        r = train(out, "ddp1", launcher=launcher)
+        ok = r["ok"] and ref["ok"] and abs(r["acc"] - ref["acc"]) <= 0.01
+        rows.append(["DDP on 1 GPU (torchrun, nccl)", f"test accuracy {r.get('acc')}"
+                     if r["ok"] else r["why"], f"{r.get('seconds', 0):.0f} s", ok])
+        r = train(out, "compile", "trainer.compile=true")
+        ok = r["ok"] and ref["ok"] and abs(r["acc"] - ref["acc"]) <= 0.01
+        rows.append(["torch.compile on CUDA", f"test accuracy {r.get('acc')}, compiling "
+                     f"{r.get('compile') or 0:.1f} s" if r["ok"] else r["why"],
+                     f"{r.get('seconds', 0):.0f} s", ok])
+    if not args.quick:
+        code, tail, secs = run([sys.executable, "benchmarks/train.py", "--quick", "--no-compile",
+                                "--device", "cuda"], timeout=1800)
+        last = tail.strip().splitlines()[-1] if tail.strip() else "?"
+        rows.append(["benchmarks/train.py --device cuda", last, f"{secs:.0f} s", code == 0])
+    t = Table(title=f"GPU checks on {torch.cuda.get_device_name(0)}")
+    for c in ("check", "measured", "time", "verdict"):
+        t.add_column(c)
+    for name, what, secs, ok in rows:
+        t.add_row(name, what, secs, "PASS" if ok else "FAIL")
+    console.print(t)
+    return 0 if all(r[3] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
