@@ -32,6 +32,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from dnnlab.amp import custom_bwd, custom_fwd
+
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
@@ -120,6 +122,7 @@ class ConvNdFunction(torch.autograd.Function):
     x: (B, C_in, *in), w: (C_out, C_in/G, *k), b: (C_out,) or None."""
 
     @staticmethod
+    @custom_fwd
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
         n = x.dim() - 2
         # save only the input (for dJ/dw, and only if it is needed) and the weight (a parameter:
@@ -131,8 +134,11 @@ class ConvNdFunction(torch.autograd.Function):
         return CONV[n](x, weight, bias, stride, padding, dilation, groups)  # (B, C_out, *out)
 
     @staticmethod
+    @custom_bwd
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
+        if weight.dtype != g.dtype:  # under autocast: one compute dtype, as torch's conv does
+            weight, x = weight.to(g.dtype), x if x is None else x.to(g.dtype)
         stride, padding, dilation, groups = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx = gw = gb = None

@@ -24,6 +24,7 @@ import math
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
+from dnnlab.amp import custom_bwd, custom_fwd
 from dnnlab.beta import to_float
 from dnnlab.dtypes import compute_dtype
 from dnnlab.errors import ConfigError, ShapeError
@@ -101,6 +102,7 @@ class _SmoothMax(torch.autograd.Function):
     """
 
     @staticmethod
+    @custom_fwd(cast_inputs=torch.float32)
     def forward(ctx, x, beta, beta_c, dims, red_shape, out_shape, normalized):
         # x: (..., n, ...) reduced over dims -> nu: red_shape (..., 1, ...) or without the 1s
         cdtype = compute_dtype(x.dtype)
@@ -157,6 +159,7 @@ class _SmoothMax(torch.autograd.Function):
         return nu if nu.dtype == x.dtype and nu._base is None else nu.to(x.dtype, copy=True)
 
     @staticmethod
+    @custom_bwd
     def backward(ctx, g):
         if torch.is_grad_enabled():  # create_graph=True: a gradient that has its own gradient
             return _backward_graph(ctx, g)

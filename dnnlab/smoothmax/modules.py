@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dnnlab.amp import custom_bwd, custom_fwd
 from dnnlab.beta import parse_beta, to_float
 from dnnlab.dtypes import compute_dtype
 from dnnlab.errors import ConfigError, ShapeError
@@ -124,6 +125,7 @@ class _WindowSmoothMax(torch.autograd.Function):
     """
 
     @staticmethod
+    @custom_fwd(cast_inputs=torch.float32)
     def forward(ctx, x, kernel, beta, normalized):  # x: (B, C, H, W)
         (kh, kw), (h, w) = kernel, x.shape[2:]
         ho, wo = h // kh, w // kw
@@ -144,6 +146,7 @@ class _WindowSmoothMax(torch.autograd.Function):
         return nu.to(x.dtype)
 
     @staticmethod
+    @custom_bwd
     def backward(ctx, g):  # g: (B, C, Ho, Wo)
         (kh, kw), (h, w), beta = ctx.kernel, ctx.shape[2:], ctx.beta
         x, shift, s = ctx.saved_tensors
@@ -195,6 +198,7 @@ class _WindowMax(torch.autograd.Function):
     """
 
     @staticmethod
+    @custom_fwd(cast_inputs=torch.float32)
     def forward(ctx, x, kernel):  # x: (B, C, H, W)
         kh, kw = kernel
         h, w = x.shape[2:]
@@ -215,6 +219,7 @@ class _WindowMax(torch.autograd.Function):
         return m
 
     @staticmethod
+    @custom_bwd
     def backward(ctx, g):  # g: (B, C, Ho, Wo)
         (kh, kw), x, m = ctx.kernel, *ctx.saved_tensors
         xd = x.dtype
@@ -309,6 +314,7 @@ class _GlobalMax(torch.autograd.Function):
     with create_graph=True, forms it again."""
 
     @staticmethod
+    @custom_fwd(cast_inputs=torch.float32)
     def forward(ctx, x):  # (B, C, H, W) -> (B, C, 1, 1)
         grad = ctx.needs_input_grad[0]
         k = _native(x)
@@ -345,6 +351,7 @@ class _GlobalMax(torch.autograd.Function):
         return torch.eq(x, ref, out=torch.empty_like(x, dtype=compute_dtype(x.dtype)))
 
     @staticmethod
+    @custom_bwd
     def backward(ctx, g):
         if ctx.native:
             x, out, count = ctx.saved_tensors

@@ -12,6 +12,7 @@ amax through autograd). Both get the same input and the same upstream gradient.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 
@@ -127,9 +128,11 @@ def compare(capture: Capture) -> list[dict]:
     for name, e in capture.items.items():
         if e["g"] is None:
             continue
-        m = e["module"]
-        res = conv_check(m, e["x"], e["g"]) if isinstance(m, OUR_CONVS) else pool_check(
-            m, e["x"], e["g"])
+        m, x, g = e["module"], e["x"], e["g"]
+        if x.dtype not in (torch.float32, torch.float64) or g.dtype != x.dtype:
+            # trainer.precision=bf16/fp16: compare in float64, on a float64 copy of the layer
+            m, x, g = copy.deepcopy(m).double(), x.double(), g.double()
+        res = conv_check(m, x, g) if isinstance(m, OUR_CONVS) else pool_check(m, x, g)
         for param, (a, r) in res.items():
             rows.append({"layer": name, "type": type(m).__name__, "param": param,
                          "max_abs_err": a, "max_rel_err": r})
