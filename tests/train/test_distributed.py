@@ -74,22 +74,23 @@ def test_torchrun_two_processes_one_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_slurm_tasks_train_one_job(tmp_path):
+def test_a_slurm_sweep_whose_jobs_are_two_task_ddp_runs(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_pipeline("train", "hydra/launcher=slurm_local", "hydra.launcher.tasks_per_node=2",
-                        "trainer.epochs=2", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}",
-                        *QUICK, multirun=True)
+                        "model.pool.beta=4,inf", "trainer.epochs=2", "wandb.mode=disabled",
+                        f"hydra.sweep.dir={sweep}", *QUICK, multirun=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = sorted((sweep / ".submitit").rglob("*_log.out"))
-    assert len(logs) == 2  # two tasks of one job
-    ref = run_pipeline("train", "trainer.epochs=2", "wandb.mode=disabled",
-                       f"hydra.run.dir={tmp_path / 'one'}", *QUICK)
-    assert ref.returncode == 0
-    got, want = _results(sweep / "0"), _results(tmp_path / "one")
-    assert got["test_loss"] == pytest.approx(want["test_loss"], rel=1e-3)
-    assert _steps(sweep / "0") == list(range(1, got["steps"] + 1))
+    assert len(logs) == 4  # two jobs of two tasks each
     summary = json.loads((sweep / "summary.json").read_text())
-    assert [j["status"] for j in summary["jobs"]] == ["done"]
+    assert [j["status"] for j in summary["jobs"]] == ["done", "done"]
+    for job, beta in ((0, "4"), (1, "inf")):
+        ref = run_pipeline("train", "trainer.epochs=2", "wandb.mode=disabled",
+                           f"model.pool.beta={beta}", f"hydra.run.dir={tmp_path / beta}", *QUICK)
+        assert ref.returncode == 0
+        got, want = _results(sweep / str(job)), _results(tmp_path / beta)
+        assert got["test_loss"] == pytest.approx(want["test_loss"], rel=1e-3)
+        assert _steps(sweep / str(job)) == list(range(1, got["steps"] + 1))
 
 
 def _rank_pid(rank: int, marker: str) -> int | None:
