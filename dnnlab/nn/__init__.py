@@ -6,5 +6,7 @@ them under one name, like `torch.nn`.
 """
 from dnnlab.conv.modules import Conv1d, Conv2d, Conv3d, swap_convs
 from dnnlab.smoothmax.modules import SmoothMax, SmoothMaxPool2d
+from dnnlab.smoothmax.swap import SmoothAdaptiveMaxPool2d, swap_pools
 
-__all__ = ["Conv1d", "Conv2d", "Conv3d", "SmoothMax", "SmoothMaxPool2d", "swap_convs"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "SmoothAdaptiveMaxPool2d", "SmoothMax", "SmoothMaxPool2d",
+           "swap_convs", "swap_pools"]

@@ -235,7 +235,11 @@ def _backward_graph(ctx, g):
     b = ctx.beta_c if beta_in is None else beta_in.to(cdtype)  # the caller's beta: it may train
     if inf_mask is not None:
         b = torch.where(inf_mask, torch.ones_like(b), b)  # the forward's finite stand-in
-    z = (x.to(cdtype) - shift) * b  # (..., n, ...) beta (x - m), m a constant
+    d = x.to(cdtype) - shift  # (..., n, ...) x - m, m a constant
+    # a -inf entry (max pooling's padding): z = -inf with no path to beta or x, since
+    # 0 * (x - m) = 0 * -inf would make d z / d beta NaN
+    out = torch.isneginf(d)
+    z = torch.where(out, d, torch.where(out, torch.zeros_like(d), d) * b)  # beta (x - m)
     lse = torch.logsumexp(z, dims, keepdim=True)  # (..., 1, ...)
     lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))  # an all -inf slice
     log_p = z - lse  # (..., n, ...) log softmax(beta x)  (docs/math.md (1c))

@@ -17,6 +17,7 @@ from dnnlab.dtypes import compute_dtype
 from dnnlab.errors import ConfigError, ShapeError
 from dnnlab.smoothmax import native
 from dnnlab.smoothmax.functional import smooth_max
+from dnnlab.smoothmax.windows import check_like_max_pool2d, windows
 
 __all__ = ["SmoothMax", "SmoothMaxPool2d"]
 
@@ -60,7 +61,8 @@ class _Temperature(nn.Module):
                 raise ConfigError(
                     f"{type(self).__name__}: a learnable beta must be finite, got {_fmt_beta(t)}"
                 )
-            self.log_beta = nn.Parameter(t.float().log())  # beta = exp(log_beta) > 0
+            t = t if t.dtype is torch.float64 else t.float()  # float64 kept (gradcheck)
+            self.log_beta = nn.Parameter(t.log())  # beta = exp(log_beta) > 0
         elif isinstance(beta, torch.Tensor):
             self.register_buffer("beta_buf", beta)
         else:
@@ -104,9 +106,10 @@ class SmoothMax(_Temperature):
 
 
 def _pair(v, name: str) -> tuple[int, int]:
+    """An int or a pair of ints as a pair; its range is checked as F.max_pool2d checks it."""
     t = (v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 2 or not all(isinstance(i, int) and i > 0 for i in t):
-        raise ConfigError(f"SmoothMaxPool2d: {name} must be a positive int or a pair, got {v!r}")
+    if len(t) != 2 or not all(isinstance(i, int) for i in t):
+        raise ConfigError(f"SmoothMaxPool2d: {name} must be an int or a pair of ints, got {v!r}")
     return t
 
 
@@ -372,8 +375,11 @@ class SmoothMaxPool2d(_Temperature):
     """Smooth-max pooling over (H, W) windows of a (B, C, H, W) input: nu_beta of each window.
 
     kernel_size=None pools globally, (B, C, H, W) -> (B, C, 1, 1) like AdaptiveMaxPool2d(1);
-    otherwise windows of kernel_size with stride (default kernel_size, like nn.MaxPool2d) and
-    no padding give (B, C, H_out, W_out). beta = inf is max pooling exactly.
+    otherwise it takes nn.MaxPool2d's arguments, kernel_size, stride (default kernel_size),
+    padding (with -inf, which has weight 0 in nu_beta), dilation and ceil_mode, and gives
+    MaxPool2d's (B, C, H_out, W_out) (dnnlab.smoothmax.windows); arguments MaxPool2d refuses
+    raise its RuntimeError and message. An unbatched (C, H, W) input gives (C, H_out, W_out).
+    beta = inf is max pooling exactly.
 
     normalized=True returns nu_beta - log(n)/beta = (1/beta) log((1/n) sum exp(beta x_i)) with
     n the window size. It lies in [mean, max] of the window, equals max pooling at beta = inf
@@ -393,7 +399,8 @@ class SmoothMaxPool2d(_Temperature):
     dnnlab_family = "smooth_max"  # dnnlab.opcount counts it as one op of its own family
 
     def __init__(self, beta, kernel_size=None, stride=None, normalized: bool = False,
-                 learnable: bool = False, ties: str = "shared"):
+                 learnable: bool = False, ties: str = "shared", *, padding=0, dilation=1,
+                 ceil_mode: bool = False):
         super().__init__()
         if ties not in ("shared", "first"):
             raise ConfigError(f"SmoothMaxPool2d: ties must be 'shared' or 'first', got {ties!r}")
@@ -410,7 +417,13 @@ class SmoothMaxPool2d(_Temperature):
             raise ConfigError(
                 "SmoothMaxPool2d: stride needs a kernel_size (global pooling has none)")
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
+        self.padding, self.dilation = _pair(padding, "padding"), _pair(dilation, "dilation")
+        if kernel_size is None and (self.padding != (0, 0) or self.dilation != (1, 1) or ceil_mode):
+            raise ConfigError("SmoothMaxPool2d: padding, dilation and ceil_mode need a "
+                              "kernel_size (global pooling has none)")
+        self.ceil_mode = bool(ceil_mode)
         self.normalized = normalized
+        self._checked = None  # the last (C, H, W) whose arguments passed the MaxPool2d check
 
     def _channel_beta(self, c: int, trailing: int):
         """beta shaped to broadcast against (B, C, *[1] * trailing) outputs."""
@@ -422,55 +435,68 @@ class SmoothMaxPool2d(_Temperature):
             return b.view(c, *([1] * trailing))
         return b
 
+    def _plain(self, h: int, w: int) -> bool:
+        """MaxPool2d's windows are non-overlapping tiles without padding: the fast paths."""
+        ks = self.kernel_size
+        return (self.stride == ks and ks[0] > 0 and ks[1] > 0 and self.padding == (0, 0)
+                and self.dilation == (1, 1)
+                and h >= ks[0] and w >= ks[1]
+                and (not self.ceil_mode or (h % ks[0] == 0 and w % ks[1] == 0)))
+
+    def _check(self, x: torch.Tensor) -> None:
+        """MaxPool2d's checks of the arguments against x's shape, once per shape."""
+        if self._checked != x.shape[1:]:
+            check_like_max_pool2d(self._name(), x, self.kernel_size, self.stride,
+                                  self.padding, self.dilation, self.ceil_mode)
+            self._checked = x.shape[1:]
+
+    def _name(self) -> str:
+        path = getattr(self, "_dnnlab_name", None)  # set by dnnlab.nn.swap_pools
+        return f"SmoothMaxPool2d {path}" if path else "SmoothMaxPool2d"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # unbatched (C, H, W), as nn.MaxPool2d takes it
+            return self.forward(x[None])[0]
         if x.dim() != 4:
             raise ShapeError(
-                f"SmoothMaxPool2d: expected a (B, C, H, W) input, got {tuple(x.shape)}")
-        if self.__dict__.get("_beta_float") == math.inf and self.ties == "shared":
+                f"{self._name()}: expected a (B, C, H, W) input, got {tuple(x.shape)}")
+        ks = self.kernel_size
+        h, w = x.shape[2:]
+        wrapped = torch._C._functorch.is_functorch_wrapped_tensor(x)  # torch.func: generic path
+        if self.__dict__.get("_beta_float") == math.inf and self.ties == "shared" and not wrapped:
             # the common max-pooling case first, without the beta property's lookups: a fixed
             # scalar beta = inf (the attribute _Temperature._init_beta sets for one)
-            ks = self.kernel_size
             if ks is None:
                 return _GlobalMax.apply(x)  # fast path: same values and gradients
-            if self.stride == ks and x.shape[2] >= ks[0] and x.shape[3] >= ks[1]:
+            if self._plain(h, w):
                 return _WindowMax.apply(x, ks)  # fast path, same as smooth_max's limit
-        c = x.shape[1]
+        if ks is not None:
+            self._check(x)
         b = self.beta
-        if self.ties == "first" and not isinstance(b, torch.Tensor) and math.isinf(b):
+        scalar = not isinstance(b, torch.Tensor)
+        if self.ties == "first" and scalar and math.isinf(b):
             # torch's max pooling: the gradient goes to one argmax per window
-            if self.kernel_size is None:
+            if ks is None:
                 return F.adaptive_max_pool2d(x, 1)  # (B, C, 1, 1)
-            return F.max_pool2d(x, self.kernel_size, self.stride)  # (B, C, H_out, W_out)
-        if not isinstance(b, torch.Tensor) and math.isinf(b) and (
-                self.kernel_size is None or self.stride == self.kernel_size):
-            if self.kernel_size is not None and (x.shape[2] < self.kernel_size[0]
-                                                 or x.shape[3] < self.kernel_size[1]):
-                raise ShapeError(f"SmoothMaxPool2d: input {tuple(x.shape)} is smaller than the "
-                                 f"kernel {self.kernel_size}")
-            if self.kernel_size is None:
-                return _GlobalMax.apply(x)  # fast path: same values and gradients
-            return _WindowMax.apply(x, self.kernel_size)  # fast path, same as below
-        if (not isinstance(b, torch.Tensor) and self.kernel_size is not None
-                and self.stride == self.kernel_size):
-            if x.shape[2] < self.kernel_size[0] or x.shape[3] < self.kernel_size[1]:
-                raise ShapeError(f"SmoothMaxPool2d: input {tuple(x.shape)} is smaller than the "
-                                 f"kernel {self.kernel_size}")
-            return _WindowSmoothMax.apply(x, self.kernel_size, float(b), self.normalized)
-        if self.kernel_size is None:
+            return F.max_pool2d(x, ks, self.stride, self.padding, self.dilation,
+                                self.ceil_mode)  # (B, C, H_out, W_out)
+        if scalar and not wrapped and (ks is None or self._plain(h, w)):
+            if math.isinf(b):
+                return _GlobalMax.apply(x) if ks is None else _WindowMax.apply(x, ks)
+            if ks is not None:
+                return _WindowSmoothMax.apply(x, ks, float(b), self.normalized)
+        c = x.shape[1]
+        if ks is None:
             beta = self._channel_beta(c, 2)  # (C, 1, 1) or scalar
-            out = smooth_max(x, beta, (-2, -1), True, self.normalized)  # (B, C, 1, 1)
-        else:
-            (kh, kw), (sh, sw) = self.kernel_size, self.stride
-            if x.shape[2] < kh or x.shape[3] < kw:
-                raise ShapeError(
-                    f"SmoothMaxPool2d: input {tuple(x.shape)} is smaller than the kernel {(kh, kw)}"
-                )
-            windows = x.unfold(2, kh, sh).unfold(3, kw, sw)  # (B, C, H_out, W_out, kh, kw), a view
-            beta = self._channel_beta(c, 4)  # (C, 1, 1, 1, 1) or scalar
-            out = smooth_max(windows, beta, (-2, -1), False, self.normalized)  # (B, C, Ho, Wo)
-        return out
+            return smooth_max(x, beta, (-2, -1), True, self.normalized)  # (B, C, 1, 1)
+        win = windows(x, ks, self.stride, self.padding, self.dilation, self.ceil_mode)
+        beta = self._channel_beta(c, 4)  # (C, 1, 1, 1, 1) or scalar; win (B, C, Ho, Wo, kh, kw)
+        return smooth_max(win, beta, (-2, -1), False, self.normalized)  # (B, C, Ho, Wo)
 
     def extra_repr(self) -> str:
         s = f"beta={_fmt_beta(self.beta)}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.kernel_size is not None and (self.padding != (0, 0) or self.dilation != (1, 1)
+                                             or self.ceil_mode):
+            s += f", padding={self.padding}, dilation={self.dilation}, ceil_mode={self.ceil_mode}"
         s += f", normalized={self.normalized}, learnable={self.learnable}"
         return s + (", ties='first'" if self.ties == "first" else "")
