@@ -24,6 +24,7 @@ from dnnlab.conv.modules import OUR_CONVS
 from dnnlab.dtypes import max_errors
 from dnnlab.nn import SmoothMaxPool2d
 from dnnlab.smoothmax.reference import smooth_max_reference
+from dnnlab.smoothmax.windows import windows
 
 
 def _torch_conv_class(m: nn.Module) -> type:
@@ -43,11 +44,11 @@ def conv_check(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict:
 
 
 def _windows(m: SmoothMaxPool2d, x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H_out, W_out, kh, kw) windows of x (global: (B, C, 1, 1, H, W))."""
+    """(B, C, H_out, W_out, kh, kw) windows of x as the layer pools them, padding (-inf),
+    dilation and ceil_mode included (global: (B, C, 1, 1, H, W))."""
     if m.kernel_size is None:
         return x[:, :, None, None]
-    (kh, kw), (sh, sw) = m.kernel_size, m.stride
-    return x.unfold(2, kh, sh).unfold(3, kw, sw)
+    return windows(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
 
 
 def _beta_for(m: SmoothMaxPool2d, c: int):
@@ -70,7 +71,7 @@ def pool_check(m: SmoothMaxPool2d, x: torch.Tensor, g: torch.Tensor) -> dict:
     if m.ties == "first" and not isinstance(beta, torch.Tensor) and math.isinf(beta):
         # torch's max pooling is the layer itself here
         ref_out = F.adaptive_max_pool2d(xb, 1) if m.kernel_size is None else F.max_pool2d(
-            xb, m.kernel_size, m.stride)
+            xb, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
     else:
         ref_out = smooth_max_reference(_windows(m, xb), beta, dim=(-2, -1),
                                        normalized=m.normalized)  # (B, C, H_out, W_out)

@@ -53,6 +53,20 @@ def test_capture_and_compare_every_layer(beta, ties):
     assert compare(cap2) == []
 
 
+@pytest.mark.parametrize("beta,ties", [(3.0, "shared"), (math.inf, "shared"), (math.inf, "first")])
+def test_pool_probe_with_padding_dilation_ceil_mode(beta, ties):
+    """The probe's reference pools the windows the layer pools (padded with -inf, dilated,
+    ceil_mode): a padded, dilated pooling agrees with it to rounding, and so do its stats."""
+    torch.manual_seed(0)
+    pool = SmoothMaxPool2d(beta, 3, stride=2, padding=1, dilation=2, ceil_mode=True, ties=ties)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    g = torch.randn_like(pool(x))
+    (abs_err, rel_err), = pool_check(pool, x, g).values()
+    assert rel_err < 1e-12, (abs_err, rel_err)
+    s = pool_stats(pool, x)
+    assert 0 <= s["entropy"] <= s["entropy_max"] == math.log(9) and 0 < s["argmax_mass"] <= 1
+
+
 def test_float64_checks_agree_to_rounding():
     torch.manual_seed(0)
     conv = Conv2d(2, 3, 3, padding=1).double()
