@@ -92,21 +92,24 @@ def test_resume_of_a_finished_run_changes_nothing(pipeline, finished, tmp_path):
     assert _files(run) == before
 
 
-@pytest.mark.parametrize("change,needle", [
-    ("model.pool.beta=inf", "model.pool.beta: 4.0 in the checkpoint, inf now"),
+@pytest.mark.parametrize("change,needle,switch", [
+    ("model.pool.beta=inf", "model.pool.beta: 4.0 in the checkpoint, inf now", "true"),
+    ("model.pool.beta=inf", "model.pool.beta: 4.0 in the checkpoint, inf now", "auto"),
     pytest.param("model.builder.channels=[8,8,8]",
-                 "model.builder.channels: [16, 32, 32] in the checkpoint",
+                 "model.builder.channels: [16, 32, 32] in the checkpoint", "true",
                  marks=pytest.mark.slow),
 ])
 def test_resume_with_another_config_is_refused_and_writes_nothing(pipeline, finished, tmp_path,
-                                                                  change, needle):
+                                                                  change, needle, switch):
+    """trainer.resume=true, and auto (the default) too: a run dir's checkpoint of another
+    config is never overwritten."""
     run = _copy(finished, tmp_path)
     before = _files(run)
-    proc = pipeline("train", "trainer.epochs=3", "trainer.resume=true", change,
+    proc = pipeline("train", "trainer.epochs=3", f"trainer.resume={switch}", change,
                     "wandb.mode=disabled", f"hydra.run.dir={run}", *QUICK)
     assert proc.returncode == 1
     line = _one_line(proc)
-    assert "refused" in line and needle in line, line
+    assert f"trainer.resume={switch} refused" in line and needle in line, line
     assert _files(run) == before  # .hydra/overrides.yaml and results.json included
 
 
