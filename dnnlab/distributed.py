@@ -44,7 +44,7 @@ class World:
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
             return World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
                          int(os.environ.get("LOCAL_RANK", 0)))
-        if any(k in os.environ for k in ("SUBMITIT_LOCAL_JOB_ID", "SLURM_JOB_ID")):
+        if "SUBMITIT_EXECUTOR" in os.environ:  # a job submitit started (not any SLURM shell)
             try:
                 import submitit
 
