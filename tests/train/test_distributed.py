@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,36 @@ def test_a_rank_share_covers_the_batch_once():
             assert max(h - lo for lo, h in parts) - min(h - lo for lo, h in parts) <= 1
     w = World()
     assert not w.active and w.all_sum(torch.ones(2)).tolist() == [1.0, 1.0] and w.broadcast(3) == 3
+
+
+def test_world_from_torchrun_env_and_dead_peers(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    w = World.from_env()
+    assert (w.rank, w.size, w.local_rank, w.is_main, w.active) == (1, 2, 1, False, False)
+    assert w.device(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.delenv("RANK")
+    assert World.from_env() == World()
+    # a peer that exited and was reaped, one that is a zombie, one alive (this process)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    zombie = subprocess.Popen(["true"])
+    deadline = time.time() + 10
+    while time.time() < deadline and _state(zombie.pid) != "Z":
+        time.sleep(0.01)
+    host = socket.gethostname()
+    w = World(0, 4, peers=[(host, os.getpid()), (host, gone.pid), (host, zombie.pid),
+                           ("another-host", gone.pid)])
+    assert w.dead() == [(1, gone.pid), (2, zombie.pid)]  # another host's pids are not checked
+    zombie.wait()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "?"
 
 
 @pytest.mark.slow
