@@ -35,6 +35,7 @@ from torch.overrides import TorchFunctionMode
 from dnnlab.errors import ShapeError, first_line
 from dnnlab.opcount import registry
 from dnnlab.opcount.handlers import count_smooth_max_module
+from dnnlab.opcount.params import buffer_counts, module_params, param_counts
 from dnnlab.opcount.rows import LayerRow, OpReport
 
 _Tensor = torch.Tensor
@@ -385,7 +386,8 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
         guard.restore()
     return OpReport(name or type(model).__name__, shape, rows, count_bias, training,
                     inputs=describe(args, kwargs), mode=mode, mode_reason=reason,
-                    not_counted=not_counted)
+                    not_counted=not_counted, params=param_counts(model),
+                    buffers=buffer_counts(model), module_params=module_params(model))
 
 
 def meta_state(model: torch.nn.Module) -> dict:

@@ -148,6 +148,7 @@ class OpcountResult:
             "inputs": self.report.inputs, "mode": self.report.mode,
             "mode_reason": self.report.mode_reason,
             "not_counted": {k: list(v) for k, v in self.report.not_counted.items()},
+            "params": dict(self.report.params), "buffers": dict(self.report.buffers),
             "fvcore_error": None if rec is None else rec.fvcore_error,
             "failed_checks": None if rec is None else rec.failed,
             "count_bias": self.report.count_bias, "layers": self.layers(),
@@ -163,7 +164,9 @@ class OpcountResult:
         totals = self.totals()
         return {**{f"macs/{k}": v["analytic"] for k, v in totals.items()},
                 **{f"fvcore/{k}": v["fvcore"] for k, v in totals.items()
-                   if v["fvcore"] is not None}, "reconciled": self.reconciled}
+                   if v["fvcore"] is not None}, "reconciled": self.reconciled,
+                "params/total": self.report.params.get("total"),
+                "params/trainable": self.report.params.get("trainable")}
 
     def tables(self) -> list[Table]:
         """`layers` (every counted op: layers.csv, the W&B table) and `totals` (per family)."""
@@ -210,6 +213,9 @@ class OpcountResult:
         r = self.report
         lines = [f"counted on {r.mode}" + (f" ({r.mode_reason})" if r.mode_reason else "")
                  + f"; inputs: {r.inputs}"]
+        if r.params:
+            lines.append(f"parameters: {r.params['total']:,} ({r.params['trainable']:,} "
+                         f"trainable); buffers: {r.buffers.get('total', 0):,} elements")
         if r.not_counted:
             lines.append("not counted (no rule): " + ", ".join(
                 f"{op} ({', '.join(p)})" for op, p in r.not_counted.items()))

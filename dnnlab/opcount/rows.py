@@ -57,6 +57,9 @@ class OpReport:
     mode: str = "meta"  # "meta" (shapes only) or "cpu" (real tensors: data-dependent shapes)
     mode_reason: str = ""  # why the count ran on CPU
     not_counted: dict = field(default_factory=dict)  # op -> module paths: computes, no handler
+    params: dict = field(default_factory=dict)  # {"total", "trainable"}: distinct tensors once
+    buffers: dict = field(default_factory=dict)  # {"total", "tensors"}: not parameters
+    module_params: dict = field(default_factory=dict)  # {path: params of its subtree}
 
     def totals(self, backward: bool = False) -> dict:
         """MACs per operator family (always has the MAC families' keys, `conv` and `linear`).
@@ -94,6 +97,8 @@ class OpReport:
             "mode": self.mode,
             "mode_reason": self.mode_reason,
             "not_counted": {k: list(v) for k, v in self.not_counted.items()},
+            "params": dict(self.params),
+            "buffers": dict(self.buffers),
             "layers": [asdict(r) for r in self.layers],
             "totals": self.totals(),
             "backward_totals": self.totals(backward=True),

@@ -12,7 +12,7 @@ from dnnlab.opcount.experiment import CountSettings, OpcountSettings, run
 
 KEYS = {"model", "input_shape", "unit", "inputs", "mode", "mode_reason", "not_counted",
         "fvcore_error", "failed_checks", "count_bias", "layers", "totals", "backward_totals",
-        "reconciled", "flop_counter", "mismatches"}
+        "reconciled", "flop_counter", "mismatches", "params", "buffers"}
 LENET = {"name": "tiny", "input_shape": [2, 1, 8, 8], "builder": {
     "_target_": "dnnlab.models.build_layers", "layers": [
         {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3},
@@ -45,6 +45,7 @@ def test_run_counts_and_reconciles_a_small_network():
     result = run(tiny(), [2, 1, 8, 8], name="tiny")
     d = result.to_dict()
     assert set(d) == KEYS and d["model"] == "tiny" and d["input_shape"] == [2, 1, 8, 8]
+    assert d["params"]["total"] == 4 * 9 + 4 + 144 * 10 + 10 and d["buffers"]["total"] == 0
     conv = 2 * 4 * 6 * 6 * (1 * 3 * 3)  # docs/math.md (2): outputs x C_in k^2
     linear = 2 * 144 * 10
     assert d["totals"]["conv"] == {"analytic": conv, "fvcore": conv}
