@@ -211,6 +211,13 @@ def _meta_like(t: _Tensor) -> _Tensor:
     return torch.empty_like(t, device="meta")
 
 
+def _meta_input(t: _Tensor) -> _Tensor:
+    """A meta stand-in for an input that keeps its `requires_grad`: an input that needs its
+    gradient (saliency maps, adversarial examples) gets its input gradient counted."""
+    out = _meta_like(t)
+    return out.requires_grad_(True) if t.requires_grad and out.is_floating_point() else out
+
+
 def _has_meta(model: torch.nn.Module) -> bool:
     return any(t.is_meta for t in model.parameters()) or any(t.is_meta for t in model.buffers())
 
@@ -310,7 +317,7 @@ def _run(model, args, kwargs, names, count_bias, training, meta):
     mode = _CountMode(modules, rows, count_bias, meta)
     model.train(training)
     _swap_state(model, _meta_like if meta else _cpu_like)
-    conv = _meta_like if meta else _cpu_real
+    conv = _meta_input if meta else _cpu_real
     args, kwargs = _map(args, conv), _map(kwargs, conv)
     try:
         with mode:
@@ -425,5 +432,5 @@ class swapped:  # noqa: N801 - a context manager, used like a function
 
 def as_inputs(args: tuple, kwargs: dict, meta: bool) -> tuple[tuple, dict]:
     """The call's tensors as meta tensors (meta=True) or real CPU tensors (zeros for meta)."""
-    conv = _meta_like if meta else _cpu_real
+    conv = _meta_input if meta else _cpu_real
     return _map(args, conv), _map(kwargs, conv)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from dnnlab.errors import require
-from dnnlab.opcount.counter import count_ops
+from dnnlab.opcount.counter import _map, call_args, count_ops
 from dnnlab.opcount.reconcile import STRICT, Reconciliation, reconcile
 from dnnlab.opcount.rows import MAC_FAMILIES, OpReport
 from dnnlab.table import Table
@@ -31,6 +31,7 @@ class CountSettings:
 
     backward: bool = True  # also the backward of a training step (checked with FlopCounterMode)
     bias: bool = True  # the bias add in `adds` (the convention of docs/math.md (2): adds = mults)
+    input_grad: bool = False  # the input requires grad: its gradient is counted in backward
 
 
 @dataclass
@@ -224,6 +225,21 @@ class OpcountResult:
         return "\n".join(lines)
 
 
+def _requiring_grad(shape: list | None, inputs: Any) -> Any:
+    """The inputs with every floating-point tensor requiring grad (meta: shapes only)."""
+    args, kwargs = call_args(shape, inputs)
+
+    def need(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_floating_point():
+            return t
+        return torch.empty_like(t, device="meta").requires_grad_(True)
+
+    args, kwargs = _map(args, need), _map(kwargs, need)
+    if kwargs:
+        return kwargs
+    return args[0] if len(args) == 1 else args
+
+
 def run(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
         inputs: Any = None, name: str | None = None, count: CountSettings | None = None,
         training: bool = False, reconcile_counts: bool = True,
@@ -240,6 +256,8 @@ def run(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
     require(unit in UNITS, "unit", unit, "expected MACs or FLOPs")
     count = count or CountSettings()
     shape = None if input_shape is None else [int(s) for s in input_shape]
+    if count.input_grad:
+        inputs, shape = _requiring_grad(shape, inputs), None
     report = count_ops(model, shape, inputs=inputs, count_bias=count.bias, name=name,
                        training=training)
     rec = None

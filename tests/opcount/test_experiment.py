@@ -93,3 +93,13 @@ def test_training_mode_is_passed_on():
     result = run(model, [1, 1, 5, 5], training=True, reconcile_counts=False)
     assert result.report.training is True
     assert not any(m.training for m in model.modules())  # its mode is restored
+
+
+def test_run_with_input_grad_counts_the_first_layers_input_gradient():
+    macs = 2 * 4 * 6 * 6 * 9
+    for grad, first in ((False, macs), (True, 2 * macs)):
+        d = run(tiny(), [2, 1, 8, 8], count=CountSettings(input_grad=grad),
+                reconcile_counts=True).to_dict()
+        assert d["layers"][0]["bwd_macs"] == first and d["backward_totals"]["conv"] == first
+        assert d["input_shape"] == [2, 1, 8, 8] and d["reconciled"] is True
+        assert d["flop_counter"]["backward_match"] is True

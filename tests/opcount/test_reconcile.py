@@ -71,3 +71,34 @@ def test_fvcore_agreement_on_every_classifier(name):
     _check_classifier(name, backward=True)
 
 
+
+
+def test_input_gradient_counted_when_the_input_requires_grad():
+    """resnet18 with an input that requires grad: the first conv's input gradient is counted,
+    and forward + backward equal FlopCounterMode's exactly (a training step on meta)."""
+    model = torchvision.models.resnet18()
+    plain = count_ops(model, [2, 3, 64, 64])
+    x = torch.empty(2, 3, 64, 64, device="meta", requires_grad=True)
+    report = count_ops(model, inputs=x)
+    first = report.layers[0]
+    assert first.bwd_macs == 2 * first.macs and plain.layers[0].bwd_macs == first.macs
+    assert report.total_macs(backward=True) == plain.total_macs(backward=True) + first.macs
+    fc = reconcile(model, inputs=x, report=report).flop_counter
+    assert fc["match"] and fc["backward_match"], fc
+    assert fc["backward_flops_torch"] == 2 * report.total_macs(backward=True)
+
+
+def test_input_gradient_follows_autograd_through_frozen_layers():
+    """A frozen conv before a trainable one: no gradient reaches the frozen conv's input unless
+    the input requires grad; then both convs get an input gradient and only the second a
+    weight gradient, as autograd computes (checked with FlopCounterMode)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    model[0].requires_grad_(False)
+    for grad in (False, True):
+        x = torch.empty(1, 3, 16, 16, device="meta", requires_grad=grad)
+        report = count_ops(model, inputs=x)
+        a, b = report.layers[0], report.layers[-1]
+        assert (a.bwd_macs, b.bwd_macs) == ((a.macs, 2 * b.macs) if grad else (0, b.macs))
+        fc = reconcile(model, inputs=x, report=report).flop_counter
+        assert fc["backward_match"] and fc["backward_flops_torch"] == 2 * (
+            a.bwd_macs + b.bwd_macs), fc
