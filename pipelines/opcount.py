@@ -50,7 +50,7 @@ def prepare(settings: OpcountSettings, cfg: DictConfig, run_dir) -> Counted:
                                   "(give input_shape=[...] or inputs)")
         result = run(model, shape, inputs=inputs, name=settings.name, count=settings.count,
                      training=settings.training, reconcile_counts=settings.reconcile,
-                     unit=settings.unit)
+                     unit=settings.unit, reconcile_max_gb=settings.reconcile_max_gb)
     return Counted(settings, result)
 
 

@@ -46,6 +46,7 @@ class OpcountSettings:
     count: CountSettings = field(default_factory=CountSettings)
     training: bool = False  # count in train mode (auxiliary heads run); default eval, as fvcore
     reconcile: bool = True  # compare with fvcore (needs real CPU weights: built on demand)
+    reconcile_max_gb: float = 4.0  # skip a check on real CPU tensors estimated above this
     fail_on_mismatch: bool = False  # a job error when conv/linear differ from fvcore
     show_rows: int = 60  # rows of the per-layer table printed in the terminal
 
@@ -70,6 +71,9 @@ class OpcountSettings:
 
             make_inputs(self.inputs)  # checks every spec (one line naming the key)
         require(self.show_rows >= 0, "show_rows", self.show_rows, "must be >= 0")
+        require(isinstance(self.reconcile_max_gb, (int, float)) and not isinstance(
+            self.reconcile_max_gb, bool) and self.reconcile_max_gb > 0, "reconcile_max_gb",
+            self.reconcile_max_gb, "must be a number of GB > 0")
 
     @property
     def name(self) -> str:
@@ -96,7 +100,7 @@ class OpcountResult:
 
     @property
     def reconciled(self) -> bool | None:
-        return None if self.reconciliation is None else bool(self.reconciliation.reconciled)
+        return None if self.reconciliation is None else self.reconciliation.reconciled
 
     def layers(self) -> list[dict]:
         """One dict per counted op, with fvcore's count of its (module, family) and `match`."""
@@ -152,6 +156,7 @@ class OpcountResult:
             "params": dict(self.report.params), "buffers": dict(self.report.buffers),
             "fvcore_error": None if rec is None else rec.fvcore_error,
             "failed_checks": None if rec is None else rec.failed,
+            "skipped_checks": None if rec is None else rec.skipped,
             "count_bias": self.report.count_bias, "layers": self.layers(),
             "totals": self.totals(),
             "backward_totals": self.report.totals(backward=True) if self.backward else None,
@@ -203,6 +208,8 @@ class OpcountResult:
         fc = None if self.reconciliation is None else self.reconciliation.flop_counter
         if not fc:
             return ""
+        if "device" not in fc:  # not run
+            return fc["why"]
         bwd = (f", backward {fc['backward_flops_analytic']:,} / "
                f"{fc['backward_flops_torch']:,}" if "backward_flops_torch" in fc else "")
         return (f"vs torch FlopCounterMode on {fc['device']}: forward "
@@ -220,8 +227,8 @@ class OpcountResult:
         if r.not_counted:
             lines.append("not counted (no rule): " + ", ".join(
                 f"{op} ({', '.join(p)})" for op, p in r.not_counted.items()))
-        if self.reconciliation is not None and self.reconciliation.fvcore_error:
-            lines.append(f"fvcore could not count it: {self.reconciliation.fvcore_error}")
+        if self.reconciliation is not None:
+            lines.extend(self.reconciliation.skip_reasons)
         return "\n".join(lines)
 
 
@@ -243,7 +250,7 @@ def _requiring_grad(shape: list | None, inputs: Any) -> Any:
 def run(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
         inputs: Any = None, name: str | None = None, count: CountSettings | None = None,
         training: bool = False, reconcile_counts: bool = True,
-        unit: str = "MACs") -> OpcountResult:
+        unit: str = "MACs", reconcile_max_gb: float = 4.0) -> OpcountResult:
     """Count `model` on `input_shape` and, with `reconcile_counts`, compare with fvcore (and,
     with `count.backward`, a training step with FlopCounterMode).
 
@@ -263,5 +270,5 @@ def run(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
     rec = None
     if reconcile_counts:
         rec = reconcile(materialize(model), shape, inputs=inputs, report=report,
-                        backward=count.backward)
+                        backward=count.backward, max_gb=reconcile_max_gb)
     return OpcountResult(report, rec, count.backward, unit)

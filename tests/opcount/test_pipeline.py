@@ -81,3 +81,18 @@ def test_wandb_online_without_account_falls_back_to_offline(tmp_path, monkeypatc
     (run,) = find_runs(out)
     assert summarize(run)["summary"]["macs/conv"] > 0
     assert json.loads((out / "results.json").read_text())["model"] == "lenet5"
+
+
+@pytest.mark.parametrize("side", [8000, 100000])
+def test_opcount_huge_input_ends_and_does_not_say_reconciled(pipeline, tmp_path, side):
+    """resnet18 at 8000^2 was killed for memory (exit 137) and at 100000^2 said reconciled:
+    now fvcore is skipped with one line, and results.json says reconciled null."""
+    out = tmp_path / "huge"
+    proc = pipeline("opcount", "model=resnet18", f"input_shape=[1,3,{side},{side}]",
+                    f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["reconciled"] is None and res["skipped_checks"] == ["fvcore"]
+    assert res["failed_checks"] == [] and res["params"]["total"] == 11_689_512
+    skip = [ln for ln in proc.stdout.splitlines() if "fvcore skipped" in ln]
+    assert len(skip) == 1 and "reconcile_max_gb=4" in skip[0], proc.stdout[-2000:]

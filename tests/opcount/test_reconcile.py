@@ -102,3 +102,41 @@ def test_input_gradient_follows_autograd_through_frozen_layers():
         fc = reconcile(model, inputs=x, report=report).flop_counter
         assert fc["backward_match"] and fc["backward_flops_torch"] == 2 * (
             a.bwd_macs + b.bwd_macs), fc
+
+
+def test_reconcile_skips_fvcore_above_the_memory_budget():
+    """resnet18 at 8000 x 8000: fvcore on real tensors would need ~20 GB (it used to be killed):
+    estimated from the meta count, it is skipped with one line; FlopCounterMode runs on meta.
+    `reconciled` is None (a check did not run), not True."""
+    from dnnlab.opcount.memory import GB, real_run_bytes
+
+    model = torchvision.models.resnet18()
+    report = count_ops(model, [1, 3, 8000, 8000])
+    assert real_run_bytes(report) > 4 * GB
+    rec = reconcile(model, [1, 3, 8000, 8000], report=report, max_gb=4)
+    assert rec.reconciled is None and rec.skipped == ["fvcore"] and rec.failed == []
+    (line,) = rec.skip_reasons
+    assert line.startswith("fvcore skipped") and "reconcile_max_gb=4" in line
+    assert rec.flop_counter["match"] is True and rec.flop_counter["device"] == "meta"
+    small = reconcile(model, [1, 3, 64, 64])  # under the budget: every check runs
+    assert small.reconciled is True and small.skipped == []
+
+
+def test_reconciled_is_never_true_when_fvcore_did_not_run():
+    """A model fvcore cannot trace (it takes positional inputs only, and the first is not
+    given): reconciled None, with why; a count that differs from fvcore: False, failed."""
+    class KeywordOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x=None, y=None):
+            return self.fc(y)
+
+    rec = reconcile(KeywordOnly(), inputs={"y": torch.zeros(2, 4)}, backward=False)
+    assert rec.reconciled is None and rec.skipped == ["fvcore"], (rec.fvcore_error, rec.failed)
+    assert rec.skip_reasons[0].startswith("fvcore did not run: ")
+    report = count_ops(nn.Linear(4, 3), [2, 4])
+    report.layers[0].macs += 1  # a count that disagrees
+    bad = reconcile(nn.Linear(4, 3), [2, 4], report=report, backward=False)
+    assert bad.reconciled is False and "fvcore" in bad.failed
