@@ -114,6 +114,8 @@ class OpcountResult:
                 "path": row.path, "type": row.module_type, "op": row.op, "family": row.family,
                 "in_shape": row.in_shape, "out_shape": row.out_shape, "mults": row.mults,
                 "adds": row.adds, "macs": row.macs, "bwd_macs": row.bwd_macs,
+                "read_bytes": row.read_bytes, "write_bytes": row.write_bytes,
+                "bwd_bytes": row.bwd_bytes, "intensity": row.intensity,
                 "fvcore": None if c is None else c.fvcore,
                 "match": None if c is None else c.match,
                 "why": "" if c is None else c.why})

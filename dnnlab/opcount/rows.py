@@ -42,6 +42,20 @@ class LayerRow:
     bias_adds: int = 0
     other: int = 0  # comparisons, exp, ... (non-MAC families only)
     extra: dict = field(default_factory=dict)
+    read_bytes: int = 0  # the forward's distinct input tensors, at their dtypes (traffic.py)
+    write_bytes: int = 0  # its outputs
+    bwd_bytes: int = 0  # the backward's: output gradient + saved inputs read, input grads
+
+    @property
+    def flops(self) -> int:
+        """FLOPs: 2 per MAC for the MAC families, the elementary operations otherwise."""
+        return 2 * self.macs if self.family in MAC_FAMILIES else self.macs
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity: forward FLOPs per byte moved (0 when nothing is moved)."""
+        moved = self.read_bytes + self.write_bytes
+        return self.flops / moved if moved else 0.0
 
 
 @dataclass
@@ -80,6 +94,12 @@ class OpReport:
         t = self.totals(backward)
         return sum(t[f] for f in MAC_FAMILIES)
 
+    def total_bytes(self, backward: bool = False) -> int:
+        """Bytes read + written by every counted op (forward, or backward when asked)."""
+        if backward:
+            return sum(r.bwd_bytes for r in self.layers)
+        return sum(r.read_bytes + r.write_bytes for r in self.layers)
+
     def by_module(self) -> dict:
         """{path: {family: macs}} summed over the ops run directly by each module."""
         out: dict = defaultdict(lambda: defaultdict(int))
@@ -102,6 +122,8 @@ class OpReport:
             "layers": [asdict(r) for r in self.layers],
             "totals": self.totals(),
             "backward_totals": self.totals(backward=True),
+            "total_bytes": self.total_bytes(),
+            "backward_bytes": self.total_bytes(backward=True),
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -112,7 +134,8 @@ class OpReport:
 
     def to_csv(self, path: str | Path) -> None:
         cols = ["path", "module_type", "op", "family", "in_shape", "out_shape",
-                "mults", "adds", "macs", "bwd_macs", "bias_adds", "other"]
+                "mults", "adds", "macs", "bwd_macs", "bias_adds", "other", "read_bytes",
+                "write_bytes", "bwd_bytes"]
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(cols)
