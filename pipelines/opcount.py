@@ -6,7 +6,8 @@
     python -m pipelines.opcount model=timm model.name=deit_tiny_patch16_224 unit=FLOPs
     python -m pipelines.opcount model=hf_bert        # token ids: the config's `inputs`
 
-Writes results.json, results.csv (one row per op), layers.csv, totals.csv and per_layer.png
+Writes results.json, results.csv (one row per op), layers.csv, totals.csv, rollup.csv
+(per module subtree to `show_depth`) and per_layer.png
 into the run dir, and the same to W&B (the tables as wandb.Tables, totals in the summary).
 The count runs in `prepare`: a config it refuses leaves no run dir and no W&B run.
 """
@@ -23,6 +24,7 @@ from dnnlab.errors import ConfigError, DnnlabError
 from dnnlab.models import build_model
 from dnnlab.opcount.experiment import OpcountResult, OpcountSettings, run
 from dnnlab.opcount.plots import plot_per_layer
+from dnnlab.opcount.rollup import rollup_tree
 from dnnlab.opcount.zoo import default_input_shape, make_inputs
 from dnnlab.runtime import Run, run_job
 
@@ -58,8 +60,9 @@ def job(counted: Counted, run: Run) -> dict:
     settings, result, tr = counted.settings, counted.result, run.tracker
     run.results.update(**result.to_dict())
     result.report.to_csv(run.dir / "results.csv")
-    for table in result.tables():
+    for table in [*result.tables(), result.rollup_table(settings.show_depth)]:
         tr.table(table)
+    console.print(rollup_tree(result.report.rollup(settings.show_depth), "per module"))
     console.print(result.per_layer_table().to_rich(max_rows=settings.show_rows))
     console.print(result.totals_table().to_rich())
     if result.flop_counter_line():

@@ -414,7 +414,8 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
     return OpReport(name or type(model).__name__, shape, rows, count_bias, training,
                     inputs=describe(args, kwargs), mode=mode, mode_reason=reason,
                     not_counted=not_counted, params=param_counts(model),
-                    buffers=buffer_counts(model), module_params=module_params(model))
+                    buffers=buffer_counts(model), module_params=module_params(model),
+                    module_types={n: type(m).__name__ for n, m in model.named_modules()})
 
 
 def meta_state(model: torch.nn.Module) -> dict:

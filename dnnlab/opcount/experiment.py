@@ -49,6 +49,7 @@ class OpcountSettings:
     reconcile_max_gb: float = 4.0  # skip a check on real CPU tensors estimated above this
     fail_on_mismatch: bool = False  # a job error when conv/linear differ from fvcore
     show_rows: int = 60  # rows of the per-layer table printed in the terminal
+    show_depth: int = 2  # depth of the module rollup (tree, rollup.csv, W&B table)
 
     def __post_init__(self) -> None:
         require(isinstance(self.model, Mapping) and isinstance(self.model.get("builder"),
@@ -71,6 +72,8 @@ class OpcountSettings:
 
             make_inputs(self.inputs)  # checks every spec (one line naming the key)
         require(self.show_rows >= 0, "show_rows", self.show_rows, "must be >= 0")
+        require(isinstance(self.show_depth, int) and not isinstance(self.show_depth, bool)
+                and self.show_depth >= 0, "show_depth", self.show_depth, "must be an int >= 0")
         require(isinstance(self.reconcile_max_gb, (int, float)) and not isinstance(
             self.reconcile_max_gb, bool) and self.reconcile_max_gb > 0, "reconcile_max_gb",
             self.reconcile_max_gb, "must be a number of GB > 0")
@@ -183,6 +186,14 @@ class OpcountResult:
         layers = Table("layers", cols, [[r[c] for c in cols] for r in self.layers()],
                        title=f"{self.model} {self.input_shape}: per op")
         return [layers, self.totals_table()]
+
+    def rollup_table(self, depth: int) -> Table:
+        """The module rollup to `depth` (rollup.csv, the W&B table)."""
+        cols = ["path", "depth", "type", "params", "macs", "bwd_macs", "bytes", "share"]
+        rows = [[r.path or "<model>", r.depth, r.module_type, r.params, r.macs, r.bwd_macs,
+                 r.bytes, r.share] for r in self.report.rollup(depth)]
+        return Table("rollup", cols, rows, title=f"{self.model}: per module to depth {depth}",
+                     formats={c: "{:,}" for c in ("params", "macs", "bwd_macs", "bytes")})
 
     def totals_table(self) -> Table:
         """MACs per family, dnnlab and fvcore."""

@@ -74,6 +74,7 @@ class OpReport:
     params: dict = field(default_factory=dict)  # {"total", "trainable"}: distinct tensors once
     buffers: dict = field(default_factory=dict)  # {"total", "tensors"}: not parameters
     module_params: dict = field(default_factory=dict)  # {path: params of its subtree}
+    module_types: dict = field(default_factory=dict)  # {path: class name}
 
     def totals(self, backward: bool = False) -> dict:
         """MACs per operator family (always has the MAC families' keys, `conv` and `linear`).
@@ -99,6 +100,13 @@ class OpReport:
         if backward:
             return sum(r.bwd_bytes for r in self.layers)
         return sum(r.read_bytes + r.write_bytes for r in self.layers)
+
+    def rollup(self, depth: int) -> list:
+        """Per module subtree down to `depth`: params, MACs, backward MACs, bytes, share of
+        the total MACs (`rollup.RollupRow`)."""
+        from dnnlab.opcount.rollup import rollup
+
+        return rollup(self, depth)
 
     def by_module(self) -> dict:
         """{path: {family: macs}} summed over the ops run directly by each module."""

@@ -21,6 +21,11 @@ def test_opcount_alexnet_end_to_end(pipeline, tmp_path):
     assert (out / "results.csv").read_text().startswith("path,")
     assert (out / "layers.csv").read_text().startswith("path,type,op,family")
     assert (out / "per_layer.png").stat().st_size > 1000
+    rollup = (out / "rollup.csv").read_text().splitlines()
+    assert rollup[0] == "path,depth,type,params,macs,bwd_macs,bytes,share"
+    assert rollup[1].startswith("<model>,0,AlexNet,61100840,714188480,")
+    assert res["params"] == {"total": 61_100_840, "trainable": 61_100_840}
+    assert "features (Sequential): params 2,469,696" in proc.stdout
     assert "655,566,528" in proc.stdout and "58,621,952" in proc.stdout
     (run,) = find_runs(out)
     w = summarize(run)
@@ -29,6 +34,8 @@ def test_opcount_alexnet_end_to_end(pipeline, tmp_path):
     assert w["summary"]["macs/conv"] == 655_566_528 and w["summary"]["fvcore/linear"] == 58_621_952
     assert w["summary"]["reconciled"] is True
     assert any("layers/_type" in h for h in w["history"])  # the wandb.Table
+    assert any("rollup/_type" in h for h in w["history"])
+    assert w["summary"]["params/total"] == 61_100_840
 
 
 @pytest.mark.parametrize("override,status,words", [
