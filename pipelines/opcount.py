@@ -23,8 +23,9 @@ from dnnlab.config import register
 from dnnlab.errors import ConfigError, DnnlabError
 from dnnlab.models import build_model
 from dnnlab.opcount.experiment import OpcountResult, OpcountSettings, run
-from dnnlab.opcount.plots import plot_per_layer
+from dnnlab.opcount.plots import plot_per_layer, plot_roofline
 from dnnlab.opcount.rollup import rollup_tree
+from dnnlab.opcount.roofline import roofline
 from dnnlab.opcount.zoo import default_input_shape, make_inputs
 from dnnlab.runtime import Run, run_job
 
@@ -69,6 +70,12 @@ def job(counted: Counted, run: Run) -> dict:
         console.print(result.flop_counter_line(), highlight=False)
     console.print(result.mode_line(), highlight=False)
     tr.image("per_layer", plot_per_layer(result, run.dir / "per_layer.png"))
+    if settings.roofline:
+        roof = roofline(result.report, settings.roofline)
+        run.results.update(roofline=roof.summary())
+        console.print(f"roofline on {settings.roofline}: {roof.seconds:.3e} s", highlight=False)
+        tr.image("roofline", plot_roofline(roof, run.dir / "roofline.png",
+                                           f"{settings.name} on {settings.roofline}"))
     tr.summary(**result.summary())
     console.print(f"results: {run.results.path}")
     bad = result.mismatches(strict=True)

@@ -50,6 +50,7 @@ class OpcountSettings:
     fail_on_mismatch: bool = False  # a job error when conv/linear differ from fvcore
     show_rows: int = 60  # rows of the per-layer table printed in the terminal
     show_depth: int = 2  # depth of the module rollup (tree, rollup.csv, W&B table)
+    roofline: str | None = None  # a device of devices.DEVICES: roofline.png, results roofline
 
     def __post_init__(self) -> None:
         require(isinstance(self.model, Mapping) and isinstance(self.model.get("builder"),
@@ -71,6 +72,10 @@ class OpcountSettings:
             from dnnlab.opcount.zoo import make_inputs
 
             make_inputs(self.inputs)  # checks every spec (one line naming the key)
+        from dnnlab.opcount.devices import DEVICES
+
+        require(self.roofline is None or self.roofline in DEVICES, "roofline", self.roofline,
+                f"expected one of {', '.join(DEVICES)}")
         require(self.show_rows >= 0, "show_rows", self.show_rows, "must be >= 0")
         require(isinstance(self.show_depth, int) and not isinstance(self.show_depth, bool)
                 and self.show_depth >= 0, "show_depth", self.show_depth, "must be an int >= 0")

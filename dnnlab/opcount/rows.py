@@ -45,6 +45,7 @@ class LayerRow:
     read_bytes: int = 0  # the forward's distinct input tensors, at their dtypes (traffic.py)
     write_bytes: int = 0  # its outputs
     bwd_bytes: int = 0  # the backward's: output gradient + saved inputs read, input grads
+    dtype: str = ""  # the dtype of the call's first floating-point input ("float16", ...)
 
     @property
     def flops(self) -> int:

@@ -49,3 +49,5 @@ def fill_rows(rows: list, inputs: Any, outputs: Any) -> None:
     row = rows[0]
     row.read_bytes, row.write_bytes = read, write
     row.bwd_bytes = bwd if row.bwd_macs else 0
+    floats = [t for t in _distinct(inputs) if t.is_floating_point()]
+    row.dtype = str(floats[0].dtype).replace("torch.", "") if floats else ""

@@ -103,3 +103,18 @@ def test_opcount_huge_input_ends_and_does_not_say_reconciled(pipeline, tmp_path,
     assert res["failed_checks"] == [] and res["params"]["total"] == 11_689_512
     skip = [ln for ln in proc.stdout.splitlines() if "fvcore skipped" in ln]
     assert len(skip) == 1 and "reconcile_max_gb=4" in skip[0], proc.stdout[-2000:]
+
+
+def test_opcount_roofline_plot_and_bad_device(pipeline, tmp_path):
+    out = tmp_path / "roof"
+    proc = pipeline("opcount", "model=lenet5", "reconcile=false", "roofline=a100-80gb",
+                    f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    roof = res["roofline"]
+    assert roof["device"] == "a100-80gb" and roof["peak_flops"]["bf16-fp16"] == 312e12
+    assert roof["seconds"] > 0 and roof["memory_bound"] > 0
+    assert (out / "roofline.png").stat().st_size > 1000
+    bad = pipeline("opcount", "model=lenet5", "roofline=tpu9", f"hydra.run.dir={tmp_path / 'b'}")
+    lines = [ln for ln in bad.stderr.strip().splitlines() if ln.strip()]
+    assert bad.returncode != 0 and len(lines) == 1 and "roofline" in lines[0] and "tpu9" in lines[0]
