@@ -6,7 +6,8 @@
     python -m pipelines.opcount model=timm model.name=deit_tiny_patch16_224 unit=FLOPs
     python -m pipelines.opcount model=hf_bert        # token ids: the config's `inputs`
 
-Writes results.json, results.csv (one row per op), layers.csv, totals.csv and per_layer.png
+Writes results.json, results.csv (one row per op), layers.csv, totals.csv, rollup.csv
+(per module subtree to `show_depth`) and per_layer.png
 into the run dir, and the same to W&B (the tables as wandb.Tables, totals in the summary).
 The count runs in `prepare`: a config it refuses leaves no run dir and no W&B run.
 """
@@ -22,7 +23,9 @@ from dnnlab.config import register
 from dnnlab.errors import ConfigError, DnnlabError
 from dnnlab.models import build_model
 from dnnlab.opcount.experiment import OpcountResult, OpcountSettings, run
-from dnnlab.opcount.plots import plot_per_layer
+from dnnlab.opcount.plots import plot_per_layer, plot_roofline
+from dnnlab.opcount.rollup import rollup_tree
+from dnnlab.opcount.roofline import roofline
 from dnnlab.opcount.zoo import default_input_shape, make_inputs
 from dnnlab.runtime import Run, run_job
 
@@ -50,7 +53,7 @@ def prepare(settings: OpcountSettings, cfg: DictConfig, run_dir) -> Counted:
                                   "(give input_shape=[...] or inputs)")
         result = run(model, shape, inputs=inputs, name=settings.name, count=settings.count,
                      training=settings.training, reconcile_counts=settings.reconcile,
-                     unit=settings.unit)
+                     unit=settings.unit, reconcile_max_gb=settings.reconcile_max_gb)
     return Counted(settings, result)
 
 
@@ -58,14 +61,21 @@ def job(counted: Counted, run: Run) -> dict:
     settings, result, tr = counted.settings, counted.result, run.tracker
     run.results.update(**result.to_dict())
     result.report.to_csv(run.dir / "results.csv")
-    for table in result.tables():
+    for table in [*result.tables(), result.rollup_table(settings.show_depth)]:
         tr.table(table)
+    console.print(rollup_tree(result.report.rollup(settings.show_depth), "per module"))
     console.print(result.per_layer_table().to_rich(max_rows=settings.show_rows))
     console.print(result.totals_table().to_rich())
     if result.flop_counter_line():
         console.print(result.flop_counter_line(), highlight=False)
     console.print(result.mode_line(), highlight=False)
     tr.image("per_layer", plot_per_layer(result, run.dir / "per_layer.png"))
+    if settings.roofline:
+        roof = roofline(result.report, settings.roofline)
+        run.results.update(roofline=roof.summary())
+        console.print(f"roofline on {settings.roofline}: {roof.seconds:.3e} s", highlight=False)
+        tr.image("roofline", plot_roofline(roof, run.dir / "roofline.png",
+                                           f"{settings.name} on {settings.roofline}"))
     tr.summary(**result.summary())
     console.print(f"results: {run.results.path}")
     bad = result.mismatches(strict=True)

@@ -35,7 +35,9 @@ from torch.overrides import TorchFunctionMode
 from dnnlab.errors import ShapeError, first_line
 from dnnlab.opcount import registry
 from dnnlab.opcount.handlers import count_smooth_max_module
+from dnnlab.opcount.params import buffer_counts, module_params, param_counts
 from dnnlab.opcount.rows import LayerRow, OpReport
+from dnnlab.opcount.traffic import fill_rows
 
 _Tensor = torch.Tensor
 
@@ -62,7 +64,10 @@ class _ModuleStack:
         if getattr(module, "dnnlab_family", None):
             self.opaque -= 1
             if self.opaque == 0 and self.mode is not None:
+                first = len(self.mode.rows)
                 count_smooth_max_module(self.mode, module, args[0], out)
+                fill_rows(self.mode.rows[first:], [*tensors_of(args), *module.parameters()],
+                          tensors_of(out))
         if self.stack and self.stack[-1][0] is module:
             self.stack.pop()
 
@@ -129,7 +134,9 @@ class _CountMode(TorchFunctionMode):
             pre(self, args, kwargs)
         short = registry.SHORTCUTS.get(name) if self.meta else None
         out = short(args, kwargs) if short is not None else func(*args, **kwargs)
+        first = len(self.rows)
         handler(self, name, args, kwargs, out)
+        fill_rows(self.rows[first:], tensors_of((args, kwargs)), tensors_of(out))
         return out
 
 
@@ -208,6 +215,22 @@ def _swap_state(model: torch.nn.Module, make: Callable[[_Tensor], _Tensor]) -> N
 
 def _meta_like(t: _Tensor) -> _Tensor:
     return torch.empty_like(t, device="meta")
+
+
+def _meta_input(t: _Tensor) -> _Tensor:
+    """A meta stand-in for an input that keeps its `requires_grad`: an input that needs its
+    gradient (saliency maps, adversarial examples) gets its input gradient counted."""
+    out = _meta_like(t)
+    return out.requires_grad_(True) if t.requires_grad and out.is_floating_point() else out
+
+
+def _float_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 if none): the
+    `input_shape` input is made in it, so a bf16 model is counted in bf16."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 def _has_meta(model: torch.nn.Module) -> bool:
@@ -302,14 +325,19 @@ def _needs_values(err: BaseException) -> bool:
 
 # -- the count ---------------------------------------------------------------------------------
 
-def _run(model, args, kwargs, names, count_bias, training, meta):
-    """One counted forward (meta or CPU); the model is restored by the caller's guard."""
+def _run(model, args, kwargs, names, count_bias, training, meta, dtype=None):
+    """One counted forward (meta or CPU); the model is restored by the caller's guard.
+    `dtype`: the floating-point weights are counted in it (None: as they are)."""
     rows: list = []
     modules = _ModuleStack(names)
     mode = _CountMode(modules, rows, count_bias, meta)
     model.train(training)
-    _swap_state(model, _meta_like if meta else _cpu_like)
-    conv = _meta_like if meta else _cpu_real
+    make = _meta_like if meta else _cpu_like
+    if dtype is not None:
+        _swap_state(model, lambda t: make(t).to(dtype) if t.is_floating_point() else make(t))
+    else:
+        _swap_state(model, make)
+    conv = _meta_input if meta else _cpu_real
     args, kwargs = _map(args, conv), _map(kwargs, conv)
     try:
         with mode:
@@ -332,7 +360,7 @@ def _cpu_real(t: _Tensor) -> _Tensor:
 
 def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
               inputs: Any = None, count_bias: bool = True, name: str | None = None,
-              dtype: torch.dtype = torch.float32, training: bool = False,
+              dtype: torch.dtype | None = None, training: bool = False,
               device: str = "auto") -> OpReport:
     """Count the multiplications, additions and MACs of every op of `model` on its input.
 
@@ -353,7 +381,7 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
     """
     if device not in ("auto", "meta", "cpu"):
         raise ValueError(f"device must be 'auto', 'meta' or 'cpu', got {device!r}")
-    args, kwargs = call_args(input_shape, inputs, dtype)
+    args, kwargs = call_args(input_shape, inputs, dtype or _float_dtype(model))
     shape = ([int(s) for s in input_shape] if inputs is None else
              list(tensors_of((args, kwargs))[0].shape) if tensors_of((args, kwargs)) else [])
     names = {id(m): n for n, m in model.named_modules()}  # the first path, as fvcore
@@ -362,7 +390,7 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
     try:
         try:
             rows, not_counted = _run(model, args, kwargs, names, count_bias, training,
-                                     meta=mode == "meta")
+                                     meta=mode == "meta", dtype=dtype)
         except ShapeError:
             raise
         except Exception as err:  # noqa: BLE001
@@ -371,7 +399,7 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
             guard.restore()
             mode, reason = "cpu", f"cannot run on meta: {first_line(err)}"
             rows, not_counted = _run(model, args, kwargs, names, count_bias, training,
-                                     meta=False)
+                                     meta=False, dtype=dtype)
     except ShapeError:
         raise
     except Exception as err:  # noqa: BLE001 - one line naming the layer
@@ -385,7 +413,9 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
         guard.restore()
     return OpReport(name or type(model).__name__, shape, rows, count_bias, training,
                     inputs=describe(args, kwargs), mode=mode, mode_reason=reason,
-                    not_counted=not_counted)
+                    not_counted=not_counted, params=param_counts(model),
+                    buffers=buffer_counts(model), module_params=module_params(model),
+                    module_types={n: type(m).__name__ for n, m in model.named_modules()})
 
 
 def meta_state(model: torch.nn.Module) -> dict:
@@ -423,5 +453,5 @@ class swapped:  # noqa: N801 - a context manager, used like a function
 
 def as_inputs(args: tuple, kwargs: dict, meta: bool) -> tuple[tuple, dict]:
     """The call's tensors as meta tensors (meta=True) or real CPU tensors (zeros for meta)."""
-    conv = _meta_like if meta else _cpu_real
+    conv = _meta_input if meta else _cpu_real
     return _map(args, conv), _map(kwargs, conv)

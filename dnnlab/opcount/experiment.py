@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from dnnlab.errors import require
-from dnnlab.opcount.counter import count_ops
+from dnnlab.opcount.counter import _map, call_args, count_ops
 from dnnlab.opcount.reconcile import STRICT, Reconciliation, reconcile
 from dnnlab.opcount.rows import MAC_FAMILIES, OpReport
 from dnnlab.table import Table
@@ -31,6 +31,7 @@ class CountSettings:
 
     backward: bool = True  # also the backward of a training step (checked with FlopCounterMode)
     bias: bool = True  # the bias add in `adds` (the convention of docs/math.md (2): adds = mults)
+    input_grad: bool = False  # the input requires grad: its gradient is counted in backward
 
 
 @dataclass
@@ -45,8 +46,11 @@ class OpcountSettings:
     count: CountSettings = field(default_factory=CountSettings)
     training: bool = False  # count in train mode (auxiliary heads run); default eval, as fvcore
     reconcile: bool = True  # compare with fvcore (needs real CPU weights: built on demand)
+    reconcile_max_gb: float = 4.0  # skip a check on real CPU tensors estimated above this
     fail_on_mismatch: bool = False  # a job error when conv/linear differ from fvcore
     show_rows: int = 60  # rows of the per-layer table printed in the terminal
+    show_depth: int = 2  # depth of the module rollup (tree, rollup.csv, W&B table)
+    roofline: str | None = None  # a device of devices.DEVICES: roofline.png, results roofline
 
     def __post_init__(self) -> None:
         require(isinstance(self.model, Mapping) and isinstance(self.model.get("builder"),
@@ -68,7 +72,16 @@ class OpcountSettings:
             from dnnlab.opcount.zoo import make_inputs
 
             make_inputs(self.inputs)  # checks every spec (one line naming the key)
+        from dnnlab.opcount.devices import DEVICES
+
+        require(self.roofline is None or self.roofline in DEVICES, "roofline", self.roofline,
+                f"expected one of {', '.join(DEVICES)}")
         require(self.show_rows >= 0, "show_rows", self.show_rows, "must be >= 0")
+        require(isinstance(self.show_depth, int) and not isinstance(self.show_depth, bool)
+                and self.show_depth >= 0, "show_depth", self.show_depth, "must be an int >= 0")
+        require(isinstance(self.reconcile_max_gb, (int, float)) and not isinstance(
+            self.reconcile_max_gb, bool) and self.reconcile_max_gb > 0, "reconcile_max_gb",
+            self.reconcile_max_gb, "must be a number of GB > 0")
 
     @property
     def name(self) -> str:
@@ -95,7 +108,7 @@ class OpcountResult:
 
     @property
     def reconciled(self) -> bool | None:
-        return None if self.reconciliation is None else bool(self.reconciliation.reconciled)
+        return None if self.reconciliation is None else self.reconciliation.reconciled
 
     def layers(self) -> list[dict]:
         """One dict per counted op, with fvcore's count of its (module, family) and `match`."""
@@ -109,6 +122,8 @@ class OpcountResult:
                 "path": row.path, "type": row.module_type, "op": row.op, "family": row.family,
                 "in_shape": row.in_shape, "out_shape": row.out_shape, "mults": row.mults,
                 "adds": row.adds, "macs": row.macs, "bwd_macs": row.bwd_macs,
+                "read_bytes": row.read_bytes, "write_bytes": row.write_bytes,
+                "bwd_bytes": row.bwd_bytes, "intensity": row.intensity,
                 "fvcore": None if c is None else c.fvcore,
                 "match": None if c is None else c.match,
                 "why": "" if c is None else c.why})
@@ -148,8 +163,10 @@ class OpcountResult:
             "inputs": self.report.inputs, "mode": self.report.mode,
             "mode_reason": self.report.mode_reason,
             "not_counted": {k: list(v) for k, v in self.report.not_counted.items()},
+            "params": dict(self.report.params), "buffers": dict(self.report.buffers),
             "fvcore_error": None if rec is None else rec.fvcore_error,
             "failed_checks": None if rec is None else rec.failed,
+            "skipped_checks": None if rec is None else rec.skipped,
             "count_bias": self.report.count_bias, "layers": self.layers(),
             "totals": self.totals(),
             "backward_totals": self.report.totals(backward=True) if self.backward else None,
@@ -163,7 +180,9 @@ class OpcountResult:
         totals = self.totals()
         return {**{f"macs/{k}": v["analytic"] for k, v in totals.items()},
                 **{f"fvcore/{k}": v["fvcore"] for k, v in totals.items()
-                   if v["fvcore"] is not None}, "reconciled": self.reconciled}
+                   if v["fvcore"] is not None}, "reconciled": self.reconciled,
+                "params/total": self.report.params.get("total"),
+                "params/trainable": self.report.params.get("trainable")}
 
     def tables(self) -> list[Table]:
         """`layers` (every counted op: layers.csv, the W&B table) and `totals` (per family)."""
@@ -172,6 +191,14 @@ class OpcountResult:
         layers = Table("layers", cols, [[r[c] for c in cols] for r in self.layers()],
                        title=f"{self.model} {self.input_shape}: per op")
         return [layers, self.totals_table()]
+
+    def rollup_table(self, depth: int) -> Table:
+        """The module rollup to `depth` (rollup.csv, the W&B table)."""
+        cols = ["path", "depth", "type", "params", "macs", "bwd_macs", "bytes", "share"]
+        rows = [[r.path or "<model>", r.depth, r.module_type, r.params, r.macs, r.bwd_macs,
+                 r.bytes, r.share] for r in self.report.rollup(depth)]
+        return Table("rollup", cols, rows, title=f"{self.model}: per module to depth {depth}",
+                     formats={c: "{:,}" for c in ("params", "macs", "bwd_macs", "bytes")})
 
     def totals_table(self) -> Table:
         """MACs per family, dnnlab and fvcore."""
@@ -199,6 +226,8 @@ class OpcountResult:
         fc = None if self.reconciliation is None else self.reconciliation.flop_counter
         if not fc:
             return ""
+        if "device" not in fc:  # not run
+            return fc["why"]
         bwd = (f", backward {fc['backward_flops_analytic']:,} / "
                f"{fc['backward_flops_torch']:,}" if "backward_flops_torch" in fc else "")
         return (f"vs torch FlopCounterMode on {fc['device']}: forward "
@@ -210,18 +239,36 @@ class OpcountResult:
         r = self.report
         lines = [f"counted on {r.mode}" + (f" ({r.mode_reason})" if r.mode_reason else "")
                  + f"; inputs: {r.inputs}"]
+        if r.params:
+            lines.append(f"parameters: {r.params['total']:,} ({r.params['trainable']:,} "
+                         f"trainable); buffers: {r.buffers.get('total', 0):,} elements")
         if r.not_counted:
             lines.append("not counted (no rule): " + ", ".join(
                 f"{op} ({', '.join(p)})" for op, p in r.not_counted.items()))
-        if self.reconciliation is not None and self.reconciliation.fvcore_error:
-            lines.append(f"fvcore could not count it: {self.reconciliation.fvcore_error}")
+        if self.reconciliation is not None:
+            lines.extend(self.reconciliation.skip_reasons)
         return "\n".join(lines)
+
+
+def _requiring_grad(shape: list | None, inputs: Any) -> Any:
+    """The inputs with every floating-point tensor requiring grad (meta: shapes only)."""
+    args, kwargs = call_args(shape, inputs)
+
+    def need(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_floating_point():
+            return t
+        return torch.empty_like(t, device="meta").requires_grad_(True)
+
+    args, kwargs = _map(args, need), _map(kwargs, need)
+    if kwargs:
+        return kwargs
+    return args[0] if len(args) == 1 else args
 
 
 def run(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
         inputs: Any = None, name: str | None = None, count: CountSettings | None = None,
         training: bool = False, reconcile_counts: bool = True,
-        unit: str = "MACs") -> OpcountResult:
+        unit: str = "MACs", reconcile_max_gb: float = 4.0) -> OpcountResult:
     """Count `model` on `input_shape` and, with `reconcile_counts`, compare with fvcore (and,
     with `count.backward`, a training step with FlopCounterMode).
 
@@ -234,10 +281,12 @@ def run(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
     require(unit in UNITS, "unit", unit, "expected MACs or FLOPs")
     count = count or CountSettings()
     shape = None if input_shape is None else [int(s) for s in input_shape]
+    if count.input_grad:
+        inputs, shape = _requiring_grad(shape, inputs), None
     report = count_ops(model, shape, inputs=inputs, count_bias=count.bias, name=name,
                        training=training)
     rec = None
     if reconcile_counts:
         rec = reconcile(materialize(model), shape, inputs=inputs, report=report,
-                        backward=count.backward)
+                        backward=count.backward, max_gb=reconcile_max_gb)
     return OpcountResult(report, rec, count.backward, unit)

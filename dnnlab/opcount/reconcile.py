@@ -20,6 +20,7 @@ import torch
 
 from dnnlab.errors import first_line
 from dnnlab.opcount.counter import as_inputs, call_args, count_ops, swapped, tensors_of
+from dnnlab.opcount.memory import over_budget
 from dnnlab.opcount.rows import MAC_FAMILIES, OpReport
 
 FVCORE_FAMILY = {
@@ -67,15 +68,20 @@ class Reconciliation:
     report: OpReport
     rows: list  # list[Comparison], per module and family
     totals: dict  # family -> {"analytic": int, "fvcore": int}
-    reconciled: bool  # both checks passed: fvcore (conv/linear) and FlopCounterMode (products)
+    # True: every check ran and agreed; False: one failed (`failed`); None: none failed but
+    # one did not run (`skipped`, with `skip_reasons`)
+    reconciled: bool | None
     flop_counter: dict = field(default_factory=dict)  # forward (+backward) vs FlopCounterMode
     failed: list = field(default_factory=list)  # the checks that failed: "fvcore", "flop_counter"
     fvcore_error: str = ""  # why fvcore could not count the model ("" when it did)
+    skipped: list = field(default_factory=list)  # the checks that did not run
+    skip_reasons: list = field(default_factory=list)  # one line each
 
     def to_dict(self) -> dict:
         return {"rows": [asdict(r) for r in self.rows], "totals": self.totals,
                 "reconciled": self.reconciled, "failed": self.failed,
-                "fvcore_error": self.fvcore_error, "flop_counter": self.flop_counter}
+                "fvcore_error": self.fvcore_error, "flop_counter": self.flop_counter,
+                "skipped": self.skipped, "skip_reasons": self.skip_reasons}
 
 
 def _fvcore_args(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple:
@@ -254,21 +260,27 @@ def _fvcore_rows(report: OpReport, theirs: dict) -> tuple[list, dict, bool]:
 
 def reconcile(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
               inputs=None, count_bias: bool = True, backward: bool = True,
-              report: OpReport | None = None) -> Reconciliation:
+              report: OpReport | None = None, max_gb: float = 4.0) -> Reconciliation:
     """Compare dnnlab's counts with fvcore's layer by layer and family by family, and the
     product families with FlopCounterMode's (forward, and with `backward` a training step).
 
-    `reconciled` is True only when conv/linear equal fvcore's (where fvcore can trace the
-    model: it cannot when the output is a dict, say) AND the product families equal
-    FlopCounterMode's; `failed` names the checks that did not pass, `fvcore_error` why fvcore
-    did not run. Every row that differs says why. The model is left as it was.
+    `reconciled` is True only when every check ran and agreed: conv/linear equal fvcore's AND
+    the product families equal FlopCounterMode's. It is False when a check disagreed (`failed`
+    names it) and None when none disagreed but one did not run (`skipped`, `skip_reasons`):
+    fvcore cannot trace the model (`fvcore_error`: a dict output, an allocation that fails), or
+    a check on real CPU tensors would need more than `max_gb` GB (estimated from the meta count
+    before it runs, `memory.real_run_bytes`). Every row that differs says why. The model is
+    left as it was.
     """
     report = report or count_ops(model, input_shape, inputs=inputs, count_bias=count_bias)
-    fv_error = ""
-    try:
-        theirs_raw = fvcore_counts(model, input_shape, inputs=inputs)
-    except Exception as err:  # noqa: BLE001 - fvcore cannot trace every model: say why
-        theirs_raw, fv_error = {}, first_line(err)
+    skipped, reasons = [], []
+    fv_error = over_budget(report, max_gb, "fvcore")
+    theirs_raw: dict = {}
+    if not fv_error:
+        try:
+            theirs_raw = fvcore_counts(model, input_shape, inputs=inputs)
+        except Exception as err:  # noqa: BLE001 - fvcore cannot trace every model: say why
+            fv_error = first_line(err)
     theirs: dict = defaultdict(lambda: defaultdict(int))
     for path, ops in theirs_raw.items():
         for op, v in ops.items():
@@ -276,8 +288,19 @@ def reconcile(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
     if fv_error:
         rows, totals, fv_ok = [], {f: {"analytic": v, "fvcore": None} for f, v in
                                    report.totals().items() if f in MAC_FAMILIES}, True
+        skipped.append("fvcore")
+        reasons.append(fv_error if fv_error.startswith("fvcore skipped")
+                       else f"fvcore did not run: {fv_error}")
     else:
         rows, totals, fv_ok = _fvcore_rows(report, theirs)
-    fc = flop_counter_check(model, input_shape, report, inputs=inputs, backward=backward)
-    failed = ([] if fv_ok else ["fvcore"]) + ([] if fc["match"] else ["flop_counter"])
-    return Reconciliation(report, rows, totals, not failed, fc, failed, fv_error)
+    fc_skip = over_budget(report, max_gb, "flop_counter") if report.mode == "cpu" else ""
+    if fc_skip:
+        fc = {"match": None, "why": fc_skip}
+        skipped.append("flop_counter")
+        reasons.append(fc_skip)
+    else:
+        fc = flop_counter_check(model, input_shape, report, inputs=inputs, backward=backward)
+    failed = ([] if fv_ok else ["fvcore"]) + ([] if fc["match"] in (True, None)
+                                              else ["flop_counter"])
+    verdict = False if failed else (None if skipped else True)
+    return Reconciliation(report, rows, totals, verdict, fc, failed, fv_error, skipped, reasons)

@@ -42,6 +42,21 @@ class LayerRow:
     bias_adds: int = 0
     other: int = 0  # comparisons, exp, ... (non-MAC families only)
     extra: dict = field(default_factory=dict)
+    read_bytes: int = 0  # the forward's distinct input tensors, at their dtypes (traffic.py)
+    write_bytes: int = 0  # its outputs
+    bwd_bytes: int = 0  # the backward's: output gradient + saved inputs read, input grads
+    dtype: str = ""  # the dtype of the call's first floating-point input ("float16", ...)
+
+    @property
+    def flops(self) -> int:
+        """FLOPs: 2 per MAC for the MAC families, the elementary operations otherwise."""
+        return 2 * self.macs if self.family in MAC_FAMILIES else self.macs
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity: forward FLOPs per byte moved (0 when nothing is moved)."""
+        moved = self.read_bytes + self.write_bytes
+        return self.flops / moved if moved else 0.0
 
 
 @dataclass
@@ -57,6 +72,10 @@ class OpReport:
     mode: str = "meta"  # "meta" (shapes only) or "cpu" (real tensors: data-dependent shapes)
     mode_reason: str = ""  # why the count ran on CPU
     not_counted: dict = field(default_factory=dict)  # op -> module paths: computes, no handler
+    params: dict = field(default_factory=dict)  # {"total", "trainable"}: distinct tensors once
+    buffers: dict = field(default_factory=dict)  # {"total", "tensors"}: not parameters
+    module_params: dict = field(default_factory=dict)  # {path: params of its subtree}
+    module_types: dict = field(default_factory=dict)  # {path: class name}
 
     def totals(self, backward: bool = False) -> dict:
         """MACs per operator family (always has the MAC families' keys, `conv` and `linear`).
@@ -77,6 +96,19 @@ class OpReport:
         t = self.totals(backward)
         return sum(t[f] for f in MAC_FAMILIES)
 
+    def total_bytes(self, backward: bool = False) -> int:
+        """Bytes read + written by every counted op (forward, or backward when asked)."""
+        if backward:
+            return sum(r.bwd_bytes for r in self.layers)
+        return sum(r.read_bytes + r.write_bytes for r in self.layers)
+
+    def rollup(self, depth: int) -> list:
+        """Per module subtree down to `depth`: params, MACs, backward MACs, bytes, share of
+        the total MACs (`rollup.RollupRow`)."""
+        from dnnlab.opcount.rollup import rollup
+
+        return rollup(self, depth)
+
     def by_module(self) -> dict:
         """{path: {family: macs}} summed over the ops run directly by each module."""
         out: dict = defaultdict(lambda: defaultdict(int))
@@ -94,9 +126,13 @@ class OpReport:
             "mode": self.mode,
             "mode_reason": self.mode_reason,
             "not_counted": {k: list(v) for k, v in self.not_counted.items()},
+            "params": dict(self.params),
+            "buffers": dict(self.buffers),
             "layers": [asdict(r) for r in self.layers],
             "totals": self.totals(),
             "backward_totals": self.totals(backward=True),
+            "total_bytes": self.total_bytes(),
+            "backward_bytes": self.total_bytes(backward=True),
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -107,7 +143,8 @@ class OpReport:
 
     def to_csv(self, path: str | Path) -> None:
         cols = ["path", "module_type", "op", "family", "in_shape", "out_shape",
-                "mults", "adds", "macs", "bwd_macs", "bias_adds", "other"]
+                "mults", "adds", "macs", "bwd_macs", "bias_adds", "other", "read_bytes",
+                "write_bytes", "bwd_bytes"]
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(cols)

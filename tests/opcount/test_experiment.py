@@ -12,7 +12,8 @@ from dnnlab.opcount.experiment import CountSettings, OpcountSettings, run
 
 KEYS = {"model", "input_shape", "unit", "inputs", "mode", "mode_reason", "not_counted",
         "fvcore_error", "failed_checks", "count_bias", "layers", "totals", "backward_totals",
-        "reconciled", "flop_counter", "mismatches"}
+        "reconciled", "flop_counter", "mismatches", "params", "buffers",
+        "skipped_checks"}
 LENET = {"name": "tiny", "input_shape": [2, 1, 8, 8], "builder": {
     "_target_": "dnnlab.models.build_layers", "layers": [
         {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3},
@@ -45,6 +46,7 @@ def test_run_counts_and_reconciles_a_small_network():
     result = run(tiny(), [2, 1, 8, 8], name="tiny")
     d = result.to_dict()
     assert set(d) == KEYS and d["model"] == "tiny" and d["input_shape"] == [2, 1, 8, 8]
+    assert d["params"]["total"] == 4 * 9 + 4 + 144 * 10 + 10 and d["buffers"]["total"] == 0
     conv = 2 * 4 * 6 * 6 * (1 * 3 * 3)  # docs/math.md (2): outputs x C_in k^2
     linear = 2 * 144 * 10
     assert d["totals"]["conv"] == {"analytic": conv, "fvcore": conv}
@@ -92,3 +94,13 @@ def test_training_mode_is_passed_on():
     result = run(model, [1, 1, 5, 5], training=True, reconcile_counts=False)
     assert result.report.training is True
     assert not any(m.training for m in model.modules())  # its mode is restored
+
+
+def test_run_with_input_grad_counts_the_first_layers_input_gradient():
+    macs = 2 * 4 * 6 * 6 * 9
+    for grad, first in ((False, macs), (True, 2 * macs)):
+        d = run(tiny(), [2, 1, 8, 8], count=CountSettings(input_grad=grad),
+                reconcile_counts=True).to_dict()
+        assert d["layers"][0]["bwd_macs"] == first and d["backward_totals"]["conv"] == first
+        assert d["input_shape"] == [2, 1, 8, 8] and d["reconciled"] is True
+        assert d["flop_counter"]["backward_match"] is True

@@ -21,6 +21,11 @@ def test_opcount_alexnet_end_to_end(pipeline, tmp_path):
     assert (out / "results.csv").read_text().startswith("path,")
     assert (out / "layers.csv").read_text().startswith("path,type,op,family")
     assert (out / "per_layer.png").stat().st_size > 1000
+    rollup = (out / "rollup.csv").read_text().splitlines()
+    assert rollup[0] == "path,depth,type,params,macs,bwd_macs,bytes,share"
+    assert rollup[1].startswith("<model>,0,AlexNet,61100840,714188480,")
+    assert res["params"] == {"total": 61_100_840, "trainable": 61_100_840}
+    assert "features (Sequential): params 2,469,696" in proc.stdout
     assert "655,566,528" in proc.stdout and "58,621,952" in proc.stdout
     (run,) = find_runs(out)
     w = summarize(run)
@@ -29,6 +34,8 @@ def test_opcount_alexnet_end_to_end(pipeline, tmp_path):
     assert w["summary"]["macs/conv"] == 655_566_528 and w["summary"]["fvcore/linear"] == 58_621_952
     assert w["summary"]["reconciled"] is True
     assert any("layers/_type" in h for h in w["history"])  # the wandb.Table
+    assert any("rollup/_type" in h for h in w["history"])
+    assert w["summary"]["params/total"] == 61_100_840
 
 
 @pytest.mark.parametrize("override,status,words", [
@@ -81,3 +88,33 @@ def test_wandb_online_without_account_falls_back_to_offline(tmp_path, monkeypatc
     (run,) = find_runs(out)
     assert summarize(run)["summary"]["macs/conv"] > 0
     assert json.loads((out / "results.json").read_text())["model"] == "lenet5"
+
+
+@pytest.mark.parametrize("side", [8000, 100000])
+def test_opcount_huge_input_ends_and_does_not_say_reconciled(pipeline, tmp_path, side):
+    """resnet18 at 8000^2 was killed for memory (exit 137) and at 100000^2 said reconciled:
+    now fvcore is skipped with one line, and results.json says reconciled null."""
+    out = tmp_path / "huge"
+    proc = pipeline("opcount", "model=resnet18", f"input_shape=[1,3,{side},{side}]",
+                    f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["reconciled"] is None and res["skipped_checks"] == ["fvcore"]
+    assert res["failed_checks"] == [] and res["params"]["total"] == 11_689_512
+    skip = [ln for ln in proc.stdout.splitlines() if "fvcore skipped" in ln]
+    assert len(skip) == 1 and "reconcile_max_gb=4" in skip[0], proc.stdout[-2000:]
+
+
+def test_opcount_roofline_plot_and_bad_device(pipeline, tmp_path):
+    out = tmp_path / "roof"
+    proc = pipeline("opcount", "model=lenet5", "reconcile=false", "roofline=a100-80gb",
+                    f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    roof = res["roofline"]
+    assert roof["device"] == "a100-80gb" and roof["peak_flops"]["bf16-fp16"] == 312e12
+    assert roof["seconds"] > 0 and roof["memory_bound"] > 0
+    assert (out / "roofline.png").stat().st_size > 1000
+    bad = pipeline("opcount", "model=lenet5", "roofline=tpu9", f"hydra.run.dir={tmp_path / 'b'}")
+    lines = [ln for ln in bad.stderr.strip().splitlines() if ln.strip()]
+    assert bad.returncode != 0 and len(lines) == 1 and "roofline" in lines[0] and "tpu9" in lines[0]

@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 from dnnlab.opcount import count_ops, reconcile, torchvision_input_shape
+from tests.opcount.test_params import published_params
 
 
 def test_matmul_bmm_einsum_against_fvcore():
@@ -47,6 +48,7 @@ def _check_classifier(name: str, backward: bool) -> None:
     model = build_meta(lambda: torchvision.models.get_model(name))
     shape = torchvision_input_shape(name, model)
     report = count_ops(model, shape)
+    assert report.params["total"] == published_params(name, model), name
     model = materialize(model)
     rec = reconcile(model, shape, report=report, backward=backward)
     bad = [r for r in rec.rows if r.family in ("conv", "linear") and not r.match]
@@ -69,3 +71,72 @@ def test_fvcore_agreement_on_every_classifier(name):
     _check_classifier(name, backward=True)
 
 
+
+
+def test_input_gradient_counted_when_the_input_requires_grad():
+    """resnet18 with an input that requires grad: the first conv's input gradient is counted,
+    and forward + backward equal FlopCounterMode's exactly (a training step on meta)."""
+    model = torchvision.models.resnet18()
+    plain = count_ops(model, [2, 3, 64, 64])
+    x = torch.empty(2, 3, 64, 64, device="meta", requires_grad=True)
+    report = count_ops(model, inputs=x)
+    first = report.layers[0]
+    assert first.bwd_macs == 2 * first.macs and plain.layers[0].bwd_macs == first.macs
+    assert report.total_macs(backward=True) == plain.total_macs(backward=True) + first.macs
+    fc = reconcile(model, inputs=x, report=report).flop_counter
+    assert fc["match"] and fc["backward_match"], fc
+    assert fc["backward_flops_torch"] == 2 * report.total_macs(backward=True)
+
+
+def test_input_gradient_follows_autograd_through_frozen_layers():
+    """A frozen conv before a trainable one: no gradient reaches the frozen conv's input unless
+    the input requires grad; then both convs get an input gradient and only the second a
+    weight gradient, as autograd computes (checked with FlopCounterMode)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    model[0].requires_grad_(False)
+    for grad in (False, True):
+        x = torch.empty(1, 3, 16, 16, device="meta", requires_grad=grad)
+        report = count_ops(model, inputs=x)
+        a, b = report.layers[0], report.layers[-1]
+        assert (a.bwd_macs, b.bwd_macs) == ((a.macs, 2 * b.macs) if grad else (0, b.macs))
+        fc = reconcile(model, inputs=x, report=report).flop_counter
+        assert fc["backward_match"] and fc["backward_flops_torch"] == 2 * (
+            a.bwd_macs + b.bwd_macs), fc
+
+
+def test_reconcile_skips_fvcore_above_the_memory_budget():
+    """resnet18 at 8000 x 8000: fvcore on real tensors would need ~20 GB (it used to be killed):
+    estimated from the meta count, it is skipped with one line; FlopCounterMode runs on meta.
+    `reconciled` is None (a check did not run), not True."""
+    from dnnlab.opcount.memory import GB, real_run_bytes
+
+    model = torchvision.models.resnet18()
+    report = count_ops(model, [1, 3, 8000, 8000])
+    assert real_run_bytes(report) > 4 * GB
+    rec = reconcile(model, [1, 3, 8000, 8000], report=report, max_gb=4)
+    assert rec.reconciled is None and rec.skipped == ["fvcore"] and rec.failed == []
+    (line,) = rec.skip_reasons
+    assert line.startswith("fvcore skipped") and "reconcile_max_gb=4" in line
+    assert rec.flop_counter["match"] is True and rec.flop_counter["device"] == "meta"
+    small = reconcile(model, [1, 3, 64, 64])  # under the budget: every check runs
+    assert small.reconciled is True and small.skipped == []
+
+
+def test_reconciled_is_never_true_when_fvcore_did_not_run():
+    """A model fvcore cannot trace (it takes positional inputs only, and the first is not
+    given): reconciled None, with why; a count that differs from fvcore: False, failed."""
+    class KeywordOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x=None, y=None):
+            return self.fc(y)
+
+    rec = reconcile(KeywordOnly(), inputs={"y": torch.zeros(2, 4)}, backward=False)
+    assert rec.reconciled is None and rec.skipped == ["fvcore"], (rec.fvcore_error, rec.failed)
+    assert rec.skip_reasons[0].startswith("fvcore did not run: ")
+    report = count_ops(nn.Linear(4, 3), [2, 4])
+    report.layers[0].macs += 1  # a count that disagrees
+    bad = reconcile(nn.Linear(4, 3), [2, 4], report=report, backward=False)
+    assert bad.reconciled is False and "fvcore" in bad.failed

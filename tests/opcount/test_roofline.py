@@ -1,0 +1,43 @@
+"""The roofline (devices.py, roofline.py): an fp16 4096^3 GEMM on a100-80gb is compute-bound
+at 2MNK / 312 TFLOP/s, an elementwise op memory-bound; the CPU calibrated and cached."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dnnlab.opcount import count_ops
+from dnnlab.opcount.devices import DATASHEETS, calibrate, device
+from dnnlab.opcount.roofline import roofline
+
+
+def test_fp16_gemm_on_a100_is_compute_bound_at_its_datasheet_peak():
+    n = 4096
+    model = nn.Linear(n, n, bias=False)
+    roof = roofline(count_ops(model, [n, n], dtype=torch.float16), "a100-80gb")
+    (row,) = roof.rows
+    assert row.bound == "compute" and row.flops == 2 * n ** 3
+    assert row.seconds == pytest.approx(2 * n ** 3 / 312e12, rel=1e-12)
+    assert row.bytes == 2 * 3 * n * n and roof.seconds == row.seconds
+    fp32 = roofline(count_ops(model, [n, n]), "a100-80gb").rows[0]
+    assert fp32.seconds == pytest.approx(2 * n ** 3 / 19.5e12)  # no tf32: CUDA cores
+    assert roofline(count_ops(model, [n, n]), "a100-80gb", tf32=True).rows[0].seconds == \
+        pytest.approx(2 * n ** 3 / 156e12)
+
+
+def test_elementwise_is_memory_bound_at_the_bandwidth():
+    n = 1 << 20
+    roof = roofline(count_ops(nn.ReLU(), [n]), "h100-sxm")
+    (row,) = roof.rows
+    assert row.bound == "memory" and row.bytes == 2 * 4 * n
+    assert row.seconds == pytest.approx(8 * n / 3.35e12)
+
+
+def test_devices_and_calibration():
+    assert set(DATASHEETS) == {"a100-80gb", "h100-sxm", "h200", "l4"}
+    assert DATASHEETS["h200"].bandwidth > DATASHEETS["h100-sxm"].bandwidth
+    cpu = calibrate(threads=1, n=256, copy_mb=16)
+    assert cpu is calibrate(threads=1, n=256, copy_mb=16)  # cached
+    assert 1e8 < cpu.peak["fp32"] < 1e13 and 1e8 < cpu.bandwidth < 1e12
+    with pytest.raises(ValueError, match="'tpu9'"):
+        device("tpu9")
