@@ -462,7 +462,10 @@ class SmoothMaxPool2d(_Temperature):
                 f"{self._name()}: expected a (B, C, H, W) input, got {tuple(x.shape)}")
         ks = self.kernel_size
         h, w = x.shape[2:]
-        wrapped = torch._C._functorch.is_functorch_wrapped_tensor(x)  # torch.func: generic path
+        # torch.func's wrapped tensors take the generic path (torch.compile's tracing never
+        # meets them, and must not call this private check: dynamo skips it)
+        wrapped = not torch.compiler.is_compiling() and \
+            torch._C._functorch.is_functorch_wrapped_tensor(x)
         if self.__dict__.get("_beta_float") == math.inf and self.ties == "shared" and not wrapped:
             # the common max-pooling case first, without the beta property's lookups: a fixed
             # scalar beta = inf (the attribute _Temperature._init_beta sets for one)
