@@ -41,3 +41,14 @@ def test_devices_and_calibration():
     assert 1e8 < cpu.peak["fp32"] < 1e13 and 1e8 < cpu.bandwidth < 1e12
     with pytest.raises(ValueError, match="'tpu9'"):
         device("tpu9")
+
+
+def test_roofline_plot_of_a_small_network(tmp_path):
+    from dnnlab.opcount.plots import plot_roofline
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 16 * 16, 10))
+    roof = roofline(count_ops(model, [2, 3, 16, 16]), "l4")
+    assert {r.bound for r in roof.rows} <= {"compute", "memory"} and roof.seconds > 0
+    png = plot_roofline(roof, tmp_path / "roofline.png", "small net on l4")
+    assert png.stat().st_size > 5000
