@@ -48,9 +48,12 @@ def _check_classifier(name: str, backward: bool) -> None:
     model = build_meta(lambda: torchvision.models.get_model(name))
     shape = torchvision_input_shape(name, model)
     report = count_ops(model, shape)
-    assert report.params["total"] == published_params(name, model), name
+    assert report.params["total"] == sum(p.numel() for p in model.parameters()), name
+    if name != "vit_h_14":  # published for its 518x518 weights: a longer pos_embedding
+        assert report.params["total"] == published_params(name, model), name
     model = materialize(model)
-    rec = reconcile(model, shape, report=report, backward=backward)
+    # every classifier's fvcore run, as before the memory budget (regnet_y_128gf needs ~5 GB)
+    rec = reconcile(model, shape, report=report, backward=backward, max_gb=16)
     bad = [r for r in rec.rows if r.family in ("conv", "linear") and not r.match]
     assert rec.reconciled and not bad, (name, bad[:3], rec.totals)
     assert rec.totals["conv"]["analytic"] == rec.totals["conv"]["fvcore"]
