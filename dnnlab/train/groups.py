@@ -33,14 +33,20 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def swept(jobs: list[dict]) -> list[str]:
-    """The keys whose override values differ between the jobs (or that some jobs lack)."""
+def override_values(jobs: list[dict]) -> dict[str, list[str]]:
+    """{key: [its override value in each job that sets it, in job order]}."""
     values: dict[str, list[str]] = {}
     for r in jobs:
         for o in r["overrides"]:
             key, _, value = str(o).partition("=")
             values.setdefault(key.lstrip("+~"), []).append(value)
-    return [k for k, v in values.items() if len(v) != len(jobs) or len(set(v)) > 1]
+    return values
+
+
+def swept(jobs: list[dict]) -> list[str]:
+    """The keys whose override values differ between the jobs (or that some jobs lack)."""
+    return [k for k, v in override_values(jobs).items()
+            if len(v) != len(jobs) or len(set(v)) > 1]
 
 
 def group_key(job: dict, keys: list[str]) -> dict[str, Any]:

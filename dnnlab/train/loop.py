@@ -172,8 +172,7 @@ def fit(model: torch.nn.Module, data: Batches, optimizer: torch.optim.Optimizer,
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA"
     trained = ddp if ddp is not None else model
     forward = torch.compile(trained) if settings.compile else trained
-    stepper = Stepper(forward, optimizer, settings, world, device, model.parameters(), ddp)
-    probe_stepper = Stepper(trained, optimizer, settings, world, device, model.parameters(), ddp)
+    stepper = Stepper(optimizer, settings, world, device, model.parameters(), ddp)
     compile_seconds, pool, epoch, cap = None, {}, start, None
     stopped_epoch = history[-1]["epoch"] if stopped(history, settings.early_stopping) else None
     try:
@@ -193,7 +192,7 @@ def fit(model: torch.nn.Module, data: Batches, optimizer: torch.optim.Optimizer,
                 cap = Capture(model) if k > 0 and step % k == 0 else None
                 graphs = graphs_compiled() if settings.compile and cap is None else None
                 t_step = time.perf_counter()
-                sums = (probe_stepper if cap is not None else stepper).step(group)
+                sums = stepper.step(group, trained if cap is not None else forward)
                 loss = sums["loss"] / sums["n"]  # the mean over the global batch
                 if not math.isfinite(loss):
                     last = _last(checkpoint) or "none (first epoch)"

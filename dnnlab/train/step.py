@@ -7,8 +7,8 @@ the number of ranks (DDP averages the gradients over them): the gradients add up
 the mean loss over the n samples, as one process with batch n computes them. So batch B/K x K
 gives batch B's step, and N processes give one process's.
 
-    stepper = Stepper(forward, optimizer, settings, world, device)
-    sums = stepper.step([(x1, y1), (x2, y2)])   # {"loss": summed CE, "correct", "n"} over ranks
+    stepper = Stepper(optimizer, settings, world, device, params)
+    sums = stepper.step([(x1, y1), (x2, y2)], forward)  # {"loss", "correct", "n"} over ranks
 """
 from __future__ import annotations
 
@@ -48,21 +48,21 @@ def groups(batches: Iterable, k: int) -> Iterator[list]:
 
 
 class Stepper:
-    """Makes the optimizer steps of a run (forward: the model as trained, maybe DDP-wrapped
-    or compiled; `ddp`: the DDP wrapper, for no_sync between micro-batches)."""
+    """Makes the optimizer steps of a run, with one GradScaler for all of them (`ddp`: the DDP
+    wrapper, for no_sync between micro-batches)."""
 
-    def __init__(self, forward: Callable, optimizer: torch.optim.Optimizer,
-                 settings: TrainerSettings, world: World, device: torch.device,
-                 params: Iterable[torch.nn.Parameter], ddp=None):
-        self.forward, self.optimizer, self.settings = forward, optimizer, settings
+    def __init__(self, optimizer: torch.optim.Optimizer, settings: TrainerSettings,
+                 world: World, device: torch.device, params: Iterable[torch.nn.Parameter],
+                 ddp=None):
+        self.optimizer, self.settings = optimizer, settings
         self.world, self.device, self.ddp = world, device, ddp
         self.params = list(params)
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
         autocast(settings.precision, device)  # refuse fp16 without CUDA before training
 
-    def step(self, group: list) -> dict:
-        """Train on one group of loader batches; the sums over every rank: loss (summed cross-
-        entropy), correct, n."""
+    def step(self, group: list, forward: Callable) -> dict:
+        """Train on one group of loader batches through `forward` (the model as trained: maybe
+        DDP-wrapped or compiled); the sums over every rank: loss (summed CE), correct, n."""
         n = sum(len(y) for _, y in group)
         opt, w = self.optimizer, self.world
         opt.zero_grad(set_to_none=True)
@@ -74,7 +74,7 @@ class Stepper:
             sync = self.ddp is None or j == len(group) - 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with autocast(self.settings.precision, self.device):
-                    out = self.forward(x)  # (b, num_classes)
+                    out = forward(x)  # (b, num_classes)
                 # the loss in float32 whatever the precision
                 part = F.cross_entropy(out.float(), y, reduction="sum")
                 self.scaler.scale(part * (w.size / n)).backward()

@@ -29,7 +29,7 @@ from dnnlab.settings import WandbConfig
 from dnnlab.sweep_dir import FAILED, job_dirs, read_overrides
 from dnnlab.table import Table
 from dnnlab.tracking import Tracker
-from dnnlab.train.groups import METRICS, compare_adjacent, group_jobs
+from dnnlab.train.groups import METRICS, compare_adjacent, group_jobs, override_values, swept
 from dnnlab.train.plots import plot_temperature_sweep
 
 COLUMNS = ["job", "beta", "log10_beta", "seed", "test_accuracy", "best_val_accuracy",
@@ -105,15 +105,10 @@ def swept_keys(jobs: list[dict]) -> dict[str, list]:
     """{key: [its value in each job, in job order]} for the overrides whose values differ
     between the jobs (the sweep's own keys), then {key: value} under "fixed" for those every
     job shares."""
-    values: dict[str, list] = {}
-    for r in jobs:
-        for o in r["overrides"]:
-            key, _, value = str(o).partition("=")
-            values.setdefault(key, []).append(value)
-    n = len(jobs)
-    swept = {k: v for k, v in values.items() if len(v) != n or len(set(v)) > 1}
-    fixed = {k: v[0] for k, v in values.items() if k not in swept}
-    return swept | ({"fixed": fixed} if fixed else {})
+    values, keys = override_values(jobs), swept(jobs)
+    swept_ = {k: values[k] for k in keys}
+    fixed = {k: v[0] for k, v in values.items() if k not in swept_}
+    return swept_ | ({"fixed": fixed} if fixed else {})
 
 
 def _beta_text(row: dict) -> str:
