@@ -4,16 +4,16 @@
     python -m pipelines.opcount -m 'model=choice(alexnet,resnet18,vit_b_16)'
     python -m pipelines.opcount model=alexnet input_shape=[1,3,32,32]   # one-line error
     python -m pipelines.opcount model=timm model.name=deit_tiny_patch16_224 unit=FLOPs
-    python -m pipelines.opcount model=hf_bert        # token ids: the config's `inputs`
+    python -m pipelines.opcount model=resnet18 roofline=cpu measure=true   # the cost model
 
-Writes results.json, results.csv (one row per op), layers.csv, totals.csv, rollup.csv
-(per module subtree to `show_depth`) and per_layer.png
-into the run dir, and the same to W&B (the tables as wandb.Tables, totals in the summary).
+Writes results.json, results.csv (one row per op), layers.csv, totals.csv, rollup.csv (to
+`show_depth`), per_layer.png [roofline.png, measured.png] into the run dir and to W&B.
 The count runs in `prepare`: a config it refuses leaves no run dir and no W&B run.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -22,10 +22,10 @@ from dnnlab.cli import console, launch, status
 from dnnlab.config import register
 from dnnlab.errors import ConfigError, DnnlabError
 from dnnlab.models import build_model
+from dnnlab.opcount.costs import cost_outputs
 from dnnlab.opcount.experiment import OpcountResult, OpcountSettings, run
-from dnnlab.opcount.plots import plot_per_layer, plot_roofline
+from dnnlab.opcount.plots import plot_per_layer
 from dnnlab.opcount.rollup import rollup_tree
-from dnnlab.opcount.roofline import roofline
 from dnnlab.opcount.zoo import default_input_shape, make_inputs
 from dnnlab.runtime import Run, run_job
 
@@ -36,6 +36,9 @@ register("opcount")
 class Counted:
     settings: OpcountSettings
     result: OpcountResult
+    model: Any = None  # the built model (meta), for measure
+    shape: Any = None
+    inputs: Any = None
 
 
 def prepare(settings: OpcountSettings, cfg: DictConfig, run_dir) -> Counted:
@@ -54,7 +57,7 @@ def prepare(settings: OpcountSettings, cfg: DictConfig, run_dir) -> Counted:
         result = run(model, shape, inputs=inputs, name=settings.name, count=settings.count,
                      training=settings.training, reconcile_counts=settings.reconcile,
                      unit=settings.unit, reconcile_max_gb=settings.reconcile_max_gb)
-    return Counted(settings, result)
+    return Counted(settings, result, model, shape, inputs)
 
 
 def job(counted: Counted, run: Run) -> dict:
@@ -70,12 +73,14 @@ def job(counted: Counted, run: Run) -> dict:
         console.print(result.flop_counter_line(), highlight=False)
     console.print(result.mode_line(), highlight=False)
     tr.image("per_layer", plot_per_layer(result, run.dir / "per_layer.png"))
-    if settings.roofline:
-        roof = roofline(result.report, settings.roofline)
-        run.results.update(roofline=roof.summary())
-        console.print(f"roofline on {settings.roofline}: {roof.seconds:.3e} s", highlight=False)
-        tr.image("roofline", plot_roofline(roof, run.dir / "roofline.png",
-                                           f"{settings.name} on {settings.roofline}"))
+    costs = cost_outputs(counted.model, result.report, run.dir, name=settings.name,
+                         device=settings.roofline, measure=settings.measure,
+                         input_shape=counted.shape, inputs=counted.inputs)
+    run.results.update(**costs.results)
+    for line in costs.lines:
+        console.print(line, highlight=False)
+    for key, png in costs.images.items():
+        tr.image(key, png)
     tr.summary(**result.summary())
     console.print(f"results: {run.results.path}")
     bad = result.mismatches(strict=True)

@@ -29,6 +29,7 @@ class Device:
     peak: dict
     bandwidth: float
     source: str = ""
+    overhead: float = 0.0  # seconds per op call (dispatch); 0 for the datasheet devices
 
     def peak_for(self, dtype: str, family_is_mac: bool, tf32: bool = False) -> float:
         """The peak an op runs at: tensor-core rates for products in half precision (and in
@@ -66,14 +67,20 @@ def _calibrated(threads: int, n: int, copy_mb: int) -> Device:
     y = torch.empty_like(x)
     cp = benchmark.Timer("y.copy_(x)", globals={"x": x, "y": y}, num_threads=threads)
     bandwidth = 2 * x.numel() * 4 / cp.blocked_autorange(min_run_time=0.3).median
+    z = torch.empty(1)
+    call = benchmark.Timer("torch.relu(z)", globals={"z": z, "torch": torch},
+                           num_threads=threads)
+    overhead = call.blocked_autorange(min_run_time=0.1).median
     return Device("cpu", {p: flops for p in PRECISIONS}, bandwidth,
-                  f"calibrated: {n}^3 float32 matmul and a {copy_mb} MB copy, {threads} threads")
+                  f"calibrated: {n}^3 float32 matmul, a {copy_mb} MB copy and a one-element "
+                  f"op (dispatch overhead), {threads} threads", overhead)
 
 
 def calibrate(threads: int | None = None, n: int = 1024, copy_mb: int = 256) -> Device:
-    """This CPU as a Device: a large float32 matmul's FLOP/s (every precision) and a large
-    copy's bytes/s (read + write), timed with torch.utils.benchmark at `threads` (default:
-    torch's thread count); cached per process for the same arguments."""
+    """This CPU as a Device: a large float32 matmul's FLOP/s (every precision), a large
+    copy's bytes/s (read + write) and a one-element op's time (the per-call overhead), timed
+    with torch.utils.benchmark at `threads` (default: torch's thread count); cached per
+    process for the same arguments."""
     return _calibrated(int(threads or torch.get_num_threads()), int(n), int(copy_mb))
 
 

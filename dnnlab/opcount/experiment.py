@@ -51,6 +51,7 @@ class OpcountSettings:
     show_rows: int = 60  # rows of the per-layer table printed in the terminal
     show_depth: int = 2  # depth of the module rollup (tree, rollup.csv, W&B table)
     roofline: str | None = None  # a device of devices.DEVICES: roofline.png, results roofline
+    measure: bool = False  # time every leaf module on this CPU against the cpu roofline
 
     def __post_init__(self) -> None:
         require(isinstance(self.model, Mapping) and isinstance(self.model.get("builder"),

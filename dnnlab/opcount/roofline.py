@@ -1,6 +1,7 @@
 """The roofline time of every counted op on a device (docs/opcount.md "Roofline").
 
-An op takes max(FLOPs / peak, bytes / bandwidth): compute-bound when its FLOPs take longer
+An op takes max(FLOPs / peak, bytes / bandwidth) (+ the device's per-call overhead: 0 for the
+datasheet GPUs, calibrated for `cpu`): compute-bound when its FLOPs take longer
 than its bytes, memory-bound otherwise. FLOPs are 2 per MAC for the product families and the
 elementary operations otherwise; bytes are the op's reads + writes (traffic.py); the peak is
 the device's for the op's dtype (devices.Device.peak_for). Forward only; every op is its own
@@ -66,6 +67,6 @@ def roofline(report: OpReport, dev: str | Device, *, tf32: bool = False) -> Roof
         peak = d.peak_for(row.dtype, row.family in MAC_FAMILIES, tf32)
         compute, memory = row.flops / peak, moved / d.bandwidth
         out.rows.append(RooflineRow(row.path, row.op, row.family, row.flops, moved,
-                                    row.intensity, max(compute, memory),
+                                    row.intensity, max(compute, memory) + d.overhead,
                                     "compute" if compute >= memory else "memory", peak))
     return out

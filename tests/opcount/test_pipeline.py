@@ -118,3 +118,32 @@ def test_opcount_roofline_plot_and_bad_device(pipeline, tmp_path):
     bad = pipeline("opcount", "model=lenet5", "roofline=tpu9", f"hydra.run.dir={tmp_path / 'b'}")
     lines = [ln for ln in bad.stderr.strip().splitlines() if ln.strip()]
     assert bad.returncode != 0 and len(lines) == 1 and "roofline" in lines[0] and "tpu9" in lines[0]
+
+
+@pytest.mark.slow
+def test_opcount_resnet18_roofline_cpu_measure(pipeline, tmp_path):
+    """The issue's run: measured.spearman of the cpu roofline against the measured per-layer
+    times (goal >= 0.8 at batch 1), with the roofline and measured plots."""
+    out = tmp_path / "measure"
+    proc = pipeline("opcount", "model=resnet18", "input_shape=[1,3,224,224]", "roofline=cpu",
+                    "measure=true", "reconcile=false", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    m = res["measured"]
+    assert len(m["rows"]) > 40 and all(r["measured_s"] > 0 for r in m["rows"])
+    assert m["spearman"] >= 0.8, m["spearman"]
+    assert (out / "roofline.png").stat().st_size > 1000
+    assert (out / "measured.png").stat().st_size > 1000
+
+
+def test_opcount_measure_small_network(pipeline, tmp_path):
+    out = tmp_path / "m"
+    proc = pipeline("opcount", "model=lenet5", "reconcile=false", "measure=true",
+                    f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "results.json").read_text())["measured"]
+    paths = [r["path"] for r in m["rows"]]
+    assert len(paths) >= 3 and len(set(paths)) == len(paths)
+    assert all(r["measured_s"] > 0 and r["predicted_s"] > 0 for r in m["rows"])
+    assert -1 <= m["spearman"] <= 1 and m["median_ratio"] > 0
+    assert (out / "measured.png").stat().st_size > 1000
