@@ -13,10 +13,10 @@ from dnnlab.opcount.build import build_meta, torchvision_input_shape
 from dnnlab.opcount.counter import count_ops
 from dnnlab.opcount.devices import DEVICES, calibrate
 from dnnlab.opcount.reconcile import reconcile
-from dnnlab.opcount.registry import register_handler, unregister_handler
+from dnnlab.opcount.registry import Count, CountError, register_handler, unregister_handler
 from dnnlab.opcount.roofline import roofline
 from dnnlab.opcount.rows import FAMILIES, MAC_FAMILIES, LayerRow, OpReport
 
-__all__ = ["DEVICES", "FAMILIES", "MAC_FAMILIES", "LayerRow", "OpReport", "build_meta",
+__all__ = ["Count", "CountError", "DEVICES", "FAMILIES", "MAC_FAMILIES", "LayerRow", "OpReport", "build_meta",
            "calibrate", "count_ops", "reconcile", "register_handler", "roofline",
            "torchvision_input_shape", "unregister_handler"]

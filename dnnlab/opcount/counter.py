@@ -8,10 +8,10 @@ How it works (no weights, no compute, no memory):
    fails (`_ModelGuard`);
 2. a `TorchFunctionMode` sees every torch call (F.conv2d, F.linear, `@`, bmm, einsum,
    scaled_dot_product_attention, RNN/LSTM/GRU layers and cells, norms, pools, elementwise ops)
-   with its real shapes and counts it with the handler registered for its name (`registry.py`;
+   with its real shapes and hands it to the handler of its function object (`registry.py`;
    the built-in ones in `handlers.py` use the closed forms of docs/math.md (2), `formulas.py`);
    a call that has a closed form for its output too (a recurrent layer) is not run at all on
-   meta (`registry.SHORTCUTS`: no per-time-step work); a composite function that hides linear
+   meta (an `Entry.shortcut`: no per-time-step work); a composite function that hides linear
    maps (`F.multi_head_attention_forward`) is opened so that its inner calls are counted too;
    a call that computes but has no handler is listed in `OpReport.not_counted` with its module;
 3. global module hooks, removed afterwards, keep a stack of the modules being run
@@ -34,8 +34,8 @@ from torch.overrides import TorchFunctionMode
 
 from dnnlab.errors import ShapeError, first_line
 from dnnlab.opcount import registry
-from dnnlab.opcount.handlers import count_smooth_max_module
 from dnnlab.opcount.params import buffer_counts, module_params, param_counts
+from dnnlab.opcount.registry import Count, CountError
 from dnnlab.opcount.rows import LayerRow, OpReport
 from dnnlab.opcount.traffic import fill_rows
 
@@ -50,24 +50,33 @@ class _ModuleStack:
         self.stack: list = []  # [(module, args)]
         self.mode = None  # the _CountMode, set by it
         self.opaque = 0  # > 0 inside a module counted as a whole (dnnlab's smooth max)
+        self.table: dict = {}  # the count's handlers (module classes among the keys)
         self.handles = [
             torch.nn.modules.module.register_module_forward_pre_hook(self._pre),
             torch.nn.modules.module.register_module_forward_hook(self._post),
         ]
 
+    def _entry(self, module):
+        """The handler of a module counted as one call (its class or a base class is a key)."""
+        for cls in type(module).__mro__:
+            if cls in self.table:
+                return self.table[cls]
+            if cls is torch.nn.Module:
+                return None
+        return None
+
     def _pre(self, module, args):
         self.stack.append((module, args))
-        if getattr(module, "dnnlab_family", None):
+        if self._entry(module) is not None:
             self.opaque += 1
 
     def _post(self, module, args, out):
-        if getattr(module, "dnnlab_family", None):
+        entry = self._entry(module)
+        if entry is not None:
             self.opaque -= 1
             if self.opaque == 0 and self.mode is not None:
-                first = len(self.mode.rows)
-                count_smooth_max_module(self.mode, module, args[0], out)
-                fill_rows(self.mode.rows[first:], [*tensors_of(args), *module.parameters()],
-                          tensors_of(out))
+                self.mode.record(entry.handler, type(module).__name__, (module, *args), {},
+                                 out, [*tensors_of(args), *module.parameters()])
         if self.stack and self.stack[-1][0] is module:
             self.stack.pop()
 
@@ -91,20 +100,47 @@ class _ModuleStack:
 class _CountMode(TorchFunctionMode):
     """Counts each torch call that has a registered handler; the `counter` handlers get."""
 
-    def __init__(self, modules: _ModuleStack, rows: list, count_bias: bool, meta: bool):
+    def __init__(self, modules: _ModuleStack, rows: list, count_bias: bool, meta: bool,
+                 table: dict):
         super().__init__()
         self.modules, self.rows, self.count_bias, self.meta = modules, rows, count_bias, meta
+        self.table = modules.table = table
         self.not_counted: dict = {}  # op -> [module paths] (first few)
         modules.mode = self
 
-    def add(self, op: str, family: str, in_shape: Sequence[int], out_shape: Sequence[int],
-            mults: int, adds: int, macs: int, bwd: int = 0, bias_adds: int = 0,
-            other: int = 0) -> None:
-        """One counted operation, as a row under the module being run."""
+    def row(self, op: str, c: Count, in_shape: Sequence[int], out_shape: Sequence[int]
+            ) -> LayerRow:
+        """The row of one Count, under the module being run (bias adds out of `adds` when
+        they are not counted)."""
+        if not isinstance(c, Count):
+            raise TypeError(f"the handler of '{op}' returned {c!r}, not a Count")
         path, mtype = self.modules.where()
-        self.rows.append(LayerRow(path, mtype, op, family, list(in_shape), list(out_shape),
-                                  int(mults), int(adds), int(macs), int(bwd), int(bias_adds),
-                                  int(other)))
+        bias = int(c.bias_adds) if self.count_bias else 0
+        return LayerRow(path, mtype, c.op or op, c.family,
+                        list(in_shape if c.in_shape is None else c.in_shape), list(out_shape),
+                        int(c.mults), int(c.adds) - int(c.bias_adds) + bias, int(c.macs),
+                        int(c.bwd_macs), bias, int(c.other), dict(c.extra),
+                        causal_macs=c.causal_macs, causal_bwd_macs=c.causal_bwd_macs)
+
+    def record(self, handler, op: str, args, kwargs, out, inputs: list) -> None:
+        """Hand one call to its handler and add the rows of what it returns (bytes and
+        dtype from the call's tensors, on its first row)."""
+        try:
+            counts = handler(args, kwargs, out)
+        except CountError as err:
+            raise self.fail(str(err)) from None
+        if counts is None:
+            return
+        if isinstance(counts, Count):
+            counts = [counts]
+        elif not isinstance(counts, (list, tuple)):
+            raise TypeError(f"the handler of '{op}' returned {counts!r}, not a Count")
+        ins, outs = tensors_of((args, kwargs)), tensors_of(out)
+        in_shape = list(ins[0].shape) if ins else []
+        out_shape = list(outs[0].shape) if outs else []
+        first = len(self.rows)
+        self.rows.extend(self.row(op, c, in_shape, out_shape) for c in counts)
+        fill_rows(self.rows[first:], inputs, outs)
 
     def fail(self, what: str) -> ShapeError:
         """A ShapeError naming the module being run (for handlers to raise)."""
@@ -116,8 +152,8 @@ class _CountMode(TorchFunctionMode):
         if self.modules.opaque:  # inside a module counted as a whole
             return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
-        handler = registry.HANDLERS.get(name)
-        if handler is None:
+        entry = self.table.get(func)
+        if entry is None:
             if func is F.multi_head_attention_forward:  # hides F.linear and SDPA: open it
                 return _open_python(self, func, args, kwargs)
             out = func(*args, **kwargs)
@@ -129,14 +165,14 @@ class _CountMode(TorchFunctionMode):
                     if path not in paths:
                         paths.append(path)
             return out
-        pre = registry.PRECHECKS.get(name)
-        if pre is not None:
-            pre(self, args, kwargs)
-        short = registry.SHORTCUTS.get(name) if self.meta else None
+        if entry.precheck is not None:
+            try:
+                entry.precheck(args, kwargs)
+            except CountError as err:
+                raise self.fail(str(err)) from None
+        short = entry.shortcut if self.meta else None
         out = short(args, kwargs) if short is not None else func(*args, **kwargs)
-        first = len(self.rows)
-        handler(self, name, args, kwargs, out)
-        fill_rows(self.rows[first:], tensors_of((args, kwargs)), tensors_of(out))
+        self.record(entry.handler, name, args, kwargs, out, tensors_of((args, kwargs)))
         return out
 
 
@@ -325,12 +361,14 @@ def _needs_values(err: BaseException) -> bool:
 
 # -- the count ---------------------------------------------------------------------------------
 
-def _run(model, args, kwargs, names, count_bias, training, meta, dtype=None):
+def _run(model, args, kwargs, names, count_bias, training, meta, dtype=None, table=None):
     """One counted forward (meta or CPU); the model is restored by the caller's guard.
-    `dtype`: the floating-point weights are counted in it (None: as they are)."""
+    `dtype`: the floating-point weights are counted in it (None: as they are); `table`: the
+    count's handlers (default: the registered ones)."""
     rows: list = []
     modules = _ModuleStack(names)
-    mode = _CountMode(modules, rows, count_bias, meta)
+    mode = _CountMode(modules, rows, count_bias, meta,
+                      registry.table() if table is None else table)
     model.train(training)
     make = _meta_like if meta else _cpu_like
     if dtype is not None:
@@ -361,7 +399,7 @@ def _cpu_real(t: _Tensor) -> _Tensor:
 def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
               inputs: Any = None, count_bias: bool = True, name: str | None = None,
               dtype: torch.dtype | None = None, training: bool = False,
-              device: str = "auto") -> OpReport:
+              device: str = "auto", handlers: Mapping | None = None) -> OpReport:
     """Count the multiplications, additions and MACs of every op of `model` on its input.
 
     The input: `input_shape` (one float tensor of that shape), or `inputs`, what the model is
@@ -376,11 +414,13 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
     `training=True`. In every case, success or failure, the model's parameters, buffers, hooks,
     caches and modes are left exactly as they were. An input the network cannot take raises
     `ShapeError` naming the failing layer by its module path and the shapes. Calls are counted
-    by the handlers of `registry.py`; calls that compute but have none are listed in
-    `OpReport.not_counted`.
+    by the handlers of `registry.py` (a copy of its table; `handlers=` {torch function, name
+    or module class: handler, Entry or None} adds, overrides or removes some for this call
+    only); calls that compute but have none are listed in `OpReport.not_counted`.
     """
     if device not in ("auto", "meta", "cpu"):
         raise ValueError(f"device must be 'auto', 'meta' or 'cpu', got {device!r}")
+    table = registry.with_overrides(registry.table(), handlers)
     args, kwargs = call_args(input_shape, inputs, dtype or _float_dtype(model))
     shape = ([int(s) for s in input_shape] if inputs is None else
              list(tensors_of((args, kwargs))[0].shape) if tensors_of((args, kwargs)) else [])
@@ -390,7 +430,7 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
     try:
         try:
             rows, not_counted = _run(model, args, kwargs, names, count_bias, training,
-                                     meta=mode == "meta", dtype=dtype)
+                                     meta=mode == "meta", dtype=dtype, table=table)
         except ShapeError:
             raise
         except Exception as err:  # noqa: BLE001
@@ -399,7 +439,7 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
             guard.restore()
             mode, reason = "cpu", f"cannot run on meta: {first_line(err)}"
             rows, not_counted = _run(model, args, kwargs, names, count_bias, training,
-                                     meta=False, dtype=dtype)
+                                     meta=False, dtype=dtype, table=table)
     except ShapeError:
         raise
     except Exception as err:  # noqa: BLE001 - one line naming the layer

@@ -1,7 +1,7 @@
 """The built-in handlers of the counter: how each torch call is counted (docs/math.md (2)).
 
-Each handler is `handler(counter, name, args, kwargs, out)` (see `dnnlab.opcount.registry`) and
-adds rows with `counter.add(...)`. Conv and linear follow the closed forms of `formulas.py`;
+Each handler is a pure `handler(args, kwargs, out) -> Count` (see `dnnlab.opcount.registry`);
+`builtins()` is the table of them, keyed by torch function object. Conv and linear follow the closed forms of `formulas.py`;
 backward MACs follow docs/math.md (4b) (input gradient by transposed convolution, weight
 gradient by correlation, each the forward's MACs).
 """
@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from dnnlab.opcount import formulas as fm
-from dnnlab.opcount.registry import arg, needs_grad, register_handler, shape_of
+from dnnlab.opcount.registry import (Count, CountError, Entry, arg, needs_grad, shape_of,
+                                     torch_functions)
 
 
 def _tup(v: Any, n: int) -> tuple:
@@ -23,16 +24,16 @@ def _tup(v: Any, n: int) -> tuple:
     return v * n if len(v) == 1 else v
 
 
-def _conv_precheck(counter: Any, args, kwargs) -> None:
+def _conv_precheck(args, kwargs) -> None:
     x, w = arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight")
     d = w.dim() - 2
     groups = arg(args, kwargs, 6, "groups", 1)
     batched = x.dim() == d + 2
     if x.dim() not in (d + 1, d + 2):
-        raise counter.fail(f"expected a {d + 2}-d input (N, C, *spatial), got shape {shape_of(x)}")
+        raise CountError(f"expected a {d + 2}-d input (N, C, *spatial), got shape {shape_of(x)}")
     c_in = x.shape[1] if batched else x.shape[0]
     if c_in != w.shape[1] * groups:
-        raise counter.fail(f"input has {c_in} channels, the layer expects {w.shape[1] * groups} "
+        raise CountError(f"input has {c_in} channels, the layer expects {w.shape[1] * groups} "
                            f"(input shape {shape_of(x)}, weight shape {shape_of(w)})")
     pad = arg(args, kwargs, 4, "padding", 0)
     if isinstance(pad, str):
@@ -43,13 +44,13 @@ def _conv_precheck(counter: Any, args, kwargs) -> None:
     for i in range(d):
         n = fm.conv_out_size(spatial[i], w.shape[2 + i], stride[i], pad[i], dil[i])
         if n < 1:
-            raise counter.fail(
+            raise CountError(
                 f"input of shape {shape_of(x)} is too small: kernel {w.shape[2 + i]} "
                 f"(dilation {dil[i]}) on padded length {spatial[i] + 2 * pad[i]} gives an "
                 f"output of length {n}")
 
 
-def _conv(counter: Any, name, args, kwargs, out) -> None:
+def _conv(args, kwargs, out) -> Count:
     x, w, b = (arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight"),
                arg(args, kwargs, 2, "bias"))
     d = w.dim() - 2
@@ -66,22 +67,22 @@ def _conv(counter: Any, name, args, kwargs, out) -> None:
         expect = [fm.conv_out_size(x.shape[-d + i], w.shape[2 + i], stride[i], pad[i], dil[i])
                   for i in range(d)]
     if list(out.shape[-d:]) != expect:  # the standard formula must agree with torch
-        raise counter.fail(f"output shape {shape_of(out)} disagrees with the formula {expect}")
+        raise CountError(f"output shape {shape_of(out)} disagrees with the formula {expect}")
     out_shape = list(out.shape) if out.dim() == d + 2 else [1] + list(out.shape)
     c_in = x.shape[-d - 1]
-    bias = b is not None and counter.count_bias
+    bias = b is not None
     mults, adds, macs = fm.conv_counts(out_shape, c_in, w.shape[2:], groups, bias)
     # docs/math.md (4b): input grad by transposed conv, weight grad by correlation
     bwd = macs * (int(needs_grad(x)) + int(needs_grad(w)))
-    counter.add(name, "conv", shape_of(x), shape_of(out), mults, adds, macs, bwd,
-                prod(out_shape) if bias else 0)
-    counter.rows[-1].extra.update(w_shape=shape_of(w), groups=groups, transposed=False,
-                                  x_rg=needs_grad(x), w_rg=needs_grad(w))
+    extra = dict(w_shape=shape_of(w), groups=groups, transposed=False, x_rg=needs_grad(x),
+                 w_rg=needs_grad(w))
     if isinstance(arg(args, kwargs, 4, "padding", 0), str):
-        counter.rows[-1].extra["string_padding"] = True
+        extra["string_padding"] = True
+    return Count("conv", mults, adds, macs, bwd, prod(out_shape) if bias else 0,
+                 in_shape=shape_of(x), extra=extra)
 
 
-def _conv_transpose(counter: Any, name, args, kwargs, out) -> None:
+def _conv_transpose(args, kwargs, out) -> Count:
     x, w, b = (arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight"),
                arg(args, kwargs, 2, "bias"))
     d = w.dim() - 2
@@ -93,54 +94,55 @@ def _conv_transpose(counter: Any, name, args, kwargs, out) -> None:
     expect = [fm.conv_transpose_out_size(x.shape[-d + i], w.shape[2 + i], stride[i], pad[i],
                                          dil[i], opad[i]) for i in range(d)]
     if list(out.shape[-d:]) != expect:
-        raise counter.fail(f"output shape {shape_of(out)} disagrees with the formula {expect}")
+        raise CountError(f"output shape {shape_of(out)} disagrees with the formula {expect}")
     in_shape = list(x.shape) if x.dim() == d + 2 else [1] + list(x.shape)
     out_shape = list(out.shape) if out.dim() == d + 2 else [1] + list(out.shape)
     c_out = w.shape[1] * groups
-    bias = b is not None and counter.count_bias
+    bias = b is not None
     mults, adds, macs = fm.conv_transpose_counts(in_shape, c_out, w.shape[2:], groups,
                                                  out_shape, bias)
     bwd = macs * (int(needs_grad(x)) + int(needs_grad(w)))
-    counter.add(name, "conv", shape_of(x), shape_of(out), mults, adds, macs, bwd,
-                prod(out_shape) if bias else 0)
-    counter.rows[-1].extra.update(w_shape=shape_of(w), groups=groups, transposed=True,
-                                  x_rg=needs_grad(x), w_rg=needs_grad(w))
+    return Count("conv", mults, adds, macs, bwd, prod(out_shape) if bias else 0,
+                 in_shape=shape_of(x),
+                 extra=dict(w_shape=shape_of(w), groups=groups, transposed=True,
+                            x_rg=needs_grad(x), w_rg=needs_grad(w)))
 
 
-def _linear_precheck(counter: Any, args, kwargs) -> None:
+def _linear_precheck(args, kwargs) -> None:
     x, w = arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight")
     if x.shape[-1] != w.shape[-1]:
-        raise counter.fail(f"input has {x.shape[-1]} features, the layer expects {w.shape[-1]} "
+        raise CountError(f"input has {x.shape[-1]} features, the layer expects {w.shape[-1]} "
                            f"(input shape {shape_of(x)}, weight shape {shape_of(w)})")
 
 
-def _linear(counter: Any, name, args, kwargs, out) -> None:
+def _linear(args, kwargs, out) -> Count:
     x, w, b = (arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight"),
                arg(args, kwargs, 2, "bias"))
     in_shape = list(x.shape) if x.dim() > 1 else [1] + list(x.shape)
-    bias = b is not None and counter.count_bias
+    bias = b is not None
     mults, adds, macs = fm.linear_counts(in_shape, w.shape[0], bias)
     bwd = macs * (int(needs_grad(x)) + int(needs_grad(w)))
-    counter.add(name, "linear", shape_of(x), shape_of(out), mults, adds, macs, bwd,
-                prod(out.shape) if bias else 0)
+    return Count("linear", mults, adds, macs, bwd, prod(out.shape) if bias else 0,
+                 in_shape=shape_of(x))
 
 
-def _addmm(counter: Any, name, args, kwargs, out) -> None:
+def _addmm(args, kwargs, out) -> Count:
     m1, m2 = args[1], args[2]  # addmm(bias, m1, m2)
     mults, adds, macs = fm.matmul_counts(m1.shape, m2.shape, out.shape)
-    bias_adds = prod(out.shape) if counter.count_bias else 0
+    bias_adds = prod(out.shape)
     bwd = macs * (int(needs_grad(m1)) + int(needs_grad(m2)))
-    counter.add(name, "linear", shape_of(m1), shape_of(out), mults, adds + bias_adds, macs, bwd,
-                bias_adds)
+    return Count("linear", mults, adds + bias_adds, macs, bwd, bias_adds, in_shape=shape_of(m1))
 
 
-def _matmul(counter: Any, name, args, kwargs, out) -> None:
+def _matmul(args, kwargs, out) -> Count:
     a, b = args[0], args[1]
-    if name == "__rmatmul__":
-        a, b = b, a
     mults, adds, macs = fm.matmul_counts(a.shape, b.shape, out.shape)
     bwd = macs * (int(needs_grad(a)) + int(needs_grad(b)))
-    counter.add(name, "matmul", shape_of(a), shape_of(out), mults, adds, macs, bwd)
+    return Count("matmul", mults, adds, macs, bwd, in_shape=shape_of(a))
+
+
+def _rmatmul(args, kwargs, out) -> Count:  # b.__rmatmul__(a) = a @ b
+    return _matmul((args[1], args[0]), kwargs, out)
 
 
 def _einsum_path(eq: str, ops) -> list | None:
@@ -155,7 +157,7 @@ def _einsum_path(eq: str, ops) -> list | None:
                                                        shapes=True, optimize=ob.strategy)[0]]
 
 
-def _einsum(counter: Any, name, args, kwargs, out) -> None:
+def _einsum(args, kwargs, out) -> Count:
     eq = args[0]
     ops = args[1:] if not (len(args) == 2 and isinstance(args[1], (list, tuple))) else args[1]
     steps = fm.einsum_contractions(eq, [t.shape for t in ops], _einsum_path(eq, ops),
@@ -163,56 +165,55 @@ def _einsum(counter: Any, name, args, kwargs, out) -> None:
     macs = sum(m for m, _, _ in steps)
     outputs = sum(o for _, o, _ in steps)
     bwd = sum(b for _, _, b in steps)
-    counter.add("einsum", "matmul", shape_of(ops[0]), shape_of(out), macs, macs - outputs,
-                macs, bwd)
-    counter.rows[-1].extra["contractions"] = len(steps)
+    return Count("matmul", macs, macs - outputs, macs, bwd, op="einsum", in_shape=shape_of(ops[0]),
+                 extra={"contractions": len(steps)})
 
 
-def _product(counter: Any, name: str, a, b, out, macs: int, outputs: int,
-             family: str = "matmul", bias: bool = False) -> None:
+def _product(a, b, out, macs: int, outputs: int, family: str = "matmul",
+             bias: bool = False) -> Count:
     """A product of `macs` multiply-accumulates into `outputs` sums (+ a bias/input add)."""
-    bias_adds = outputs if bias and counter.count_bias else 0
+    bias_adds = outputs if bias else 0
     bwd = macs * (int(needs_grad(a)) + int(needs_grad(b)))
-    counter.add(name, family, shape_of(a), shape_of(out), macs, macs - outputs + bias_adds,
-                macs, bwd, bias_adds)
+    return Count(family, macs, macs - outputs + bias_adds, macs, bwd, bias_adds,
+                 in_shape=shape_of(a))
 
 
-def _baddbmm(counter: Any, name, args, kwargs, out) -> None:  # baddbmm(input, b1, b2)
+def _baddbmm(args, kwargs, out) -> Count:  # baddbmm(input, b1, b2)
     b1, b2 = arg(args, kwargs, 1, "batch1"), arg(args, kwargs, 2, "batch2")
-    _product(counter, name, b1, b2, out, out.numel() * b1.shape[-1], out.numel(), bias=True)
+    return _product(b1, b2, out, out.numel() * b1.shape[-1], out.numel(), bias=True)
 
 
-def _addbmm(counter: Any, name, args, kwargs, out) -> None:  # sum_b batch1[b] @ batch2[b]
+def _addbmm(args, kwargs, out) -> Count:  # sum_b batch1[b] @ batch2[b]
     b1, b2 = arg(args, kwargs, 1, "batch1"), arg(args, kwargs, 2, "batch2")
     macs = b1.shape[0] * b1.shape[1] * b1.shape[2] * b2.shape[2]
-    _product(counter, name, b1, b2, out, macs, out.numel(), bias=True)
+    return _product(b1, b2, out, macs, out.numel(), bias=True)
 
 
-def _addmv(counter: Any, name, args, kwargs, out) -> None:  # addmv(input, mat, vec)
+def _addmv(args, kwargs, out) -> Count:  # addmv(input, mat, vec)
     m, v = arg(args, kwargs, 1, "mat"), arg(args, kwargs, 2, "vec")
-    _product(counter, name, m, v, out, m.numel(), out.numel(), bias=True)
+    return _product(m, v, out, m.numel(), out.numel(), bias=True)
 
 
-def _mv(counter: Any, name, args, kwargs, out) -> None:  # mv(mat, vec), dot, vdot: all of a
+def _mv(args, kwargs, out) -> Count:  # mv(mat, vec), dot, vdot: all of a
     a, b = args[0], args[1]
-    _product(counter, name, a, b, out, a.numel(), max(out.numel(), 1))
+    return _product(a, b, out, a.numel(), max(out.numel(), 1))
 
 
-def _inner(counter: Any, name, args, kwargs, out) -> None:  # sums over the last dim
+def _inner(args, kwargs, out) -> Count:  # sums over the last dim
     a, b = args[0], args[1]
     if a.dim() == 0 or b.dim() == 0:  # a scalar times a tensor: elementwise
-        return _elementwise(counter, "mul", (a, b), {}, out)
-    _product(counter, name, a, b, out, max(out.numel(), 1) * a.shape[-1], max(out.numel(), 1))
+        return _elementwise("mul")((a, b), {}, out)
+    return _product(a, b, out, max(out.numel(), 1) * a.shape[-1], max(out.numel(), 1))
 
 
-def _vecdot(counter: Any, name, args, kwargs, out) -> None:  # linalg.vecdot(x, y, dim=-1)
+def _vecdot(args, kwargs, out) -> Count:  # linalg.vecdot(x, y, dim=-1)
     a, b = args[0], args[1]
     dim = arg(args, kwargs, 2, "dim", -1)
     k = max(a.shape[dim], b.shape[dim])
-    _product(counter, name, a, b, out, max(out.numel(), 1) * k, max(out.numel(), 1))
+    return _product(a, b, out, max(out.numel(), 1) * k, max(out.numel(), 1))
 
 
-def _tensordot(counter: Any, name, args, kwargs, out) -> None:
+def _tensordot(args, kwargs, out) -> Count:
     a, b = args[0], args[1]
     dims = arg(args, kwargs, 2, "dims", 2)
     if isinstance(dims, torch.Tensor):
@@ -222,10 +223,10 @@ def _tensordot(counter: Any, name, args, kwargs, out) -> None:
     else:
         da = dims[0] if isinstance(dims[0], (list, tuple)) else [dims[0]]
         k = prod(a.shape[d] for d in da)
-    _product(counter, name, a, b, out, max(out.numel(), 1) * k, max(out.numel(), 1))
+    return _product(a, b, out, max(out.numel(), 1) * k, max(out.numel(), 1))
 
 
-def _multi_dot(counter: Any, name, args, kwargs, out) -> None:  # linalg.multi_dot, chain_matmul
+def _multi_dot(args, kwargs, out) -> Count:  # linalg.multi_dot, chain_matmul
     ts = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
     dims = [1 if ts[0].dim() == 1 else ts[0].shape[0]] + [t.shape[-1] if t.dim() == 2 else 1
                                                           for t in ts]
@@ -236,34 +237,36 @@ def _multi_dot(counter: Any, name, args, kwargs, out) -> None:  # linalg.multi_d
     macs = fm.matrix_chain_macs(dims)
     outputs = sum(1 for _ in ts[1:]) and max(out.numel(), 1)  # the last product's outputs
     grads = sum(int(needs_grad(t)) for t in ts)
-    counter.add(name, "matmul", shape_of(ts[0]), shape_of(out), macs, macs - outputs, macs,
-                2 * macs if grads else 0)
+    return Count("matmul", macs, macs - outputs, macs, 2 * macs if grads else 0,
+                 in_shape=shape_of(ts[0]))
 
 
-def _outer(counter: Any, name, args, kwargs, out) -> None:  # outer, ger, kron, addr: no sums
-    counter.add(name, "elementwise", shape_of(args[0]), shape_of(out), out.numel(),
-                out.numel() if name == "addr" else 0, out.numel())
+def _outer(args, kwargs, out) -> Count:  # outer, ger, kron: no sums
+    return Count("elementwise", out.numel(), 0, out.numel(), in_shape=shape_of(args[0]))
 
 
-def _convolution(counter: Any, name, args, kwargs, out) -> None:
+def _addr(args, kwargs, out) -> Count:  # addr(input, v1, v2): the outer product + input
+    return Count("elementwise", out.numel(), out.numel(), out.numel(), in_shape=shape_of(args[0]))
+
+
+def _convolution(args, kwargs, out) -> Count:
     """torch.convolution / torch._convolution(input, weight, bias, stride, padding, dilation,
     transposed, output_padding, groups, ...): the conv handlers with their argument order."""
     x, w, b = args[0], args[1], arg(args, kwargs, 2, "bias")
     stride, pad, dil = args[3], args[4], args[5]
     transposed, opad, groups = args[6], args[7], args[8]
     if transposed:
-        _conv_transpose(counter, name, (x, w, b, stride, pad, opad, groups, dil), {}, out)
-    else:
-        _conv(counter, name, (x, w, b, stride, pad, dil, groups), {}, out)
+        return _conv_transpose((x, w, b, stride, pad, opad, groups, dil), {}, out)
+    return _conv((x, w, b, stride, pad, dil, groups), {}, out)
 
 
-def _bilinear(counter: Any, name, args, kwargs, out) -> None:
+def _bilinear(args, kwargs, out) -> Count:
     """y_o = x1^T W_o x2 + b_o (F.bilinear): torch's _trilinear first multiplies x1 into W
     (N O I1 I2 MACs), then the result by x2 (N O I2 MACs)."""
     x1, w, b = args[0], args[2], arg(args, kwargs, 3, "bias")
     n, (o, i1, i2) = prod(x1.shape[:-1]), w.shape
     macs = n * o * i2 * (i1 + 1)
-    _product(counter, name, x1, w, out, macs, n * o, bias=b is not None)
+    return _product(x1, w, out, macs, n * o, bias=b is not None)
 
 
 # -- recurrent layers: nn.RNN / nn.LSTM / nn.GRU (torch._VF.lstm, ...) and their cells ------
@@ -312,7 +315,12 @@ def rnn_shortcut(name: str):
     return make
 
 
-def _rnn(counter: Any, name, args, kwargs, out) -> None:
+def _rnn(name: str):
+    """The handler of the recurrent layer `name` (lstm, gru, rnn_tanh, rnn_relu)."""
+    return lambda args, kwargs, out: _rnn_count(name, args, kwargs, out)
+
+
+def _rnn_count(name: str, args, kwargs, out) -> Count:
     x, bs, batch_first, d, layers, mats = _rnn_layout(name, args, kwargs)
     hx = _rnn_call(name, args, kwargs)[1]
     rows = x.shape[0] if bs is not None else x.shape[0] * x.shape[1]  # steps x batch
@@ -331,12 +339,11 @@ def _rnn(counter: Any, name, args, kwargs, out) -> None:
     h0 = sum(first[i % d] * prod(m[1].shape) for i, m in enumerate(mats))
     bwd = (2 * macs - (0 if needs_grad(x) else first_ih)
            - (0 if any(needs_grad(h) for h in _as_list(hx)) else h0))
-    y = out[0]
-    counter.add(name, "recurrent", shape_of(x), shape_of(y), macs, macs - outputs, macs, bwd)
-    counter.rows[-1].extra.update(layers=layers, directions=d, hidden_out=h_out)
+    return Count("recurrent", macs, macs - outputs, macs, bwd, in_shape=shape_of(x),
+                 extra=dict(layers=layers, directions=d, hidden_out=h_out))
 
 
-def _rnn_cell(counter: Any, name, args, kwargs, out) -> None:
+def _rnn_cell(args, kwargs, out) -> Count:
     """lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh), gru_cell/rnn_*_cell(x, h, w_ih, w_hh, ...):
     one step, B (G H I + G H H) MACs."""
     x, w_ih, w_hh = args[0], args[2], args[3]
@@ -346,11 +353,10 @@ def _rnn_cell(counter: Any, name, args, kwargs, out) -> None:
     hx = args[1]
     bwd = (2 * macs - (0 if needs_grad(x) else rows * prod(w_ih.shape))
            - (0 if any(needs_grad(h) for h in _as_list(hx)) else rows * prod(w_hh.shape)))
-    y = out[0] if isinstance(out, tuple) else out
-    counter.add(name, "recurrent", shape_of(x), shape_of(y), macs, macs - outputs, macs, bwd)
+    return Count("recurrent", macs, macs - outputs, macs, bwd, in_shape=shape_of(x))
 
 
-def _sdpa(counter: Any, name, args, kwargs, out) -> None:
+def _sdpa(args, kwargs, out) -> Count:
     q, k, v = args[0], args[1], args[2]
     mults, adds, macs = fm.attention_counts(q.shape, k.shape, v.shape)
     *batch, L, E = q.shape
@@ -359,10 +365,36 @@ def _sdpa(counter: Any, name, args, kwargs, out) -> None:
     # backward: grad_attn = g v^T, grad_v = attn^T g, grad_q = ds k, grad_k = ds^T q (4 products;
     # the math path. Flash/efficient kernels also recompute q k^T: + L S E)
     bwd = B * L * S * (2 * E + 2 * Ev) if (needs_grad(q) or needs_grad(k) or needs_grad(v)) else 0
-    counter.add(name, "attention", shape_of(q), shape_of(out), mults, adds, macs, bwd)
+    pairs = _unmasked_pairs(L, S, arg(args, kwargs, 3, "attn_mask"),
+                            arg(args, kwargs, 5, "is_causal", False), batch)
+    if pairs is None:  # dense is exact (no mask), or a mask whose values cannot be seen
+        return Count("attention", mults, adds, macs, bwd, in_shape=shape_of(q))
+    per_pair_bwd = 2 * E + 2 * Ev if bwd else 0
+    return Count("attention", mults, adds, macs, bwd, in_shape=shape_of(q),
+                 causal_macs=pairs * (E + Ev), causal_bwd_macs=pairs * per_pair_bwd)
 
 
-def _norm(counter: Any, name, args, kwargs, out) -> None:
+def _unmasked_pairs(L: int, S: int, mask: Any, is_causal: bool, batch: list) -> int | None:
+    """How many (query, key) products a masked attention needs, over the whole batch
+    (docs/opcount.md "Causal attention"): is_causal keeps key j <= query i (torch's top-left
+    triangle), sum_i min(i + 1, S); a boolean mask its True entries, a float mask its entries
+    above -inf, broadcast over the batch. None: no mask, or a mask on meta (values unseen)."""
+    B = prod(batch)
+    if is_causal:
+        return B * sum(min(i + 1, S) for i in range(L))
+    if not isinstance(mask, torch.Tensor) or mask.is_meta:
+        return None
+    keep = mask if mask.dtype == torch.bool else mask > float("-inf")
+    keep = keep.expand(*batch, L, S) if keep.dim() <= len(batch) + 2 else keep
+    return int(keep.sum())
+
+
+def _norm(name: str):
+    """The handler of batch/layer/group/instance norm."""
+    return lambda args, kwargs, out: _norm_count(name, args, kwargs, out)
+
+
+def _norm_count(name: str, args, kwargs, out) -> Count:
     x = args[0]
     weight = kwargs.get("weight", args[2] if name == "layer_norm" and len(args) > 2 else None)
     if name == "batch_norm":
@@ -373,10 +405,15 @@ def _norm(counter: Any, name, args, kwargs, out) -> None:
         weight = arg(args, kwargs, 3, "weight")
     n = prod(x.shape)
     k = 2 if weight is not None else 1  # (x - mean) * inv_std [* gamma + beta]
-    counter.add(name, "norm", shape_of(x), shape_of(out), n * k, n * k, 2 * n * k)
+    return Count("norm", n * k, n * k, 2 * n * k, in_shape=shape_of(x))
 
 
-def _pool(counter: Any, name, args, kwargs, out) -> None:
+def _pool(name: str):
+    """The handler of the pooling function `name` (max/avg, adaptive, 1d/2d/3d)."""
+    return lambda args, kwargs, out: _pool_count(name, args, kwargs, out)
+
+
+def _pool_count(name: str, args, kwargs, out) -> Count:
     x = args[0]
     y = out[0] if isinstance(out, tuple) else out
     n_in, n_out = prod(x.shape), prod(y.shape)
@@ -386,11 +423,10 @@ def _pool(counter: Any, name, args, kwargs, out) -> None:
         d = 1 if "1d" in name else 2 if "2d" in name else 3
         window = prod(_tup(arg(args, kwargs, 1, "kernel_size"), d))
     if "max" in name:  # comparisons only
-        counter.add(name, "pool", shape_of(x), shape_of(y), 0, 0, n_out * (window - 1),
-                    other=n_out * (window - 1))
-    else:  # sum the window, divide once
-        counter.add(name, "pool", shape_of(x), shape_of(y), n_out, n_out * (window - 1),
-                    n_out * window)
+        return Count("pool", 0, 0, n_out * (window - 1), other=n_out * (window - 1),
+                     in_shape=shape_of(x))
+    return Count("pool", n_out, n_out * (window - 1), n_out * window,  # sum, divide once
+                 in_shape=shape_of(x))
 
 
 _ADDS = {"add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__", "__rsub__",
@@ -399,49 +435,50 @@ _MULS = {"mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "div_", "__tru
          "__itruediv__", "__rtruediv__"}
 
 
-def _elementwise(counter: Any, name, args, kwargs, out) -> None:
-    if not isinstance(out, torch.Tensor):
-        return
-    n = prod(out.shape) if out.dim() else 1
-    if name in _ADDS:
-        counter.add(name, "elementwise", shape_of(args[0]), shape_of(out), 0, n, n)
-    elif name in _MULS:
-        counter.add(name, "elementwise", shape_of(args[0]), shape_of(out), n, 0, n)
-    else:  # activations, softmax: one nonlinear op per element
-        counter.add(name, "elementwise", shape_of(args[0]), shape_of(out), 0, 0, n, other=n)
+def _elementwise(name: str):
+    """The handler of an elementwise op: adds (add, sub), mults (mul, div), or one nonlinear
+    operation per element (activations, softmax, comparisons)."""
+    kind = "adds" if name in _ADDS else "mults" if name in _MULS else "other"
+
+    def count(args, kwargs, out) -> Count | None:
+        if not isinstance(out, torch.Tensor):
+            return None
+        n = prod(out.shape) if out.dim() else 1
+        if kind == "adds":
+            return Count("elementwise", 0, n, n, in_shape=shape_of(args[0]))
+        if kind == "mults":
+            return Count("elementwise", n, 0, n, in_shape=shape_of(args[0]))
+        return Count("elementwise", 0, 0, n, other=n, in_shape=shape_of(args[0]))
+    return count
 
 
-def count_smooth_max_module(counter: Any, module: torch.nn.Module, x: torch.Tensor,
-                            out: torch.Tensor) -> None:
-    """SmoothMax / SmoothMaxPool2d (dnnlab.nn) as one row: each output reduces `window` entries
-    (the counter calls this when a module with a `dnnlab_family` attribute returns)."""
-    m = prod(out.shape) if out.dim() else 1
-    if getattr(module, "kernel_size", None) is None:
-        n = prod(x.shape)  # global pooling or a reduction: every entry once
-    else:
-        n = m * prod(module.kernel_size)
-    _count_smooth_max(counter, (x,), out, n)
-
-
-def _count_smooth_max(counter: Any, args, out, n: int | None = None) -> None:
-    """nu_beta(x) = m + (1/beta) log sum exp(beta (x - m)) (docs/math.md (1a), m = max x).
+def smooth_max_count(x: torch.Tensor, out: torch.Tensor, n: int | None = None) -> Count:
+    """nu_beta(x) = m + (1/beta) log sum exp(beta (x - m)) (docs/math.md (1a), m = max x),
+    `n` entries reduced in all (default: every entry of x once).
 
     Forward: per entry a comparison (max), a subtraction, a multiplication by beta and an exp;
     per output the sum, a log, a multiplication by 1/beta and the add of m. Its backward,
     softmax(beta (x - m)) * grad (docs/math.md (1c)), is elementwise and is not a MAC family.
     """
-    x = args[0]
     n, m = n or prod(x.shape), prod(out.shape) if out.dim() else 1
     mults = n + m  # beta (x - m) per entry, 1/beta per output
     adds = n + (n - m) + m  # x - m, the sum, + m
     other = n + n + m  # max comparisons, exp, log
-    counter.add("smooth_max", "smooth_max", shape_of(x), shape_of(out), mults, adds,
-                mults + adds + other, 0, other=other)
-    counter.rows[-1].extra["entries"] = n
+    return Count("smooth_max", mults, adds, mults + adds + other, other=other, op="smooth_max",
+                 in_shape=shape_of(x), extra={"entries": n})
 
 
-def _smooth_max(counter: Any, name, args, kwargs, out) -> None:  # dnnlab.functional.smooth_max
-    _count_smooth_max(counter, args, out)
+def _smooth_max(args, kwargs, out) -> Count:  # dnnlab.functional.smooth_max(x, beta, dim)
+    return smooth_max_count(args[0], out)
+
+
+def _smooth_max_module(args, kwargs, out) -> Count:
+    """SmoothMax / SmoothMaxPool2d (dnnlab.nn), counted as one call: (module, x) -> out; each
+    output reduces its window's entries (every entry once for global pooling)."""
+    module, x = args[0], args[1]
+    m = prod(out.shape) if out.dim() else 1
+    window = getattr(module, "kernel_size", None)
+    return smooth_max_count(x, out, None if window is None else m * prod(window))
 
 
 # -- shortcuts: outputs made from shapes on meta, for ops whose meta kernels are slow Python
@@ -490,53 +527,76 @@ def _grid_sample_shape(args, kwargs):
     return _meta_out(x, list(x.shape[:2]) + list(grid.shape[1:-1]), _rg(args, kwargs))
 
 
-def _resample(counter: Any, name, args, kwargs, out) -> None:
+def _resample(args, kwargs, out) -> Count:
     """interpolate / grid_sample: one operation per output element (elementwise family; the
     interpolation weights are not itemized)."""
     n = out.numel()
-    counter.add(name, "elementwise", shape_of(args[0]), shape_of(out), 0, 0, n, other=n)
+    return Count("elementwise", 0, 0, n, other=n, in_shape=shape_of(args[0]))
 
 
-def _register_builtins() -> None:
+def _named(names, entry: Entry, out: dict) -> None:
+    """Every torch function of these names -> entry."""
+    for name in names:
+        for f in torch_functions().get(name, ()):
+            out[f] = entry
+
+
+# Names a built-in handler is meant for that this torch has no function of (a test asserts it
+# stays empty on the torch the project pins, so a renamed op is not silently dropped).
+MISSING: list = []
+
+
+def builtins() -> dict:
+    """The built-in table: {torch function object (or dnnlab module class): Entry}."""
+    from dnnlab.functional import smooth_max
+    from dnnlab.smoothmax.modules import SmoothMax, SmoothMaxPool2d
+
+    out: dict = {}
+    plan: list = []  # (names, Entry)
     for d in ("1d", "2d", "3d"):
-        register_handler("conv" + d, _conv, precheck=_conv_precheck)
-        register_handler("conv_transpose" + d, _conv_transpose)
-        for p in ("max_pool", "_max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool"):
-            register_handler(p + d, _pool)
-        register_handler("max_pool" + d + "_with_indices", _pool)
-    register_handler("linear", _linear, precheck=_linear_precheck, shortcut=_linear_shape)
-    register_handler("interpolate", _resample, shortcut=_interpolate_shape)
-    register_handler("grid_sample", _resample, shortcut=_grid_sample_shape)
-    register_handler("addmm", _addmm)
-    for n in ("matmul", "__matmul__", "__rmatmul__", "mm", "bmm"):
-        register_handler(n, _matmul)
-    register_handler("einsum", _einsum)
-    register_handler("baddbmm", _baddbmm)
-    register_handler("addbmm", _addbmm)
-    register_handler("addmv", _addmv)
-    for n in ("mv", "dot", "vdot"):
-        register_handler(n, _mv)
-    register_handler("inner", _inner)
-    register_handler("linalg_vecdot", _vecdot)
-    register_handler("tensordot", _tensordot)
-    for n in ("linalg_multi_dot", "multi_dot", "chain_matmul"):
-        register_handler(n, _multi_dot)
-    for n in ("outer", "ger", "kron", "addr"):
-        register_handler(n, _outer)
-    for n in ("convolution", "_convolution"):
-        register_handler(n, _convolution)
-    register_handler("bilinear", _bilinear)
-    register_handler("_scaled_mm", _matmul)
+        plan.append((["conv" + d], Entry(_conv, _conv_precheck)))
+        plan.append((["conv_transpose" + d], Entry(_conv_transpose)))
+        for p in ("max_pool", "_max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool",
+                  "max_pool_with_indices"):
+            n = p + d if p != "max_pool_with_indices" else "max_pool" + d + "_with_indices"
+            plan.append(([n], Entry(_pool(n))))
+    plan += [
+        (["linear"], Entry(_linear, _linear_precheck, _linear_shape)),
+        (["interpolate"], Entry(_resample, shortcut=_interpolate_shape)),
+        (["grid_sample"], Entry(_resample, shortcut=_grid_sample_shape)),
+        (["addmm"], Entry(_addmm)),
+        (["matmul", "__matmul__", "mm", "bmm", "_scaled_mm"], Entry(_matmul)),
+        (["__rmatmul__"], Entry(_rmatmul)),
+        (["einsum"], Entry(_einsum)),
+        (["baddbmm"], Entry(_baddbmm)),
+        (["addbmm"], Entry(_addbmm)),
+        (["addmv"], Entry(_addmv)),
+        (["mv", "dot", "vdot"], Entry(_mv)),
+        (["inner"], Entry(_inner)),
+        (["linalg_vecdot"], Entry(_vecdot)),
+        (["tensordot"], Entry(_tensordot)),
+        (["linalg_multi_dot", "chain_matmul"], Entry(_multi_dot)),
+        (["outer", "ger", "kron"], Entry(_outer)),
+        (["addr"], Entry(_addr)),
+        (["convolution", "_convolution"], Entry(_convolution)),
+        (["bilinear"], Entry(_bilinear)),
+        (["flex_attention", "scaled_dot_product_attention"], Entry(_sdpa)),
+    ]
     for n in fm.RNN_GATES:
-        register_handler(n, _rnn, shortcut=rnn_shortcut(n))
-        register_handler(n + "_cell", _rnn_cell)
-    register_handler("flex_attention", _sdpa)
-    register_handler("smooth_max", _smooth_max)
-    register_handler("scaled_dot_product_attention", _sdpa)
+        plan.append(([n], Entry(_rnn(n), shortcut=rnn_shortcut(n))))
+        plan.append(([n + "_cell"], Entry(_rnn_cell)))
     for n in ("batch_norm", "layer_norm", "group_norm", "instance_norm"):
-        register_handler(n, _norm, shortcut=_same_shape)
+        plan.append(([n], Entry(_norm(n), shortcut=_same_shape)))
     for n in sorted(_ADDS | _MULS | _NONLINEAR):
-        register_handler(n, _elementwise)
+        plan.append(([n], Entry(_elementwise(n))))
+    MISSING[:] = [n for names, _ in plan for n in names if n not in torch_functions()]
+    for names, entry in plan:
+        _named(names, entry, out)
+    # dnnlab's own layers, through the same protocol: the function (it dispatches through
+    # __torch_function__) and the modules counted as one call each
+    out[smooth_max] = Entry(_smooth_max)
+    out[SmoothMax] = out[SmoothMaxPool2d] = Entry(_smooth_max_module)
+    return out
 
 
 _NONLINEAR = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
@@ -544,10 +604,9 @@ _NONLINEAR = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "
               "mish", "sigmoid_", "silu_", "hardswish_", "exp", "exp_", "log", "log2", "sqrt",
               "rsqrt", "pow", "__pow__", "__rpow__", "square", "abs", "neg", "__neg__", "erf",
               "clamp", "clamp_", "clip", "floor", "ceil", "round", "reciprocal", "sin", "cos",
-              "softplus", "logsigmoid", "glu", "eq", "ne", "ge", "gt", "le", "lt", "__eq__",
+              "softplus", "logsigmoid", "log_sigmoid", "glu", "eq", "ne", "ge", "gt", "le", "lt", "__eq__",
               "__ne__", "__ge__", "__gt__", "__le__", "__lt__", "__and__", "__or__",
               "logical_and", "logical_or", "logical_not", "minimum", "maximum"}
-_register_builtins()
 
 
 # What dnnlab counts for each op torch.utils.flop_counter.FlopCounterMode has a formula for

@@ -1,48 +1,95 @@
-"""Which torch calls the counter counts, and how: one handler per function name.
+"""Which torch calls the counter counts, and how: one pure handler per torch function.
 
-The counter (`count_ops`) sees every torch call of a model through a `TorchFunctionMode`; a call
-whose function name has a handler here is run, then handed to it with its real shapes. The
-built-in handlers (`dnnlab.opcount.handlers`: conv, linear, matmul, attention, norms, pools,
-elementwise ops, smooth max) are registered this way too. To count another op:
+The counter (`count_ops`) sees every torch call of a model through a `TorchFunctionMode`. A
+call whose function has a handler in the counter's table is run, then handed to the handler
+with its real shapes; the handler returns a `Count` and the counter makes the row (module path,
+shapes, bytes, dtype). To count another op:
 
     import torch
-    from dnnlab.opcount import register_handler
-    from dnnlab.opcount.registry import arg, shape_of
+    from dnnlab.opcount import Count, register_handler
+    from dnnlab.opcount.registry import arg
 
-    def count_cumsum(counter, name, args, kwargs, out):
-        x, dim = args[0], arg(args, kwargs, 1, "dim")       # x: (..., L, ...) along dim
+    def count_cumsum(args, kwargs, out) -> Count:            # pure: (inputs, outputs) -> Count
+        x, dim = args[0], arg(args, kwargs, 1, "dim")        # x: (..., L, ...) along dim
         adds = x.numel() - x.numel() // x.shape[dim]         # L - 1 adds per line
-        counter.add(name, "elementwise", shape_of(x), shape_of(out), mults=0, adds=adds,
-                    macs=adds)
+        return Count("elementwise", adds=adds, macs=adds)
 
     register_handler(torch.cumsum, count_cumsum)             # also counts x.cumsum(dim)
 
-A handler is `handler(counter, name, args, kwargs, out) -> None`; it adds rows with
-`counter.add(op, family, in_shape, out_shape, mults, adds, macs, bwd=0, bias_adds=0, other=0)`
-(family: one of `rows.FAMILIES` or a new name; `macs` are multiply-accumulates for the MAC
-families, elementary operations otherwise; `bwd`: MACs of the op's backward in a training step),
-reads `counter.count_bias`, and raises `counter.fail("what is wrong")`, a ShapeError naming the
-layer being run. An optional `precheck(counter, args, kwargs)` runs before the op, to name the
-layer in a clearer error than torch's own; an optional `shortcut(args, kwargs) -> output` makes
-the op's output (meta tensors of the right shapes) without running it, on the meta device only
-(the recurrent layers: no per-time-step work).
+or, for one call only, `count_ops(model, shape, handlers={torch.cumsum: count_cumsum})`.
+
+Handlers are keyed by the torch function object (as FlopCounterMode keys by aten op). A torch
+function and the torch functions of the same name in torch's namespaces (`torch.cumsum` and
+`Tensor.cumsum`) share a handler; a name is resolved the same way, and a name or object that is
+no torch function is refused. The built-in handlers (`handlers.builtins()`) are registered
+explicitly in one table (`table()`); every count copies it and applies its own `handlers=`.
+A module class may be a key too (dnnlab's smooth max layers): the module is then counted as one
+call, its handler getting `(module, *args)`, and nothing inside it is counted.
+
+A handler raises `CountError("what is wrong")` for an input it cannot count; the counter turns it
+into a ShapeError naming the layer being run. Bias adds are always counted in `adds` and
+reported in `bias_adds`; the counter takes them out when `count_bias=False`. An optional
+`precheck(args, kwargs)` runs before the op (to name the layer in a clearer error than torch's);
+an optional `shortcut(args, kwargs) -> output` makes the op's output (meta tensors of the right
+shapes) without running it, on the meta device only (the recurrent layers).
 
 A call with no handler whose name is not in `FREE` (ops that only move, view, create or select
 data) and that returns a tensor is listed in the report's `not_counted`, with its module.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-Handler = Callable[[Any, str, tuple, dict, Any], None]
-Precheck = Callable[[Any, tuple, dict], None]
 
-HANDLERS: dict[str, Handler] = {}
-PRECHECKS: dict[str, Precheck] = {}
-SHORTCUTS: dict[str, Callable[[tuple, dict], Any]] = {}
+class CountError(ValueError):
+    """A handler cannot count this call (the counter names the layer)."""
+
+
+@dataclass(frozen=True)
+class Count:
+    """What one call costs (docs/opcount.md): the counter makes the row from it.
+
+    family: one of `rows.FAMILIES` or a new name; mults/adds (adds include the bias adds);
+    macs: multiply-accumulates for the MAC families, elementary operations otherwise;
+    bwd_macs: MACs of the op's backward in a training step; bias_adds: inside `adds`;
+    other: comparisons, exp, ...; causal_macs / causal_bwd_macs: attention's unmasked products
+    only (None: dense is exact); op: the row's op name (default: the function's name);
+    in_shape: the row's input shape (default: the call's first tensor); extra: anything else
+    (kept on the row).
+    """
+
+    family: str
+    mults: int = 0
+    adds: int = 0
+    macs: int = 0
+    bwd_macs: int = 0
+    bias_adds: int = 0
+    other: int = 0
+    causal_macs: int | None = None
+    causal_bwd_macs: int | None = None
+    op: str | None = None
+    in_shape: Sequence[int] | None = None
+    extra: Mapping = field(default_factory=dict)
+
+
+Handler = Callable[[tuple, dict, Any], "Count | Sequence[Count] | None"]
+Precheck = Callable[[tuple, dict], None]
+Shortcut = Callable[[tuple, dict], Any]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A handler with its optional precheck and shortcut."""
+
+    handler: Handler
+    precheck: Precheck | None = None
+    shortcut: Shortcut | None = None
+
 
 # Calls that compute nothing countable: views, reshapes, copies, creation, indexing, selection,
 # conversions, random fills (their results are never "not counted").
@@ -70,47 +117,148 @@ nelement ndimension get_device data grad T mT H mH
 """.split())
 
 
-def op_name(func_or_name: Callable | str) -> str:
-    """The name a call is looked up by: the function's `__name__` (`torch.cumsum` and
-    `Tensor.cumsum` are both `cumsum`), or the string itself."""
-    if isinstance(func_or_name, str):
-        name = func_or_name
-    else:
-        name = getattr(func_or_name, "__name__", None)
+# -- torch's functions, by name ------------------------------------------------------------------
+
+def _namespaces() -> list:
+    import torch.nn.attention.flex_attention as flex
+    import torch.nn.functional as F
+
+    return [torch, torch.Tensor, F, torch.linalg, torch.special, torch.fft, torch._C._nn,
+            torch._VF, torch._C._VariableFunctions, flex]
+
+
+@functools.lru_cache(maxsize=1)
+def torch_functions() -> dict[str, tuple]:
+    """{name: the torch function objects of that `__name__`}: every callable of torch's
+    namespaces (torch, Tensor, nn.functional, linalg, special, fft, _VF, flex attention) and
+    every function torch.overrides lists as overridable."""
+    out: dict[str, list] = {}
+
+    def add(f: Any, alias: str | None = None) -> None:
+        name = getattr(f, "__name__", None)
+        if not (isinstance(name, str) and callable(f) and not isinstance(f, type)):
+            return
+        for key in {name, alias or name}:  # Tensor.__rtruediv__ is __rdiv__: both names
+            objs = out.setdefault(key, [])
+            if not any(o is f for o in objs):
+                objs.append(f)
+    for ns in _namespaces():
+        for attr in dir(ns):
+            try:
+                add(getattr(ns, attr), attr)
+            except Exception:  # noqa: BLE001 - a lazy attribute that cannot load here
+                continue
+    for fs in torch.overrides.get_overridable_functions().values():
+        for f in fs:
+            add(f)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _is_module_class(key: Any) -> bool:
+    return isinstance(key, type) and issubclass(key, torch.nn.Module)
+
+
+def resolve(key: Callable | str | type) -> tuple:
+    """The keys a registration covers: a module class itself; a torch function and the torch
+    functions of its name; a name's torch functions. Anything else raises ValueError."""
+    if _is_module_class(key):
+        return (key,)
+    if isinstance(key, str):
+        objs = torch_functions().get(key)
+        if not objs:
+            raise ValueError(f"'{key}' is not a torch function (no function of torch, Tensor, "
+                             "nn.functional, linalg, special or fft has that name)")
+        return objs
+    name = getattr(key, "__name__", None)
+    if not callable(key) or not isinstance(name, str):
+        raise ValueError(f"cannot register a handler for {key!r}: not a torch function")
+    objs = torch_functions().get(name, ())
+    if not any(o is key for o in objs):
+        raise ValueError(f"{key!r} is not a torch function the counter can see (register a "
+                         "function of torch, Tensor or nn.functional, or a module class)")
+    return objs
+
+
+def op_name(key: Callable | str | type) -> str:
+    """The name a row is labelled with: the function's (or module class's) `__name__`."""
+    if isinstance(key, str):
+        return key
+    name = getattr(key, "__name__", None)
     if not name:
-        raise ValueError(f"cannot register a handler for {func_or_name!r}: it has no __name__")
+        raise ValueError(f"cannot register a handler for {key!r}: it has no __name__")
     return name
 
 
-def register_handler(func_or_name: Callable | str, handler: Handler, *,
+# -- the table ---------------------------------------------------------------------------------
+
+_TABLE: dict = {}  # key (function object or module class) -> Entry; filled by table()
+
+
+def table() -> dict:
+    """The registered handlers (built-in + register_handler), built on first use."""
+    if not _TABLE:
+        from dnnlab.opcount.handlers import builtins
+
+        for key, entry in builtins().items():
+            _TABLE[key] = entry
+    return _TABLE
+
+
+def as_entry(value: Handler | Entry) -> Entry:
+    if isinstance(value, Entry):
+        return value
+    if not callable(value):
+        raise TypeError(f"a handler must be callable, got {value!r}")
+    return Entry(value)
+
+
+def with_overrides(base: dict, handlers: Mapping | None) -> dict:
+    """A copy of `base` with `handlers` ({torch function, name or module class: handler or
+    Entry}; None as the value removes one) applied: one count's own table."""
+    out = dict(base)
+    for key, value in (handlers or {}).items():
+        for k in resolve(key):
+            if value is None:
+                out.pop(k, None)
+            else:
+                out[k] = as_entry(value)
+    return out
+
+
+def register_handler(key: Callable | str | type, handler: Handler, *,
                      precheck: Precheck | None = None, replace: bool = False,
-                     shortcut: Callable[[tuple, dict], Any] | None = None) -> None:
-    """Count calls of `func_or_name` (a torch function or method, or its name) with `handler`.
-
-    A name that already has a handler is refused unless `replace=True` (which also replaces or
-    removes its precheck and shortcut).
-    """
-    name = op_name(func_or_name)
+                     shortcut: Shortcut | None = None) -> None:
+    """Count calls of `key` (a torch function, its name, or a module class) with `handler`,
+    in every count from now on. One that already has a handler is refused unless
+    `replace=True`; a key that is not a torch function is refused."""
+    keys = resolve(key)
+    entry = Entry(handler, precheck, shortcut)
     if not callable(handler):
-        raise TypeError(f"handler for '{name}' must be callable, got {handler!r}")
-    if name in HANDLERS and not replace:
-        raise ValueError(f"'{name}' already has a handler ({HANDLERS[name].__name__}); "
+        raise TypeError(f"handler for '{op_name(key)}' must be callable, got {handler!r}")
+    current = table()
+    taken = [k for k in keys if k in current]
+    if taken and not replace:
+        raise ValueError(f"'{op_name(key)}' already has a handler "
+                         f"({getattr(current[taken[0]].handler, '__name__', '?')}); "
                          "pass replace=True to replace it")
-    HANDLERS[name] = handler
-    PRECHECKS.pop(name, None)
-    SHORTCUTS.pop(name, None)
-    if precheck is not None:
-        PRECHECKS[name] = precheck
-    if shortcut is not None:
-        SHORTCUTS[name] = shortcut
+    for k in keys:
+        current[k] = entry
 
 
-def unregister_handler(func_or_name: Callable | str) -> None:
-    """Stop counting `func_or_name` (no error when it was not counted)."""
-    name = op_name(func_or_name)
-    HANDLERS.pop(name, None)
-    PRECHECKS.pop(name, None)
-    SHORTCUTS.pop(name, None)
+def unregister_handler(key: Callable | str | type) -> None:
+    """Stop counting `key` (no error when it was not counted)."""
+    current = table()
+    for k in resolve(key):
+        current.pop(k, None)
+
+
+def handler_of(key: Callable | str | type) -> Entry | None:
+    """The registered entry of a torch function, name or module class (None: not counted)."""
+    current = table()
+    for k in resolve(key):
+        if k in current:
+            return current[k]
+    return None
 
 
 # -- helpers for handlers ---------------------------------------------------------------------

@@ -46,6 +46,8 @@ class LayerRow:
     write_bytes: int = 0  # its outputs
     bwd_bytes: int = 0  # the backward's: output gradient + saved inputs read, input grads
     dtype: str = ""  # the dtype of the call's first floating-point input ("float16", ...)
+    causal_macs: int | None = None  # attention: the unmasked products only (None: dense exact)
+    causal_bwd_macs: int | None = None
 
     @property
     def flops(self) -> int:
@@ -77,24 +79,35 @@ class OpReport:
     module_params: dict = field(default_factory=dict)  # {path: params of its subtree}
     module_types: dict = field(default_factory=dict)  # {path: class name}
 
-    def totals(self, backward: bool = False) -> dict:
+    def totals(self, backward: bool = False, causal: bool = False) -> dict:
         """MACs per operator family (always has the MAC families' keys, `conv` and `linear`).
 
         backward=True gives the backward MACs of a training step instead.
+        causal=True counts masked attention's unmasked products only (`causal_macs`: is_causal
+        and masks whose values the counter saw); the default is dense, FlopCounterMode's and
+        fvcore's convention (docs/opcount.md "Causal attention").
         The `bias` family is the number of bias adds (already inside conv/linear `adds`).
         """
         out = {f: 0 for f in MAC_FAMILIES}
         for row in self.layers:
             out.setdefault(row.family, 0)
-            out[row.family] += row.bwd_macs if backward else row.macs
+            if causal and row.causal_macs is not None:
+                out[row.family] += row.causal_bwd_macs if backward else row.causal_macs
+            else:
+                out[row.family] += row.bwd_macs if backward else row.macs
             if not backward and row.bias_adds:
                 out["bias"] = out.get("bias", 0) + row.bias_adds
         return out
 
-    def total_macs(self, backward: bool = False) -> int:
-        """Sum of the MAC families (forward, or backward when asked)."""
-        t = self.totals(backward)
+    def total_macs(self, backward: bool = False, causal: bool = False) -> int:
+        """Sum of the MAC families (forward, or backward when asked; causal: see totals)."""
+        t = self.totals(backward, causal)
         return sum(t[f] for f in MAC_FAMILIES)
+
+    def has_causal(self) -> bool:
+        """Whether some attention was masked and counted exactly (`totals(causal=True)`
+        differs from dense)."""
+        return any(r.causal_macs is not None for r in self.layers)
 
     def total_bytes(self, backward: bool = False) -> int:
         """Bytes read + written by every counted op (forward, or backward when asked)."""
@@ -131,6 +144,9 @@ class OpReport:
             "layers": [asdict(r) for r in self.layers],
             "totals": self.totals(),
             "backward_totals": self.totals(backward=True),
+            **({"causal_totals": self.totals(causal=True),
+                "causal_backward_totals": self.totals(backward=True, causal=True)}
+               if self.has_causal() else {}),
             "total_bytes": self.total_bytes(),
             "backward_bytes": self.total_bytes(backward=True),
         }
@@ -144,7 +160,7 @@ class OpReport:
     def to_csv(self, path: str | Path) -> None:
         cols = ["path", "module_type", "op", "family", "in_shape", "out_shape",
                 "mults", "adds", "macs", "bwd_macs", "bias_adds", "other", "read_bytes",
-                "write_bytes", "bwd_bytes"]
+                "write_bytes", "bwd_bytes", "causal_macs"]
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(cols)

@@ -15,7 +15,7 @@ from dnnlab.opcount import count_ops, reconcile, register_handler, unregister_ha
 from dnnlab.opcount.counter import swapped
 from dnnlab.opcount.handlers import ATEN_COVERAGE
 from dnnlab.opcount.reconcile import FLOP_COUNTER_BLIND
-from dnnlab.opcount.registry import HANDLERS
+from dnnlab.opcount.registry import handler_of
 
 
 class Call(nn.Module):
@@ -117,7 +117,7 @@ def test_flop_counter_registry_is_covered():
         name = str(op).removeprefix("aten.")
         assert name in ATEN_COVERAGE, f"FlopCounterMode counts {name}: no dnnlab handler"
         for h in ATEN_COVERAGE[name]:
-            assert h == "backward" or h in HANDLERS, (name, h)
+            assert h == "backward" or handler_of(h) is not None, (name, h)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -205,19 +205,13 @@ def test_packed_sequence_counts_the_real_steps():
 def test_reconcile_fails_on_an_uncounted_product_and_says_which_check():
     model = nn.Sequential(nn.Linear(8, 8))
     model.append(nn.LSTM(8, 16))
-    saved = HANDLERS["lstm"]
+    saved = handler_of("lstm")
     unregister_handler("lstm")  # the counter before recurrent support
     try:
         rec = reconcile(model, [5, 2, 8], backward=False)
         assert not rec.reconciled and rec.failed == ["flop_counter"]
         assert "lstm" in rec.report.not_counted
     finally:
-        register_handler("lstm", saved, shortcut=_lstm_shortcut())
+        register_handler("lstm", saved.handler, shortcut=saved.shortcut)
     rec = reconcile(model, [5, 2, 8], backward=False)
     assert rec.reconciled and rec.failed == [] and not rec.report.not_counted
-
-
-def _lstm_shortcut():
-    from dnnlab.opcount.handlers import rnn_shortcut
-
-    return rnn_shortcut("lstm")
