@@ -17,6 +17,6 @@ from dnnlab.opcount.registry import Count, CountError, register_handler, unregis
 from dnnlab.opcount.roofline import roofline
 from dnnlab.opcount.rows import FAMILIES, MAC_FAMILIES, LayerRow, OpReport
 
-__all__ = ["Count", "CountError", "DEVICES", "FAMILIES", "MAC_FAMILIES", "LayerRow", "OpReport", "build_meta",
-           "calibrate", "count_ops", "reconcile", "register_handler", "roofline",
+__all__ = ["Count", "CountError", "DEVICES", "FAMILIES", "MAC_FAMILIES", "LayerRow", "OpReport",
+           "build_meta", "calibrate", "count_ops", "reconcile", "register_handler", "roofline",
            "torchvision_input_shape", "unregister_handler"]

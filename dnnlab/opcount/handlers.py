@@ -1,9 +1,9 @@
 """The built-in handlers of the counter: how each torch call is counted (docs/math.md (2)).
 
 Each handler is a pure `handler(args, kwargs, out) -> Count` (see `dnnlab.opcount.registry`);
-`builtins()` is the table of them, keyed by torch function object. Conv and linear follow the closed forms of `formulas.py`;
-backward MACs follow docs/math.md (4b) (input gradient by transposed convolution, weight
-gradient by correlation, each the forward's MACs).
+`builtins()` is the table of them, keyed by torch function object. Conv and linear follow the
+closed forms of `formulas.py`; backward MACs follow docs/math.md (4b) (input gradient by
+transposed convolution, weight gradient by correlation, each the forward's MACs).
 """
 from __future__ import annotations
 
@@ -13,8 +13,15 @@ from typing import Any
 import torch
 
 from dnnlab.opcount import formulas as fm
-from dnnlab.opcount.registry import (Count, CountError, Entry, arg, needs_grad, shape_of,
-                                     torch_functions)
+from dnnlab.opcount.registry import (
+    Count,
+    CountError,
+    Entry,
+    arg,
+    needs_grad,
+    shape_of,
+    torch_functions,
+)
 
 
 def _tup(v: Any, n: int) -> tuple:
@@ -604,8 +611,8 @@ _NONLINEAR = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "
               "mish", "sigmoid_", "silu_", "hardswish_", "exp", "exp_", "log", "log2", "sqrt",
               "rsqrt", "pow", "__pow__", "__rpow__", "square", "abs", "neg", "__neg__", "erf",
               "clamp", "clamp_", "clip", "floor", "ceil", "round", "reciprocal", "sin", "cos",
-              "softplus", "logsigmoid", "log_sigmoid", "glu", "eq", "ne", "ge", "gt", "le", "lt", "__eq__",
-              "__ne__", "__ge__", "__gt__", "__le__", "__lt__", "__and__", "__or__",
+              "softplus", "logsigmoid", "log_sigmoid", "glu", "eq", "ne", "ge", "gt", "le", "lt",
+              "__eq__", "__ne__", "__ge__", "__gt__", "__le__", "__lt__", "__and__", "__or__",
               "logical_and", "logical_or", "logical_not", "minimum", "maximum"}
 
 
