@@ -171,6 +171,8 @@ class OpcountResult:
             "count_bias": self.report.count_bias, "layers": self.layers(),
             "totals": self.totals(),
             "backward_totals": self.report.totals(backward=True) if self.backward else None,
+            "causal_totals": (self.report.totals(causal=True) if self.report.has_causal()
+                              else None),
             "reconciled": self.reconciled,
             "flop_counter": None if rec is None else rec.flop_counter,
             "mismatches": self.mismatches(),
@@ -182,6 +184,8 @@ class OpcountResult:
         return {**{f"macs/{k}": v["analytic"] for k, v in totals.items()},
                 **{f"fvcore/{k}": v["fvcore"] for k, v in totals.items()
                    if v["fvcore"] is not None}, "reconciled": self.reconciled,
+                **({"macs/attention_causal": self.report.totals(causal=True)["attention"]}
+                   if self.report.has_causal() else {}),
                 "params/total": self.report.params.get("total"),
                 "params/trainable": self.report.params.get("trainable")}
 
@@ -243,6 +247,11 @@ class OpcountResult:
         if r.params:
             lines.append(f"parameters: {r.params['total']:,} ({r.params['trainable']:,} "
                          f"trainable); buffers: {r.buffers.get('total', 0):,} elements")
+        if r.has_causal():
+            dense, causal = r.totals()["attention"], r.totals(causal=True)["attention"]
+            lines.append(f"attention: {dense:,} MACs dense (the default, as FlopCounterMode), "
+                         f"{causal:,} causal (unmasked products only: totals(causal=True), "
+                         f"{causal / dense:.3f} of dense)")
         if r.not_counted:
             lines.append("not counted (no rule): " + ", ".join(
                 f"{op} ({', '.join(p)})" for op, p in r.not_counted.items()))
