@@ -84,6 +84,20 @@ def main() -> int:
         rows.append(["torch.compile on CUDA", f"test accuracy {r.get('acc')}, compiling "
                      f"{r.get('compile') or 0:.1f} s" if r["ok"] else r["why"],
                      f"{r.get('seconds', 0):.0f} s", ok])
+        # the cost model on the GPU: every leaf timed there against the named device's roofline
+        name = torch.cuda.get_device_name(0).lower()
+        roof = next((d for d in ("h200", "h100-sxm", "a100-80gb", "l4")
+                     if d.split("-")[0] in name), "a100-80gb")
+        t0 = time.perf_counter()
+        code, tail, _ = run([sys.executable, "-m", "pipelines.opcount", "model=resnet18",
+                             f"roofline={roof}", "measure=true", "wandb.mode=disabled",
+                             f"hydra.run.dir={out / 'opcount'}"])
+        res = json.loads((out / "opcount" / "results.json").read_text()) if code == 0 else {}
+        g = res.get("measured_cuda") or {}
+        rows.append([f"opcount resnet18 measured on CUDA vs {roof}",
+                     f"spearman {g.get('spearman')}, median measured/predicted "
+                     f"{g.get('median_ratio')}" if g else tail.strip()[-200:],
+                     f"{time.perf_counter() - t0:.0f} s", bool(g) and g["spearman"] >= 0.5])
     if not args.quick:
         code, tail, secs = run([sys.executable, "benchmarks/train.py", "--quick", "--no-compile",
                                 "--device", "cuda"], timeout=1800)

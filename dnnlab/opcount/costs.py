@@ -47,4 +47,20 @@ def cost_outputs(model: torch.nn.Module, report: OpReport, run_dir: Path, *, nam
         out.lines.append(f"measured on cpu: {len(m.rows)} layers, spearman {m.spearman}, "
                          f"median measured/predicted {m.median_ratio}")
         out.images["measured"] = plot_measured(m, run_dir / "measured.png", name)
+        if torch.cuda.is_available():  # the same on the GPU, against the named device's roof
+            from dnnlab.opcount.devices import DEVICES
+
+            if device and device != "cpu" and device in DEVICES:
+                g = measure_modules(materialize(model), report, input_shape, inputs=inputs,
+                                    min_run_time=min_run_time, on="cuda", roof=device)
+                out.results["measured_cuda"] = {**g.to_dict(), "device": device,
+                                                "gpu": torch.cuda.get_device_name()}
+                out.lines.append(f"measured on {torch.cuda.get_device_name()} against {device}:"
+                                 f" spearman {g.spearman}, median measured/predicted "
+                                 f"{g.median_ratio}")
+                out.images["measured_cuda"] = plot_measured(g, run_dir / "measured_cuda.png",
+                                                            f"{name} on {device}")
+            else:
+                out.lines.append("a GPU is present: give roofline=<its device> (a100-80gb, "
+                                 "h100-sxm, h200, l4) to measure it against that roofline too")
     return out

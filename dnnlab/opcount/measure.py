@@ -1,6 +1,7 @@
 """Predicted against measured time (`measure=true`, docs/opcount.md "Measure").
 
-Every leaf module (no children) that runs a counted op is timed on real CPU tensors: the model
+Every leaf module (no children) that runs a counted op is timed on real CPU tensors (or on the
+GPU, against a named GPU's datasheet roofline, when one is present): the model
 is run once on random inputs (zero weights for a model built on meta) with forward hooks that
 keep each leaf's inputs, then each leaf is called again on its own inputs under
 `torch.utils.benchmark` (warm-up, then the median of blocked repeats), times the number of
@@ -61,19 +62,28 @@ def _leaf_inputs(model: torch.nn.Module, paths: set, args: tuple, kwargs: dict) 
 
 
 def measure(model: torch.nn.Module, report: OpReport, input_shape=None, *, inputs=None,
-            min_run_time: float = 0.05, threads: int | None = None) -> Measured:
-    """Time every leaf module that runs a counted op against its `cpu` roofline prediction."""
+            min_run_time: float = 0.05, threads: int | None = None,
+            on: str = "cpu", roof: str | None = None) -> Measured:
+    """Time every leaf module that runs a counted op against its roofline prediction: on this
+    CPU against the calibrated `cpu` roofline, or (`on="cuda"`) on the GPU against the named
+    device `roof` of devices.DEVICES (the Timer synchronizes CUDA)."""
+    import copy
+
     from scipy.stats import spearmanr
     from torch.utils import benchmark
 
+    from dnnlab.opcount.counter import _map
     from dnnlab.opcount.devices import calibrate
     from dnnlab.opcount.roofline import roofline
 
     threads = int(threads or torch.get_num_threads())
-    predicted = roofline(report, calibrate(threads)).by_module()
+    predicted = roofline(report, calibrate(threads) if on == "cpu" else roof).by_module()
     args, kwargs = as_inputs(*call_args(input_shape, inputs), meta=False)
     out = Measured()
     with swapped(model, meta=False, training=report.training, copy=False) as m:
+        if on != "cpu":  # a copy on the GPU, its inputs too
+            m = copy.deepcopy(m).to(on)
+            args, kwargs = (_map(args, lambda t: t.to(on)), _map(kwargs, lambda t: t.to(on)))
         leaves = _leaf_inputs(m, {p for p, s in predicted.items() if s > 0}, args, kwargs)
         with torch.no_grad():
             for path, (mod, a, k, calls) in leaves.items():
@@ -104,7 +114,7 @@ def plot_measured(measured: Measured, path, title: str):
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="measured = predicted")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("predicted s (cpu roofline)")
+    ax.set_xlabel("predicted s (roofline)")
     ax.set_ylabel("measured s (median)")
     ax.set_title(f"{title}: spearman {measured.spearman:.3f}" if measured.spearman is not None
                  else title)
