@@ -51,3 +51,20 @@ def custom_bwd(bwd: Callable) -> Callable:
     def backward(ctx, *grads):
         return per_device.get(getattr(ctx, "_dnnlab_amp_device", None), bwd)(ctx, *grads)
     return backward
+
+
+def apply(fn, *args, cast_inputs: torch.dtype | None = None):
+    """fn.apply(*args) for an autograd.Function written in the setup_context style (the one
+    torch.func's transforms take), whose forward has no ctx for custom_fwd to use. With
+    `cast_inputs` and autocast on for the inputs' device, the floating tensor arguments are cast
+    to that dtype and the Function runs with autocast off there (as custom_fwd(cast_inputs=...)
+    did); its backward then sees that dtype too. Otherwise fn.apply(*args) as it is."""
+    if cast_inputs is not None:
+        device = _device_of(args)
+        if torch.is_autocast_enabled(device):
+            args = tuple(a.to(cast_inputs) if isinstance(a, torch.Tensor)
+                         and a.is_floating_point() and a.dtype is not cast_inputs else a
+                         for a in args)
+            with torch.autocast(device, enabled=False):
+                return fn.apply(*args)
+    return fn.apply(*args)
