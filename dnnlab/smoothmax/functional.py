@@ -195,6 +195,9 @@ class _SmoothMax(torch.autograd.Function):
         return _jvp(ctx, tx, tbeta), None, None
 
 
+_apply_smooth_max = amp.applier(_SmoothMax, torch.float32)
+
+
 def _jvp(ctx, tx, tbeta):
     """Forward mode, the transpose of `_backward`: d nu = sum_i p_i tx_i + (d nu / d beta) tbeta
     with p = softmax(beta x) over the reduced dims (docs/math.md (1c)), the argmax weights
@@ -369,5 +372,4 @@ def smooth_max(x: torch.Tensor, beta, dim=-1, keepdim: bool = False,
         value = beta if type(beta) is float else to_float(beta, "smooth_max: beta")
         beta_c = _check_scalar_beta(value, cdtype)
         arg = None
-    return amp.apply(_SmoothMax, x, arg, beta_c, dims, red_shape, out_shape, normalized,
-                     cast_inputs=torch.float32)[0]
+    return _apply_smooth_max(x, arg, beta_c, dims, red_shape, out_shape, normalized)[0]
