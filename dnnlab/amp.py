@@ -72,7 +72,7 @@ def applier(fn, cast_inputs: torch.dtype | None = None) -> Callable:
         f = twin if torch.compiler.is_compiling() else fn
         if cast_inputs is not None:
             device = _device_of(args)
-            if torch.is_autocast_enabled(device):
+            if device in DEVICES and torch.is_autocast_enabled(device):  # not meta
                 args = tuple(a.to(cast_inputs) if isinstance(a, torch.Tensor)
                              and a.is_floating_point() and a.dtype is not cast_inputs else a
                              for a in args)
