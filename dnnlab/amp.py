@@ -51,3 +51,32 @@ def custom_bwd(bwd: Callable) -> Callable:
     def backward(ctx, *grads):
         return per_device.get(getattr(ctx, "_dnnlab_amp_device", None), bwd)(ctx, *grads)
     return backward
+
+
+
+def applier(fn, cast_inputs: torch.dtype | None = None) -> Callable:
+    """A function calling fn.apply(*args) for an autograd.Function written in the setup_context
+    style (the one torch.func's transforms take), whose forward has no ctx for custom_fwd to use.
+
+    With `cast_inputs` and autocast on for the inputs' device, the floating tensor arguments are
+    cast to that dtype and the Function runs with autocast off there (as
+    custom_fwd(cast_inputs=...) did); its backward then sees that dtype too. Otherwise
+    fn.apply(*args) as it is. Under torch.compile's tracing it applies a twin of fn without its
+    custom jvp (dynamo does not trace one: a graph break), the same forward, setup_context,
+    backward and vmap rule."""
+    twin = type(fn.__name__, (fn,), {"jvp": staticmethod(torch.autograd.Function.jvp),
+                                     "__module__": fn.__module__,
+                                     "__qualname__": fn.__qualname__})
+
+    def call(*args):
+        f = twin if torch.compiler.is_compiling() else fn
+        if cast_inputs is not None:
+            device = _device_of(args)
+            if device in DEVICES and torch.is_autocast_enabled(device):  # not meta
+                args = tuple(a.to(cast_inputs) if isinstance(a, torch.Tensor)
+                             and a.is_floating_point() and a.dtype is not cast_inputs else a
+                             for a in args)
+                with torch.autocast(device, enabled=False):
+                    return f.apply(*args)
+        return f.apply(*args)
+    return call

@@ -32,7 +32,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from dnnlab.amp import custom_bwd, custom_fwd
+from dnnlab import amp
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -121,20 +121,42 @@ class ConvNdFunction(torch.autograd.Function):
     backward of docs/math.md (4a)/(4b).
     x: (B, C_in, *in), w: (C_out, C_in/G, *k), b: (C_out,) or None."""
 
+    generate_vmap_rule = True  # torch.func.vmap: forward, backward and jvp are plain ops
+
     @staticmethod
-    @custom_fwd
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+    def forward(x, weight, bias, stride, padding, dilation, groups):
         n = x.dim() - 2
-        # save only the input (for dJ/dw, and only if it is needed) and the weight (a parameter:
-        # no new memory), as torch does
-        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
-        ctx.conf = (stride, padding, dilation, groups)
-        ctx.x_shape = x.shape
         # docs/math.md (4b): z = A_w y + b 1 computed as a convolution, A_w never formed
         return CONV[n](x, weight, bias, stride, padding, dilation, groups)  # (B, C_out, *out)
 
     @staticmethod
-    @custom_bwd
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, stride, padding, dilation, groups = inputs
+        # save only the input (for dJ/dw, and only if it is needed) and the weight (a parameter:
+        # no new memory), as torch does
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
+        ctx.save_for_forward(x, weight)
+        ctx.conf = (stride, padding, dilation, groups)
+        ctx.x_shape = x.shape
+
+    @staticmethod
+    def jvp(ctx, tx, tw, tb, *_):
+        """d z = conv(tx, w) + conv(x, tw) + tb (broadcast): the conv is bilinear in (x, w)."""
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        conv = CONV[x.dim() - 2]
+        t = None
+        if tx is not None:
+            t = conv(tx, weight, None, stride, padding, dilation, groups)
+        if tw is not None:
+            tz = conv(x, tw, None, stride, padding, dilation, groups)
+            t = tz if t is None else t + tz
+        if tb is not None:
+            tb = tb.view(1, -1, *([1] * (x.dim() - 2)))
+            t = tb.expand(x.shape[0], -1, *([1] * (x.dim() - 2))) if t is None else t + tb
+        return t
+
+    @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
         if weight.dtype != g.dtype:  # under autocast: one compute dtype, as torch's conv does
@@ -149,3 +171,6 @@ class ConvNdFunction(torch.autograd.Function):
         if need_b:
             gb = conv_bias_grad(g)
         return gx, gw, gb, None, None, None, None
+
+
+apply_conv = amp.applier(ConvNdFunction)  # ConvNdFunction.apply; without its jvp under compile

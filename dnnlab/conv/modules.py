@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnlab.conv.function import CONV, ConvNdFunction
+from dnnlab.conv.function import CONV, apply_conv
 from dnnlab.errors import ShapeError
 
 
@@ -76,7 +76,7 @@ class _OurConvMixin:
         grad = torch.is_grad_enabled() and (
             x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
         if grad:
-            y = ConvNdFunction.apply(x, weight, bias, self.stride, pad, self.dilation, self.groups)
+            y = apply_conv(x, weight, bias, self.stride, pad, self.dilation, self.groups)
         else:  # nothing to differentiate: skip the Function's overhead
             y = CONV[n](x, weight, bias, self.stride, pad, self.dilation, self.groups)
         return y if input.dim() == n + 2 else y[0]

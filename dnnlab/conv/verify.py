@@ -21,7 +21,7 @@ import torch
 from torch.autograd.gradcheck import GradcheckError
 
 from dnnlab.conv.chain import ACTIVATIONS, METHODS, ChainSpec, init_params
-from dnnlab.conv.function import ConvNdFunction, weight_grad_mode
+from dnnlab.conv.function import apply_conv, weight_grad_mode
 from dnnlab.conv.modules import OUR_CONVS, swap_convs
 from dnnlab.dtypes import dtype_name, max_errors
 from dnnlab.errors import ShapeError, first_line
@@ -104,7 +104,7 @@ def gradcheck_chain(spec: ChainSpec, batch: int, seed: int) -> dict:
             w = next(it)
             b = next(it).view(1) if has_b else None
             # docs/math.md (4b): z_l = A_{w_l} y_{l-1} + b_l 1 by our Function (our backward)
-            z = ConvNdFunction.apply(y, w.view(1, 1, -1), b, (1,), (0,), (1,), 1)
+            z = apply_conv(y, w.view(1, 1, -1), b, (1,), (0,), (1,), 1)
             y = sigma(z) if l < small.depth else z
         return y[:, 0]  # (B, n_L)
 

@@ -24,7 +24,7 @@ import math
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dnnlab.amp import custom_bwd, custom_fwd
+from dnnlab import amp
 from dnnlab.beta import to_float
 from dnnlab.dtypes import compute_dtype
 from dnnlab.errors import ConfigError, ShapeError
@@ -101,22 +101,20 @@ class _SmoothMax(torch.autograd.Function):
     to `red_shape`, the input's shape with the reduced dims kept as 1 (maybe with inf entries).
     """
 
+    generate_vmap_rule = True  # torch.func.vmap: forward, backward and jvp are plain ops
+
     @staticmethod
-    @custom_fwd(cast_inputs=torch.float32)
-    def forward(ctx, x, beta, beta_c, dims, red_shape, out_shape, normalized):
-        # x: (..., n, ...) reduced over dims -> nu: red_shape (..., 1, ...) or without the 1s
+    def forward(x, beta, beta_c, dims, red_shape, out_shape, normalized):
+        # x: (..., n, ...) reduced over dims -> (nu, shift, s): nu of red_shape (..., 1, ...)
+        # or without the 1s; shift and s (..., 1, ...) are intermediates the backward reuses
+        # (non-differentiable outputs: setup_context has no other way to see them)
         cdtype = compute_dtype(x.dtype)
         tensor_beta = isinstance(beta_c, torch.Tensor)
-        ctx.dims, ctx.cdtype, ctx.x_dtype, ctx.red_shape = dims, cdtype, x.dtype, red_shape
-        ctx.beta_c = None if tensor_beta else beta_c
-        ctx.beta_shape = beta.shape if tensor_beta else None
-        ctx.beta_dtype = beta.dtype if tensor_beta else None
-
         if not tensor_beta and beta_c == math.inf:
             # beta = inf: nu_inf = max x (docs/math.md (1a), limit); the backward is the one-hot
-            ctx.mode = "inf"
-            ctx.save_for_backward(x)  # the backward recomputes the max: the output may change
-            return torch.amax(x, dims, keepdim=out_shape == red_shape)  # (..., 1, ...) or (...)
+            none = x.new_empty((0,), dtype=cdtype)
+            return (torch.amax(x, dims, keepdim=out_shape == red_shape),  # (..., 1, ...) or (...)
+                    none, none.clone())
 
         m = torch.amax(x, dims, keepdim=True)  # (..., 1, ...) the max, exact in any dtype
         inf_mask = None
@@ -151,19 +149,84 @@ class _SmoothMax(torch.autograd.Function):
         # s = 0 only for an all -inf slice, where every exp(z) is 0 anyway: clamp so that the
         # backward's exp(z) / s is 0 there, not 0/0.
         s.clamp_min_(1.0)
-        ctx.mode = "finite"
-        ctx.normalized = normalized
-        ctx.save_for_backward(x, shift, s, beta_c if tensor_beta else None,
-                              m if inf_mask is not None else None, inf_mask,
-                              beta if tensor_beta else None)
-        return nu if nu.dtype == x.dtype and nu._base is None else nu.to(x.dtype, copy=True)
+        nu = nu if nu.dtype == x.dtype and nu._base is None else nu.to(x.dtype, copy=True)
+        return nu, shift, s
 
     @staticmethod
-    @custom_bwd
-    def backward(ctx, g):
+    def setup_context(ctx, inputs, output):
+        x, beta, beta_c, dims, red_shape, out_shape, normalized = inputs
+        _, shift, s = output
+        ctx.mark_non_differentiable(shift, s)
+        cdtype = compute_dtype(x.dtype)
+        tensor_beta = isinstance(beta_c, torch.Tensor)
+        ctx.dims, ctx.cdtype, ctx.x_dtype, ctx.red_shape = dims, cdtype, x.dtype, red_shape
+        ctx.out_shape = out_shape
+        ctx.beta_c = None if tensor_beta else beta_c
+        ctx.beta_shape = beta.shape if tensor_beta else None
+        ctx.beta_dtype = beta.dtype if tensor_beta else None
+        if not tensor_beta and beta_c == math.inf:
+            ctx.mode = "inf"
+            ctx.save_for_backward(x)  # the backward recomputes the max: the output may change
+            ctx.save_for_forward(x)
+            return
+        inf_mask = m = None
+        if tensor_beta:
+            inf_mask = torch.isinf(beta_c)
+            if not beta_c.is_meta and bool(inf_mask.any()):
+                beta_c = beta_c.masked_fill(inf_mask, 1.0)  # the forward's finite stand-in
+                m = torch.amax(x, dims, keepdim=True)
+            else:
+                inf_mask = None
+        ctx.mode = "finite"
+        ctx.normalized = normalized
+        saved = (x, shift, s, beta_c if tensor_beta else None, m, inf_mask,
+                 beta if tensor_beta else None)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+
+    @staticmethod
+    def backward(ctx, g, _g_shift=None, _g_s=None):
         if torch.is_grad_enabled():  # create_graph=True: a gradient that has its own gradient
             return _backward_graph(ctx, g)
         return _backward(ctx, g)
+
+    @staticmethod
+    def jvp(ctx, tx, tbeta, *_):
+        return _jvp(ctx, tx, tbeta), None, None
+
+
+_apply_smooth_max = amp.applier(_SmoothMax, torch.float32)
+
+
+def _jvp(ctx, tx, tbeta):
+    """Forward mode, the transpose of `_backward`: d nu = sum_i p_i tx_i + (d nu / d beta) tbeta
+    with p = softmax(beta x) over the reduced dims (docs/math.md (1c)), the argmax weights
+    (ties shared) at beta = inf, and d nu / d beta = (sum p log p [+ log n]) / beta^2."""
+    dims, cdtype = ctx.dims, ctx.cdtype
+    if ctx.mode == "inf":
+        (x,) = ctx.saved_tensors
+        if tx is None:
+            return None
+        w = _argmax_weights(x, torch.amax(x, dims, keepdim=True), dims, cdtype)
+        return (w * tx.to(cdtype)).sum(dims, keepdim=True).reshape(ctx.out_shape).to(x.dtype)
+    x, shift, s, beta_c, m, inf_mask, _ = ctx.saved_tensors
+    b = beta_c if beta_c is not None else ctx.beta_c
+    p = torch.exp((x.to(cdtype) - shift) * b) / s  # (..., n, ...) softmax(beta x)
+    t = torch.zeros(ctx.red_shape, dtype=cdtype, device=x.device)
+    if tx is not None:
+        t = (p * tx.to(cdtype)).sum(dims, keepdim=True)
+        if inf_mask is not None:
+            w = _argmax_weights(x, m, dims, cdtype)
+            t = torch.where(inf_mask, (w * tx.to(cdtype)).sum(dims, keepdim=True), t)
+    if tbeta is not None:
+        neg_h = torch.special.xlogy(p, p).sum(dims, keepdim=True)  # -H(p)
+        if ctx.normalized:
+            neg_h = neg_h + math.log(math.prod(x.shape[d] for d in dims))
+        dbeta = neg_h / (b * b)
+        if inf_mask is not None:
+            dbeta = dbeta.masked_fill(inf_mask, 0.0)
+        t = t + dbeta * tbeta.to(cdtype)
+    return t.reshape(ctx.out_shape).to(x.dtype)
 
 
 def _backward(ctx, g):
@@ -309,4 +372,4 @@ def smooth_max(x: torch.Tensor, beta, dim=-1, keepdim: bool = False,
         value = beta if type(beta) is float else to_float(beta, "smooth_max: beta")
         beta_c = _check_scalar_beta(value, cdtype)
         arg = None
-    return _SmoothMax.apply(x, arg, beta_c, dims, red_shape, out_shape, normalized)
+    return _apply_smooth_max(x, arg, beta_c, dims, red_shape, out_shape, normalized)[0]

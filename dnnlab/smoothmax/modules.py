@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnlab.amp import custom_bwd, custom_fwd
+from dnnlab import amp
 from dnnlab.beta import parse_beta, to_float
 from dnnlab.dtypes import compute_dtype
 from dnnlab.errors import ConfigError, ShapeError
@@ -127,15 +127,15 @@ class _WindowSmoothMax(torch.autograd.Function):
     m); grad = softmax(beta x) over the window (docs/math.md (1c)). beta = inf is _WindowMax.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    @custom_fwd(cast_inputs=torch.float32)
-    def forward(ctx, x, kernel, beta, normalized):  # x: (B, C, H, W)
+    def forward(x, kernel, beta, normalized):  # x: (B, C, H, W) -> (nu, shift, s)
         (kh, kw), (h, w) = kernel, x.shape[2:]
         ho, wo = h // kh, w // kw
         cd = compute_dtype(x.dtype)
         xc = x[:, :, :ho * kh, :wo * kw].to(cd)  # (B, C, Ho*kh, Wo*kw), windows that fit
         m = F.max_pool2d(xc, (kh, kw))  # (B, C, Ho, Wo) the window max (NaN propagates)
-        ctx.shape, ctx.kernel, ctx.beta, ctx.x_dtype = x.shape, kernel, beta, x.dtype
         # an infinite or NaN max shifts by 0, as in smooth_max: +inf -> +inf, all -inf -> -inf
         shift = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)  # (B, C, Ho, Wo)
         e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # exp(beta (x - m)) <= 1  (1a)
@@ -145,12 +145,30 @@ class _WindowSmoothMax(torch.autograd.Function):
             r.sub_(math.log(kh * kw))  # nu - log(n)/beta, formed before dividing by beta
         nu = torch.add(shift, r, alpha=1.0 / beta)  # nu = m + r / beta  (docs/math.md (1a))
         s.clamp_min_(1.0)  # an all -inf window: exp(z) = 0 there, so the gradient is 0, not 0/0
-        ctx.save_for_backward(x, shift, s)  # x, not xc: a double backward differentiates it
-        return nu.to(x.dtype)
+        return nu.to(x.dtype), shift, s  # shift, s: intermediates for the backward
 
     @staticmethod
-    @custom_bwd
-    def backward(ctx, g):  # g: (B, C, Ho, Wo)
+    def setup_context(ctx, inputs, output):
+        x, kernel, beta, _ = inputs
+        _, shift, s = output
+        ctx.mark_non_differentiable(shift, s)
+        ctx.shape, ctx.kernel, ctx.beta, ctx.x_dtype = x.shape, kernel, beta, x.dtype
+        ctx.save_for_backward(x, shift, s)  # x, not xc: a double backward differentiates it
+        ctx.save_for_forward(x, shift, s)
+
+    @staticmethod
+    def jvp(ctx, tx, *_):
+        """sum over each window of softmax(beta x) * tx: the transpose of the backward."""
+        (kh, kw), beta = ctx.kernel, ctx.beta
+        x, shift, s = ctx.saved_tensors
+        ho, wo = shift.shape[2:]
+        xc = x[:, :, :ho * kh, :wo * kw].to(s.dtype)
+        p = torch.exp((xc - _up(shift, kh, kw)) * beta) / _up(s, kh, kw)  # softmax per window
+        t = F.avg_pool2d(p * tx[:, :, :ho * kh, :wo * kw].to(s.dtype), (kh, kw)) * (kh * kw)
+        return t.to(ctx.x_dtype), None, None
+
+    @staticmethod
+    def backward(ctx, g, *_):  # g: (B, C, Ho, Wo)
         (kh, kw), (h, w), beta = ctx.kernel, ctx.shape[2:], ctx.beta
         x, shift, s = ctx.saved_tensors
         xc = x[:, :, :shift.shape[2] * kh, :shift.shape[3] * kw].to(s.dtype)  # as in forward
@@ -166,6 +184,9 @@ class _WindowSmoothMax(torch.autograd.Function):
         if gx.shape[2] != h or gx.shape[3] != w:  # rows/columns no window covers: gradient 0
             gx = F.pad(gx, (0, w - gx.shape[3], 0, h - gx.shape[2]))
         return gx, None, None, None
+
+
+_apply_window_smooth_max = amp.applier(_WindowSmoothMax, torch.float32)
 
 
 def _widen(t: torch.Tensor, kw: int) -> torch.Tensor:
@@ -200,9 +221,10 @@ class _WindowMax(torch.autograd.Function):
     may be written with grad mode on (backward with create_graph=True).
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    @custom_fwd(cast_inputs=torch.float32)
-    def forward(ctx, x, kernel):  # x: (B, C, H, W)
+    def forward(x, kernel):  # x: (B, C, H, W)
         kh, kw = kernel
         h, w = x.shape[2:]
         ho, wo = h // kh, w // kw
@@ -217,12 +239,26 @@ class _WindowMax(torch.autograd.Function):
             m = torch.maximum(m, cj)
         if kh * kw == 1:
             m = m.clone()  # a 1x1 window: the max is x itself, not a view of it
-        ctx.kernel = kernel
-        ctx.save_for_backward(x, m)
         return m
 
     @staticmethod
-    @custom_bwd
+    def setup_context(ctx, inputs, output):
+        x, kernel = inputs
+        ctx.kernel = kernel
+        ctx.save_for_backward(x, output)
+        ctx.save_for_forward(x, output)
+
+    @staticmethod
+    def jvp(ctx, tx, _):
+        """sum over each window of the backward's weights (ties shared) times tx."""
+        (kh, kw), x, m = ctx.kernel, *ctx.saved_tensors
+        cd = compute_dtype(x.dtype)
+        ho, wo = m.shape[2:]
+        w = _WindowMax._traced_backward(x, m.to(cd), torch.ones_like(m, dtype=cd), kh, kw, cd)
+        t = (w.to(cd) * tx.to(cd))[:, :, :ho * kh, :wo * kw]
+        return (F.avg_pool2d(t, (kh, kw)) * (kh * kw)).to(x.dtype)
+
+    @staticmethod
     def backward(ctx, g):  # g: (B, C, Ho, Wo)
         (kh, kw), x, m = ctx.kernel, *ctx.saved_tensors
         xd = x.dtype
@@ -282,6 +318,9 @@ class _WindowMax(torch.autograd.Function):
         return gx.to(x.dtype)
 
 
+_apply_window_max = amp.applier(_WindowMax, torch.float32)
+
+
 def _widen_traced(t: torch.Tensor, kw: int) -> torch.Tensor:
     """_widen for torch.compile: (B, C, Ho, Wo) -> (B, C, Ho, Wo*kw) from an expanded view."""
     b, c, ho, wo = t.shape
@@ -316,24 +355,48 @@ class _GlobalMax(torch.autograd.Function):
     and drops it; a second backward (retain_graph=True), or a backward of the kernel's forward
     with create_graph=True, forms it again."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    @custom_fwd(cast_inputs=torch.float32)
-    def forward(ctx, x):  # (B, C, H, W) -> (B, C, 1, 1)
-        grad = ctx.needs_input_grad[0]
+    def forward(x, grad):  # (B, C, H, W) -> (max (B, C, 1, 1), ties per plane or empty)
         k = _native(x)
-        ctx.native = k is not None
         if k is not None:
             res = k.forward(x, grad)  # max (B, C, 1, 1) [, ties per plane]
-            if grad:
-                ctx.save_for_backward(x, res[0], res[1])
-            return res[0]
+            return res[0], (res[1] if grad else res[0].new_empty((0,)))
         out = x.amax((2, 3), True)
-        if grad:
-            ctx.ref = _GlobalMax._ref(out)
-            ctx.ind, ctx.count = _GlobalMax._mask_count(x, ctx.ref)
-            ctx.x_dtype = x.dtype
-            ctx.save_for_backward(x)  # for a second backward only
-        return out
+        return out, out.new_empty((0,))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, grad = inputs
+        out, count = output
+        ctx.mark_non_differentiable(count)
+        ctx.native = count.numel() > 0
+        ctx.x_dtype = x.dtype
+        ctx.save_for_forward(x, out)
+        if not ctx.needs_input_grad[0]:
+            return
+        if ctx.native:
+            ctx.save_for_backward(x, out, count)
+            return
+        ctx.ref = _GlobalMax._ref(out)
+        ctx.ind, ctx.count = _GlobalMax._mask_count(x, ctx.ref)
+        ctx.save_for_backward(x)  # for a second backward only
+
+    @staticmethod
+    def jvp(ctx, tx, _):
+        """The tangent at each plane's maxima, ties shared: the transpose of the backward."""
+        x, out = ctx.saved_tensors
+        ind, count = _GlobalMax._mask_count(x, _GlobalMax._ref(out))
+        t = (ind * tx.to(ind.dtype)).sum((2, 3), True) / count
+        return t.to(x.dtype), None
+
+    @staticmethod
+    def apply_to(x: torch.Tensor) -> torch.Tensor:
+        """The pooled max; the kernel counts ties in its forward only when a gradient is
+        wanted."""
+        grad = torch.is_grad_enabled() and x.requires_grad
+        return _apply_global_max(x, grad)[0]
 
     @staticmethod
     def _ref(out: torch.Tensor) -> torch.Tensor:
@@ -354,21 +417,23 @@ class _GlobalMax(torch.autograd.Function):
         return torch.eq(x, ref, out=torch.empty_like(x, dtype=compute_dtype(x.dtype)))
 
     @staticmethod
-    @custom_bwd
-    def backward(ctx, g):
+    def backward(ctx, g, _g_count=None):
         if ctx.native:
             x, out, count = ctx.saved_tensors
             if g.dtype is not x.dtype:
                 g = g.to(x.dtype)
             if not torch.is_grad_enabled():  # create_graph=True needs the torch ops
-                return native.kernels().backward(x, out, count, g)
+                return native.kernels().backward(x, out, count, g), None
             ind, count = _GlobalMax._mask_count(x, _GlobalMax._ref(out))
-            return ind.mul_(g / count)
+            return ind.mul_(g / count), None
         ind, ctx.ind = ctx.ind, None  # attributes outlive the backward: drop the mask now
         if ind is None:  # a second backward: the first made its mask the gradient
             ind = _GlobalMax._mask(ctx.saved_tensors[0], ctx.ref)
         gx = ind.mul_((g if g.dtype is ind.dtype else g.to(ind.dtype)) / ctx.count)
-        return gx if ctx.x_dtype is ind.dtype else gx.to(ctx.x_dtype)
+        return (gx if ctx.x_dtype is ind.dtype else gx.to(ctx.x_dtype)), None
+
+
+_apply_global_max = amp.applier(_GlobalMax, torch.float32)
 
 
 class SmoothMaxPool2d(_Temperature):
@@ -470,9 +535,10 @@ class SmoothMaxPool2d(_Temperature):
             # the common max-pooling case first, without the beta property's lookups: a fixed
             # scalar beta = inf (the attribute _Temperature._init_beta sets for one)
             if ks is None:
-                return _GlobalMax.apply(x)  # fast path: same values and gradients
+                return _GlobalMax.apply_to(x)  # fast path: same values and gradients
             if self._plain(h, w):
-                return _WindowMax.apply(x, ks)  # fast path, same as smooth_max's limit
+                # fast path, same as smooth_max's limit
+                return _apply_window_max(x, ks)
         if ks is not None:
             self._check(x)
         b = self.beta
@@ -485,9 +551,11 @@ class SmoothMaxPool2d(_Temperature):
                                 self.ceil_mode)  # (B, C, H_out, W_out)
         if scalar and not wrapped and (ks is None or self._plain(h, w)):
             if math.isinf(b):
-                return _GlobalMax.apply(x) if ks is None else _WindowMax.apply(x, ks)
+                if ks is None:
+                    return _GlobalMax.apply_to(x)
+                return _apply_window_max(x, ks)
             if ks is not None:
-                return _WindowSmoothMax.apply(x, ks, float(b), self.normalized)
+                return _apply_window_smooth_max(x, ks, float(b), self.normalized)[0]
         c = x.shape[1]
         if ks is None:
             beta = self._channel_beta(c, 2)  # (C, 1, 1) or scalar
