@@ -13,7 +13,7 @@ from dnnlab.opcount.experiment import CountSettings, OpcountSettings, run
 KEYS = {"model", "input_shape", "unit", "inputs", "mode", "mode_reason", "not_counted",
         "fvcore_error", "failed_checks", "count_bias", "layers", "totals", "backward_totals",
         "reconciled", "flop_counter", "mismatches", "params", "buffers",
-        "skipped_checks"}
+        "skipped_checks", "causal_totals"}
 LENET = {"name": "tiny", "input_shape": [2, 1, 8, 8], "builder": {
     "_target_": "dnnlab.models.build_layers", "layers": [
         {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3},
