@@ -1,22 +1,17 @@
-"""How dnnlab's autograd Functions behave under torch.autocast (trainer.precision), declared with
-torch.amp.custom_fwd / custom_bwd for whichever device the inputs are on (torch's decorators
-take one device type; these pick CPU or CUDA at call time):
+"""How dnnlab's autograd Functions behave under torch.autocast (trainer.precision).
 
-    class _SmoothMax(torch.autograd.Function):
-        @staticmethod
-        @custom_fwd(cast_inputs=torch.float32)   # log-sum-exp in float32: (1a) kept in bf16
-        def forward(ctx, x, ...): ...
+The Functions are written in torch.func's setup_context style (forward without ctx), which
+torch.amp.custom_fwd / custom_bwd cannot wrap; `applier(Fn, cast_inputs)` gives the function
+the call sites use instead:
 
-        @staticmethod
-        @custom_bwd
-        def backward(ctx, g): ...
+    _apply_smooth_max = amp.applier(_SmoothMax, torch.float32)   # log-sum-exp in float32
 
-`cast_inputs=None` runs the forward in the ambient autocast state (the convolutions: lower
-precision where torch's own conv would be), and the backward in the same state.
+With `cast_inputs` and autocast on for the inputs' device, floating inputs are cast and the
+Function runs with autocast off (its backward in that dtype too); `cast_inputs=None` runs it in
+the ambient autocast state (the convolutions: lower precision where torch's own conv would be).
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -26,32 +21,6 @@ DEVICES = ("cpu", "cuda")
 
 def _device_of(args) -> str:
     return next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
-
-
-def custom_fwd(fwd: Callable | None = None, *, cast_inputs: torch.dtype | None = None):
-    """torch.amp.custom_fwd for the device of the first tensor argument."""
-    if fwd is None:
-        return functools.partial(custom_fwd, cast_inputs=cast_inputs)
-    per_device = {d: torch.amp.custom_fwd(fwd, device_type=d, cast_inputs=cast_inputs)
-                  for d in DEVICES}
-
-    @functools.wraps(fwd)
-    def forward(ctx, *args, **kwargs):
-        device = _device_of(args)
-        ctx._dnnlab_amp_device = device
-        return per_device.get(device, fwd)(ctx, *args, **kwargs)
-    return forward
-
-
-def custom_bwd(bwd: Callable) -> Callable:
-    """torch.amp.custom_bwd for the device its forward ran on."""
-    per_device = {d: torch.amp.custom_bwd(bwd, device_type=d) for d in DEVICES}
-
-    @functools.wraps(bwd)
-    def backward(ctx, *grads):
-        return per_device.get(getattr(ctx, "_dnnlab_amp_device", None), bwd)(ctx, *grads)
-    return backward
-
 
 
 def applier(fn, cast_inputs: torch.dtype | None = None) -> Callable:

@@ -232,9 +232,9 @@ def register_handler(key: Callable | str | type, handler: Handler, *,
     in every count from now on. One that already has a handler is refused unless
     `replace=True`; a key that is not a torch function is refused."""
     keys = resolve(key)
-    entry = Entry(handler, precheck, shortcut)
     if not callable(handler):
         raise TypeError(f"handler for '{op_name(key)}' must be callable, got {handler!r}")
+    entry = Entry(handler, precheck, shortcut)
     current = table()
     taken = [k for k in keys if k in current]
     if taken and not replace:

@@ -90,8 +90,6 @@ class SmoothMax(_Temperature):
         keepdim: keep the reduced dims as size 1.
     """
 
-    dnnlab_family = "smooth_max"  # dnnlab.opcount counts it as one op of its own family
-
     def __init__(self, beta, dim=-1, learnable: bool = False, keepdim: bool = False):
         super().__init__()
         self._init_beta(beta, learnable)
@@ -460,8 +458,6 @@ class SmoothMaxPool2d(_Temperature):
     the argmax one-hot with tied maxima sharing it equally (docs/math.md (1c)); "first" is
     torch's max pooling (F.max_pool2d), which routes it to one argmax per window.
     """
-
-    dnnlab_family = "smooth_max"  # dnnlab.opcount counts it as one op of its own family
 
     def __init__(self, beta, kernel_size=None, stride=None, normalized: bool = False,
                  learnable: bool = False, ties: str = "shared", *, padding=0, dilation=1,
