@@ -41,7 +41,8 @@ def cost_outputs(model: torch.nn.Module, report: OpReport, run_dir: Path, *, nam
         from dnnlab.opcount.measure import measure as measure_modules
         from dnnlab.opcount.measure import plot_measured
 
-        m = measure_modules(materialize(model), report, input_shape, inputs=inputs,
+        real = materialize(model)  # real weights once, for the CPU and the GPU timing
+        m = measure_modules(real, report, input_shape, inputs=inputs,
                             min_run_time=min_run_time)
         out.results["measured"] = m.to_dict()
         out.lines.append(f"measured on cpu: {len(m.rows)} layers, spearman {m.spearman}, "
@@ -51,7 +52,7 @@ def cost_outputs(model: torch.nn.Module, report: OpReport, run_dir: Path, *, nam
             from dnnlab.opcount.devices import DEVICES
 
             if device and device != "cpu" and device in DEVICES:
-                g = measure_modules(materialize(model), report, input_shape, inputs=inputs,
+                g = measure_modules(real, report, input_shape, inputs=inputs,
                                     min_run_time=min_run_time, on="cuda", roof=device)
                 out.results["measured_cuda"] = {**g.to_dict(), "device": device,
                                                 "gpu": torch.cuda.get_device_name()}
