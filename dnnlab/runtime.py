@@ -137,7 +137,7 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
                                      metadata={"status": results.get("status")})
     except NothingToDo as done:
         if world.is_main:
-            console.print(str(done), highlight=False)
+            console.print(str(done), highlight=False, soft_wrap=True)  # one line
         return done.result
     except (DnnlabError, OSError) as err:
         line = str(err) if isinstance(err, DnnlabError) else (

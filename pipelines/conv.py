@@ -62,7 +62,7 @@ def job(settings: ConvSettings, run: Run) -> dict:
     tr.summary(**result.summary())
     checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in result.checks.items())
     console.print(f"conv {'[green]PASSED[/]' if result.passed else '[red]FAILED[/]'}: {checks}")
-    console.print(f"results: {run.results.path}")
+    console.print(f"results: {run.results.path}", soft_wrap=True)
     if not result.passed and settings.fail_on_mismatch:
         raise DnnlabError(result.failure())
     return run.results

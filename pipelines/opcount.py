@@ -78,11 +78,11 @@ def job(counted: Counted, run: Run) -> dict:
                          input_shape=counted.shape, inputs=counted.inputs)
     run.results.update(**costs.results)
     for line in costs.lines:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
     for key, png in costs.images.items():
         tr.image(key, png)
     tr.summary(**result.summary())
-    console.print(f"results: {run.results.path}")
+    console.print(f"results: {run.results.path}", soft_wrap=True)
     bad = result.mismatches(strict=True)
     if settings.fail_on_mismatch and result.reconciled is False:
         raise DnnlabError(f"conv/linear counts differ from fvcore at {len(bad)} rows, first: "
