@@ -201,7 +201,8 @@ class SweepSummary(Callback):
         try:
             write_summary(Path(config.hydra.sweep.dir))
         except Exception as e:  # noqa: BLE001 - a summary must never fail a job
-            err_console.print(f"warning: sweep summary failed: {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"warning: sweep summary failed: {e}", highlight=False,
+                              soft_wrap=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -213,4 +214,5 @@ class SweepSummary(Callback):
             log_summary_run(wandb, sweep_dir, group, write_summary(sweep_dir),
                             OmegaConf.select(config, "hydra.runtime.choices.experiment"))
         except Exception as e:  # noqa: BLE001 - W&B must never sink a sweep
-            err_console.print(f"warning: W&B sweep summary not logged: {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"warning: W&B sweep summary not logged: {e}", highlight=False,
+                              soft_wrap=True)
