@@ -30,10 +30,15 @@ class Device:
     bandwidth: float
     source: str = ""
     overhead: float = 0.0  # seconds per op call (dispatch); 0 for the datasheet devices
+    depthwise: float = 0.0  # FLOP/s of a depthwise conv (one input channel per group); 0: peak
 
-    def peak_for(self, dtype: str, family_is_mac: bool, tf32: bool = False) -> float:
+    def peak_for(self, dtype: str, family_is_mac: bool, tf32: bool = False,
+                 depthwise: bool = False) -> float:
         """The peak an op runs at: tensor-core rates for products in half precision (and in
-        float32 with `tf32`), the float32 rate for everything else."""
+        float32 with `tf32`), the float32 rate for everything else; a depthwise conv at the
+        device's depthwise ceiling when it has one (no GEMM: a lower compute roof)."""
+        if depthwise and self.depthwise:
+            return self.depthwise
         if family_is_mac and dtype in ("float16", "bfloat16"):
             return self.peak["bf16-fp16"]
         if family_is_mac and tf32 and dtype == "float32":
@@ -71,14 +76,22 @@ def _calibrated(threads: int, n: int, copy_mb: int) -> Device:
     call = benchmark.Timer("torch.relu(z)", globals={"z": z, "torch": torch},
                            num_threads=threads)
     overhead = call.blocked_autorange(min_run_time=0.1).median
+    dw = torch.nn.Conv2d(128, 128, 3, padding=1, groups=128, bias=False)
+    img = torch.randn(1, 128, 28, 28)  # (B, C, H, W): 9 MACs per output, each channel its own
+    with torch.no_grad():
+        conv = benchmark.Timer("dw(img)", globals={"dw": dw, "img": img}, num_threads=threads)
+        conv.timeit(3)  # warm-up: the first calls choose and build the kernel
+        depthwise = 2 * 9 * img.numel() / conv.blocked_autorange(min_run_time=0.2).median
     return Device("cpu", {p: flops for p in PRECISIONS}, bandwidth,
-                  f"calibrated: {n}^3 float32 matmul, a {copy_mb} MB copy and a one-element "
-                  f"op (dispatch overhead), {threads} threads", overhead)
+                  f"calibrated: {n}^3 float32 matmul, a {copy_mb} MB copy, a one-element "
+                  f"op (dispatch overhead) and a 3x3 depthwise conv on 128x28x28, "
+                  f"{threads} threads", overhead, min(depthwise, flops))
 
 
 def calibrate(threads: int | None = None, n: int = 1024, copy_mb: int = 256) -> Device:
     """This CPU as a Device: a large float32 matmul's FLOP/s (every precision), a large
-    copy's bytes/s (read + write) and a one-element op's time (the per-call overhead), timed
+    copy's bytes/s (read + write), a one-element op's time (the per-call overhead) and a
+    depthwise conv's FLOP/s (the ceiling of convs with one input channel per group), timed
     with torch.utils.benchmark at `threads` (default: torch's thread count); cached per
     process for the same arguments."""
     return _calibrated(int(threads or torch.get_num_threads()), int(n), int(copy_mb))

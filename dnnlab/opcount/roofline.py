@@ -4,7 +4,8 @@ An op takes max(FLOPs / peak, bytes / bandwidth) (+ the device's per-call overhe
 datasheet GPUs, calibrated for `cpu`): compute-bound when its FLOPs take longer
 than its bytes, memory-bound otherwise. FLOPs are 2 per MAC for the product families and the
 elementary operations otherwise; bytes are the op's reads + writes (traffic.py); the peak is
-the device's for the op's dtype (devices.Device.peak_for). Forward only; every op is its own
+the device's for the op's dtype (devices.Device.peak_for), and a depthwise conv's the device's
+depthwise ceiling where it has one (`cpu`: calibrated). Forward only; every op is its own
 kernel (no fusion, no launch overhead, no cache).
 """
 from __future__ import annotations
@@ -57,6 +58,13 @@ class Roofline:
                 "memory_bound": sum(r.bound == "memory" for r in self.rows)}
 
 
+def is_depthwise(row) -> bool:
+    """A conv with one input channel per group (w: (C_out, 1, k...)) and more than one group:
+    no GEMM behind it, so its compute roof is the device's depthwise ceiling."""
+    w = row.extra.get("w_shape")
+    return row.family == "conv" and row.extra.get("groups", 1) > 1 and bool(w) and w[1] == 1
+
+
 def roofline(report: OpReport, dev: str | Device, *, tf32: bool = False) -> Roofline:
     """Per counted op its predicted seconds and bound on `dev` (a name of
     `devices.DEVICES` or a Device), and the total (`.seconds`)."""
@@ -64,7 +72,7 @@ def roofline(report: OpReport, dev: str | Device, *, tf32: bool = False) -> Roof
     out = Roofline(d)
     for row in report.layers:
         moved = row.read_bytes + row.write_bytes
-        peak = d.peak_for(row.dtype, row.family in MAC_FAMILIES, tf32)
+        peak = d.peak_for(row.dtype, row.family in MAC_FAMILIES, tf32, is_depthwise(row))
         compute, memory = row.flops / peak, moved / d.bandwidth
         out.rows.append(RooflineRow(row.path, row.op, row.family, row.flops, moved,
                                     row.intensity, max(compute, memory) + d.overhead,

@@ -39,8 +39,27 @@ def test_devices_and_calibration():
     cpu = calibrate(threads=1, n=256, copy_mb=16)
     assert cpu is calibrate(threads=1, n=256, copy_mb=16)  # cached
     assert 1e8 < cpu.peak["fp32"] < 1e13 and 1e8 < cpu.bandwidth < 1e12
+    assert 0 < cpu.depthwise <= cpu.peak["fp32"] and cpu.overhead > 0
     with pytest.raises(ValueError, match="'tpu9'"):
         device("tpu9")
+
+
+def test_depthwise_convs_run_at_the_depthwise_ceiling_others_at_the_peak():
+    """Only a conv with one input channel per group (and several groups) is depthwise."""
+    from dnnlab.opcount.devices import Device
+    from dnnlab.opcount.roofline import is_depthwise
+
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 8, 3, groups=2),
+                          nn.Conv2d(8, 8, 1), nn.Conv2d(8, 1, 3))
+    report = count_ops(model, [1, 8, 34, 34])
+    assert [is_depthwise(r) for r in report.layers] == [True, False, False, False]
+    dev = Device("x", {"fp32": 1e12, "tf32": 1e12, "bf16-fp16": 1e12}, 1e15, depthwise=1e9)
+    rows = roofline(report, dev).rows
+    assert [r.peak for r in rows] == [1e9, 1e12, 1e12, 1e12]
+    dw = report.layers[0]
+    assert rows[0].seconds == pytest.approx(dw.flops / 1e9) and rows[0].bound == "compute"
+    # the datasheet GPUs have no depthwise figure: their depthwise convs run at the peak
+    assert roofline(report, "l4").rows[0].peak == DATASHEETS["l4"].peak["fp32"]
 
 
 def test_roofline_plot_of_a_small_network(tmp_path):
