@@ -49,14 +49,15 @@ def test_sigusr2_requeues_and_resumes_without_redoing_epochs(tmp_path):
     assert "Caught signal SIGUSR2" in logs and "preempted" in logs
     res = json.loads((job / "results.json").read_text())
     assert res["status"] == "done" and [h["epoch"] for h in res["history"]] == list(range(8))
-    # resumed from the checkpoint: each step's loss once in metrics.jsonl, fewer than a
-    # checkpoint interval of steps redone (metrics.discarded.jsonl)
+    # resumed from the checkpoint: each step's loss once in metrics.jsonl, at most a
+    # checkpoint interval of steps redone (metrics.discarded.jsonl): all 5 when the signal
+    # lands after a step that ends an interval is logged and before its checkpoint is saved
     rows = _rows(job / "metrics.jsonl")
     steps = [r["trainer/global_step"] for r in rows if "train/loss" in r]
     assert steps == list(range(1, res["steps"] + 1))
     assert any("trainer/resumed_from_epoch" in r for r in rows)
     redone = [r for r in _rows(job / "metrics.discarded.jsonl") if "train/loss" in r]
-    assert len(redone) < 5
+    assert len(redone) <= 5
     runs = [summarize(f)["run"] for f in find_runs(job)]
     assert len(runs) == 2 and len({r.run_id for r in runs}) == 1  # one W&B run, resumed
     # the uninterrupted run of the same config
