@@ -26,13 +26,19 @@ def torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def _timer(fn: Callable[[], object], threads: int | None, label: str = ""):
-    """A torch.utils.benchmark.Timer of `fn()` with `threads` (None: torch's current number)."""
-    # torch.utils.benchmark imports cpp_extension, which logs a warning on machines without a
-    # CUDA toolkit; it says nothing about timing, and a user's stderr is for errors
+def quiet_benchmark():
+    """torch.utils.benchmark, imported without its import's warning: it imports cpp_extension,
+    which logs "No CUDA runtime is found" on machines without a CUDA toolkit; that says nothing
+    about timing, and a user's stderr is for errors."""
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import benchmark
 
+    return benchmark
+
+
+def _timer(fn: Callable[[], object], threads: int | None, label: str = ""):
+    """A torch.utils.benchmark.Timer of `fn()` with `threads` (None: torch's current number)."""
+    benchmark = quiet_benchmark()
     return benchmark.Timer(stmt="fn()", globals={"fn": fn}, label=label,
                            num_threads=threads or torch.get_num_threads())
 

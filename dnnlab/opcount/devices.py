@@ -63,7 +63,9 @@ DEVICES = (*DATASHEETS, "cpu")
 
 @functools.cache
 def _calibrated(threads: int, n: int, copy_mb: int) -> Device:
-    from torch.utils import benchmark
+    from dnnlab.timing import quiet_benchmark
+
+    benchmark = quiet_benchmark()
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     mm = benchmark.Timer("a @ b", globals={"a": a, "b": b}, num_threads=threads)

@@ -70,11 +70,13 @@ def measure(model: torch.nn.Module, report: OpReport, input_shape=None, *, input
     import copy
 
     from scipy.stats import spearmanr
-    from torch.utils import benchmark
 
     from dnnlab.opcount.counter import _map
     from dnnlab.opcount.devices import calibrate
     from dnnlab.opcount.roofline import roofline
+    from dnnlab.timing import quiet_benchmark
+
+    benchmark = quiet_benchmark()
 
     threads = int(threads or torch.get_num_threads())
     predicted = roofline(report, calibrate(threads) if on == "cpu" else roof).by_module()

@@ -53,6 +53,7 @@ class Roofline:
     def summary(self) -> dict:
         return {"device": self.device.name, "source": self.device.source,
                 "peak_flops": dict(self.device.peak), "bandwidth": self.device.bandwidth,
+                "depthwise_flops": self.device.depthwise or None,
                 "seconds": self.seconds,
                 "compute_bound": sum(r.bound == "compute" for r in self.rows),
                 "memory_bound": sum(r.bound == "memory" for r in self.rows)}

@@ -60,6 +60,8 @@ def test_depthwise_convs_run_at_the_depthwise_ceiling_others_at_the_peak():
     assert rows[0].seconds == pytest.approx(dw.flops / 1e9) and rows[0].bound == "compute"
     # the datasheet GPUs have no depthwise figure: their depthwise convs run at the peak
     assert roofline(report, "l4").rows[0].peak == DATASHEETS["l4"].peak["fp32"]
+    assert roofline(report, dev).summary()["depthwise_flops"] == 1e9
+    assert roofline(report, "l4").summary()["depthwise_flops"] is None
 
 
 def test_roofline_plot_of_a_small_network(tmp_path):
