@@ -19,7 +19,7 @@ from dnnlab.train.data import Batches, check_fits
 from dnnlab.train.logs import TrainLogs, wandb_config
 from dnnlab.train.probes import pool_beta
 from dnnlab.train.progress import EpochBar, print_result
-from dnnlab.train.records import OnEpoch
+from dnnlab.train.records import OnEpoch, best_of
 from dnnlab.train.resume import (
     Checkpoint,
     interrupted_line,
@@ -28,6 +28,8 @@ from dnnlab.train.resume import (
     resume_or_start,
 )
 from dnnlab.train.settings import TrainSettings
+from dnnlab.train.trial import Pruned, ReportToTrial
+from dnnlab.trial import TrialLink
 
 register("train")
 
@@ -71,17 +73,35 @@ def job(r: Ready, run: Run) -> dict:
     logs = TrainLogs(run.tracker, r.model, beta, resumed_at=step)
     run.tracker.watch(r.model, s.wandb.watch.log, s.wandb.watch.log_freq)
     history = OnEpoch(lambda end: run.results.update(history=end.history))  # as it goes
+    trial = TrialLink.from_env() if main else None  # experiment=search: the job's Optuna trial
+    prune = [ReportToTrial(trial.report)] if trial is not None else []  # last: after the records
     try:
         with EpochBar(s.trainer.epochs, console, s.trainer.progress and main) as bar:
             result = loop.fit(r.model, r.batches, r.optimizer, r.scheduler, s.trainer,
-                              [logs, history, bar] if main else [], ck, run.world)
+                              [logs, history, bar, *prune] if main else [], ck, run.world)
     except loop.Interrupted as err:
         err.line = interrupted_line(err, resume_command("pipelines.train", run.overrides, run.dir))
         raise
+    except Pruned as p:  # the search's pruner stopped it after an epoch: not an error
+        return pruned(run, p)
     run.results.update(**result.to_dict())
     if main:
         logs.finish(result, ck.config, ck.path)
         print_result(console, result, run.results.path)
+    return run.results
+
+
+def pruned(run: Run, p: Pruned) -> dict:
+    """results.json and the W&B run of a trial the search pruned: `status: pruned`, the epoch,
+    the history so far and its best validation accuracy (what the sweeper reads back)."""
+    best = best_of(run.results.get("history") or [])
+    run.results.update(status="pruned", pruned_epoch=p.epoch,
+                       best_val_accuracy=best["val_accuracy"] if best else None,
+                       best_epoch=best["epoch"] if best else None)
+    run.tracker.summary(status="pruned", pruned_epoch=p.epoch,
+                        best_val_accuracy=run.results["best_val_accuracy"])
+    run.tracker.add_tags("pruned")
+    console.print(f"{p}: {run.dir}", highlight=False, soft_wrap=True)
     return run.results
 
 
