@@ -8,7 +8,7 @@ Each key takes one of:
   number in [low, high] (on a log scale with `log`), or one of the `or` values, a choice made
   first (Optuna parameter `<key>:branch`, "[low, high]" or the value). The pooling's
   temperature is `{low: 0.5, high: 32, log: true, or: [inf]}`: a continuous log beta, or max
-  pooling;
+  pooling. On the command line: `'model.pool.beta={low:1,high:64,log:true,or:[inf]}'`;
 - anything else: a fixed override passed to every trial (`experiment=search`, `trainer.epochs=3`).
 
 A trial's overrides are `key=value` strings; its `values` are the same, typed (for the report).
@@ -151,6 +151,11 @@ class Space:
             (ov,) = parser.parse_overrides([text])
             entries[ov.get_key_element()] = _from_override(ov, where) or text
         for ov in parser.parse_overrides(list(arguments)):
+            value = None if ov.is_sweep_override() else ov.value()
+            if isinstance(value, dict) and {"low", "high"} <= set(value):  # a spec, typed inline
+                entries[ov.get_key_element()] = _from_spec(ov.get_key_element(), value,
+                                                           ov.input_line)
+                continue
             entries[ov.get_key_element()] = _from_override(ov, ov.input_line) or ov.input_line
         space = cls([p for p in entries.values() if isinstance(p, Param)],
                      [p for p in entries.values() if isinstance(p, str)])
