@@ -35,8 +35,8 @@ def make_pruner(name: str, args: dict | None = None) -> Any:
     try:
         return cls(**dict(args or {}))
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"hydra.sweeper.pruner_args={dict(args or {})}: not accepted by "
-                          f"{cls.__name__} ({first_line(err)})") from None
+        raise ConfigError(f"hydra.sweeper.pruner_args.{name}={dict(args or {})}: not accepted "
+                          f"by {cls.__name__} ({first_line(err)})") from None
 
 
 def open_storage(url: str) -> Any:

@@ -49,8 +49,9 @@ class DnnlabSweeper(Sweeper):
         self.study_name, self.storage, self.n_trials = str(study_name), str(storage), n_trials
         self.n_jobs, self.direction, self.sampler_name = n_jobs, direction, str(sampler)
         self.seed, self.pruner_name, self.max_failure_rate = seed, str(pruner), max_failure_rate
-        self.pruner_args = OmegaConf.to_container(pruner_args) if isinstance(
+        args = OmegaConf.to_container(pruner_args) if isinstance(
             pruner_args, DictConfig) else dict(pruner_args or {})
+        self.pruner_args = dict(args.get(self.pruner_name) or {})  # the chosen pruner's
         self.params = params
         self.config: DictConfig | None = None
 

@@ -30,8 +30,8 @@ ARGS = ["experiment=search", "trainer.epochs=1", "trainer.progress=false",
 PRUNE = ["experiment=search", "trainer.epochs=3", "trainer.limit_batches=5",
          "trainer.progress=false", "trainer.probe_every=0",
          "optimizer.lr=tag(log,interval(1e-5,1))",
-         "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_args.n_startup_trials=2",
-         "hydra.sweeper.pruner_args.n_warmup_steps=0"]
+         "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_args.median.n_startup_trials=2",
+         "hydra.sweeper.pruner_args.median.n_warmup_steps=0"]
 
 
 def _study(sweep):
@@ -187,9 +187,12 @@ def test_pruning_on_joblib(tmp_path):
 
 @pytest.mark.slow
 def test_a_search_on_submitit(tmp_path):
-    """The SLURM launcher's code path (submitit, local processes): trials two at a time."""
+    """The SLURM launcher's code path (submitit, local processes): trials two at a time, the
+    hyperband pruner, a spec typed on the command line."""
     sweep = tmp_path / "search"
     proc = run_pipeline("train", *PRUNE, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                        "hydra.sweeper.pruner=hyperband",
+                        "model.pool.beta={low:1,high:64,log:true,or:[inf,0.5]}",
                         "hydra/launcher=slurm_local", "wandb.mode=disabled",
                         f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -199,6 +202,10 @@ def test_a_search_on_submitit(tmp_path):
         res = _results(sweep, t.user_attrs["dnnlab:job"])
         assert t.intermediate_values == {h["epoch"]: h["val_accuracy"] for h in res["history"]}
         assert res["status"] == {"COMPLETE": "done", "PRUNED": "pruned"}[t.state.name]
+        if "model.pool.beta" in t.params:  # the interval's branch
+            assert res["beta"] == t.params["model.pool.beta"] and 1 <= res["beta"] <= 64
+        else:
+            assert str(res["beta"]) == t.params["model.pool.beta:branch"] in ("inf", "0.5")
 
 
 @pytest.mark.slow
