@@ -80,4 +80,4 @@ class TrialLink:
         reported) and return whether the pruner stops the trial here."""
         if epoch not in self.store.get_trial(self.trial_id).intermediate_values:
             self.trial.report(value, epoch)
-        return self.trial.should_prune()
+        return bool(self.trial.should_prune())

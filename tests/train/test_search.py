@@ -277,3 +277,50 @@ def test_bad_input_is_one_line(tmp_path, overrides, says):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith(f"error: {says}"), proc.stderr[-3000:]
     assert not (tmp_path / "search" / "0").exists()  # no trial ran
+
+
+def test_a_job_reports_to_its_trial_through_the_storage(tmp_path, monkeypatch):
+    """In-process, on a real SQLite study: the link a job builds from the sweeper's variables
+    reports each epoch once and says when the stored pruner stops it; the loop callback raises
+    Pruned then."""
+    from dnnlab.errors import ConfigError
+    from dnnlab.train.records import EpochEnd
+    from dnnlab.train.trial import Pruned, ReportToTrial
+    from dnnlab.trial import PRUNER, STORAGE, STUDY, TRIAL, TrialLink, make_pruner, open_storage
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    study.set_user_attr(PRUNER, {"name": "median",
+                                 "args": {"n_startup_trials": 1, "n_warmup_steps": 0}})
+    done = study.ask()
+    done.report(0.5, 0)
+    study.tell(done, 0.5)
+    good, bad = study.ask(), study.ask()
+    monkeypatch.setenv(STUDY, "s")
+    monkeypatch.setenv(STORAGE, url)
+    for trial, acc, stops in ((good, 0.9, False), (bad, 0.1, True)):
+        monkeypatch.setenv(TRIAL, str(trial.number))
+        link = TrialLink.from_env()
+        cb = ReportToTrial(link.report)
+        end = EpochEnd({"epoch": 0, "val_accuracy": acc}, {}, 10, [])
+        if stops:
+            with pytest.raises(Pruned) as pruned:
+                cb.on_epoch(end)
+            assert pruned.value.epoch == 0 and pruned.value.value == acc
+        else:
+            cb.on_epoch(end)
+        assert link.report(0, 0.7) is stops  # a resumed epoch is not reported twice
+        assert _stored(url, trial.number).intermediate_values == {0: acc}
+    monkeypatch.delenv(TRIAL)
+    assert TrialLink.from_env() is None
+    with pytest.raises(ConfigError, match="hydra.sweeper.pruner='x': expected one of"):
+        make_pruner("x")
+    with pytest.raises(ConfigError, match=r"pruner_args.median=\{'bogus': 1\}: not accepted"):
+        make_pruner("median", {"bogus": 1})
+    assert type(make_pruner("hyperband", {"min_resource": 1})).__name__ == "HyperbandPruner"
+    with pytest.raises(ConfigError, match="hydra.sweeper.storage=nosuch://x: cannot open it"):
+        open_storage("nosuch://x")
+
+
+def _stored(url: str, number: int):
+    return optuna.load_study(study_name="s", storage=url).trials[number]
