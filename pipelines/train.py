@@ -4,6 +4,7 @@ is written; `job` trains and owns results.json; the checkpoint holds the history
 the best validation accuracy, what a sweeper optimizes (never a test metric)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import hydra
@@ -29,7 +30,7 @@ from dnnlab.train.resume import (
 )
 from dnnlab.train.settings import TrainSettings
 from dnnlab.train.trial import Pruned, ReportToTrial
-from dnnlab.trial import TrialLink
+from dnnlab.trial import TRIAL, TrialLink
 
 register("train")
 
@@ -73,12 +74,11 @@ def job(r: Ready, run: Run) -> dict:
     logs = TrainLogs(run.tracker, r.model, beta, resumed_at=step)
     run.tracker.watch(r.model, s.wandb.watch.log, s.wandb.watch.log_freq)
     history = OnEpoch(lambda end: run.results.update(history=end.history))  # as it goes
-    trial = TrialLink.from_env() if main else None  # experiment=search: the job's Optuna trial
-    prune = [ReportToTrial(trial.report)] if trial is not None else []  # last: after the records
     try:
         with EpochBar(s.trainer.epochs, console, s.trainer.progress and main) as bar:
             result = loop.fit(r.model, r.batches, r.optimizer, r.scheduler, s.trainer,
-                              [logs, history, bar, *prune] if main else [], ck, run.world)
+                              ([logs, history, bar] if main else []) + trial_callbacks(run),
+                              ck, run.world)
     except loop.Interrupted as err:
         err.line = interrupted_line(err, resume_command("pipelines.train", run.overrides, run.dir))
         raise
@@ -91,6 +91,17 @@ def job(r: Ready, run: Run) -> dict:
     return run.results
 
 
+def trial_callbacks(run: Run) -> list:
+    """experiment=search (dnnlab.trial): rank 0 reports each epoch's val accuracy to the job's
+    Optuna trial, and every rank stops when the pruner says so. Last in the list: the epoch's
+    records are written before."""
+    if not os.environ.get(TRIAL):
+        return []
+    link = TrialLink.from_env() if run.world.is_main else None
+    return [ReportToTrial(lambda epoch, value: bool(run.world.broadcast(
+        link is not None and link.report(epoch, value))))]
+
+
 def pruned(run: Run, p: Pruned) -> dict:
     """results.json and the W&B run of a trial the search pruned: `status: pruned`, the epoch,
     the history so far and its best validation accuracy (what the sweeper reads back)."""
@@ -101,7 +112,8 @@ def pruned(run: Run, p: Pruned) -> dict:
     run.tracker.summary(status="pruned", pruned_epoch=p.epoch,
                         best_val_accuracy=run.results["best_val_accuracy"])
     run.tracker.add_tags("pruned")
-    console.print(f"{p}: {run.dir}", highlight=False, soft_wrap=True)
+    if run.world.is_main:
+        console.print(f"{p}: {run.dir}", highlight=False, soft_wrap=True)
     return run.results
 
 
