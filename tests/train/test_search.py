@@ -263,10 +263,11 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path):
 @pytest.mark.parametrize("overrides, says", [
     (["hydra.sweeper.pruner=sometimes"],
      "hydra.sweeper.pruner='sometimes': expected one of none, median, hyperband"),
-    (["optimizer.lr=0.001", "model.pool.beta=4"], "hydra.sweeper.params: the search space is "
-     "empty"),
-    (["model.pool.beta={low:64,high:32,log:true,or:[inf]}"],
-     "model.pool.beta={low:64,high:32,log:true,or:[inf]}: low=64.0 >= high=32.0"),
+    pytest.param(["optimizer.lr=0.001", "model.pool.beta=4"],
+                 "hydra.sweeper.params: the search space is empty", marks=pytest.mark.slow),
+    pytest.param(["model.pool.beta={low:64,high:32,log:true,or:[inf]}"],
+                 "model.pool.beta={low:64,high:32,log:true,or:[inf]}: low=64.0 >= high=32.0",
+                 marks=pytest.mark.slow),
     (["hydra.sweeper.storage=sqlite:////proc/no/such/dir/optuna.db"],
      "hydra.sweeper.storage=sqlite:////proc/no/such/dir/optuna.db: cannot open it"),
 ])
@@ -324,3 +325,48 @@ def test_a_job_reports_to_its_trial_through_the_storage(tmp_path, monkeypatch):
 
 def _stored(url: str, number: int):
     return optuna.load_study(study_name="s", storage=url).trials[number]
+
+
+@pytest.mark.parametrize("params, arguments, says", [
+    ({"model.pool.beta": {"low": 32, "high": 0.5, "log": True, "or": ["inf"]}}, [],
+     "hydra.sweeper.params.model.pool.beta: low=32.0 >= high=0.5"),
+    ({"model.pool.beta": {"low": 0.5, "high": "inf"}}, [], "expected finite bounds"),
+    ({"model.pool.beta": {"low": 0, "high": 4, "log": True}}, [], "a log scale needs low > 0"),
+    ({"model.pool.beta": {"low": 1, "high": 4, "step": 1}}, [], "unknown key(s) step"),
+    ({"model.pool.beta": {"low": 1}}, [], "a spec needs low and high"),
+    ({"optimizer.lr": "interval(0.1, 0.01)"}, [], "low=0.1 >= high=0.01"),
+    ({"optimizer.lr": "tag(log, interval(1e-4, 1e-1))"}, ["optimizer.lr=0.01"],
+     "hydra.sweeper.params: the search space is empty"),
+    ({}, ["seed=range(3, 3)"], "seed=range(3, 3): an empty range"),
+])
+def test_a_bad_space_names_its_key(params, arguments, says):
+    """In-process: the space's errors (the subprocess path of each is the one above)."""
+    from dnnlab.errors import ConfigError
+    from hydra_plugins.dnnlab_search.space import Space
+
+    with pytest.raises(ConfigError) as err:
+        Space.parse(params, arguments)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_space_draws_its_kinds():
+    """choice, int range, log interval, a spec with `or`: each trial's overrides in order, the
+    fixed ones after, every value inside its space (a real in-memory Optuna study)."""
+    from hydra_plugins.dnnlab_search.space import Space, typed
+
+    space = Space.parse({"optimizer.lr": "tag(log, interval(1e-4, 1e-1))",
+                         "model.pool.beta": {"low": 0.5, "high": 32, "log": True,
+                                             "or": ["inf"]}},
+                        ["seed=range(0, 6, 2)", "data.batch_size=choice(32, 64)",
+                         "trainer.epochs=2"])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        ov = dict(o.split("=", 1) for o in space.suggest(study.ask()))
+        assert list(ov) == ["optimizer.lr", "model.pool.beta", "seed", "data.batch_size",
+                            "trainer.epochs"] and ov["trainer.epochs"] == "2"
+        assert 1e-4 <= float(ov["optimizer.lr"]) <= 1e-1 and typed(ov["seed"]) in (0, 2, 4)
+        assert ov["model.pool.beta"] == "inf" or 0.5 <= float(ov["model.pool.beta"]) <= 32
+        assert ov["data.batch_size"] in ("32", "64")
+        seen.add(ov["model.pool.beta"] == "inf")
+    assert seen == {True, False}  # both branches drawn
