@@ -74,12 +74,15 @@ def _check_interval(where: str, low: Any, high: Any, log: bool) -> tuple[float, 
         lo, hi = float(low), float(high)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: low={low!r}, high={high!r}: expected numbers") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-        raise ConfigError(f"{where}: low={_text(lo)} >= high={_text(hi)}: expected finite "
-                          "low < high (the values besides the interval go under `or`)"
-                          if math.isfinite(lo) and math.isfinite(hi) else
-                          f"{where}: low={_text(lo)}, high={_text(hi)}: expected finite bounds "
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ConfigError(f"{where}: low={_text(lo)}, high={_text(hi)}: expected finite bounds "
                           "(inf goes under `or`)")
+    if lo >= hi:
+        raise ConfigError(f"{where}: low={_text(lo)} >= high={_text(hi)}: expected low < high "
+                          "(the values besides the interval go under `or`)")
+    if not math.isfinite(hi - lo):
+        raise ConfigError(f"{where}: low={_text(lo)}, high={_text(hi)}: the interval is wider "
+                          "than a float holds")
     if log and lo <= 0:
         raise ConfigError(f"{where}: low={_text(lo)}: a log scale needs low > 0")
     return lo, hi

@@ -19,6 +19,8 @@ from wsgiref.util import setup_testing_defaults
 import optuna
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import ROOT, run_pipeline
 from tests.wandb_reader import find_runs, summarize
@@ -370,3 +372,31 @@ def test_a_space_draws_its_kinds():
         assert ov["data.batch_size"] in ("32", "64")
         seen.add(ov["model.pool.beta"] == "inf")
     assert seen == {True, False}  # both branches drawn
+
+
+@settings(max_examples=150, deadline=None)
+@given(low=st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([-1.7e308, 5e-324]),
+       high=st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1.7e308]),
+       log=st.booleans())
+def test_a_spec_is_accepted_exactly_when_its_interval_is(low, high, log):
+    """Any bounds (NaN, +-inf, ties, tiny and huge ones): a spec parses iff low < high with a
+    finite width (and low > 0 on a log scale), and then every draw is inside or the `or`
+    value."""
+    import math
+
+    from dnnlab.errors import ConfigError
+    from hydra_plugins.dnnlab_search.space import Space
+
+    spec = {"model.pool.beta": {"low": low, "high": high, "log": log, "or": ["inf"]}}
+    ok = math.isfinite(high - low) and low < high and (low > 0 or not log)
+    try:
+        space = Space.parse(spec, [])
+    except ConfigError as err:
+        assert not ok and str(err).startswith("hydra.sweeper.params.model.pool.beta: ")
+        return
+    assert ok
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        (ov,) = space.suggest(study.ask())
+        value = ov.split("=", 1)[1]
+        assert value == "inf" or low <= float(value) <= high
