@@ -163,4 +163,6 @@ class DnnlabSweeper(Sweeper):
                     trials.append((trial.number, overrides))
                 self._launch(study, trials, job)
                 left -= len(trials)
-            write_results(study, sweep_dir / "optimization_results.yaml")
+            out = write_results(study, sweep_dir / "optimization_results.yaml")
+            log.info(f"best trial {out['best_trial']}: {out['best_value']} {out['best_params']}; "
+                     f"{out['states']}; optuna-dashboard {self.storage}")
