@@ -120,7 +120,8 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
             with tracker:
                 try:
                     out = job(ready, Run(run_dir, results, tracker, hj.overrides, world))
-                    results.update(status="done")
+                    if results.get("status") == "running":  # else the job's own (pruned)
+                        results.update(status="done")
                     return out
                 except DnnlabError as err:
                     results.update(status="failed", error=str(err))

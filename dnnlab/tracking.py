@@ -153,6 +153,11 @@ class Tracker:
             for k, v in kv.items():
                 self.run.summary[k] = jsonable(v)
 
+    def add_tags(self, *tags: str) -> None:  # W&B tags learned during the run (pruned)
+        self.tags += [t for t in tags if t not in self.tags]
+        if self.run is not None:
+            self.run.tags = tuple(self.tags)
+
     def table(self, table: Table) -> None:  # <key>.csv in the run dir and a wandb.Table
         path = table.to_csv(self.run_dir)
         self._write({table.key: {"_type": "table", "path": Path(path).name if path else None}})

@@ -4,6 +4,7 @@ is written; `job` trains and owns results.json; the checkpoint holds the history
 the best validation accuracy, what a sweeper optimizes (never a test metric)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import hydra
@@ -19,7 +20,7 @@ from dnnlab.train.data import Batches, check_fits
 from dnnlab.train.logs import TrainLogs, wandb_config
 from dnnlab.train.probes import pool_beta
 from dnnlab.train.progress import EpochBar, print_result
-from dnnlab.train.records import OnEpoch
+from dnnlab.train.records import OnEpoch, best_of
 from dnnlab.train.resume import (
     Checkpoint,
     interrupted_line,
@@ -28,6 +29,8 @@ from dnnlab.train.resume import (
     resume_or_start,
 )
 from dnnlab.train.settings import TrainSettings
+from dnnlab.train.trial import Pruned, ReportToTrial
+from dnnlab.trial import TRIAL, TrialLink
 
 register("train")
 
@@ -74,14 +77,43 @@ def job(r: Ready, run: Run) -> dict:
     try:
         with EpochBar(s.trainer.epochs, console, s.trainer.progress and main) as bar:
             result = loop.fit(r.model, r.batches, r.optimizer, r.scheduler, s.trainer,
-                              [logs, history, bar] if main else [], ck, run.world)
+                              ([logs, history, bar] if main else []) + trial_callbacks(run),
+                              ck, run.world)
     except loop.Interrupted as err:
         err.line = interrupted_line(err, resume_command("pipelines.train", run.overrides, run.dir))
         raise
+    except Pruned as p:  # the search's pruner stopped it after an epoch: not an error
+        return pruned(run, p)
     run.results.update(**result.to_dict())
     if main:
         logs.finish(result, ck.config, ck.path)
         print_result(console, result, run.results.path)
+    return run.results
+
+
+def trial_callbacks(run: Run) -> list:
+    """experiment=search (dnnlab.trial): rank 0 reports each epoch's val accuracy to the job's
+    Optuna trial, and every rank stops when the pruner says so. Last in the list: the epoch's
+    records are written before."""
+    if not os.environ.get(TRIAL):
+        return []
+    link = TrialLink.from_env() if run.world.is_main else None
+    return [ReportToTrial(lambda epoch, value: bool(run.world.broadcast(
+        link is not None and link.report(epoch, value))))]
+
+
+def pruned(run: Run, p: Pruned) -> dict:
+    """results.json and the W&B run of a trial the search pruned: `status: pruned`, the epoch,
+    the history so far and its best validation accuracy (what the sweeper reads back)."""
+    best = best_of(run.results.get("history") or [])
+    run.results.update(status="pruned", pruned_epoch=p.epoch,
+                       best_val_accuracy=best["val_accuracy"] if best else None,
+                       best_epoch=best["epoch"] if best else None)
+    run.tracker.summary(status="pruned", pruned_epoch=p.epoch,
+                        best_val_accuracy=run.results["best_val_accuracy"])
+    run.tracker.add_tags("pruned")
+    if run.world.is_main:
+        console.print(f"{p}: {run.dir}", highlight=False, soft_wrap=True)
     return run.results
 
 

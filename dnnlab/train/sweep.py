@@ -1,8 +1,8 @@
 """The summary of a multirun of pipelines.train (a temperature sweep, say), read from the
 sweep dir: one row per job with its overrides, beta, seed, accuracies, gradient entropy and
-status (done, running, failed: a job's `failed.json`); the groups of replicates (jobs equal in
-every swept key but the seed, dnnlab.train.groups) with their means and 95% intervals; and
-Welch's t-test between groups adjacent in beta.
+status (done, running, pruned by a search, failed: a job's `failed.json`); the groups of
+replicates (jobs equal in every swept key but the seed, dnnlab.train.groups) with their
+means and 95% intervals; and Welch's t-test between groups adjacent in beta.
 
 `SweepSummary` (the Hydra callback of conf/train.yaml) rewrites summary.json and summary.png
 after every job, so a failed or killed job never loses the others' results, and at the end of
@@ -32,6 +32,7 @@ from dnnlab.tracking import Tracker
 from dnnlab.train.groups import METRICS, compare_adjacent, group_jobs, override_values, swept
 from dnnlab.train.plots import plot_temperature_sweep
 
+SEARCH = "optimization_results.yaml"  # experiment=search's record (hydra_plugins/dnnlab_search)
 COLUMNS = ["job", "beta", "log10_beta", "seed", "test_accuracy", "best_val_accuracy",
            "grad_entropy", "argmax_mass", "status"]
 # the sweep summary's live W&B charts of the groups' means with their 95% intervals: (y, title)
@@ -46,7 +47,8 @@ def collect(sweep_dir: Path) -> list[dict]:
     for job in job_dirs(Path(sweep_dir)):
         res = Results.read(job)
         failed = read_json(job / FAILED)
-        status = "failed" if failed else ("done" if "test_accuracy" in res else "running")
+        status = "failed" if failed else "pruned" if res.get("status") == "pruned" else (
+            "done" if "test_accuracy" in res else "running")
         overrides = read_overrides(job)
         rows.append({"job": int(job.name), "overrides": overrides,
                      "beta": res.get("beta"),
@@ -155,7 +157,8 @@ def log_summary_run(wandb: WandbConfig, sweep_dir: Path, group: str, summary: di
                     experiment: str | None = None) -> None:
     """The sweep's summary as its own W&B run in the sweep's group: config = the swept keys and
     their values; the jobs table, the groups table, a chart per CHARTS of the groups' means
-    with their intervals, the plot, the number of failed jobs."""
+    with their intervals, the plot, the number of failed jobs; for experiment=search its trials
+    table, best trial and parameter importances (read_search)."""
     if wandb.mode == "disabled":
         return
     table, groups = summary_table(summary), groups_table(summary)
@@ -176,10 +179,55 @@ def log_summary_run(wandb: WandbConfig, sweep_dir: Path, group: str, summary: di
                                                             "95% CI high"], title, "log10_beta")
         if (sweep_dir / "summary.png").exists():
             tr.image("summary_plot", sweep_dir / "summary.png")
+        search = read_search(sweep_dir)
+        if search is not None:
+            log_search(tr, search)
         tr.summary(failed_jobs=len(summary["failed"]),
                    significant_steps=sum(bool(c["significant"]) for c in
                                          summary.get("comparisons") or []
                                          if c["metric"] == "test_accuracy"))
+
+
+def read_search(sweep_dir: Path) -> dict | None:
+    """The record experiment=search leaves in its sweep dir (optimization_results.yaml, with
+    its `trials`), or None."""
+    import yaml
+
+    path = Path(sweep_dir) / SEARCH
+    try:
+        data = yaml.safe_load(path.read_text()) if path.exists() else None
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) and "trials" in data else None
+
+
+def search_tables(search: dict) -> tuple[Table, Table | None]:
+    """The trials (number, job, state, each parameter, value, the epoch a pruned trial stopped
+    after) and the parameter importances (None when the search had too few complete trials)."""
+    trials = search["trials"]
+    keys = list(dict.fromkeys(k for t in trials for k in t.get("params") or {}))
+    cols = ["trial", "job", "state", *keys, "value", "pruned_at_epoch"]
+    rows = [[t["number"], t.get("job"), t["state"], *[(t.get("params") or {}).get(k)
+                                                      for k in keys],
+             t.get("value"), t.get("pruned_at_epoch")] for t in trials]
+    table = Table("trials", cols, rows, title=f"search {search.get('study_name')}: its trials")
+    imp = search.get("importances")
+    return table, (Table("importances", ["param", "importance"], [[k, v] for k, v in
+                                                                  imp.items()],
+                         title="Optuna's parameter importances (fANOVA)") if imp else None)
+
+
+def log_search(tr: Tracker, search: dict) -> None:
+    """A search's trials table, best trial and parameter importances, to the summary run."""
+    trials, imp = search_tables(search)
+    tr.table(trials)
+    if imp is not None:
+        tr.table(imp)
+    tr.summary(best_trial=search.get("best_trial"), best_value=search.get("best_value"),
+               best_params=search.get("best_params"), trial_states=search.get("states"),
+               **{f"importance/{k}": v for k, v in (search.get("importances") or {}).items()},
+               **({"importances_note": search["importances_note"]}
+                  if search.get("importances_note") else {}))
 
 
 class SweepSummary(Callback):
