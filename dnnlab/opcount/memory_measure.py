@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from dnnlab.errors import ConfigError
-from dnnlab.opcount.memory_predict import _map, call_of, check_step
+from dnnlab.opcount.memory_predict import _map, call_of, check_step, swap_state
 from dnnlab.opcount.memory_report import MemoryReport
 from dnnlab.opcount.memory_track import StepTracker, init_states, make_optimizer, run_step
 
@@ -69,11 +69,10 @@ def measure_memory(model: torch.nn.Module, input_shape=None, *, inputs: Any = No
                    train: bool = True, optimizer: str | None = "adam", precision: str = "32",
                    device: str = "cpu") -> MemoryReport:
     """Run one steady-state training step of `model` (real weights: a model on meta gets zero
-    CPU ones, dnnlab.models.materialize) and return what it held: `peak_bytes` and
+    ones, integer buffers ones, as dnnlab.models.materialize, with tied weights kept tied and
+    the model given back as it was) and return what it held: `peak_bytes` and
     `by_category` of live tensors, and in `measured` the RSS growth (rss_growth_bytes) and, on
     CUDA, max_memory_allocated growth (cuda_growth_bytes, cuda_peak_bytes)."""
-    from dnnlab.models import materialize
-
     precision = check_step(optimizer, precision)
     if precision == "fp16" and device == "cpu":
         raise ConfigError("memory.precision=fp16: float16 training needs CUDA; use bf16 on CPU "
@@ -82,7 +81,19 @@ def measure_memory(model: torch.nn.Module, input_shape=None, *, inputs: Any = No
         optimizer = None
     args, kwargs = call_of(input_shape, inputs)
     args, kwargs = _map(args, lambda t: _real(t, device)), _map(kwargs, lambda t: _real(t, device))
-    model = materialize(model).to(device)
+    with swap_state(model, lambda t: _weight(t, device)):
+        return _measure(model, args, kwargs, train, optimizer, precision, device)
+
+
+def _weight(t: torch.Tensor, device: str) -> torch.Tensor:
+    if t.device.type != "meta":
+        return t.detach().to(device)
+    if t.is_floating_point():
+        return torch.zeros(t.shape, dtype=t.dtype, device=device)
+    return torch.ones(t.shape, dtype=t.dtype, device=device)
+
+
+def _measure(model, args, kwargs, train, optimizer, precision, device) -> MemoryReport:
     was_training = model.training
     model.train(train)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -113,7 +124,7 @@ def measure_memory(model: torch.nn.Module, input_shape=None, *, inputs: Any = No
         model.train(was_training)
     return MemoryReport(peak_bytes=max(tracker.peak, start),
                         by_category=dict(tracker.peak_snap) or tracker.live(),
-                        peak_at=tracker.peak_at, start_bytes=start,
+                        peak_at=tracker.peak_at, start_bytes=start, end_by_category=tracker.end,
                         saved_by_module=tracker.saved_by_module(), timeline=tracker.timeline,
                         train=train, optimizer=optimizer, precision=precision,
                         measured=measured)

@@ -17,8 +17,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from dnnlab.errors import ConfigError
 from dnnlab.opcount.memory_report import MemoryReport
-from dnnlab.opcount.memory_track import (OPTIMIZERS, PRECISIONS, StepTracker, init_states,
-                                         make_optimizer, run_step)
+from dnnlab.opcount.memory_track import (
+    OPTIMIZERS,
+    PRECISIONS,
+    StepTracker,
+    init_states,
+    make_optimizer,
+    run_step,
+)
 
 
 def check_step(optimizer: str | None, precision: str) -> str:
@@ -195,7 +201,7 @@ def memory_of(model: torch.nn.Module, input_shape=None, *, inputs: Any = None,
         model.train(was_training)
     report = MemoryReport(peak_bytes=max(tracker.peak, start),
                           by_category=dict(tracker.peak_snap) or tracker.live(),
-                          peak_at=tracker.peak_at, start_bytes=start,
+                          peak_at=tracker.peak_at, start_bytes=start, end_by_category=tracker.end,
                           saved_by_module=tracker.saved_by_module(),
                           timeline=tracker.timeline, train=train, optimizer=optimizer,
                           precision=precision)

@@ -23,6 +23,7 @@ class MemoryReport:
     by_category: dict
     peak_at: dict
     start_bytes: int  # live when the step starts (parameters, optimizer states, the input)
+    end_by_category: dict = field(default_factory=dict)  # live when the step ends
     saved_by_module: dict = field(default_factory=dict)  # module path -> bytes saved for bwd
     timeline: list = field(default_factory=list)  # (phase, op, module, live bytes) per op
     train: bool = True
@@ -40,7 +41,8 @@ class MemoryReport:
     def to_dict(self, timeline: bool = False) -> dict:
         out = {"peak_bytes": self.peak_bytes, "by_category": dict(self.by_category),
                "peak_at": dict(self.peak_at), "start_bytes": self.start_bytes,
-               "growth_bytes": self.growth_bytes, "train": self.train,
+               "growth_bytes": self.growth_bytes, "end_by_category": dict(self.end_by_category),
+               "train": self.train,
                "optimizer": self.optimizer, "precision": self.precision,
                "saved_by_module": dict(self.saved_by_module),
                "kv_cache_bytes": self.kv_cache_bytes, "kv_context": self.kv_context,
@@ -78,9 +80,16 @@ class MemoryReport:
 
 def plot_memory(report: MemoryReport, path: Path, title: str,
                 measured_peak: int | None = None) -> Path:
+    """memory.png: `memory_figure` saved at `path`."""
+    from dnnlab.plots import save
+
+    return save(memory_figure(report, title, measured_peak), path)
+
+
+def memory_figure(report: MemoryReport, title: str, measured_peak: int | None = None):
     """Live MB after each op, the phases shaded, the peak marked; the measured peak (when
     given) as a horizontal line."""
-    from dnnlab.plots import plt, save
+    from dnnlab.plots import plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
     y = [t[3] / MB for t in report.timeline]
@@ -103,7 +112,7 @@ def plot_memory(report: MemoryReport, path: Path, title: str,
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save(fig, path)
+    return fig
 
 
 def saved_rollup(saved_by_module: dict, paths: list) -> dict:

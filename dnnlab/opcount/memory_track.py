@@ -94,6 +94,7 @@ class StepTracker(MemTracker):
         self.peak_snap: dict = {}
         self.saved: dict[int, tuple[str, int]] = {}  # storage -> (module, bytes)
         self._skip_saved: set[int] = set()
+        self.end: dict = {}  # {category: bytes} live at the end of the step
 
     def _register_global_optimizer_hook(self) -> None:  # the step sets the phase instead
         self._optimizer_hook_handles = None
@@ -191,6 +192,7 @@ def run_step(tracker: StepTracker, model: torch.nn.Module, call: Callable[[], An
         if not train:
             with torch.no_grad(), autocast(precision, device_type):
                 call()
+            tracker.end = tracker.live()
             return
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
@@ -205,4 +207,5 @@ def run_step(tracker: StepTracker, model: torch.nn.Module, call: Callable[[], An
             tracker.phase = "optimizer"
             optimizer.step()
             tracker._track_optimizer_states(_MemRefType.OPT, optimizer)
+        tracker.end = tracker.live()
         del out
