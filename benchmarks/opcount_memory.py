@@ -63,6 +63,28 @@ def one_row(name: str, batch: int, optimizer: str) -> dict:
             "peak_at": pred.peak_at}
 
 
+def llama_seconds() -> list:
+    """Llama-2-7B (transformers.LlamaConfig's sizes, built on meta) at 1x128 with Adam: the
+    predicted peak and the seconds to predict it, with fake CPU tensors and on meta."""
+    import torch
+    import transformers
+
+    from dnnlab.opcount.memory_predict import memory_of
+
+    cfg = transformers.LlamaConfig(hidden_size=4096, intermediate_size=11008,
+                                   num_hidden_layers=32, num_attention_heads=32,
+                                   num_key_value_heads=32, vocab_size=32000)
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(cfg)
+    ids = {"input_ids": torch.zeros(1, 128, dtype=torch.long)}
+    out = []
+    for device in ("cpu", "meta"):
+        t = time.perf_counter()
+        r = memory_of(model, inputs=ids, optimizer="adam", device=device)
+        out.append((device, time.perf_counter() - t, r.peak_bytes))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -102,6 +124,9 @@ def main() -> None:
     print("* peak under 500 MB: the RSS target does not apply")
     print(f"live-tensor peak within 5% on every row: {'met' if live_ok else 'NOT met'}")
     print(f"RSS growth within 15% on rows >= 500 MB: {'met' if rss_ok else 'NOT met'}")
+    for device, secs, peak in llama_seconds():
+        print(f"Llama-2-7B 1x128 Adam on {device:<4}: predicted peak {peak / 2**30:,.1f} GiB "
+              f"in {secs:.1f} s (target < 5 s: {'met' if secs < 5 else 'NOT met'})")
     print("(timings of the prediction are on a shared 2-core machine: noisy)")
 
 

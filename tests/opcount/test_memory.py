@@ -179,3 +179,22 @@ def test_memory_figure_shows_the_timeline_the_peak_and_the_measured_line():
     assert ax.lines[2].get_ydata()[0] == pytest.approx(meas.peak_bytes / 2 ** 20)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("measured peak" in t for t in labels)
+
+
+@pytest.mark.slow  # builds Llama-2-7B's modules on meta and runs a step on meta tensors
+def test_llama_2_7b_training_step_on_meta_is_its_closed_form():
+    import transformers
+
+    cfg = transformers.LlamaConfig(hidden_size=4096, intermediate_size=11008,
+                                   num_hidden_layers=32, num_attention_heads=32,
+                                   num_key_value_heads=32, vocab_size=32000)
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(cfg)
+    r = memory_of(model, inputs={"input_ids": torch.zeros(1, 128, dtype=torch.long)},
+                  optimizer="adam", device="meta")
+    n = 6_738_415_616  # Llama-2-7B's parameters
+    tensors = len(list(model.parameters()))
+    assert r.by_category["parameters"] >= F32 * n  # + the rotary buffers
+    assert r.end_by_category["gradients"] == F32 * n
+    assert r.end_by_category["optimizer"] == 2 * F32 * n + F32 * tensors
+    assert r.peak_bytes >= 4 * F32 * n  # weights, gradients, two states
