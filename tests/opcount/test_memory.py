@@ -198,3 +198,35 @@ def test_llama_2_7b_training_step_on_meta_is_its_closed_form():
     assert r.end_by_category["gradients"] == F32 * n
     assert r.end_by_category["optimizer"] == 2 * F32 * n + F32 * tensors
     assert r.peak_bytes >= 4 * F32 * n  # weights, gradients, two states
+
+
+def test_pipeline_memory_outputs_and_guard_in_process(tmp_path):
+    from dnnlab.opcount import count_ops
+    from dnnlab.opcount.costs import memory_guard, memory_outputs
+    from dnnlab.opcount.experiment import MemorySettings, OpcountSettings
+
+    model = chain(16, 64, 8, 4)
+    report = count_ops(model, [4, 16])
+    builder = {"_target_": "torch.nn.Identity"}
+    on = OpcountSettings(model={"builder": builder}, input_shape=[4, 16],
+                         memory=MemorySettings(enabled=True, optimizer="sgd", measure=True))
+    pred = memory_guard(model, report, on, [4, 16])
+    out = memory_outputs(model, pred, tmp_path, name="chain", settings=on, input_shape=[4, 16])
+    mem = out.results["memory"]
+    assert mem["predicted"]["peak_bytes"] == pred.peak_bytes
+    assert mem["measured"]["peak_bytes"] == pytest.approx(pred.peak_bytes, rel=0.05)
+    assert (tmp_path / "memory.png").exists() and "predicted peak" in out.lines[0]
+    assert [t.key for t in out.tables] == ["memory", "memory_modules"]
+    off = OpcountSettings(model={"builder": builder}, input_shape=[4, 16])
+    assert memory_guard(model, report, off, [4, 16]) is None
+    assert memory_outputs(model, None, tmp_path, name="x", settings=off).results == {}
+    tight = OpcountSettings(model={"builder": builder}, input_shape=[4, 16], measure=True,
+                            memory=MemorySettings(measure_max_gb=1e-6))
+    with pytest.raises(ConfigError, match="measure=true refused"):
+        memory_guard(model, report, tight, [4, 16])
+    with pytest.raises(ConfigError, match="memory.measure=true refused"):
+        memory_guard(model, report, OpcountSettings(
+            model={"builder": builder}, input_shape=[4, 16],
+            memory=MemorySettings(measure=True, measure_max_gb=1e-6)), [4, 16])
+    with pytest.raises(ConfigError, match="measure_max_gb"):
+        MemorySettings(measure_max_gb=0)
