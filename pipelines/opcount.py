@@ -97,6 +97,9 @@ def job(counted: Counted, run: Run) -> dict:
     for key, png in {**costs.images, **mem.images}.items():
         tr.image(key, png)
     tr.summary(**result.summary())
+    if counted.memory is not None:  # the predicted peak and its categories
+        tr.summary(**{"memory/peak_bytes": counted.memory.peak_bytes,
+                      **{f"memory/{k}": v for k, v in counted.memory.by_category.items()}})
     console.print(f"results: {run.results.path}", soft_wrap=True)
     bad = result.mismatches(strict=True)
     if settings.fail_on_mismatch and result.reconciled is False:
