@@ -60,7 +60,7 @@ def one_row(name: str, batch: int, optimizer: str) -> dict:
             "predicted_growth": pred.growth_bytes,
             "rss_growth": meas.measured["rss_growth_bytes"],
             "by_category": pred.by_category, "measured_by_category": meas.by_category,
-            "peak_at": pred.peak_at}
+            "peak_at": pred.peak_at, "caveats": pred.caveats}
 
 
 def llama_seconds() -> list:
@@ -120,7 +120,8 @@ def main() -> None:
         rss_txt = "" if rss_err is None else f"{rss_err:+.1%}" + ("" if big else "*")
         print(f"{net:<13}{batch:>5} {opt:<5}{r['predicted'] / MB:>13,.1f}"
               f"{r['measured'] / MB:>12,.1f}{err:>+8.2%}{r['predicted_growth'] / MB:>11,.1f}"
-              f"{r['rss_growth'] / MB:>9,.1f}{rss_txt:>8}{r['predict_s']:>10.2f}", flush=True)
+              f"{r['rss_growth'] / MB:>9,.1f}{rss_txt:>8}{r['predict_s']:>10.2f}"
+              + ("  flagged: " + "; ".join(r["caveats"]) if r["caveats"] else ""), flush=True)
     print("* peak under 500 MB: the RSS target does not apply")
     print(f"live-tensor peak within 5% on every row: {'met' if live_ok else 'NOT met'}")
     print(f"RSS growth within 15% on rows >= 500 MB: {'met' if rss_ok else 'NOT met'}")

@@ -144,6 +144,7 @@ def memory_outputs(model: torch.nn.Module, pred, run_dir: Path, *, name: str, se
     if pred.kv_cache_bytes is not None:
         line += f"; KV cache at {pred.kv_context} tokens: {pred.kv_cache_bytes / MB:,.1f} MB"
     out.lines.append(line)
+    out.lines.extend(f"memory prediction {c}" for c in pred.caveats)
     out.images["memory"] = plot_memory(
         pred, run_dir / "memory.png", f"{name}: live tensors per op ({pred.optimizer}, "
         f"precision {pred.precision})", None if measured is None else measured.peak_bytes)

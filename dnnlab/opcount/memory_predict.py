@@ -27,6 +27,12 @@ from dnnlab.opcount.memory_track import (
 )
 
 
+# ops whose meta/fake kernel gives an output of another size than the CPU kernel's: the
+# prediction is then too low, and says so (MemoryReport.caveats)
+UNSIZED = {"mkldnn_rnn_layer": "oneDNN's RNN workspace (an empty tensor on meta; on the CPU "
+                               "several MB per layer and batch element)"}
+
+
 def check_step(optimizer: str | None, precision: str) -> str:
     """The precision as a string; one line naming the key when either is unknown."""
     if optimizer is not None and optimizer not in OPTIMIZERS:
@@ -205,6 +211,10 @@ def memory_of(model: torch.nn.Module, input_shape=None, *, inputs: Any = None,
                           saved_by_module=tracker.saved_by_module(),
                           timeline=tracker.timeline, train=train, optimizer=optimizer,
                           precision=precision)
+    if train:  # a no_grad forward keeps no workspace for backward
+        ops = {t[1] for t in tracker.timeline}
+        report.caveats = [f"too low: aten.{op} has {why}" for op, why in UNSIZED.items()
+                          if op in ops]
     if kv_context is not None:
         report.kv_context = int(kv_context)
         report.kv_cache_bytes = kv_cache_bytes(model, _batch(args, kwargs), int(kv_context),

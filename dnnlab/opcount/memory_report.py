@@ -32,6 +32,7 @@ class MemoryReport:
     kv_cache_bytes: int | None = None  # an HF causal LM's cache at `kv_context` tokens
     kv_context: int | None = None
     measured: dict = field(default_factory=dict)  # measure_memory: rss_growth_bytes, cuda ...
+    caveats: list = field(default_factory=list)  # why a prediction is known to be off
 
     @property
     def growth_bytes(self) -> int:
@@ -46,7 +47,7 @@ class MemoryReport:
                "optimizer": self.optimizer, "precision": self.precision,
                "saved_by_module": dict(self.saved_by_module),
                "kv_cache_bytes": self.kv_cache_bytes, "kv_context": self.kv_context,
-               **self.measured}
+               "caveats": list(self.caveats), **self.measured}
         if timeline:
             out["timeline"] = [list(t) for t in self.timeline]
         return out
