@@ -26,7 +26,6 @@ from dnnlab.opcount.memory_track import (
     run_step,
 )
 
-
 # ops whose meta/fake kernel gives an output of another size than the CPU kernel's: the
 # prediction is then too low, and says so (MemoryReport.caveats)
 UNSIZED = {"mkldnn_rnn_layer": "oneDNN's RNN workspace (an empty tensor on meta; on the CPU "
