@@ -212,8 +212,8 @@ def memory_of(model: torch.nn.Module, input_shape=None, *, inputs: Any = None,
                           precision=precision)
     if train:  # a no_grad forward keeps no workspace for backward
         ops = {t[1] for t in tracker.timeline}
-        report.caveats = [f"too low: aten.{op} has {why}" for op, why in UNSIZED.items()
-                          if op in ops]
+        report.caveats = [f"may be too low: aten.{op} has {why}"
+                          for op, why in UNSIZED.items() if op in ops]
     if kv_context is not None:
         report.kv_context = int(kv_context)
         report.kv_cache_bytes = kv_cache_bytes(model, _batch(args, kwargs), int(kv_context),

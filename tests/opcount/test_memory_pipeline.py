@@ -10,6 +10,7 @@ import pytest
 from pipelines.opcount import quote_switches
 
 
+@pytest.mark.slow  # a pipeline run with a measured step (the same outputs in process: test_memory)
 def test_memory_true_predicts_and_measures_into_results_png_and_rollup(pipeline, tmp_path):
     out = tmp_path / "run"
     proc = pipeline("opcount", "model=lenet5", "input_shape=[16,1,32,32]", "memory=true",
