@@ -8,7 +8,9 @@
    test accuracy against float32's (target: within 0.02, finite losses);
 3. DDP on 1 GPU through torchrun (nccl): its test accuracy against the plain run's (within 0.01);
 4. trainer.compile=true on CUDA (same test accuracy within 0.01, compile time printed);
-5. benchmarks/train.py --quick --no-compile --device cuda (the eager ratios on the GPU).
+5. benchmarks/train.py --quick --no-compile --device cuda (the eager ratios on the GPU);
+6. opcount's memory prediction against torch.cuda.max_memory_allocated of a training step
+   (resnet18, batch 32, Adam; target: within 5%).
 
 Every check prints its figure and PASS / FAIL in one table; the exit status is 1 if any
 failed. Run dirs go to a temporary directory. Without CUDA it says so and exits 2.
@@ -48,6 +50,28 @@ def train(out: Path, name: str, *overrides: str, launcher: list[str] | None = No
     losses = [h["train_loss"] for h in r["history"]]
     return {"ok": all(v == v and abs(v) < float("inf") for v in losses), "acc": r["test_accuracy"],
             "seconds": secs, "compile": r.get("compile_seconds")}
+
+
+def memory_row() -> list:
+    """opcount's memory prediction (fake CUDA tensors) against torch.cuda.max_memory_allocated
+    of the same training step on the GPU: resnet18, batch 32, Adam (target: within 5%)."""
+    import torchvision
+
+    from dnnlab.opcount.memory_measure import measure_memory
+    from dnnlab.opcount.memory_predict import memory_of
+
+    t0 = time.perf_counter()
+    with torch.device("meta"):
+        model = torchvision.models.resnet18()
+    shape = [32, 3, 224, 224]
+    pred = memory_of(model, shape, optimizer="adam", device="cuda")
+    meas = measure_memory(model, shape, optimizer="adam", device="cuda")
+    peak = meas.measured["cuda_peak_bytes"]
+    err = pred.peak_bytes / peak - 1
+    return ["opcount memory resnet18 b32 adam vs max_memory_allocated",
+            f"predicted {pred.peak_bytes / 2**20:,.1f} MB, measured {peak / 2**20:,.1f} MB "
+            f"({err:+.2%}); live tensors {meas.peak_bytes / 2**20:,.1f} MB",
+            f"{time.perf_counter() - t0:.0f} s", abs(err) <= 0.05]
 
 
 def main() -> int:
@@ -98,6 +122,7 @@ def main() -> int:
                      f"spearman {g.get('spearman')}, median measured/predicted "
                      f"{g.get('median_ratio')}" if g else tail.strip()[-200:],
                      f"{time.perf_counter() - t0:.0f} s", bool(g) and g["spearman"] >= 0.5])
+    rows.append(memory_row())
     if not args.quick:
         code, tail, secs = run([sys.executable, "benchmarks/train.py", "--quick", "--no-compile",
                                 "--device", "cuda"], timeout=1800)

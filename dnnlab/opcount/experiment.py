@@ -35,6 +35,31 @@ class CountSettings:
 
 
 @dataclass
+class MemorySettings:
+    """A training step's memory (conf/opcount.yaml `memory:`; `memory=true` selects
+    conf/memory/true.yaml, which sets `enabled`)."""
+
+    enabled: bool = False
+    optimizer: Any = "adam"  # sgd | adam | adamw | null
+    precision: str = "32"  # 32 | bf16 | fp16
+    train: bool = True  # false: a forward under no_grad
+    measure: bool = False  # also measure a real step on the CPU
+    measure_max_gb: float = 4.0  # refuse measuring (memory, timing) above this predicted peak
+    kv_context: Any = None  # an HF causal LM: its KV cache at this many tokens
+
+    def __post_init__(self) -> None:
+        from dnnlab.opcount.memory_predict import check_step
+
+        self.precision = check_step(self.optimizer, self.precision)
+        require(isinstance(self.measure_max_gb, (int, float)) and not isinstance(
+            self.measure_max_gb, bool) and self.measure_max_gb > 0, "measure_max_gb",
+            self.measure_max_gb, "must be a number of GB > 0")
+        require(self.kv_context is None or (isinstance(self.kv_context, int) and not isinstance(
+            self.kv_context, bool) and self.kv_context >= 1), "kv_context", self.kv_context,
+            "must be an int >= 1 or null")
+
+
+@dataclass
 class OpcountSettings:
     """conf/opcount.yaml: the model (a conf/model node: name, input_shape, builder), the input
     shape (null: the model's), what to count, and what to check."""
@@ -52,6 +77,7 @@ class OpcountSettings:
     show_depth: int = 2  # depth of the module rollup (tree, rollup.csv, W&B table)
     roofline: str | None = None  # a device of devices.DEVICES: roofline.png, results roofline
     measure: bool = False  # time every leaf module on this CPU against the cpu roofline
+    memory: MemorySettings = field(default_factory=MemorySettings)  # a training step's memory
 
     def __post_init__(self) -> None:
         require(isinstance(self.model, Mapping) and isinstance(self.model.get("builder"),
@@ -197,13 +223,24 @@ class OpcountResult:
                        title=f"{self.model} {self.input_shape}: per op")
         return [layers, self.totals_table()]
 
-    def rollup_table(self, depth: int) -> Table:
-        """The module rollup to `depth` (rollup.csv, the W&B table)."""
+    def rollup_table(self, depth: int, saved: Mapping | None = None) -> Table:
+        """The module rollup to `depth` (rollup.csv, the W&B table); with `saved` (a
+        MemoryReport's saved_by_module) a column of the bytes each subtree saves for
+        backward."""
         cols = ["path", "depth", "type", "params", "macs", "bwd_macs", "bytes", "share"]
+        roll = self.report.rollup(depth)
         rows = [[r.path or "<model>", r.depth, r.module_type, r.params, r.macs, r.bwd_macs,
-                 r.bytes, r.share] for r in self.report.rollup(depth)]
+                 r.bytes, r.share] for r in roll]
+        if saved is not None:
+            from dnnlab.opcount.memory_report import saved_rollup
+
+            sums = saved_rollup(dict(saved), [r.path for r in roll])
+            cols.append("saved_bytes")
+            for row, r in zip(rows, roll):
+                row.append(sums[r.path])
         return Table("rollup", cols, rows, title=f"{self.model}: per module to depth {depth}",
-                     formats={c: "{:,}" for c in ("params", "macs", "bwd_macs", "bytes")})
+                     formats={c: "{:,}" for c in ("params", "macs", "bwd_macs", "bytes",
+                                                  "saved_bytes")})
 
     def totals_table(self) -> Table:
         """MACs per family, dnnlab and fvcore."""

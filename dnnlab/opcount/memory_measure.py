@@ -1,0 +1,130 @@
+"""`measure_memory`: the same report as `memory_of`, from a real training step.
+
+The step runs on real tensors (CPU, or CUDA when asked) under the same `StepTracker` (torch's
+MemTracker following every storage by weakref): the live tensor bytes by category at their
+peak. Beside it, what the process saw: the peak resident set growth during the step (Linux's
+VmHWM, reset through /proc/self/clear_refs before the step; elsewhere
+resource.getrusage's ru_maxrss, which cannot be reset and then says less), and on CUDA
+torch.cuda.max_memory_allocated over the step.
+"""
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dnnlab.errors import ConfigError
+from dnnlab.opcount.memory_predict import _map, call_of, check_step, swap_state
+from dnnlab.opcount.memory_report import MemoryReport
+from dnnlab.opcount.memory_track import StepTracker, init_states, make_optimizer, run_step
+
+_STATUS = Path("/proc/self/status")
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak RSS of this process (VmHWM); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set since the last reset (or since it started)."""
+    kb = _status_kb("VmHWM")
+    if kb is not None:
+        return kb * 1024
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024
+
+
+def rss_bytes() -> int:
+    kb = _status_kb("VmRSS")
+    return kb * 1024 if kb is not None else peak_rss_bytes()
+
+
+def _real(t: torch.Tensor, device: str) -> torch.Tensor:
+    if t.device.type == "meta":
+        t = (torch.randn(t.shape, dtype=t.dtype) if t.is_floating_point()
+             else torch.zeros(t.shape, dtype=t.dtype))
+    return t.to(device)
+
+
+def measure_memory(model: torch.nn.Module, input_shape=None, *, inputs: Any = None,
+                   train: bool = True, optimizer: str | None = "adam", precision: str = "32",
+                   device: str = "cpu") -> MemoryReport:
+    """Run one steady-state training step of `model` (real weights: a model on meta gets zero
+    ones, integer buffers ones, as dnnlab.models.materialize, with tied weights kept tied and
+    the model given back as it was) and return what it held: `peak_bytes` and
+    `by_category` of live tensors, and in `measured` the RSS growth (rss_growth_bytes) and, on
+    CUDA, max_memory_allocated growth (cuda_growth_bytes, cuda_peak_bytes)."""
+    precision = check_step(optimizer, precision)
+    if precision == "fp16" and device == "cpu":
+        raise ConfigError("memory.precision=fp16: float16 training needs CUDA; use bf16 on CPU "
+                          "(as trainer.precision)")
+    if not train:
+        optimizer = None
+    args, kwargs = call_of(input_shape, inputs)
+    args, kwargs = _map(args, lambda t: _real(t, device)), _map(kwargs, lambda t: _real(t, device))
+    with swap_state(model, lambda t: _weight(t, device)):
+        return _measure(model, args, kwargs, train, optimizer, precision, device)
+
+
+def _weight(t: torch.Tensor, device: str) -> torch.Tensor:
+    if t.device.type != "meta":
+        return t.detach().to(device)
+    if t.is_floating_point():
+        return torch.zeros(t.shape, dtype=t.dtype, device=device)
+    return torch.ones(t.shape, dtype=t.dtype, device=device)
+
+
+def _measure(model, args, kwargs, train, optimizer, precision, device) -> MemoryReport:
+    was_training = model.training
+    model.train(train)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(optimizer, params, foreach=False) if train else None
+    init_states(opt, params)
+    gc.collect()
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_start = torch.cuda.memory_allocated()
+    tracker = StepTracker()
+    tracker.track_external(model, opt, *[t for t in [*args, *kwargs.values()]
+                                         if isinstance(t, torch.Tensor)])
+    start = sum(tracker.live().values())
+    reset = reset_peak_rss()
+    rss0 = rss_bytes() if reset else peak_rss_bytes()
+    try:
+        run_step(tracker, model, lambda: model(*args, **kwargs), opt, train=train,
+                 precision=precision, device_type=device.split(":")[0])
+        measured: dict = {"rss_growth_bytes": max(peak_rss_bytes() - rss0, 0),
+                          "rss_reset": reset}
+        if cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+            measured.update(cuda_peak_bytes=peak, cuda_growth_bytes=peak - cuda_start)
+    finally:
+        model.train(was_training)
+    return MemoryReport(peak_bytes=max(tracker.peak, start),
+                        by_category=dict(tracker.peak_snap) or tracker.live(),
+                        peak_at=tracker.peak_at, start_bytes=start, end_by_category=tracker.end,
+                        saved_by_module=tracker.saved_by_module(), timeline=tracker.timeline,
+                        train=train, optimizer=optimizer, precision=precision,
+                        measured=measured)
