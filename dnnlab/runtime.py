@@ -9,10 +9,12 @@ metrics.jsonl) and its overrides. `launch` (dnnlab.cli) reports errors in one li
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,6 +65,37 @@ def _is_fresh(run_dir: Path) -> bool:
         return False
 
 
+REPLACED = "replaced-"  # <run dir>/replaced-<time>/: a run started over, set aside
+
+
+def set_aside(run_dir: Path, keep: tuple[str, ...] = ()) -> Path | None:
+    """Move what an earlier run left in `run_dir` into `<run dir>/replaced-<time>/`, so that a
+    run that starts over there (trainer.resume=false, or no checkpoint to resume) never appends
+    to the old one's metrics.jsonl, W&B dir or results. Kept: the lock, earlier replaced-*
+    dirs and the names in `keep`; a Hydra log file is copied and emptied (Hydra holds it open).
+    Returns the dir, or None when there was nothing to move."""
+    from dnnlab.lock import FILE as LOCK
+
+    old = [p for p in sorted(run_dir.iterdir()) if p.name != LOCK and p.name not in keep
+           and not p.name.startswith(REPLACED)
+           and not (p.suffix == ".log" and p.is_file() and p.stat().st_size == 0)]
+    if not old:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = run_dir / f"{REPLACED}{stamp}", 1
+    while dest.exists():
+        n += 1
+        dest = run_dir / f"{REPLACED}{stamp}-{n}"
+    dest.mkdir()
+    for p in old:
+        if p.suffix == ".log" and p.is_file():  # Hydra's job log, open for this run
+            shutil.copy2(p, dest / p.name)
+            os.truncate(p, 0)
+        else:
+            os.replace(p, dest / p.name)
+    return dest
+
+
 def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
             prepare: Callable[[Any, DictConfig, Path], Any] | None = None,
             wandb_config: Callable[[dict], dict] | None = None,
@@ -101,6 +134,11 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
                 hydra_job.write_hydra_dir(run_dir, cfg)
             settings = to_settings(cfg)
             ready = prepare(settings, cfg, run_dir) if prepare is not None else settings
+            if not getattr(ready, "resume", False) and not fresh and world.is_main:
+                aside = set_aside(run_dir, keep=(".hydra",) if first else ())
+                if aside is not None:
+                    console.print(f"starting over in {run_dir}: the previous run's files were "
+                                  f"moved to {aside}", highlight=False, soft_wrap=True)
             if not first and world.is_main:
                 hydra_job.write_hydra_dir(run_dir, cfg)
             if world.is_main:
