@@ -41,6 +41,7 @@ class Run:  # what a job is handed: where it writes and the owners of its artifa
     tracker: Tracker
     overrides: list[str] = field(default_factory=list)
     world: World = field(default_factory=World)  # the processes of one run (rank 0 writes)
+    label: str = ""  # `job 3 (overrides): ` in a multirun, before a job's last line
 
 
 class NothingToDo(Exception):  # from `prepare`: the run is complete; print, return `result`
@@ -157,7 +158,8 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
             results.update(status="running")  # then done, failed or interrupted
             with tracker:
                 try:
-                    out = job(ready, Run(run_dir, results, tracker, hj.overrides, world))
+                    out = job(ready, Run(run_dir, results, tracker, hj.overrides, world,
+                                         hj.label()))
                     results.update(status="done")
                     return out
                 except DnnlabError as err:

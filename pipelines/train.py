@@ -81,7 +81,7 @@ def job(r: Ready, run: Run) -> dict:
     run.results.update(**result.to_dict())
     if main:
         logs.finish(result, ck.config, ck.path)
-        print_result(console, result, run.results.path)
+        print_result(console, result, run.results.path, run.label)
     return run.results
 
 
