@@ -28,6 +28,20 @@ def error_line(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def _file_in_the_way(e: OSError) -> str | None:
+    """The file where a dir was to be made (mkdir's EEXIST or ENOTDIR), else None."""
+    import errno
+    from pathlib import Path
+
+    if e.errno not in (errno.EEXIST, errno.ENOTDIR):
+        return None
+    p = Path(str(e.filename))
+    for q in (p, *p.parents):
+        if q.is_file():
+            return str(q)
+    return None
+
+
 def describe(err: BaseException) -> tuple[str, int] | None:
     """(one line, exit status) for an error a user caused; None for anything else (a bug)."""
     import yaml
@@ -49,6 +63,10 @@ def describe(err: BaseException) -> tuple[str, int] | None:
             return f"{first_line(where)}: line {mark.line + 1}: {e.problem}", 2
     for e in chain:  # the run dir or a log file is unwritable (Hydra's logging set-up)
         if isinstance(e, OSError) and e.filename:
+            file = _file_in_the_way(e)
+            if file is not None:
+                return (f"cannot make the dir {e.filename}: {file} is a file, not a directory "
+                        "(give hydra.run.dir or hydra.sweep.dir a directory)"), 1
             return f"cannot write {e.filename}: {e.strerror or e}", 1
     if isinstance(err, MissingConfigException):
         group, _, option = (err.missing_cfg_file or "").rpartition("/")

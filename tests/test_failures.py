@@ -116,6 +116,17 @@ def test_a_read_only_place_is_one_line(pipeline, tmp_path):
         assert f"cannot write {ro / 'run'}" in _one_line(proc, 1)
 
 
+@pytest.mark.parametrize("below", [False, True])
+def test_a_run_dir_that_is_a_file_says_so(pipeline, tmp_path, below):
+    f = tmp_path / "notes.txt"
+    f.write_text("a file")
+    d = f / "run" if below else f
+    proc = pipeline("train", f"hydra.run.dir={d}", "trainer.epochs=1", *QUICK)
+    line = _one_line(proc, 1)
+    assert f"cannot make the dir {d}: {f} is a file, not a directory" in line, line
+    assert "File exists" not in line and f.read_text() == "a file"
+
+
 class _Silent:
     """A W&B host that accepts connections and never answers."""
 
