@@ -30,6 +30,7 @@ from dnnlab.errors import DnnlabError
 from dnnlab.lock import RunLock
 from dnnlab.naming import run_name, run_tags
 from dnnlab.results import Results, write_json
+from dnnlab.settings import wandb_from_env
 from dnnlab.sweep_dir import FAILED
 from dnnlab.tracking import MIRROR, Tracker, stored_run_id
 
@@ -131,6 +132,7 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
             # a new job's .hydra/ first (the summary reads a failed job's overrides too); a run
             # dir's own only once accepted: a refused resume leaves .hydra/ as it was
             first = hj.multirun and not (run_dir / ".hydra").exists() and world.is_main
+            wandb_from_env(cfg.wandb, hj.overrides)  # WANDB_MODE etc. where not set explicitly
             if first:
                 hydra_job.write_hydra_dir(run_dir, cfg)
             settings = to_settings(cfg)

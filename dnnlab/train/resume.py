@@ -130,7 +130,7 @@ class Checkpoint:
                 show = lambda v: v if isinstance(v, str) else json.dumps(v)  # noqa: E731
                 keys = "; ".join(f"{k}: {show(a)} in the checkpoint, {show(b)} now"
                                  for k, a, b in diff)
-                also = ("; trainer.resume=false starts over in this dir, replacing it"
+                also = ("; trainer.resume=false starts over in this dir, setting its files aside"
                         if self.switch.endswith("auto") else "")
                 raise ConfigError(f"{self.switch} refused: the config differs from the one "
                                   f"that made {self.path} in {keys} (a resume may change only "
