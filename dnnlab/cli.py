@@ -95,14 +95,17 @@ def launch(module: str) -> None:
     errors in one line."""
     full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we print the one line ourselves
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: rank 0 alone says it
     try:
         importlib.import_module(module).main()
     except KeyboardInterrupt as err:
-        error_line("interrupted (Ctrl-C); what the run wrote so far is in its run dir")
+        if main_rank:
+            error_line("interrupted (Ctrl-C); what the run wrote so far is in its run dir")
         sys.exit(getattr(err, "exit_code", 130))
     except Exception as err:  # noqa: BLE001 - sorted below: user errors one line, bugs re-raised
         said = None if full else describe(err)
         if said is None:
             raise
-        error_line(said[0])
+        if main_rank:
+            error_line(said[0])
         sys.exit(said[1])

@@ -24,6 +24,7 @@ from dnnlab.errors import ConfigError, DnnlabError, first_line
 from dnnlab.table import jsonable
 
 MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "trainer.checkpoint_every",
+              "trainer.processes",
               "wandb.mode",
               "wandb.watch.log", "wandb.watch.log_freq", "paths.root_dir", "paths.output_dir")
 KEYS = {"model", "optimizer", "epoch", "step", "history"}  # what makes a dnnlab checkpoint
