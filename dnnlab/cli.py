@@ -42,6 +42,22 @@ def _file_in_the_way(e: OSError) -> str | None:
     return None
 
 
+# what joblib (loky), concurrent.futures and submitit raise when a job's process is gone
+LAUNCHER_FAILURES = {"TerminatedWorkerError", "BrokenProcessPool", "UncompletedJobError",
+                     "FailedJobError", "FailedSubmissionError"}
+
+
+def stopping() -> None:
+    """The process is ending (an interrupt is being handled, or the command is done): further
+    Ctrl-C are ignored, so that a second one cannot cut the saving short or break an atexit
+    handler (torch's, W&B's) into a traceback. kill -9 still ends it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def describe(err: BaseException) -> tuple[str, int] | None:
     """(one line, exit status) for an error a user caused; None for anything else (a bug)."""
     import yaml
@@ -55,6 +71,11 @@ def describe(err: BaseException) -> tuple[str, int] | None:
             break
     if isinstance(err, DnnlabError):
         return str(err), getattr(err, "exit_code", 1)
+    for e in chain:  # a launcher lost a job (a worker killed, submitit's job gone): one line
+        name = type(e).__name__
+        if name in LAUNCHER_FAILURES:
+            return (f"the launcher lost a job ({name}: {first_line(e)}); the jobs that finished "
+                    "kept their run dirs, and the same command resumes the others"), 1
     for e in chain:  # a malformed YAML: the file and the line
         if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
             mark = e.problem_mark
@@ -99,6 +120,7 @@ def launch(module: str) -> None:
     try:
         importlib.import_module(module).main()
     except KeyboardInterrupt as err:
+        stopping()
         if main_rank:
             error_line("interrupted (Ctrl-C); what the run wrote so far is in its run dir")
         sys.exit(getattr(err, "exit_code", 130))
@@ -109,3 +131,5 @@ def launch(module: str) -> None:
         if main_rank:
             error_line(said[0])
         sys.exit(said[1])
+    finally:
+        stopping()

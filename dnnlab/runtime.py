@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab import hydra_job
-from dnnlab.cli import console, err_console, error_line
+from dnnlab.cli import console, err_console, error_line, stopping
 from dnnlab.config import to_settings
 from dnnlab.distributed import World
 from dnnlab.errors import DnnlabError
@@ -168,6 +168,7 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
                     results.update(status="failed", error=str(err))
                     raise
                 except KeyboardInterrupt:
+                    stopping()  # a second Ctrl-C must not cut the saving short
                     results.update(status="interrupted")
                     tracker.summary(status="interrupted")
                     raise

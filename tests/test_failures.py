@@ -127,6 +127,44 @@ def test_a_run_dir_that_is_a_file_says_so(pipeline, tmp_path, below):
     assert "File exists" not in line and f.read_text() == "a file"
 
 
+@pytest.mark.slow
+def test_a_double_ctrl_c_is_one_line_and_no_atexit_traceback(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", "trainer.epochs=200",
+                             f"hydra.run.dir={out}", "trainer.progress=false"], cwd=ROOT,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (out / "checkpoint.pt").exists():
+        time.sleep(0.1)
+    for _ in range(3):  # an impatient user
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.2)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    (line,) = [ln for ln in err.splitlines() if ln.strip()]
+    assert line.startswith("interrupted at epoch ")
+    assert json.loads((out / "results.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_a_worker_killed_under_joblib_is_one_line(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", "-m", "hydra/launcher=local",
+                             "model.pool.beta=2,inf", "trainer.epochs=200",
+                             "trainer.progress=false", f"hydra.sweep.dir={sweep}", *QUICK[1:]],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lock, deadline = sweep / "0" / ".lock", time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (
+            lock.exists() and lock.read_text().strip()):
+        time.sleep(0.1)
+    os.kill(int(lock.read_text()), signal.SIGKILL)  # the worker running job 0 (its lock's pid)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    said = [ln for ln in err.splitlines() if "the launcher lost a job" in ln]
+    assert len(said) == 1 and "TerminatedWorkerError" in said[0], err[-3000:]
+
+
 class _Silent:
     """A W&B host that accepts connections and never answers."""
 
