@@ -59,6 +59,20 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _stop_when_orphaned() -> None:
+    """Under submitit: if the process that started this job goes (its controller killed, e.g.
+    by a SIGUSR2 it does not handle), stop as on Ctrl-C (checkpoint kept, status interrupted;
+    submitit passes SIGTERM over) instead of training on as an orphan nobody waits for."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="dnnlab-orphan-watch", daemon=True).start()
+
+
 def _is_fresh(run_dir: Path) -> bool:
     """A run dir Hydra has just made for this job: nothing in it but Hydra's empty log file."""
     try:
@@ -126,6 +140,8 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
             signal.signal(signal.SIGTERM, _on_sigterm)
         # a shell starts background jobs with SIGINT ignored: `kill -INT` must stop them too
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if "SUBMITIT_EXECUTOR" in os.environ:
+            _stop_when_orphaned()
     results, started = None, False
     try:
         with RunLock(run_dir) if world.is_main else contextlib.nullcontext():

@@ -165,6 +165,35 @@ def test_a_worker_killed_under_joblib_is_one_line(tmp_path):
     assert len(said) == 1 and "TerminatedWorkerError" in said[0], err[-3000:]
 
 
+@pytest.mark.slow
+def test_sigusr2_to_submitits_controller_is_one_line_and_leaves_no_orphan(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", "-m",
+                             "hydra/launcher=slurm_local", "trainer.epochs=200",
+                             "trainer.progress=false", f"hydra.sweep.dir={sweep}", *QUICK[1:]],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    job, deadline = sweep / "0", time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (job / "checkpoint.pt").exists():
+        time.sleep(0.1)
+    pid = int((job / ".lock").read_text())  # the job's process; its parent: the controller
+    with open(f"/proc/{pid}/stat") as f:
+        controller = int(f.read().rsplit(")", 1)[1].split()[1])
+    os.kill(controller, signal.SIGUSR2)  # what submitit's LocalJob._interrupt sends
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert sum("the launcher lost a job" in ln for ln in err.splitlines()) == 1, err[-3000:]
+    for _ in range(100):  # the job noticed its controller gone and stopped: no orphan
+        if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(
+                ")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.3)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the job trained on as an orphan")
+    assert json.loads((job / "results.json").read_text())["status"] == "interrupted"
+
+
 class _Silent:
     """A W&B host that accepts connections and never answers."""
 
