@@ -52,6 +52,17 @@ def test_processes_zero_is_refused():
         "error: trainer.processes=0: must be >= 1 (N > 1: N processes of one run)"]
 
 
+def test_start_returns_the_failed_ranks_status(tmp_path):
+    """dnnlab.distributed.start in process (what trainer.processes=2 runs): a value each rank
+    refuses comes back as the rank's exit status, 1."""
+    from dnnlab import distributed
+
+    assert not distributed.launched() and distributed._children() == []
+    code = distributed.start(2, "pipelines.train", ["trainer.threads=0", *QUICK],
+                             tmp_path / "r")
+    assert code == 1 and not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_torchrun_a_config_error_is_said_once_by_rank_0(tmp_path):
     proc = _run([*TORCHRUN, "trainer.epochs=abc", f"hydra.run.dir={tmp_path / 'r'}"])
