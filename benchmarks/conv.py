@@ -126,7 +126,7 @@ SHAPES = [  # (name, C_in, C_out, H, kernel, stride, padding)
 def bench_layers(batches, min_run_time, device, dtype) -> str:
     table = Table(title=f"Conv2d forward+backward (input, weight, bias grads), {device.type}, "
                         f"{dtype}")
-    for col in ["shape", "batch", "torch ms", "ours ms", "time ratio [quartiles]",
+    for col in ["shape", "batch", "torch ms", "ours ms", "time ratio (IQR)",
                 "explicit-dw ratio",
                 "torch saved", "ours saved", "mem ratio", ""]:
         table.add_column(col, justify="left" if col == "shape" else "right")
@@ -174,7 +174,7 @@ def bench_resnet(batches, size, min_run_time, device, dtype) -> str:
     swapped = swap_convs(copy.deepcopy(native))
     table = Table(title=f"resnet18 training step (fwd + bwd + SGD), 3x{size}x{size}, "
                         f"{device.type}, {dtype}")
-    for col in ["model", "batch", "median ms", "memory", "time ratio [quartiles]", "mem ratio",
+    for col in ["model", "batch", "median ms", "memory", "time ratio (IQR)", "mem ratio",
                 ""]:
         table.add_column(col, justify="left" if col == "model" else "right")
     says = [_resnet_rows(table, native, swapped, batch, size, min_run_time, device, dtype)

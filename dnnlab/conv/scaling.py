@@ -190,6 +190,6 @@ def crossover_sentence(rows: list[dict], analysis: dict, max_matrix_bytes: float
     slopes = ", ".join(f"{k} n^{v:.2f}" for k, v in a["slopes"].items() if v is not None)
     skipped = (f"; matrix form skipped at n = {', '.join(map(str, a['matrix_skipped']))} (its "
                f"A_w would exceed {max_matrix_bytes / 1e9:.3g} GB)" if a["matrix_skipped"] else "")
-    return (f"{head} (matrix/conv time, median [quartiles] of interleaved pairs: {ratios}); "
+    return (f"{head} (matrix/conv time, median and quartiles of interleaved pairs: {ratios}); "
             f"log-log slope between the two largest n: "
             f"{slopes}{skipped}.")
