@@ -36,7 +36,8 @@ TRAIN = [sys.executable, "-m", "pipelines.train", "trainer.processes=2"]
 
 @pytest.mark.parametrize("override, code, needle", [
     ("trainer.epochs=abc", 2, "trainer.epochs: Value 'abc'"),  # found while composing
-    ("trainer.threads=0", 1, "trainer.threads=0: must be >= 1"),  # found by each rank
+    pytest.param("trainer.threads=0", 1, "trainer.threads=0: must be >= 1",  # by each rank
+                 marks=pytest.mark.slow),
 ])
 def test_processes_a_bad_value_is_one_line_with_its_status(tmp_path, override, code, needle):
     proc = _run([*TRAIN, f"hydra.run.dir={tmp_path / 'r'}", *QUICK, override])

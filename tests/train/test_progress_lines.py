@@ -10,13 +10,12 @@ QUICK = ["trainer.progress=false", "wandb.mode=disabled"]
 
 
 def test_reproduce_prints_a_line_per_training(pipeline, tmp_path):
-    proc = pipeline("reproduce", "sections=[train]", "train.betas=[2,inf]", "train.seeds=2",
+    proc = pipeline("reproduce", "sections=[train]", "train.betas=[2,inf]", "train.seeds=1",
                     "train.epochs=1", "wandb.mode=disabled", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("train ")]
     assert [ln.split(" (")[0] for ln in lines] == [
-        "train 1/4: beta=2 seed=0", "train 2/4: beta=2 seed=1", "train 3/4: beta=inf seed=0",
-        "train 4/4: beta=inf seed=1"], proc.stdout
+        "train 1/2: beta=2 seed=0", "train 2/2: beta=inf seed=0"], proc.stdout
     assert all(re.search(r"\(\d+ s\) test 0\.\d{3}$", ln) for ln in lines), lines
 
 

@@ -58,6 +58,7 @@ def test_a_bad_value_names_the_variable(var, value, needle):
         wandb_from_env(_node(), [], {var: value})
 
 
+@pytest.mark.slow
 def test_wandb_mode_from_the_environment_as_a_user_meets_it(tmp_path):
     bad = _train(f"hydra.run.dir={tmp_path / 'bad'}", *QUICK, WANDB_MODE="garbage")
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
