@@ -44,7 +44,7 @@ def _two_checkouts_share_one_build(tmp_path: Path, build_root: Path) -> None:
     assert out_b[0].startswith(str(b)) and out_b[1:] == out_a[1:]  # the same build dir
     assert "compiling" not in err_b
     assert (so.stat().st_mtime_ns, ninja.read_text()) == before  # not rebuilt
-    assert str(a) not in before[1] and str(b) not in before[1]
+    assert f"{a}{os.sep}" not in before[1] and f"{b}{os.sep}" not in before[1]  # no checkout
 
 
 def test_two_checkouts_load_one_build(tmp_path):
