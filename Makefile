@@ -4,31 +4,34 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow test-all coverage lint bench clean setup
+.PHONY: run test test-slow test-all coverage lint bench clean setup native
 
-setup: $(STAMP)
+setup: $(STAMP) native
 
-# the last step compiles the global max pooling's C++ kernel once (dnnlab.smoothmax.native);
-# without a C++ compiler it warns and that pooling runs on torch ops (set-up still succeeds)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,zoo]'
-	$(PY) -c 'from dnnlab.smoothmax.native import main; main()'
 	touch $(STAMP)
 
-run: $(STAMP)
+# the global max pooling's C++ kernel (dnnlab.smoothmax.native), built once per source hash and
+# torch version (a second of checking when built), so that no run stops for the compiler;
+# without a C++ compiler it warns and that pooling runs on torch ops (set-up still succeeds)
+native: $(STAMP)
+	$(PY) -c 'from dnnlab.smoothmax.native import main; main()'
+
+run: setup
 	$(PY) -m pipelines.reproduce
 
 # the fast suite, measured with coverage: every library module must reach 60% of its lines
-test: $(STAMP)
+test: setup
 	$(PY) -m coverage run -m pytest -q -m "not slow"
 	$(PY) tests/coverage_floor.py 60
 
-test-slow: $(STAMP)
+test-slow: setup
 	$(PY) -m pytest -q -m slow
 
-test-all: $(STAMP)
+test-all: setup
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

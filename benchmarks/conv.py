@@ -14,10 +14,12 @@ Three tables:
 3. The chain (dnnlab.conv.chain, docs/math.md (4)): forward+backward of the matrix form (A_w
    formed, O(n^2)) against the conv form (O(n f)) for n = 2^6 .. 2^14.
 
-Timing: dnnlab.timing.median_seconds (torch.utils.benchmark.Timer: as many runs as fit in
-`min_run_time` after a warm-up, the median; CUDA synchronized). Each variant is timed in its own
-block; table 3 as dnnlab.conv.scaling does it (the matrix form's gigabyte allocations would
-otherwise charge the conv form with page faults).
+Timing: every ratio comes from dnnlab.timing.paired_ratio: ours and torch's timed in interleaved
+pairs of short blocks (a b, b a, ...), the median of the pairs' ratios with their quartiles
+[low, high]; table 3 as dnnlab.conv.scaling does it. A row meets the target when its whole
+spread does (high <= target), fails it when its whole spread does not (low > target), and is
+"not resolved" otherwise (the machine's noise covers the difference). The script reports what
+it measured and exits 0, whatever the load.
 Memory: on CPU, the bytes of the tensors saved for backward during the forward pass, caught with
 torch.autograd.graph.saved_tensors_hooks and deduplicated by storage (a tensor saved twice, or
 two views of one storage, count once; the storage's full size counts). On CUDA, the peak of
@@ -37,9 +39,9 @@ from rich.console import Console
 from rich.table import Table
 
 from dnnlab.conv.function import weight_grad_mode
-from dnnlab.conv.scaling import log2_label, measure_row
+from dnnlab.conv.scaling import analyse, crossover_sentence, log2_label, measure_row, ratio_text
 from dnnlab.nn import Conv2d, swap_convs
-from dnnlab.timing import median_seconds
+from dnnlab.timing import paired_ratio
 
 TIME_TARGET, MEM_TARGET = 1.10, 1.0
 console = Console(width=132)  # wide enough for the tables when piped to a file
@@ -50,9 +52,26 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def medians(fns: dict, min_run_time: float) -> dict[str, float]:
-    """Median seconds of each fn (dnnlab.timing.median_seconds)."""
-    return {k: median_seconds(fn, min_run_time=min_run_time) for k, fn in fns.items()}
+def paired(ours, ref, min_run_time: float, device):
+    """ours / ref from interleaved pairs (dnnlab.timing.paired_ratio), CUDA synchronized."""
+    def synced(fn):
+        def run():
+            fn()
+            sync(device)
+        return run
+    return paired_ratio(synced(ours), synced(ref), rounds=7, min_run_time=min_run_time / 7)
+
+
+def judged(p, target: float) -> str:
+    """PASS when the whole spread meets the target, FAIL when none of it does, else not
+    resolved (noise covers the difference)."""
+    if p.high <= target:
+        return "pass"
+    return "fail" if p.low > target else "not resolved"
+
+
+def spread(p) -> str:
+    return f"{p.ratio:.3f} [{p.low:.3f}, {p.high:.3f}]"
 
 
 def saved_bytes(forward) -> int:
@@ -82,8 +101,13 @@ def memory(step, forward, device) -> int:
     return torch.cuda.max_memory_allocated(device) - base
 
 
-def verdict(ok: bool) -> str:
-    return "[green]PASS[/]" if ok else "[red]FAIL[/]"
+def verdict(v: str) -> str:
+    return {"pass": "[green]PASS[/]", "fail": "[red]FAIL[/]"}.get(v, "[yellow]not resolved[/]")
+
+
+def worst(verdicts) -> str:
+    vs = list(verdicts)
+    return "fail" if "fail" in vs else "not resolved" if "not resolved" in vs else "pass"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,13 +123,14 @@ SHAPES = [  # (name, C_in, C_out, H, kernel, stride, padding)
 ]
 
 
-def bench_layers(batches, min_run_time, device, dtype) -> bool:
+def bench_layers(batches, min_run_time, device, dtype) -> str:
     table = Table(title=f"Conv2d forward+backward (input, weight, bias grads), {device.type}, "
                         f"{dtype}")
-    for col in ["shape", "batch", "torch ms", "ours ms", "time ratio", "explicit-dw ratio",
+    for col in ["shape", "batch", "torch ms", "ours ms", "time ratio (IQR)",
+                "explicit-dw ratio",
                 "torch saved", "ours saved", "mem ratio", ""]:
         table.add_column(col, justify="left" if col == "shape" else "right")
-    all_ok = True
+    says = []
     for batch, (name, cin, cout, h, k, s, p) in itertools.product(batches, SHAPES):
         torch.manual_seed(0)
         ref = torch.nn.Conv2d(cin, cout, k, s, p).to(device, dtype)
@@ -123,25 +148,25 @@ def bench_layers(batches, min_run_time, device, dtype) -> bool:
             with weight_grad_mode("explicit"):
                 run()
 
-        t = medians({"torch": step(ref), "ours": run_ours, "explicit": explicit}, min_run_time)
+        t = paired(run_ours, step(ref), min_run_time, device)
+        te = paired(explicit, step(ref), min_run_time / 2, device)
         m_ref = memory(step(ref), lambda m=ref, x=x: m(x), device)
         m_ours = memory(step(ours), lambda m=ours, x=x: m(x), device)
-        tr, mr = t["ours"] / t["torch"], m_ours / m_ref
-        ok = tr <= TIME_TARGET and mr <= MEM_TARGET
-        all_ok &= ok
-        table.add_row(name, str(batch), f"{t['torch'] * 1e3:.2f}", f"{t['ours'] * 1e3:.2f}",
-                      f"{tr:.3f}",
-                      f"{t['explicit'] / t['torch']:.3f}", f"{m_ref / 2**20:.1f} MiB",
-                      f"{m_ours / 2**20:.1f} MiB", f"{mr:.3f}", verdict(ok))
+        mr = m_ours / m_ref
+        v = judged(t, TIME_TARGET) if mr <= MEM_TARGET else "fail"
+        says.append(v)
+        table.add_row(name, str(batch), f"{t.b * 1e3:.2f}", f"{t.a * 1e3:.2f}", spread(t),
+                      spread(te), f"{m_ref / 2**20:.1f} MiB",
+                      f"{m_ours / 2**20:.1f} MiB", f"{mr:.3f}", verdict(v))
     console.print(table)
-    return all_ok
+    return worst(says)
 
 
 # ----------------------------------------------------------------------------------------------
 # 2. a resnet18 training step
 
 
-def bench_resnet(batches, size, min_run_time, device, dtype) -> bool:
+def bench_resnet(batches, size, min_run_time, device, dtype) -> str:
     import torchvision
 
     torch.manual_seed(0)
@@ -149,16 +174,16 @@ def bench_resnet(batches, size, min_run_time, device, dtype) -> bool:
     swapped = swap_convs(copy.deepcopy(native))
     table = Table(title=f"resnet18 training step (fwd + bwd + SGD), 3x{size}x{size}, "
                         f"{device.type}, {dtype}")
-    for col in ["model", "batch", "median ms", "memory", "time ratio", "mem ratio", ""]:
+    for col in ["model", "batch", "median ms", "memory", "time ratio (IQR)", "mem ratio",
+                ""]:
         table.add_column(col, justify="left" if col == "model" else "right")
-    ok = True
-    for batch in batches:
-        ok &= _resnet_rows(table, native, swapped, batch, size, min_run_time, device, dtype)
+    says = [_resnet_rows(table, native, swapped, batch, size, min_run_time, device, dtype)
+            for batch in batches]
     console.print(table)
-    return ok
+    return worst(says)
 
 
-def _resnet_rows(table, native, swapped, batch, size, min_run_time, device, dtype) -> bool:
+def _resnet_rows(table, native, swapped, batch, size, min_run_time, device, dtype) -> str:
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
     labels = torch.randint(0, 1000, (batch,), device=device)
     opts = {id(m): torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
@@ -172,16 +197,16 @@ def _resnet_rows(table, native, swapped, batch, size, min_run_time, device, dtyp
             opt.step()
         return run
 
-    t = medians({"torch": step(native), "ours": step(swapped)}, min_run_time)
+    t = paired(step(swapped), step(native), min_run_time, device)
     mem = {k: memory(step(m), lambda m=m: F.cross_entropy(m(x), labels), device)
            for k, m in (("torch", native), ("ours", swapped))}
-    tr, mr = t["ours"] / t["torch"], mem["ours"] / mem["torch"]
-    ok = tr <= TIME_TARGET and mr <= MEM_TARGET
-    table.add_row("native", str(batch), f"{t['torch'] * 1e3:.1f}",
+    mr = mem["ours"] / mem["torch"]
+    v = judged(t, TIME_TARGET) if mr <= MEM_TARGET else "fail"
+    table.add_row("native", str(batch), f"{t.b * 1e3:.1f}",
                   f"{mem['torch'] / 2**20:.1f} MiB", "", "", "")
-    table.add_row("swap_convs", str(batch), f"{t['ours'] * 1e3:.1f}",
-                  f"{mem['ours'] / 2**20:.1f} MiB", f"{tr:.3f}", f"{mr:.3f}", verdict(ok))
-    return ok
+    table.add_row("swap_convs", str(batch), f"{t.a * 1e3:.1f}",
+                  f"{mem['ours'] / 2**20:.1f} MiB", spread(t), f"{mr:.3f}", verdict(v))
+    return v
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,18 +227,12 @@ def bench_chain(max_log2, repeats, device, max_matrix_bytes=2e9):
             log2_label(r["n"]),
             "skipped" if skipped else f"{r['matrix_s'] * 1e3:.3f}",
             f"{r['conv_s'] * 1e3:.3f}",
-            "-" if skipped else f"{r['matrix_s'] / r['conv_s']:.1f}x",
+            "-" if skipped else ratio_text(r),
             f"{r['matrix_a_bytes'] / 2**20:.1f} MiB",
             f"{r['conv_bytes'] / 2**10:.1f} KiB",
         )
     console.print(table)
-    skipped = [r["n"] for r in rows if r["matrix_skipped"]]
-    if skipped:
-        console.print(f"matrix form skipped for n = {', '.join(map(str, skipped))}: its A_w "
-                      f"matrices would exceed {max_matrix_bytes / 1e9:.0f} GB")
-    cross = next((r["n"] for r in rows if not r["matrix_skipped"] and r["matrix_s"] > r["conv_s"]),
-                 None)
-    console.print(f"conv form faster from n = {cross}" if cross else "matrix form never slower")
+    console.print(crossover_sentence(rows, analyse(rows), max_matrix_bytes), highlight=False)
 
 
 def main(argv=None):
@@ -233,18 +252,20 @@ def main(argv=None):
                      f" ({torch.cuda.get_device_name(device)})"))
     if not cpu:
         torch.backends.cudnn.benchmark = True
-    ok = bench_layers(batches=[4 if q else 16] if cpu else [64, 256],
-                      min_run_time=0.2 if q else 1.0, device=device, dtype=dtype)
-    ok &= bench_resnet(batches=[8] if cpu else [64, 256], size=112 if cpu else 224,
-                       min_run_time=0.5 if q else 2.0, device=device, dtype=dtype)
+    says = [bench_layers(batches=[4 if q else 16] if cpu else [64, 256],
+                      min_run_time=0.2 if q else 1.0, device=device, dtype=dtype),
+            bench_resnet(batches=[8] if cpu else [64, 256], size=112 if cpu else 224,
+                         min_run_time=0.5 if q else 2.0, device=device, dtype=dtype)]
     if not cpu:
         console.print("note: where torch's time is short, a GPU step is bound by the CPU's kernel "
                       "launches, and the Python autograd.Function's overhead (tens of us per conv, "
                       "forward and backward) shows in the ratio; larger batches hide it.")
     bench_chain(max_log2=12 if q else 14, repeats=2 if q else 3, device=device)
     console.print(f"target: time ratio <= {TIME_TARGET:.2f}, memory ratio <= {MEM_TARGET:.1f}: "
-                  + verdict(ok))
-    return 0 if ok else 1
+                  + {"pass": "met", "fail": "[red]not met[/]"}.get(
+                      worst(says), "[yellow]not resolved[/] (the spread covers the target on "
+                      "some row: rerun on a quiet machine)"))
+    return 0  # a report, whatever the load: the verdicts above say whether the target is met
 
 
 if __name__ == "__main__":

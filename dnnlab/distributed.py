@@ -10,8 +10,10 @@ batch and take part in the reductions (docs/train.md, "More than one process").
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import signal
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,3 +117,62 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except OSError:  # no such process (or no /proc: assume alive)
         return not os.path.isdir("/proc")
+
+
+def launched() -> bool:
+    """Whether this process is one rank of a run a launcher started (torchrun, `start`)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def start(n: int, module: str, overrides: list[str], run_dir: Any) -> int:
+    """`trainer.processes=N`: run `python -m <module> <overrides>` as N processes of one run on
+    this machine, through torch's elastic launch API (what torchrun calls, as Lightning's
+    devices=N does), all writing to `run_dir` (rank 0 alone). Unlike torchrun it reports a
+    failure in the one line the failed rank printed and keeps its exit status (2 for a config
+    error, 130 for Ctrl-C), with no ChildFailedError summary. Returns 0 when all succeeded."""
+    import logging
+    import sys
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    for name in list(logging.root.manager.loggerDict):  # each has its own level set
+        if name.startswith("torch.distributed"):  # the failure is the failed rank's line
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    keep = [o for o in overrides if o.split("=", 1)[0] != "hydra.run.dir"]
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n,
+                          run_id=f"dnnlab-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn",
+                          signals_to_handle="SIGTERM,SIGHUP,SIGQUIT")  # SIGINT: forwarded
+    def forward(signum, frame):  # Ctrl-C: each rank stops as on one process (exit 130)
+        for pid in _children():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGINT)
+
+    before = signal.signal(signal.SIGINT, forward)
+    try:
+        elastic_launch(config, sys.executable)("-m", module, *keep, f"hydra.run.dir={run_dir}")
+    except ChildFailedError as err:
+        rank, failure = min(err.failures.items(),
+                            key=lambda kv: (kv[1].exitcode < 0, kv[0]))  # a rank's own exit
+        code = failure.exitcode
+        return 128 - code if code < 0 else code  # killed by signal s: 128 + s, as a shell says
+    except SignalException as err:  # SIGTERM to this process: the ranks are stopped
+        return 128 + int(err.sigval)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    return 0
+
+
+def _children() -> list[int]:
+    """The pids of this process's children (the ranks `start` launched)."""
+    me, out = os.getpid(), []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                        out.append(int(d))
+    return out

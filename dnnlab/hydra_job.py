@@ -33,6 +33,14 @@ class HydraJob:
     sweep_name: str | None = None  # `<pipeline>-<sweep dir name>`: the W&B group of a sweep
     overrides: list[str] = field(default_factory=list)  # the task overrides, as typed
     choices: dict = field(default_factory=dict)  # config group -> option (experiment: ...)
+    num: int | None = None  # the job's number in a multirun (hydra.job.num)
+
+    def label(self) -> str:
+        """`job 3 (model.pool.beta=inf seed=1): ` in a multirun, so that each job's lines say
+        which one they are (joblib's workers print in any order); '' for a single run."""
+        if not self.multirun:
+            return ""
+        return f"job {self.num} ({' '.join(self.overrides) or 'no overrides'}): "
 
 
 def current() -> HydraJob:
@@ -46,7 +54,8 @@ def current() -> HydraJob:
     return HydraJob(Path(hc.runtime.output_dir), multi,
                     f"{hc.job.name}-{Path(hc.sweep.dir).name}" if multi else None,
                     [str(o) for o in hc.overrides.task],
-                    {str(k): v for k, v in (hc.runtime.choices or {}).items()})
+                    {str(k): v for k, v in (hc.runtime.choices or {}).items()},
+                    int(hc.job.num) if multi and hc.job.get("num") is not None else None)
 
 
 def write_hydra_dir(run_dir: Path, cfg: DictConfig) -> None:

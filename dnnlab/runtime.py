@@ -9,10 +9,12 @@ metrics.jsonl) and its overrides. `launch` (dnnlab.cli) reports errors in one li
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,13 +23,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab import hydra_job
-from dnnlab.cli import console, err_console, error_line
+from dnnlab.cli import console, err_console, error_line, stopping
 from dnnlab.config import to_settings
 from dnnlab.distributed import World
 from dnnlab.errors import DnnlabError
 from dnnlab.lock import RunLock
 from dnnlab.naming import run_name, run_tags
 from dnnlab.results import Results, write_json
+from dnnlab.settings import wandb_from_env
 from dnnlab.sweep_dir import FAILED
 from dnnlab.tracking import MIRROR, Tracker, stored_run_id
 
@@ -39,6 +42,7 @@ class Run:  # what a job is handed: where it writes and the owners of its artifa
     tracker: Tracker
     overrides: list[str] = field(default_factory=list)
     world: World = field(default_factory=World)  # the processes of one run (rank 0 writes)
+    label: str = ""  # `job 3 (overrides): ` in a multirun, before a job's last line
 
 
 class NothingToDo(Exception):  # from `prepare`: the run is complete; print, return `result`
@@ -55,12 +59,57 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _stop_when_orphaned() -> None:
+    """Under submitit: if the process that started this job goes (its controller killed, e.g.
+    by a SIGUSR2 it does not handle), stop as on Ctrl-C (checkpoint kept, status interrupted;
+    submitit passes SIGTERM over) instead of training on as an orphan nobody waits for."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="dnnlab-orphan-watch", daemon=True).start()
+
+
 def _is_fresh(run_dir: Path) -> bool:
     """A run dir Hydra has just made for this job: nothing in it but Hydra's empty log file."""
     try:
         return all(p.suffix == ".log" and p.stat().st_size == 0 for p in run_dir.iterdir())
     except OSError:
         return False
+
+
+REPLACED = "replaced-"  # <run dir>/replaced-<time>/: a run started over, set aside
+
+
+def set_aside(run_dir: Path, keep: tuple[str, ...] = ()) -> Path | None:
+    """Move what an earlier run left in `run_dir` into `<run dir>/replaced-<time>/`, so that a
+    run that starts over there (trainer.resume=false, or no checkpoint to resume) never appends
+    to the old one's metrics.jsonl, W&B dir or results. Kept: the lock, earlier replaced-*
+    dirs and the names in `keep`; a Hydra log file is copied and emptied (Hydra holds it open).
+    Returns the dir, or None when there was nothing to move."""
+    from dnnlab.lock import FILE as LOCK
+
+    old = [p for p in sorted(run_dir.iterdir()) if p.name != LOCK and p.name not in keep
+           and not p.name.startswith(REPLACED)
+           and not (p.suffix == ".log" and p.is_file() and p.stat().st_size == 0)]
+    if not old:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = run_dir / f"{REPLACED}{stamp}", 1
+    while dest.exists():
+        n += 1
+        dest = run_dir / f"{REPLACED}{stamp}-{n}"
+    dest.mkdir()
+    for p in old:
+        if p.suffix == ".log" and p.is_file():  # Hydra's job log, open for this run
+            shutil.copy2(p, dest / p.name)
+            os.truncate(p, 0)
+        else:
+            os.replace(p, dest / p.name)
+    return dest
 
 
 def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
@@ -91,16 +140,24 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
             signal.signal(signal.SIGTERM, _on_sigterm)
         # a shell starts background jobs with SIGINT ignored: `kill -INT` must stop them too
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if "SUBMITIT_EXECUTOR" in os.environ:
+            _stop_when_orphaned()
     results, started = None, False
     try:
         with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
             # a new job's .hydra/ first (the summary reads a failed job's overrides too); a run
             # dir's own only once accepted: a refused resume leaves .hydra/ as it was
             first = hj.multirun and not (run_dir / ".hydra").exists() and world.is_main
+            wandb_from_env(cfg.wandb, hj.overrides)  # WANDB_MODE etc. where not set explicitly
             if first:
                 hydra_job.write_hydra_dir(run_dir, cfg)
             settings = to_settings(cfg)
             ready = prepare(settings, cfg, run_dir) if prepare is not None else settings
+            if not getattr(ready, "resume", False) and not fresh and world.is_main:
+                aside = set_aside(run_dir, keep=(".hydra",) if first else ())
+                if aside is not None:
+                    console.print(f"starting over in {run_dir}: the previous run's files were "
+                                  f"moved to {aside}", highlight=False, soft_wrap=True)
             if not first and world.is_main:
                 hydra_job.write_hydra_dir(run_dir, cfg)
             if world.is_main:
@@ -119,7 +176,8 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
             results.update(status="running")  # then done, failed or interrupted
             with tracker:
                 try:
-                    out = job(ready, Run(run_dir, results, tracker, hj.overrides, world))
+                    out = job(ready, Run(run_dir, results, tracker, hj.overrides, world,
+                                         hj.label()))
                     if results.get("status") == "running":  # else the job's own (pruned)
                         results.update(status="done")
                     return out
@@ -127,6 +185,7 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
                     results.update(status="failed", error=str(err))
                     raise
                 except KeyboardInterrupt:
+                    stopping()  # a second Ctrl-C must not cut the saving short
                     results.update(status="interrupted")
                     tracker.summary(status="interrupted")
                     raise

@@ -3,11 +3,13 @@ run name rule from the pipeline's primary config) and `paths` (conf/paths/defaul
 dnnlab.config adds them to each pipeline's schema."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
-from dnnlab.errors import require
+from dnnlab.errors import ConfigError, require
 
 
 class WandbMode(str, Enum):
@@ -81,3 +83,57 @@ class JobConfig:
 
     wandb: WandbConfig = field(default_factory=WandbConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+# W&B's environment variables and the wandb keys they stand for (W&B's own convention: the
+# variable applies unless the key is set explicitly)
+WANDB_ENV = {"WANDB_MODE": "mode", "WANDB_PROJECT": "project", "WANDB_ENTITY": "entity"}
+_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # W&B's older names
+_BAD_NAME_CHARS = set("/\\#?%:")  # what W&B refuses in a project or entity name
+
+
+def wandb_from_env(wandb: Any, overrides: list[str], environ: Any = None) -> dict[str, str]:
+    """Apply WANDB_MODE, WANDB_PROJECT and WANDB_ENTITY to the config node `wandb` (in place)
+    where the config does not set the key explicitly: not on the command line (`overrides`, as
+    typed) and still the value of conf/wandb/default.yaml (a config such as debug=fast that
+    sets wandb.mode wins over the variable). A bad value is a ConfigError naming the variable;
+    WANDB_DIR (where W&B writes, instead of the run dir) must be a directory or makeable.
+    Returns {key: value} of what the environment set."""
+    env = os.environ if environ is None else environ
+    typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    default = WandbConfig()
+    applied = {}
+    for var, key in WANDB_ENV.items():
+        raw = env.get(var)
+        if raw is None or raw == "" or f"wandb.{key}" in typed:
+            continue
+        now = wandb[key]
+        if (now.value if isinstance(now, Enum) else now) != (
+                default.mode.value if key == "mode" else getattr(default, key)):
+            continue  # set by a config file (debug=fast, an experiment)
+        value = raw.strip()
+        if key == "mode":
+            value = _MODE_ALIASES.get(value.lower(), value.lower())
+            if value not in {m.value for m in WandbMode}:
+                raise ConfigError(f"{var}={raw!r}: expected online, offline or disabled (W&B's "
+                                  f"environment variable; unset it, or give wandb.mode=...)")
+        elif not value or _BAD_NAME_CHARS & set(value):
+            raise ConfigError(f"{var}={raw!r}: not a W&B {key} name (no / \\ # ? % : and not "
+                              f"empty; unset it, or give wandb.{key}=...)")
+        wandb[key] = value
+        applied[key] = value
+    where = env.get("WANDB_DIR")
+    if where:
+        p = Path(where).expanduser()
+        blocker = next((q for q in (p, *p.parents) if q.exists() and not q.is_dir()), None)
+        if blocker is not None:
+            raise ConfigError(f"WANDB_DIR={where!r}: {blocker} is a file, not a directory "
+                              "(W&B's environment variable for where it writes; unset it to "
+                              "write in the run dir)")
+    return applied
+
+
+def wandb_dir(run_dir: Path, environ: Any = None) -> Path:
+    """Where W&B writes a run's files: $WANDB_DIR when set, else the run dir."""
+    env = os.environ if environ is None else environ
+    return Path(env["WANDB_DIR"]).expanduser() if env.get("WANDB_DIR") else Path(run_dir)

@@ -29,7 +29,7 @@ from typing import Any
 
 from dnnlab.errors import first_line
 from dnnlab.results import read_json, write_json
-from dnnlab.settings import WandbConfig, WandbMode
+from dnnlab.settings import WandbConfig, WandbMode, wandb_dir
 from dnnlab.table import Table, jsonable
 
 ID_FILE = "wandb_run.json"  # the W&B run id of a run dir, for a resume to continue it
@@ -83,7 +83,7 @@ class Tracker:
                 run = wandb.init(
                     mode=m, project=s.project, entity=s.entity, group=self.group,
                     job_type=self.job_type, name=self.name, tags=self.tags,
-                    dir=str(self.run_dir), config=self.config, reinit="finish_previous",
+                    dir=str(wandb_dir(self.run_dir)), config=self.config, reinit="finish_previous",
                     id=self.resume_id, resume="allow" if self.resume_id else None,
                     settings=wandb.Settings(console="off", x_disable_stats=True, silent=True,
                                             init_timeout=float(s.init_timeout)))
@@ -112,8 +112,26 @@ class Tracker:
             exc is not None)
         self._mirror.close()
         if self.run is not None:
-            self.run.finish(exit_code=code)
+            run, line = self.run, self.end_line()
+            run.finish(exit_code=code)
+            print(line, flush=True)
         self.run = None
+
+    def end_line(self) -> str:
+        """The run's W&B name and id, and where it is: its URL online; offline, the dir and the
+        `wandb sync` command that uploads it. A resumed offline run has a dir per process with
+        one id; the newest holds the whole history (the resume replays it: train.resume.replay),
+        so that is the one to sync."""
+        run = self.run
+        head = f"W&B: run {run.name or self.name} (id {run.id}"
+        if run.settings.mode not in ("offline", "dryrun"):
+            return f"{head}): {run.url}"
+        sync = Path(run.settings.sync_dir)
+        older = sorted(p for p in sync.parent.glob(f"offline-run-*-{run.id}") if p != sync)
+        also = (f"; resumed: sync this dir only, it holds the whole history "
+                f"({len(older)} earlier dir(s) of this id, e.g. {older[-1].name}, need no "
+                "sync)") if older else ""
+        return f"{head}), offline; upload with: wandb sync {sync}{also}"
 
     @property
     def run_id(self) -> str | None:

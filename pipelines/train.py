@@ -5,15 +5,18 @@ the best validation accuracy, what a sweeper optimizes (never a test metric)."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dnnlab import distributed, hydra_job
 from dnnlab.cli import console, launch
 from dnnlab.config import register, resolved_with
 from dnnlab.models import build_model, instantiate_spec
+from dnnlab.results import Results
 from dnnlab.runtime import Run, run_job
 from dnnlab.train import loop
 from dnnlab.train.data import Batches, check_fits
@@ -87,7 +90,7 @@ def job(r: Ready, run: Run) -> dict:
     run.results.update(**result.to_dict())
     if main:
         logs.finish(result, ck.config, ck.path)
-        print_result(console, result, run.results.path)
+        print_result(console, result, run.results.path, run.label)
     return run.results
 
 
@@ -119,6 +122,13 @@ def pruned(run: Run, p: Pruned) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    n = cfg.trainer.processes
+    if isinstance(n, int) and n > 1 and not distributed.launched():  # N processes, one run
+        hj = hydra_job.current()
+        code = distributed.start(n, "pipelines.train", hj.overrides, hj.run_dir)
+        if code:
+            sys.exit(code)  # the failed rank printed its line
+        return Results.read(hj.run_dir).get("best_val_accuracy")
     return run_job(cfg, "train", job, prepare=prepare, wandb_config=wandb_config,
                    distributed=True).get("best_val_accuracy")
 

@@ -116,6 +116,84 @@ def test_a_read_only_place_is_one_line(pipeline, tmp_path):
         assert f"cannot write {ro / 'run'}" in _one_line(proc, 1)
 
 
+@pytest.mark.parametrize("below", [False, True])
+def test_a_run_dir_that_is_a_file_says_so(pipeline, tmp_path, below):
+    f = tmp_path / "notes.txt"
+    f.write_text("a file")
+    d = f / "run" if below else f
+    proc = pipeline("train", f"hydra.run.dir={d}", "trainer.epochs=1", *QUICK)
+    line = _one_line(proc, 1)
+    assert f"cannot make the dir {d}: {f} is a file, not a directory" in line, line
+    assert "File exists" not in line and f.read_text() == "a file"
+
+
+@pytest.mark.slow
+def test_a_double_ctrl_c_is_one_line_and_no_atexit_traceback(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", "trainer.epochs=200",
+                             f"hydra.run.dir={out}", "trainer.progress=false"], cwd=ROOT,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (out / "checkpoint.pt").exists():
+        time.sleep(0.1)
+    for _ in range(3):  # an impatient user
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.2)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    (line,) = [ln for ln in err.splitlines() if ln.strip()]
+    assert line.startswith("interrupted at epoch ")
+    assert json.loads((out / "results.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_a_worker_killed_under_joblib_is_one_line(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", "-m", "hydra/launcher=local",
+                             "model.pool.beta=2,inf", "trainer.epochs=200",
+                             "trainer.progress=false", f"hydra.sweep.dir={sweep}", *QUICK[1:]],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lock, deadline = sweep / "0" / ".lock", time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (
+            lock.exists() and lock.read_text().strip()):
+        time.sleep(0.1)
+    os.kill(int(lock.read_text()), signal.SIGKILL)  # the worker running job 0 (its lock's pid)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    said = [ln for ln in err.splitlines() if "the launcher lost a job" in ln]
+    assert len(said) == 1 and "TerminatedWorkerError" in said[0], err[-3000:]
+
+
+@pytest.mark.slow
+def test_sigusr2_to_submitits_controller_is_one_line_and_leaves_no_orphan(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", "-m",
+                             "hydra/launcher=slurm_local", "trainer.epochs=200",
+                             "trainer.progress=false", f"hydra.sweep.dir={sweep}", *QUICK[1:]],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    job, deadline = sweep / "0", time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (job / "checkpoint.pt").exists():
+        time.sleep(0.1)
+    pid = int((job / ".lock").read_text())  # the job's process; its parent: the controller
+    with open(f"/proc/{pid}/stat") as f:
+        controller = int(f.read().rsplit(")", 1)[1].split()[1])
+    os.kill(controller, signal.SIGUSR2)  # what submitit's LocalJob._interrupt sends
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert sum("the launcher lost a job" in ln for ln in err.splitlines()) == 1, err[-3000:]
+    for _ in range(100):  # the job noticed its controller gone and stopped: no orphan
+        if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(
+                ")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.3)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the job trained on as an orphan")
+    assert json.loads((job / "results.json").read_text())["status"] == "interrupted"
+
+
 class _Silent:
     """A W&B host that accepts connections and never answers."""
 
@@ -143,16 +221,13 @@ def test_unreachable_online_wandb_goes_offline_once_per_process(tmp_path):
     sweep = tmp_path / "sweep"
     with _Silent() as url:
         env = _env() | {"WANDB_BASE_URL": url, "WANDB_API_KEY": "x" * 40}
-        t0 = time.time()
         proc = subprocess.run([sys.executable, "-m", "pipelines.train", "-m",
                                "model.pool.beta=4,inf", "trainer.epochs=1",
                                "trainer.progress=false", "wandb.mode=online",
                                "wandb.init_timeout=3", f"hydra.sweep.dir={sweep}"], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=300)
-        took = time.time() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: W&B")]
     assert len(warnings) == 1 and "carrying on offline" in warnings[0], proc.stderr
     runs = find_runs(sweep)
     assert len(runs) == 3  # two jobs and the summary run, all kept offline
-    assert took < 120, took  # one 3 s timeout in all, not 60-90 s per run

@@ -68,7 +68,7 @@ def test_parse_beta_finite_only():
 def test_median_seconds_measures_a_sleep_like_cost():
     x = torch.randn(256, 256)
     t = timing.median_seconds(lambda: x @ x, min_run_time=0.05, threads=1)
-    assert 0 < t < 0.5
+    assert 0 < t and math.isfinite(t)  # a time, never bounded in a test (benchmarks/ do)
     before = torch.get_num_threads()
     with timing.torch_threads(1):
         assert torch.get_num_threads() == 1

@@ -6,7 +6,6 @@ import json
 import math
 import socket
 import threading
-import time
 
 import pytest
 
@@ -94,13 +93,12 @@ def test_online_that_cannot_answer_falls_back_within_the_timeout(tmp_path, monke
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(tracking, "_STATE", {"warned": False, "down": False})
-    t0 = time.perf_counter()
     with _tracker(tmp_path / "a", "online", init_timeout=2) as tr:
         assert tr.run is not None and tr.run.settings.mode == "offline"
         tr.summary(done=True)
     with _tracker(tmp_path / "b", "online", init_timeout=2) as tr:  # the process knows: offline
         assert tr.run.settings.mode == "offline"
-    assert time.perf_counter() - t0 < 2 + 15  # one timeout, not one per run; no 60-90 s wait
+    assert tracking._STATE["down"]  # the second run never tried online: one timeout in all
     err = capsys.readouterr().err
     assert err.count("warning: W&B could not start in mode 'online'") == 1
     assert "carrying on offline" in err and len(find_runs(tmp_path)) == 2

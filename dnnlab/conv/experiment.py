@@ -310,7 +310,7 @@ class ConvResult:
         if self.scaling is not None and "analysis" in self.scaling:
             out.append(Table("scaling", SCALING_COLS, [
                 [r["n"], r["matrix_s"], r["conv_s"],
-                 None if r["matrix_skipped"] else r["matrix_s"] / r["conv_s"],
+                 None if r["matrix_skipped"] else r.get("ratio") or r["matrix_s"] / r["conv_s"],
                  r["matrix_a_bytes"], r["matrix_bytes"], r["conv_bytes"], r["matrix_skipped"]]
                 for r in self.scaling["rows"]]))
         return out
@@ -343,7 +343,7 @@ class ConvResult:
         for r in sc["rows"]:
             sk = r["matrix_skipped"]
             rows.append([cost.log2_label(r["n"]), "skipped" if sk else r["matrix_s"] * 1e3,
-                         r["conv_s"] * 1e3, "-" if sk else r["matrix_s"] / r["conv_s"],
+                         r["conv_s"] * 1e3, "-" if sk else cost.ratio_text(r),
                          f"{r['matrix_a_bytes'] / 2**20:.1f} MiB" + (" (too big)" if sk else ""),
                          f"{r['conv_bytes'] / 2**10:.1f} KiB"])
         return Table("scaling_summary", ["n", "matrix ms", "conv ms", "matrix/conv", "A_w",

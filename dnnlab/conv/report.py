@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dnnlab.conv.experiment import ConvSettings, RealNetSettings, ScalingSettings, run
 from dnnlab.conv.plots import plot_scaling
-from dnnlab.conv.scaling import log2_label
+from dnnlab.conv.scaling import log2_label, ratio_text
 from dnnlab.conv.verify import formula
 from dnnlab.report import Section
 
@@ -83,7 +83,7 @@ def report_section(settings: ReportSettings, out_dir: Path) -> Section:
         for row in sc["rows"]:
             sk = row["matrix_skipped"]
             mat = "skipped" if sk else f"{row['matrix_s'] * 1e3:.3f}"
-            ratio = "-" if sk else f"{row['matrix_s'] / row['conv_s']:.1f}x"
+            ratio = "-" if sk else ratio_text(row)
             lines.append(f"| {log2_label(row['n'])} | {mat} | {row['conv_s'] * 1e3:.3f} | "
                          f"{ratio} | {row['matrix_a_bytes']:,} |")
         lines += [f"\n![matrix vs conv form]({png.name})\n", r.crossover_sentence() + "\n"]

@@ -1,23 +1,29 @@
-"""The C++ kernel of global max pooling with shared ties (global_max.cpp), built on first use.
+"""The C++ kernel of global max pooling with shared ties (global_max.cpp), built once.
 
-`kernels()` compiles global_max.cpp with torch.utils.cpp_extension (a C++ compiler and ninja;
-about 40 s once per machine and torch version, then loaded from the build directory in well under
-a second) and returns the module, or None when it cannot be built or is switched off; the pooling
-then runs its pure-torch path (modules._GlobalMax), which gives the same values bit
-for bit (tests/smoothmax/test_max_pool.py runs both). `make setup` builds it, so that a run does
-not stop for the compiler (`main()`: build it and say where it is, or why not).
+`kernels()` returns the built module (`forward`, `backward`), or None when it cannot be built or
+is switched off; the pooling then runs its pure-torch path (modules._GlobalMax), which gives the
+same values bit for bit (tests/smoothmax/test_max_pool.py runs both). `make setup` builds it
+(`main()`: build it and say where it is, or why not), so that a run does not stop for the
+compiler; a run that finds no build makes it once, under a file lock.
 
 Build directory: $DNNLAB_NATIVE_DIR, else torch's extensions root (~/.cache/torch_extensions,
-or $TORCH_EXTENSIONS_DIR) /dnnlab/<name>, the name carrying the torch and Python versions (an
-extension built against one must not be loaded by another). Switched off by DNNLAB_NATIVE=0 or
-`set_enabled(False)`.
+or $TORCH_EXTENSIONS_DIR) /dnnlab/<NAME>. NAME carries a hash of what the build depends on
+(the source, the compiler flags, torch's and Python's versions), so every checkout and venv of
+a machine with the same source and torch shares one build, and a changed source or torch gets a
+new one. The source is copied into the build dir and compiled from there, so build.ninja holds
+no checkout's path (torch's `load` rebuilds whenever build.ninja differs: two checkouts sharing
+a build dir would take turns recompiling). A build that exists is imported directly, without
+running ninja: a run never recompiles. Switched off by DNNLAB_NATIVE=0 or `set_enabled(False)`.
 """
 from __future__ import annotations
 
+import fcntl
 import functools
+import hashlib
+import importlib.util
 import logging
 import os
-import re
+import shutil
 import sys
 import time
 import warnings
@@ -26,9 +32,20 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("global_max.cpp")
-# a build serves one torch and one Python (e.g. dnnlab_global_max_2_14_1_cu130_py311)
-NAME = (f"dnnlab_global_max_{re.sub(r'[^0-9A-Za-z]', '_', torch.__version__)}"
-        f"_py{sys.version_info.major}{sys.version_info.minor}")
+FLAGS = ["-O3"]
+
+
+def _key() -> str:
+    """A hash of what a build depends on: source, flags, compiler, torch, Python."""
+    h = hashlib.sha256(SOURCE.read_bytes())
+    for part in (*FLAGS, os.environ.get("CXX", "c++"), torch.__version__,
+                 f"{sys.version_info.major}.{sys.version_info.minor}", sys.platform):
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()[:16]
+
+
+# a build serves one source, torch and Python (dnnlab_global_max_py311_<hash>)
+NAME = f"dnnlab_global_max_py{sys.version_info.major}{sys.version_info.minor}_{_key()}"
 
 # The global pooling takes the kernel for inputs of at most this many entries. Measured
 # (forward + backward, the kernel against the torch ops, 2-core CPU, 2 threads): 0.64-0.78x at
@@ -93,18 +110,41 @@ def _build():
         cpp_log.setLevel(level)
 
 
+def built() -> Path | None:
+    """The built module's file in the build directory, or None when there is none yet."""
+    so = build_directory() / f"{NAME}.so"
+    return so if so.is_file() else None
+
+
+def _import(so: Path):
+    """Import a built extension module from its file (no ninja, no compiler)."""
+    spec = importlib.util.spec_from_file_location(NAME, so)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _compile():
-    from torch.utils.cpp_extension import load
-    bindir = os.path.dirname(sys.executable)  # the venv's ninja (pip package) when not on PATH
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    so = built()
+    if so is not None:
+        return _import(so)
     build = build_directory()
     build.mkdir(parents=True, exist_ok=True)
-    if not any(build.glob(f"{NAME}*.so")):
-        print(f"dnnlab: compiling the C++ max-pooling kernel into {build} (once; about a "
-              "minute)", file=sys.stderr, flush=True)
-    return load(NAME, [str(SOURCE)], extra_cflags=["-O3"], build_directory=str(build),
-                verbose=False)
+    with open(build / "build.lock", "w") as lock:  # one build at a time; the others wait
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        so = built()
+        if so is not None:  # another process built it meanwhile
+            return _import(so)
+        from torch.utils.cpp_extension import load
+        bindir = os.path.dirname(sys.executable)  # the venv's ninja (pip package)
+        if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+        print(f"dnnlab: compiling the C++ max-pooling kernel into {build} (once for this "
+              "source and torch; about a minute)", file=sys.stderr, flush=True)
+        source = build / SOURCE.name  # the same path in build.ninja for every checkout
+        shutil.copyfile(SOURCE, source)
+        return load(NAME, [str(source)], extra_cflags=FLAGS, build_directory=str(build),
+                    verbose=False)
 
 
 def main() -> int:

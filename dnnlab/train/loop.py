@@ -239,7 +239,10 @@ def fit(model: torch.nn.Module, data: Batches, optimizer: torch.optim.Optimizer,
     except Interrupted:
         raise
     except (KeyboardInterrupt, RuntimeError) as err:  # Ctrl-C, SIGTERM, a process group lost
-        if world.active and _peer_died(world):
+        # a launcher stops the survivors of a dead rank with SIGTERM; SIGINT is a user's Ctrl-C
+        # (sent to every rank: a peer gone then is no crash)
+        by_user = isinstance(err, KeyboardInterrupt) and getattr(err, "exit_code", 130) == 130
+        if world.active and not by_user and _peer_died(world):
             (rank, pid), last = world.dead()[0], _last(checkpoint) or "none yet (first epoch)"
             raise DnnlabError(f"rank {rank} (pid {pid}) died at epoch {epoch}, step {step}; "
                               f"the run stopped; its last checkpoint is intact: {last}") from None

@@ -10,6 +10,7 @@ softmax(beta x) concentrates on the argmax (docs/math.md (1c)).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from dnnlab.beta import parse_beta
+from dnnlab.cli import console
 from dnnlab.errors import require
 from dnnlab.models import SmoothMaxCNN
 from dnnlab.report import Section
@@ -86,13 +88,17 @@ def report_section(settings: ReportSettings, out_dir: Path) -> Section:
     """Train `seeds` runs at each beta; the groups' means with Student-t 95% intervals, Welch's
     test between adjacent betas; the table, the plot and the markdown of the section."""
     out_dir = Path(out_dir)
-    rows = []
+    rows, total = [], len(settings.betas) * settings.seeds
     for i, b in enumerate(settings.betas):
         beta = parse_beta(b, f"train.betas[{i}]")
         for seed in range(settings.seeds):
+            t0 = time.perf_counter()
             row = train_one(beta, settings.epochs, out_dir / f"train_beta_{b}_seed_{seed}", seed)
             rows.append({"job": len(rows), "overrides": [f"model.pool.beta={b}",
                                                         f"seed={seed}"]} | row)
+            console.print(f"train {len(rows)}/{total}: beta={b} seed={seed} "
+                          f"({time.perf_counter() - t0:.0f} s) test {row['test_accuracy']:.3f}",
+                          highlight=False)  # a line per training: 30 of them under `make run`
     groups = group_jobs(rows, ["model.pool.beta", "seed"])
     tests = {repr(c["to"]): c for c in compare_adjacent(groups, rows) if
              c["metric"] == "test_accuracy"}

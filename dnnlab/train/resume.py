@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from dnnlab.errors import ConfigError, DnnlabError, first_line
 from dnnlab.table import jsonable
 
 MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "trainer.checkpoint_every",
+              "trainer.processes",
               "wandb.mode",
               "wandb.watch.log", "wandb.watch.log_freq", "paths.root_dir", "paths.output_dir")
 KEYS = {"model", "optimizer", "epoch", "step", "history"}  # what makes a dnnlab checkpoint
@@ -63,6 +65,18 @@ def config_diff(before: dict, now: dict) -> list[tuple[str, Any, Any]]:
             if k not in MAY_CHANGE and a.get(k) != b.get(k)]
 
 
+def unreadable_why(err: Exception, limit: int = 160) -> str:
+    """Why torch.load failed, in a whole sentence: torch's weights_only refusal (a page of
+    advice) in a few words, else the error's first sentence, cut at a word if long."""
+    text = first_line(err)
+    if "Weights only load failed" in text:
+        return "torch.load(weights_only=True) refused it: not a file of tensors, or corrupt"
+    text = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
 class Checkpoint:
     """checkpoint.pt (and checkpoint.prev.pt, the one before): model, optimizer, scheduler, RNG
     states, epoch, step, history, probe errors and the config that made it."""
@@ -95,13 +109,14 @@ class Checkpoint:
                 if not isinstance(state, dict) or not KEYS <= set(state):
                     raise ValueError("not a dnnlab checkpoint")
             except Exception as err:  # noqa: BLE001 - truncated, corrupt, not a checkpoint
-                bad.append(f"{path} is unreadable ({first_line(err)[:100]})")
+                bad.append(f"{path} is unreadable ({unreadable_why(err)})")
                 continue
             if bad:
                 self.warning = f"{bad[0]}; resuming from {path} (after epoch {state['epoch']})"
             return state
         raise ConfigError(f"{self.switch}: {'; '.join(bad)}; no good checkpoint to "
-                          "resume from")
+                          f"resume from. trainer.resume=false starts over in "
+                          f"{self.path.parent} (setting its files aside)")
 
     def resume(self, config_now: Callable[[dict[str, Any]], dict]) -> dict:
         """Load the state and check this config made it; sets `start`. `config_now(pinned)` is
@@ -116,11 +131,11 @@ class Checkpoint:
                 show = lambda v: v if isinstance(v, str) else json.dumps(v)  # noqa: E731
                 keys = "; ".join(f"{k}: {show(a)} in the checkpoint, {show(b)} now"
                                  for k, a, b in diff)
-                also = ("; trainer.resume=false starts over in this dir, replacing it"
+                also = ("; trainer.resume=false starts over in this dir, setting its files aside"
                         if self.switch.endswith("auto") else "")
                 raise ConfigError(f"{self.switch} refused: the config differs from the one "
                                   f"that made {self.path} in {keys} (a resume may change only "
-                                  f"{', '.join(MAY_CHANGE[:4])}); nothing was written{also}")
+                                  f"{', '.join(MAY_CHANGE)}); nothing was written{also}")
         self.start = state
         return state
 

@@ -68,6 +68,7 @@ class TrainerSettings:
     checkpoint_every: int = 0  # also save the checkpoint every N steps within an epoch (0: off)
     progress: bool = True  # a progress bar (drawn by the pipeline)
     threads: int = 1  # torch's CPU threads: fixed, so every launcher gives the same metrics
+    processes: int = 1  # N > 1: one run on N processes of this machine (torch's elastic launch)
     compile: bool = False  # the training step's forward (and its backward) through torch.compile
     precision: str = "32"  # 32 | bf16 (torch.autocast, CPU and CUDA) | fp16 (CUDA, GradScaler)
     accumulate: int = 1  # K loader batches (micro-batches) per optimizer step
@@ -80,6 +81,8 @@ class TrainerSettings:
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
         require(self.threads >= 1, "threads", self.threads, "must be >= 1")
+        require(self.processes >= 1, "processes", self.processes,
+                "must be >= 1 (N > 1: N processes of one run)")
         require(self.log_every >= 0, "log_every", self.log_every,
                 "must be >= 0 (0: no per-step rows)")
         require(self.probe_every >= 0, "probe_every", self.probe_every,

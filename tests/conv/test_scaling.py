@@ -38,6 +38,34 @@ def _row(n, m, c, skipped=False):
     return {"n": n, "matrix_s": None if skipped else m, "conv_s": c, "matrix_skipped": skipped}
 
 
+def _paired(n, low, mid, high):
+    return {"n": n, "matrix_s": mid, "conv_s": 1.0, "matrix_skipped": False, "ratio": mid,
+            "ratio_low": low, "ratio_high": high}
+
+
+def test_a_spread_that_covers_one_is_not_resolved():
+    rows = [_paired(8, 0.5, 0.6, 0.7), _paired(16, 0.9, 1.05, 1.2), _paired(32, 1.5, 2.0, 2.2)]
+    a = analyse(rows)
+    assert a["crossover_n"] is None and not a["resolved"]
+    assert a["verdicts"] == {"8": "matrix", "16": "unresolved", "32": "conv"}
+    text = crossover_sentence(rows, a, 2e9)
+    assert text.startswith("Crossover not resolved: the spread of the matrix/conv time covers 1 "
+                           "at n = 2^4 (") and "1.05x [0.9, 1.2] at 2^4" in text
+    rows[1] = _paired(16, 1.01, 1.05, 1.2)  # the spread above 1: resolved
+    a = analyse(rows)
+    assert a["crossover_n"] == 16 and a["resolved"]
+    assert crossover_sentence(rows, a, 2e9).startswith(
+        "The crossover: the conv form is faster from n = 16")
+    everywhere = [_paired(8, 0.95, 1.3, 1.6), _paired(16, 1.2, 1.3, 1.4)]
+    assert crossover_sentence(everywhere, analyse(everywhere), 2e9).startswith(
+        "Crossover not resolved")  # "no crossover" only where every spread is above 1
+
+
+def test_measure_row_times_the_pair_with_its_spread():
+    row = measure_row(32, repeats=1)
+    assert row["ratio_low"] <= row["ratio"] <= row["ratio_high"] and row["matrix_s"] > 0
+
+
 def test_analysis_crossover_and_slopes():
     rows = [_row(8, 1.0, 2.0), _row(16, 3.0, 2.0), _row(32, 12.0, 4.0), _row(64, 0, 8.0, True)]
     a = analyse(rows)
@@ -52,7 +80,8 @@ def test_analysis_crossover_and_slopes():
         "No crossover in n = 2^3 .. 2^4")
     never = [_row(8, 1.0, 3.0), _row(16, 1.0, 6.0)]
     assert analyse(never)["crossover_n"] is None
-    assert "stayed faster" in crossover_sentence(never, analyse(never), 2e9)
+    assert crossover_sentence(never, analyse(never), 2e9).startswith(
+        "The matrix form was faster at every n measured")
     assert crossover_sentence([_row(8, 0, 1.0, True)], analyse([_row(8, 0, 1.0, True)]),
                               1.0) == "The matrix form was skipped at every n."
     assert log2_label(4096) == "2^12"

@@ -18,6 +18,7 @@ from dnnlab.train.resume import (
     flatten,
     resume_command,
     save_atomic,
+    unreadable_why,
 )
 
 CFG = {"seed": 0, "trainer": {"epochs": 2, "resume": False, "progress": True},
@@ -64,9 +65,21 @@ def test_no_checkpoint_and_a_truncated_one(tmp_path):
     again = Checkpoint(ck.path, {})
     assert again.load()["epoch"] == 1
     assert again.warning.startswith(f"{ck.path} is unreadable") and "after epoch 1" in again.warning
-    ck.prev.write_bytes(b"junk")
-    with pytest.raises(ConfigError, match=r"no good checkpoint to resume from$"):
+    ck.prev.write_bytes(b"garbage\n")  # a text file: torch's weights_only unpickler refuses it
+    with pytest.raises(ConfigError, match=r"no good checkpoint to resume from\. "
+                       r"trainer\.resume=false starts over in .*\(setting its files aside\)$"
+                       ) as err:
         Checkpoint(ck.path, {}).load()
+    line = str(err.value)  # torch's page of weights_only advice in a few whole words
+    assert f"{ck.prev} is unreadable (torch.load(weights_only=True) refused it: not a file of " \
+           "tensors, or corrupt)" in line and "\n" not in line and "PyTorch 2.6" not in line
+
+
+def test_why_unreadable_is_a_whole_sentence():
+    long = RuntimeError("first sentence. " + "word " * 80)
+    assert unreadable_why(long) == "first sentence."
+    cut = unreadable_why(RuntimeError("word " * 80))
+    assert cut.endswith("word ...") and len(cut) <= 165
 
 
 def test_save_atomic_names_an_unwritable_path(tmp_path):
@@ -92,6 +105,7 @@ def test_another_config_is_refused_naming_the_keys(tmp_path, key, value, shown):
     line = str(err.value)
     assert line.startswith("trainer.resume=true refused") and shown in line
     assert "nothing was written" in line and "\n" not in line
+    assert f"a resume may change only {', '.join(MAY_CHANGE)})" in line  # all of them
 
 
 def test_resume_command_replaces_resume_and_run_dir():

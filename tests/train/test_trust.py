@@ -254,10 +254,15 @@ def test_offline_data_error_names_the_files_and_leaves_no_dirs(tmp_path):
 def test_unwritable_outputs_are_one_line(pipeline, tmp_path):
     proc = pipeline("train", "hydra.run.dir=/proc/dnnlab-run", "trainer.epochs=1", *QUICK)
     assert proc.returncode == 1 and "/proc/dnnlab-run" in _one_line(proc)
-    out = tmp_path / "run"
-    (out / "results.json").mkdir(parents=True)  # results.json cannot be written
-    proc = pipeline("train", f"hydra.run.dir={out}", "trainer.epochs=1", "wandb.mode=disabled",
-                    *QUICK)
+    out = tmp_path / "run"  # a run to resume, whose results.json then cannot be written (a
+    # run that starts over would set the blocking dir aside with the rest: runtime.set_aside)
+    first = pipeline("train", f"hydra.run.dir={out}", "trainer.epochs=1", "wandb.mode=disabled",
+                     "trainer.limit_batches=2", *QUICK)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (out / "results.json").unlink()
+    (out / "results.json").mkdir()
+    proc = pipeline("train", f"hydra.run.dir={out}", "trainer.epochs=2", "wandb.mode=disabled",
+                    "trainer.limit_batches=2", *QUICK)
     line = _one_line(proc)
     assert proc.returncode == 1 and f"cannot write {out / 'results.json'}" in line, line
     assert not (out / "results.json.tmp").exists()
