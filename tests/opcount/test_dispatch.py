@@ -25,6 +25,19 @@ def resnet18():
     return torchvision.models.resnet18().eval()
 
 
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vit_b_16", "convnext_tiny"])
+def test_the_net_adds_nothing_to_eager_models(name):
+    """Every product of an eager torchvision model is counted at the function level: the net
+    stays quiet and the totals are those of the function layer alone (the zoo tests, slow,
+    assert the same for timm, Hugging Face, recurrent, RAFT, detection, video models)."""
+    from dnnlab.opcount import build_meta, torchvision_input_shape
+
+    model = build_meta(lambda: torchvision.models.get_model(name))
+    r = count_ops(model, torchvision_input_shape(name, model))
+    assert not [row.op for row in r.layers if row.extra.get("level") == "dispatch"]
+    assert r.total_macs() > 0
+
+
 @pytest.mark.parametrize("how", ["script", "trace"])
 def test_scripted_resnet18_counts_as_eager(resnet18, how):
     shape = [1, 3, 224, 224]
@@ -86,7 +99,8 @@ def _custom_count(args, kwargs, out) -> Count:
 
 @pytest.mark.parametrize("key", [square_mm, torch.ops.dnnlab_test.square_mm,
                                  torch.ops.dnnlab_test.square_mm.default,
-                                 "dnnlab_test::square_mm"], ids=["def", "packet", "overload", "str"])
+                                 "dnnlab_test::square_mm"],
+                         ids=["def", "packet", "overload", "str"])
 @pytest.mark.parametrize("device", ["meta", "cpu"])
 def test_custom_op_handlers(key, device):
     x = torch.randn(6, 6)
