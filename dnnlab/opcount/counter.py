@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask
 from torch.overrides import TorchFunctionMode
 
-from dnnlab.errors import DnnlabError, ShapeError, first_line
+from dnnlab.errors import ShapeError, first_line
 from dnnlab.opcount import registry
 from dnnlab.opcount.dispatch import DispatchNet
 from dnnlab.opcount.params import buffer_counts, module_params, param_counts
@@ -428,9 +428,10 @@ def describe(args: tuple, kwargs: dict) -> str:
     return ", ".join([one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()])
 
 
-class ForwardError(DnnlabError, ValueError):
-    """The model's forward raised something other than a shape error (the message names the
-    layer path, the exception and the model input)."""
+class ForwardError(ShapeError):
+    """The model's forward raised something other than a shape error: the message names the
+    layer path, the exception and the model input, and says nothing of shapes. A ShapeError
+    still, so that every caller that catches a count's failure catches this one too."""
 
 
 _SHAPE_WORDS = ("shape", "size", "dimension", "dim ", "-d ", "d input", "channels",
