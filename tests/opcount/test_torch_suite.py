@@ -310,3 +310,18 @@ def test_pytrees(device):
     assert dnnlab_flops(count_ops(mod, inputs=({"a": x},), device=device)) == ref
     meta = torch.empty(10, 10, device="meta", requires_grad=True)  # a leaf, on meta too
     assert dnnlab_flops(count_ops(mod, inputs=({"a": meta},), device="meta")) == ref
+
+
+def test_varlen_attention_forward():
+    """torch.ops.torch_attn._varlen_attn (torch.nn.attention.varlen), on meta: the net counts it
+    with FlopCounterMode's formula (max_q x max_k per sequence when the offsets are meta)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    q = torch.empty(96, 4, 32, device="meta", dtype=torch.float16)
+    cu = torch.tensor([0, 32, 96], dtype=torch.int32, device="meta")
+
+    def f(q, k, v, cu):
+        return varlen_attn(q, k, v, cu, cu, 64, 64)
+    ref = torch_flops(lambda: f(q, q, q, cu))
+    r = count_ops(Calls(f), inputs=(q, q, q, cu))
+    assert 2 * r.totals()["attention"] == ref > 0 and not r.not_counted
