@@ -246,10 +246,16 @@ class _ModelGuard:
 
     def __init__(self, model: torch.nn.Module):
         self.saved = []
+        self.scripted = []  # (table, name, tensor): a ScriptModule keeps its tensors in C++
+        self.modes = []  # (ScriptModule, training): its flag too
         for m in model.modules():
             d = m.__dict__
             inner = [(v, v.copy()) for v in d.values() if isinstance(v, _CONTAINERS)]
             self.saved.append((m, dict(d), inner))
+            if isinstance(m, torch.jit.ScriptModule):
+                self.scripted += [(table, k, t) for table in (m._parameters, m._buffers)
+                                  for k, t in table.items() if t is not None]
+                self.modes.append((m, m.training))
 
     def restore(self) -> None:
         for m, d, inner in self.saved:
@@ -261,6 +267,10 @@ class _ModelGuard:
                     obj.extend(copy)
                 else:
                     obj.update(copy)
+        for table, k, t in self.scripted:  # written through to the C++ module
+            table[k] = t
+        for m, flag in self.modes:
+            m.training = flag
 
 
 def _swap_state(model: torch.nn.Module, make: Callable[[_Tensor], _Tensor]) -> None:

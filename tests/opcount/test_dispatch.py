@@ -55,6 +55,20 @@ def test_scripted_resnet18_counts_as_eager(resnet18, how):
     assert all(row.extra.get("level") == "dispatch" for row in r.layers)
 
 
+def test_a_scripted_model_is_left_as_it_was():
+    """A ScriptModule keeps its parameters, buffers and train flag in C++: put back there."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    jit = torch.jit.script(net).train()
+    x = torch.randn(2, 3, 8, 8)
+    state = {k: v.clone() for k, v in jit.state_dict().items()}
+    for device in ("meta", "cpu"):
+        count_ops(jit, [2, 3, 8, 8], device=device)
+        assert jit.training and all(torch.equal(v, state[k]) for k, v in jit.state_dict().items())
+        assert all(p.device.type == "cpu" for p in jit.parameters())
+    jit.eval()
+    assert torch.equal(jit(x), net.eval()(x))
+
+
 def test_scripted_function_inside_an_eager_model_is_counted_once():
     @torch.jit.script
     def mm(x):
