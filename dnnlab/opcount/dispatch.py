@@ -138,8 +138,12 @@ class DispatchNet(TorchDispatchMode):
             entry = self._table.get(func) or self._table.get(packet)
             if entry is None and packet not in self._products:
                 out = func(*args, **kwargs)
+                if isinstance(func, torch._ops.HigherOrderOperator):  # its ops ran unseen
+                    if not self.depth:
+                        self.mode.note_uncounted(f"higher_order.{func.name()}")
+                    return out
                 if not self.depth and not func.is_view and packet.__name__ not in FREE:
-                    self.mode.note_uncounted(f"aten.{packet.__name__}")
+                    self.mode.note_uncounted(f"{packet._qualified_op_name.replace('::', '.')}")
                 return out
             out = func(*args, **kwargs)
             if entry is not None:
