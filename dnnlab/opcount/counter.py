@@ -180,11 +180,8 @@ class _CountMode(TorchFunctionMode):
                 return _open_python(self, func, args, kwargs)
             base = name.split(".")[0]  # an OpOverload's name: 'mm.default'
             if base in registry.FREE:  # moves or selects data: nothing for the net either
-                net.quiet += 1
-                try:
+                with _Quiet(net):
                     return func(*args, **kwargs)
-                finally:
-                    net.quiet -= 1
             net.depth += 1  # the net counts the product ops that run inside
             before = net.counted
             try:
@@ -195,8 +192,7 @@ class _CountMode(TorchFunctionMode):
                     isinstance(out, tuple) and out and isinstance(out[0], _Tensor))):
                 self.note_uncounted(name)
             return out
-        net.quiet += 1  # counted here: the net is quiet inside this call
-        try:
+        with _Quiet(net):  # counted here: the net is quiet inside this call
             name = getattr(func, "__name__", "")
             if entry.precheck is not None:
                 try:
@@ -206,9 +202,32 @@ class _CountMode(TorchFunctionMode):
             short = entry.shortcut if self.meta else None
             out = short(args, kwargs) if short is not None else func(*args, **kwargs)
             self.record(entry.handler, name, args, kwargs, out, tensors_of((args, kwargs)))
-        finally:
-            net.quiet -= 1
         return out
+
+
+class _Quiet:
+    """The dispatch net quiet inside a call: taken off the dispatch-mode stack when it is on
+    top (no Python callback per aten op: the cheap path), else told to pass ops through."""
+
+    __slots__ = ("net", "popped")
+
+    def __init__(self, net: DispatchNet):
+        self.net = net
+
+    def __enter__(self):
+        n = torch._C._len_torch_dispatch_stack()
+        self.popped = n > 0 and torch._C._get_dispatch_stack_at(n - 1) is self.net
+        if self.popped:
+            torch._C._pop_torch_dispatch_stack(None)
+        else:
+            self.net.quiet += 1
+
+    def __exit__(self, *exc):
+        if self.popped:
+            torch._C._push_on_torch_dispatch_stack(self.net)
+        else:
+            self.net.quiet -= 1
+        return False
 
 
 def _open_python(mode: _CountMode, func: Callable, args, kwargs):
