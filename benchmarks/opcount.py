@@ -11,6 +11,7 @@ at batch 16 (total), dnnlab's time independent of batch size.
     python benchmarks/opcount.py --quick      # 8 models
     python benchmarks/opcount.py --models alexnet --batches 1
     python benchmarks/opcount.py --zoo --batches 1   # beyond torchvision: timm, recurrent, RAFT
+    python benchmarks/opcount.py --llama             # Llama-2-7B at 1 x 128 on meta (< 1 s)
 """
 from __future__ import annotations
 
@@ -59,6 +60,33 @@ def fvcore_total(model, shape) -> int:
     return fca.total()
 
 
+def llama(repeats: int = 9) -> None:
+    """count_ops on Llama-2-7B (its transformers config, built on meta: no weights) at 1 x 128
+    token ids: the median and quartiles of `repeats` timed counts (target: median < 1 s)."""
+    import statistics
+    import time
+
+    import transformers
+
+    cfg = transformers.LlamaConfig(hidden_size=4096, intermediate_size=11008,
+                                   num_hidden_layers=32, num_attention_heads=32,
+                                   num_key_value_heads=32, vocab_size=32000,
+                                   max_position_embeddings=4096)
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = {"input_ids": torch.zeros(1, 128, dtype=torch.long)}
+    report = count_ops(model, inputs=ids)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        count_ops(model, inputs=ids)
+        times.append(time.perf_counter() - t0)
+    q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    Console().print(f"Llama-2-7B 1x128 (meta): median {med:.3f} s (quartiles {q1:.3f}-{q3:.3f}, "
+                    f"{repeats} runs), {report.total_macs():,} MACs; target < 1 s: "
+                    f"{'PASS' if med < 1 else 'FAIL'}", highlight=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -67,7 +95,11 @@ def main() -> None:
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 16])
     ap.add_argument("--min-run-time", type=float, default=0.5,
                     help="seconds of runs per timing (at least one run, after a warm-up)")
+    ap.add_argument("--llama", action="store_true", help="Llama-2-7B at 1x128 on meta only")
     args = ap.parse_args()
+    if args.llama:
+        llama()
+        return
     names = args.models or (QUICK if args.quick else
                             torchvision.models.list_models(module=torchvision.models))
     torch.set_num_threads(max(torch.get_num_threads(), 1))

@@ -30,10 +30,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask
 from torch.overrides import TorchFunctionMode
 
 from dnnlab.errors import ShapeError, first_line
 from dnnlab.opcount import registry
+from dnnlab.opcount.dispatch import DispatchNet
 from dnnlab.opcount.params import buffer_counts, module_params, param_counts
 from dnnlab.opcount.registry import Count, CountError
 from dnnlab.opcount.rows import LayerRow, OpReport
@@ -75,8 +77,12 @@ class _ModuleStack:
         if entry is not None:
             self.opaque -= 1
             if self.opaque == 0 and self.mode is not None:
-                self.mode.record(entry.handler, type(module).__name__, (module, *args), {},
-                                 out, [*tensors_of(args), *module.parameters()])
+                self.mode.net.quiet += 1
+                try:
+                    self.mode.record(entry.handler, type(module).__name__, (module, *args),
+                                     {}, out, [*tensors_of(args), *module.parameters()])
+                finally:
+                    self.mode.net.quiet -= 1
         if self.stack and self.stack[-1][0] is module:
             self.stack.pop()
 
@@ -101,12 +107,14 @@ class _CountMode(TorchFunctionMode):
     """Counts each torch call that has a registered handler; the `counter` handlers get."""
 
     def __init__(self, modules: _ModuleStack, rows: list, count_bias: bool, meta: bool,
-                 table: dict):
+                 table: dict, attention_backward: str = "math"):
         super().__init__()
         self.modules, self.rows, self.count_bias, self.meta = modules, rows, count_bias, meta
         self.table = modules.table = table
+        self.recompute = attention_backward == "recompute"
         self.not_counted: dict = {}  # op -> [module paths] (first few)
         modules.mode = self
+        self.net = DispatchNet(self)  # the aten ops below this layer (dispatch.py)
 
     def row(self, op: str, c: Count, in_shape: Sequence[int], out_shape: Sequence[int]
             ) -> LayerRow:
@@ -116,11 +124,16 @@ class _CountMode(TorchFunctionMode):
             raise TypeError(f"the handler of '{op}' returned {c!r}, not a Count")
         path, mtype = self.modules.where()
         bias = int(c.bias_adds) if self.count_bias else 0
+        bwd, causal_bwd = int(c.bwd_macs), c.causal_bwd_macs
+        if self.recompute and bwd:  # flash/efficient/cudnn backward: + q k^T again
+            bwd += int(c.extra.get("recompute_bwd_macs", 0))
+            if causal_bwd is not None:
+                causal_bwd += int(c.extra.get("recompute_causal_bwd_macs", 0))
         return LayerRow(path, mtype, c.op or op, c.family,
                         list(in_shape if c.in_shape is None else c.in_shape), list(out_shape),
                         int(c.mults), int(c.adds) - int(c.bias_adds) + bias, int(c.macs),
-                        int(c.bwd_macs), bias, int(c.other), dict(c.extra),
-                        causal_macs=c.causal_macs, causal_bwd_macs=c.causal_bwd_macs)
+                        bwd, bias, int(c.other), dict(c.extra),
+                        causal_macs=c.causal_macs, causal_bwd_macs=causal_bwd)
 
     def record(self, handler, op: str, args, kwargs, out, inputs: list) -> None:
         """Hand one call to its handler and add the rows of what it returns (bytes and
@@ -147,33 +160,74 @@ class _CountMode(TorchFunctionMode):
         path, mtype = self.modules.where()
         return ShapeError(f"layer '{path or '<model>'}' ({mtype}): {what}")
 
+    def note_uncounted(self, name: str) -> None:
+        """List a computing call that no handler counted (with the first few module paths)."""
+        paths = self.not_counted.setdefault(name, [])
+        if len(paths) < 5:
+            path = self.modules.where()[0] or "<model>"
+            if path not in paths:
+                paths.append(path)
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.modules.opaque:  # inside a module counted as a whole
             return func(*args, **kwargs)
-        name = getattr(func, "__name__", "")
         entry = self.table.get(func)
+        net = self.net
         if entry is None:
+            name = getattr(func, "__name__", "")
             if func is F.multi_head_attention_forward:  # hides F.linear and SDPA: open it
                 return _open_python(self, func, args, kwargs)
-            out = func(*args, **kwargs)
-            if name not in registry.FREE and (isinstance(out, _Tensor) or (
-                    isinstance(out, tuple) and out and isinstance(out[0], _Tensor))):
-                paths = self.not_counted.setdefault(name, [])
-                if len(paths) < 5:
-                    path = self.modules.where()[0] or "<model>"
-                    if path not in paths:
-                        paths.append(path)
-            return out
-        if entry.precheck is not None:
+            base = name.split(".")[0]  # an OpOverload's name: 'mm.default'
+            if base in registry.FREE:  # moves or selects data: nothing for the net either
+                with _Quiet(net):
+                    return func(*args, **kwargs)
+            net.depth += 1  # the net counts the product ops that run inside
+            before = net.counted
             try:
-                entry.precheck(args, kwargs)
-            except CountError as err:
-                raise self.fail(str(err)) from None
-        short = entry.shortcut if self.meta else None
-        out = short(args, kwargs) if short is not None else func(*args, **kwargs)
-        self.record(entry.handler, name, args, kwargs, out, tensors_of((args, kwargs)))
+                out = func(*args, **kwargs)
+            finally:
+                net.depth -= 1
+            if net.counted == before and (isinstance(out, _Tensor) or (
+                    isinstance(out, tuple) and out and isinstance(out[0], _Tensor))):
+                self.note_uncounted(name)
+            return out
+        with _Quiet(net):  # counted here: the net is quiet inside this call
+            name = getattr(func, "__name__", "")
+            if entry.precheck is not None:
+                try:
+                    entry.precheck(args, kwargs)
+                except CountError as err:
+                    raise self.fail(str(err)) from None
+            short = entry.shortcut if self.meta else None
+            out = short(args, kwargs) if short is not None else func(*args, **kwargs)
+            self.record(entry.handler, name, args, kwargs, out, tensors_of((args, kwargs)))
         return out
+
+
+class _Quiet:
+    """The dispatch net quiet inside a call: taken off the dispatch-mode stack when it is on
+    top (no Python callback per aten op: the cheap path), else told to pass ops through."""
+
+    __slots__ = ("net", "popped")
+
+    def __init__(self, net: DispatchNet):
+        self.net = net
+
+    def __enter__(self):
+        n = torch._C._len_torch_dispatch_stack()
+        self.popped = n > 0 and torch._C._get_dispatch_stack_at(n - 1) is self.net
+        if self.popped:
+            torch._C._pop_torch_dispatch_stack(None)
+        else:
+            self.net.quiet += 1
+
+    def __exit__(self, *exc):
+        if self.popped:
+            torch._C._push_on_torch_dispatch_stack(self.net)
+        else:
+            self.net.quiet -= 1
+        return False
 
 
 def _open_python(mode: _CountMode, func: Callable, args, kwargs):
@@ -211,10 +265,16 @@ class _ModelGuard:
 
     def __init__(self, model: torch.nn.Module):
         self.saved = []
+        self.scripted = []  # (table, name, tensor): a ScriptModule keeps its tensors in C++
+        self.modes = []  # (ScriptModule, training): its flag too
         for m in model.modules():
             d = m.__dict__
             inner = [(v, v.copy()) for v in d.values() if isinstance(v, _CONTAINERS)]
             self.saved.append((m, dict(d), inner))
+            if isinstance(m, torch.jit.ScriptModule):
+                self.scripted += [(table, k, t) for table in (m._parameters, m._buffers)
+                                  for k, t in table.items() if t is not None]
+                self.modes.append((m, m.training))
 
     def restore(self) -> None:
         for m, d, inner in self.saved:
@@ -226,6 +286,10 @@ class _ModelGuard:
                     obj.extend(copy)
                 else:
                     obj.update(copy)
+        for table, k, t in self.scripted:  # written through to the C++ module
+            table[k] = t
+        for m, flag in self.modes:
+            m.training = flag
 
 
 def _swap_state(model: torch.nn.Module, make: Callable[[_Tensor], _Tensor]) -> None:
@@ -257,7 +321,9 @@ def _meta_input(t: _Tensor) -> _Tensor:
     """A meta stand-in for an input that keeps its `requires_grad`: an input that needs its
     gradient (saliency maps, adversarial examples) gets its input gradient counted."""
     out = _meta_like(t)
-    return out.requires_grad_(True) if t.requires_grad and out.is_floating_point() else out
+    if t.requires_grad and out.is_floating_point():  # not a leaf: in-place ops work, as on
+        return out.requires_grad_(True).clone()     # an input computed from a leaf
+    return out
 
 
 def _float_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -289,9 +355,12 @@ def _cpu_like(t: _Tensor) -> _Tensor:
 # -- inputs ------------------------------------------------------------------------------------
 
 def _map(tree: Any, fn: Callable[[_Tensor], Any]) -> Any:
-    """`fn` applied to every tensor of a nested structure of tuples, lists and dicts."""
+    """`fn` applied to every tensor of a nested structure of tuples, lists and dicts (and to a
+    flex_attention BlockMask: `_block_mask`)."""
     if isinstance(tree, _Tensor):
         return fn(tree)
+    if isinstance(tree, BlockMask):
+        return _block_mask(tree, fn)
     if isinstance(tree, tuple):
         return tuple(_map(v, fn) for v in tree)
     if isinstance(tree, list):
@@ -299,6 +368,46 @@ def _map(tree: Any, fn: Callable[[_Tensor], Any]) -> Any:
     if isinstance(tree, Mapping):
         return {k: _map(v, fn) for k, v in tree.items()}
     return tree
+
+
+def _block_mask(mask: Any, fn: Callable[[_Tensor], Any]) -> Any:
+    """A BlockMask on the device `fn` makes tensors on; a meta one keeps its real block tables
+    (`dnnlab_values` on its meta tables) so that the blocks it computes are still counted."""
+    probe = fn(mask.kv_num_blocks)
+    if not probe.is_meta:
+        return mask.to(probe.device)
+    out = mask.to("meta")
+    out.kv_num_blocks.dnnlab_values = (mask.kv_num_blocks, mask.kv_indices)
+    if mask.full_kv_num_blocks is not None and not mask.full_kv_num_blocks.is_meta:
+        out.full_kv_num_blocks.dnnlab_values = (mask.full_kv_num_blocks, mask.full_kv_indices)
+    return out
+
+
+class _EagerFlex:
+    """flex_attention run eagerly inside a count (its higher-order op's dense implementation,
+    not torch.compile, which cannot compile under the counter's TorchFunctionMode), and on meta
+    tensors too (only shapes matter there): module globals it reads at call time, put back."""
+
+    def __init__(self, meta: bool):
+        import torch.nn.attention.flex_attention as flex
+
+        self.flex, self.meta = flex, meta
+
+    def __enter__(self):
+        f = self.flex
+        self.saved = (f._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG, f._validate_device)
+        f._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
+        if self.meta:
+            f._validate_device = _no_check
+        return self
+
+    def __exit__(self, *exc):
+        self.flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG, self.flex._validate_device = self.saved
+        return False
+
+
+def _no_check(*args, **kwargs) -> None:
+    return None
 
 
 def tensors_of(tree: Any) -> list:
@@ -348,6 +457,25 @@ def describe(args: tuple, kwargs: dict) -> str:
     return ", ".join([one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()])
 
 
+class ForwardError(ShapeError):
+    """The model's forward raised something other than a shape error: the message names the
+    layer path, the exception and the model input, and says nothing of shapes. A ShapeError
+    still, so that every caller that catches a count's failure catches this one too."""
+
+
+_SHAPE_WORDS = ("shape", "size", "dimension", "dim ", "-d ", "d input", "channels",
+                "cannot be multiplied", "must match", "expected input", "out of range")
+
+
+def _is_shape_error(err: BaseException) -> bool:
+    """Whether an error of the forward is about the input's shape: torch's op errors
+    (RuntimeError, IndexError) and any error whose text speaks of shapes or sizes."""
+    if isinstance(err, (RuntimeError, IndexError)):
+        return True
+    text = str(err).lower()
+    return any(w in text for w in _SHAPE_WORDS)
+
+
 _DATA_DEPENDENT = ("meta", "data-dependent", "no data", "item()", "nonzero")
 
 
@@ -361,14 +489,15 @@ def _needs_values(err: BaseException) -> bool:
 
 # -- the count ---------------------------------------------------------------------------------
 
-def _run(model, args, kwargs, names, count_bias, training, meta, dtype=None, table=None):
+def _run(model, args, kwargs, names, count_bias, training, meta, dtype=None, table=None,
+         attention_backward="math"):
     """One counted forward (meta or CPU); the model is restored by the caller's guard.
     `dtype`: the floating-point weights are counted in it (None: as they are); `table`: the
     count's handlers (default: the registered ones)."""
     rows: list = []
     modules = _ModuleStack(names)
     mode = _CountMode(modules, rows, count_bias, meta,
-                      registry.table() if table is None else table)
+                      registry.table() if table is None else table, attention_backward)
     model.train(training)
     make = _meta_like if meta else _cpu_like
     if dtype is not None:
@@ -378,7 +507,7 @@ def _run(model, args, kwargs, names, count_bias, training, meta, dtype=None, tab
     conv = _meta_input if meta else _cpu_real
     args, kwargs = _map(args, conv), _map(kwargs, conv)
     try:
-        with mode:
+        with _EagerFlex(meta), mode.net, mode:  # the dispatch net under the function layer
             model(*args, **kwargs)
     except ShapeError:
         raise
@@ -393,13 +522,17 @@ def _run(model, args, kwargs, names, count_bias, training, meta, dtype=None, tab
 
 def _cpu_real(t: _Tensor) -> _Tensor:
     """A real CPU input: the tensor itself, or `_cpu_like`'s stand-in for a meta one."""
-    return _cpu_like(t).requires_grad_(t.requires_grad) if t.is_meta else t
+    if not t.is_meta:
+        return t
+    out = _cpu_like(t)
+    return out.requires_grad_(True).clone() if t.requires_grad else out
 
 
 def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
               inputs: Any = None, count_bias: bool = True, name: str | None = None,
               dtype: torch.dtype | None = None, training: bool = False,
-              device: str = "auto", handlers: Mapping | None = None) -> OpReport:
+              device: str = "auto", handlers: Mapping | None = None,
+              attention_backward: str = "math") -> OpReport:
     """Count the multiplications, additions and MACs of every op of `model` on its input.
 
     The input: `input_shape` (one float tensor of that shape), or `inputs`, what the model is
@@ -416,10 +549,17 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
     `ShapeError` naming the failing layer by its module path and the shapes. Calls are counted
     by the handlers of `registry.py` (a copy of its table; `handlers=` {torch function, name
     or module class: handler, Entry or None} adds, overrides or removes some for this call
-    only); calls that compute but have none are listed in `OpReport.not_counted`.
+    only); calls that compute but have none are listed in `OpReport.not_counted`. Below
+    those calls a dispatch-level net (`dispatch.py`) counts the aten product ops no handler
+    counted (TorchScript, custom ops, direct aten calls). `attention_backward`: "math" (the
+    default: attention's backward is its 4 products, twice the forward) or "recompute" (the
+    flash/efficient/cudnn kernels' convention, FlopCounterMode's: + q k^T once more).
     """
     if device not in ("auto", "meta", "cpu"):
         raise ValueError(f"device must be 'auto', 'meta' or 'cpu', got {device!r}")
+    if attention_backward not in ("math", "recompute"):
+        raise ValueError("attention_backward must be 'math' or 'recompute', got "
+                         f"{attention_backward!r}")
     table = registry.with_overrides(registry.table(), handlers)
     args, kwargs = call_args(input_shape, inputs, dtype or _float_dtype(model))
     shape = ([int(s) for s in input_shape] if inputs is None else
@@ -430,7 +570,8 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
     try:
         try:
             rows, not_counted = _run(model, args, kwargs, names, count_bias, training,
-                                     meta=mode == "meta", dtype=dtype, table=table)
+                                     meta=mode == "meta", dtype=dtype, table=table,
+                                     attention_backward=attention_backward)
         except ShapeError:
             raise
         except Exception as err:  # noqa: BLE001
@@ -439,12 +580,18 @@ def count_ops(model: torch.nn.Module, input_shape: Sequence[int] | None = None, 
             guard.restore()
             mode, reason = "cpu", f"cannot run on meta: {first_line(err)}"
             rows, not_counted = _run(model, args, kwargs, names, count_bias, training,
-                                     meta=False, dtype=dtype, table=table)
+                                     meta=False, dtype=dtype, table=table,
+                                     attention_backward=attention_backward)
     except ShapeError:
         raise
     except Exception as err:  # noqa: BLE001 - one line naming the layer
         path, mtype = getattr(err, "dnnlab_where", ("", "<model>"))
         shapes = getattr(err, "dnnlab_shapes", []) or [shape]
+        if not _is_shape_error(err):  # what the forward raised, not a guess about shapes
+            raise ForwardError(
+                f"layer '{path or '<model>'}' ({mtype}) raised {type(err).__name__}: "
+                f"{first_line(err)} (model input "
+                f"{shape if inputs is None else describe(args, kwargs)})") from err
         raise ShapeError(f"layer '{path or '<model>'}' ({mtype}) cannot take input of shape "
                          f"{', '.join(map(str, shapes))} (model input "
                          f"{shape if inputs is None else describe(args, kwargs)}): "

@@ -7,6 +7,7 @@ transposed convolution, weight gradient by correlation, each the forward's MACs)
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from math import prod
 from typing import Any
 
@@ -39,6 +40,9 @@ def _conv_precheck(args, kwargs) -> None:
     if x.dim() not in (d + 1, d + 2):
         raise CountError(f"expected a {d + 2}-d input (N, C, *spatial), got shape {shape_of(x)}")
     c_in = x.shape[1] if batched else x.shape[0]
+    if not batched and c_in != w.shape[1] * groups:  # torch would read [1, 3, 224] as C=1
+        raise CountError(f"expects {d + 2}-d input (N, C={w.shape[1] * groups}, *spatial), got "
+                         f"the {d + 1}-d shape {shape_of(x)}")
     if c_in != w.shape[1] * groups:
         raise CountError(f"input has {c_in} channels, the layer expects {w.shape[1] * groups} "
                            f"(input shape {shape_of(x)}, weight shape {shape_of(w)})")
@@ -374,11 +378,42 @@ def _sdpa(args, kwargs, out) -> Count:
     bwd = B * L * S * (2 * E + 2 * Ev) if (needs_grad(q) or needs_grad(k) or needs_grad(v)) else 0
     pairs = _unmasked_pairs(L, S, arg(args, kwargs, 3, "attn_mask"),
                             arg(args, kwargs, 5, "is_causal", False), batch)
+    return _attention(q, v, mults, adds, macs, bwd, pairs, B * L * S)
+
+
+def _attention(q, v, mults, adds, macs, bwd, pairs, dense_pairs, extra=None) -> Count:
+    """An attention row: dense counts, the unmasked pairs' counts when known (`pairs`), and
+    the q k^T product a recomputing backward adds (`attention_backward="recompute"`)."""
+    E, Ev = q.shape[-1], v.shape[-1]
+    extra = dict(extra or {}, recompute_bwd_macs=dense_pairs * E)
     if pairs is None:  # dense is exact (no mask), or a mask whose values cannot be seen
-        return Count("attention", mults, adds, macs, bwd, in_shape=shape_of(q))
+        return Count("attention", mults, adds, macs, bwd, in_shape=shape_of(q), extra=extra)
     per_pair_bwd = 2 * E + 2 * Ev if bwd else 0
+    extra["recompute_causal_bwd_macs"] = pairs * E
     return Count("attention", mults, adds, macs, bwd, in_shape=shape_of(q),
-                 causal_macs=pairs * (E + Ev), causal_bwd_macs=pairs * per_pair_bwd)
+                 causal_macs=pairs * (E + Ev), causal_bwd_macs=pairs * per_pair_bwd,
+                 extra=extra)
+
+
+def _flex(args, kwargs, out) -> Count:
+    """The flex_attention higher-order op (query, key, value, score_mod, block_mask tuple,
+    ...), counted at the dispatch level: dense as SDPA (q k^T and (attn) v, FlopCounterMode's
+    formula), and with a BlockMask the pairs of the blocks it computes (`dispatch.
+    block_pairs`, exact) beside it. score_mod's elementwise work is not itemized."""
+    from dnnlab.opcount.dispatch import block_pairs
+
+    q, k, v = args[0], args[1], args[2]
+    mults, adds, macs = fm.attention_counts(q.shape, k.shape, v.shape)
+    *batch, L, E = q.shape
+    S, Ev = v.shape[-2], v.shape[-1]
+    B = prod(batch)
+    bwd = B * L * S * (2 * E + 2 * Ev) if (needs_grad(q) or needs_grad(k) or needs_grad(v)) else 0
+    pairs = block_pairs(args[4], q.shape[0] if q.dim() == 4 else 1,
+                        q.shape[-3] if q.dim() >= 3 else 1, L, S)
+    if pairs == B * L * S:  # every block computed (no mask): dense is exact
+        pairs = None
+    c = _attention(q, v, mults, adds, macs, bwd, pairs, B * L * S)
+    return replace(c, op="flex_attention")
 
 
 def _unmasked_pairs(L: int, S: int, mask: Any, is_causal: bool, batch: list) -> int | None:
@@ -587,7 +622,7 @@ def builtins() -> dict:
         (["addr"], Entry(_addr)),
         (["convolution", "_convolution"], Entry(_convolution)),
         (["bilinear"], Entry(_bilinear)),
-        (["flex_attention", "scaled_dot_product_attention"], Entry(_sdpa)),
+        (["scaled_dot_product_attention"], Entry(_sdpa)),
     ]
     for n in fm.RNN_GATES:
         plan.append(([n], Entry(_rnn(n), shortcut=rnn_shortcut(n))))
@@ -603,6 +638,11 @@ def builtins() -> dict:
     # __torch_function__) and the modules counted as one call each
     out[smooth_max] = Entry(_smooth_max)
     out[SmoothMax] = out[SmoothMaxPool2d] = Entry(_smooth_max_module)
+    # flex_attention is a Python function the function layer never sees: its higher-order op
+    # is counted where it runs, at the dispatch level (dispatch.py)
+    from torch._higher_order_ops.flex_attention import flex_attention as flex_hop
+
+    out[flex_hop] = Entry(_flex)
     return out
 
 

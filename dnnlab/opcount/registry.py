@@ -158,12 +158,61 @@ def _is_module_class(key: Any) -> bool:
     return isinstance(key, type) and issubclass(key, torch.nn.Module)
 
 
+# Tensor methods the counter never sees under their own name: Python's operators reach a
+# TorchFunctionMode as the named method (`a + a` arrives as Tensor.add).
+UNSEEN = {"__add__": "add", "__radd__": "add", "__iadd__": "add_", "__sub__": "sub",
+          "__isub__": "sub_", "__mul__": "mul", "__rmul__": "mul", "__imul__": "mul_",
+          "__truediv__": "div", "__itruediv__": "div_", "__div__": "div", "__idiv__": "div_",
+          "__matmul__": "matmul", "__neg__": "neg", "__abs__": "abs", "__pow__": "pow",
+          "__ipow__": "pow_", "__ne__": "ne", "__lt__": "lt", "__le__": "le", "__gt__": "gt",
+          "__ge__": "ge", "__mod__": "remainder"}
+
+
+def _ops_keys(key: Any) -> tuple | None:
+    """The keys of an operator: a `torch.library` custom op (CustomOpDef), an OpOverloadPacket
+    (its packet and every overload), an OpOverload, a higher-order op, or an "ns::name[.overload]"
+    string. None for anything else."""
+    from torch._library.custom_ops import CustomOpDef
+
+    if isinstance(key, CustomOpDef):
+        key = key._opoverload.overloadpacket
+    if isinstance(key, str) and "::" in key:
+        ns, _, rest = key.partition("::")
+        name, _, overload = rest.partition(".")
+        try:
+            key = getattr(getattr(torch.ops, ns), name)
+            if overload:
+                key = getattr(key, overload)
+        except (AttributeError, RuntimeError):
+            raise ValueError(f"'{key}' is no operator (torch.ops.{ns} has no "
+                             f"'{rest}')") from None
+    if isinstance(key, torch._ops.OpOverloadPacket):
+        return (key, *[getattr(key, o) for o in key.overloads()])
+    if isinstance(key, (torch._ops.OpOverload, torch._ops.HigherOrderOperator)):
+        return (key,)
+    return None
+
+
+def _refuse_unseen(name: str) -> None:
+    if name in UNSEEN:
+        seen = UNSEEN[name]
+        raise ValueError(f"'Tensor.{name}' never reaches the counter: Python's operator arrives "
+                         f"as '{seen}'; register torch.{seen} (covers Tensor.{seen}) instead")
+
+
 def resolve(key: Callable | str | type) -> tuple:
     """The keys a registration covers: a module class itself; a torch function and the torch
-    functions of its name; a name's torch functions. Anything else raises ValueError."""
+    functions of its name; a name's torch functions; an operator (custom op, OpOverloadPacket,
+    OpOverload, "ns::name"): the operator and its overloads. Anything else raises ValueError,
+    as does a Tensor operator method the counter never sees (`Tensor.__add__`: arrives as
+    `Tensor.add`)."""
     if _is_module_class(key):
         return (key,)
+    ops = _ops_keys(key)
+    if ops is not None:
+        return ops
     if isinstance(key, str):
+        _refuse_unseen(key)
         objs = torch_functions().get(key)
         if not objs:
             raise ValueError(f"'{key}' is not a torch function (no function of torch, Tensor, "
@@ -175,7 +224,9 @@ def resolve(key: Callable | str | type) -> tuple:
     objs = torch_functions().get(name, ())
     if not any(o is key for o in objs):
         raise ValueError(f"{key!r} is not a torch function the counter can see (register a "
-                         "function of torch, Tensor or nn.functional, or a module class)")
+                         "function of torch, Tensor or nn.functional, an operator (custom op, "
+                         "torch.ops.ns.name, 'ns::name'), or a module class)")
+    _refuse_unseen(name)
     return objs
 
 
@@ -183,6 +234,9 @@ def op_name(key: Callable | str | type) -> str:
     """The name a row is labelled with: the function's (or module class's) `__name__`."""
     if isinstance(key, str):
         return key
+    ops = _ops_keys(key)
+    if ops is not None:
+        return str(ops[0])
     name = getattr(key, "__name__", None)
     if not name:
         raise ValueError(f"cannot register a handler for {key!r}: it has no __name__")

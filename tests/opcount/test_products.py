@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from dnnlab.opcount import count_ops, reconcile, register_handler, unregister_handler
+from dnnlab.opcount import Count, count_ops, reconcile, register_handler, unregister_handler
 from dnnlab.opcount.counter import swapped
 from dnnlab.opcount.handlers import ATEN_COVERAGE
 from dnnlab.opcount.reconcile import FLOP_COUNTER_BLIND
@@ -202,16 +202,23 @@ def test_packed_sequence_counts_the_real_steps():
     assert report.total_macs() == 10 * 2 * 24 * (4 + 6)  # 10 real steps x 2 directions
 
 
-def test_reconcile_fails_on_an_uncounted_product_and_says_which_check():
+def test_reconcile_fails_on_a_wrong_product_count_and_says_which_check():
     model = nn.Sequential(nn.Linear(8, 8))
     model.append(nn.LSTM(8, 16))
     saved = handler_of("lstm")
-    unregister_handler("lstm")  # the counter before recurrent support
-    try:
+    unregister_handler("lstm")  # the counter before recurrent support: the dispatch net
+    try:                        # counts the LSTM's products (mm/addmm) in its place
+        rec = reconcile(model, [5, 2, 8], backward=False)
+        assert rec.reconciled and rec.failed == [] and "lstm" not in rec.report.not_counted
+        assert rec.report.totals()["matmul"] > 0 and rec.report.totals()["recurrent"] == 0
+
+        def half(args, kwargs, out):  # a wrong closed form: FlopCounterMode says so
+            c = saved.handler(args, kwargs, out)
+            return Count(c.family, c.mults // 2, c.adds // 2, c.macs // 2)
+        register_handler("lstm", half, shortcut=saved.shortcut)
         rec = reconcile(model, [5, 2, 8], backward=False)
         assert not rec.reconciled and rec.failed == ["flop_counter"]
-        assert "lstm" in rec.report.not_counted
     finally:
-        register_handler("lstm", saved.handler, shortcut=saved.shortcut)
+        register_handler("lstm", saved.handler, shortcut=saved.shortcut, replace=True)
     rec = reconcile(model, [5, 2, 8], backward=False)
     assert rec.reconciled and rec.failed == [] and not rec.report.not_counted

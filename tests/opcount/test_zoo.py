@@ -96,6 +96,9 @@ def test_inputs_and_settings_errors():
 
 def _check(model, *, input_shape=None, inputs=None, fvcore=True):
     report = count_ops(model, input_shape, inputs=inputs)
+    # the dispatch-level net adds nothing where the function layer counts everything: the
+    # totals are those of the function layer alone, as before the net
+    assert not [r.op for r in report.layers if r.extra.get("level") == "dispatch"]
     rec = reconcile(model, input_shape, inputs=inputs, report=report, backward=False)
     fc = rec.flop_counter
     assert fc["forward_match"], fc  # product families == FlopCounterMode (meta, or CPU mode)
