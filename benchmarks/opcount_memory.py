@@ -7,10 +7,7 @@ same step measured on real CPU tensors (measure_memory), side by side in one run
 
 Targets: the predicted peak within 5% of the measured live-tensor peak on every row; the
 predicted growth (peak minus what is live before the step) within 15% of the measured peak RSS
-growth of the steady-state step on rows whose peak is >= 500 MB. Each row measures the step
-twice in its process: the first step's RSS growth also holds the kernels' one-off set-up (JIT
-code, primitive caches: tens of MB that stay), the second ("warm RSS") is training's steady
-state, the step the target is about. Each row runs in its own process, one after another
+growth on rows whose peak is >= 500 MB. Each row runs in its own process, one after another
 (the machine is shared), with glibc's mmap threshold fixed at 128 KiB (MALLOC_MMAP_THRESHOLD_):
 its default threshold rises as blocks are freed, then keeps freed blocks for reuse, and the
 resident set no longer follows the tensors. Prints the figures and whether the targets are
@@ -59,14 +56,10 @@ def one_row(name: str, batch: int, optimizer: str) -> dict:
     pred = memory_of(model, shape, inputs=inputs, optimizer=optimizer)
     predict_s = time.perf_counter() - t
     meas = measure_memory(model, shape, inputs=inputs, optimizer=optimizer)
-    # the same step again in this process: the kernels' one-off set-up (oneDNN's JIT code and
-    # primitive caches, GEMM buffers) is then in the baseline, as in training's second step
-    warm = measure_memory(model, shape, inputs=inputs, optimizer=optimizer)
     return {"net": name, "batch": batch, "optimizer": optimizer, "predict_s": predict_s,
             "predicted": pred.peak_bytes, "measured": meas.peak_bytes,
             "predicted_growth": pred.growth_bytes,
             "rss_growth": meas.measured["rss_growth_bytes"],
-            "rss_growth_warm": warm.measured["rss_growth_bytes"],
             "by_category": pred.by_category, "measured_by_category": meas.by_category,
             "peak_at": pred.peak_at, "caveats": pred.caveats}
 
@@ -109,8 +102,7 @@ def main() -> None:
                              for b in map(int, a.batches.split(",")) for o in ("sgd", "adam")])
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONPATH": str(ROOT)}
     head = (f"{'net':<13}{'batch':>5} {'opt':<5}{'predicted MB':>13}{'measured MB':>12}"
-            f"{'error':>8}{'growth MB':>11}{'RSS MB':>9}{'error':>8}{'warm RSS':>9}{'error':>8}"
-            f"{'predict s':>10}")
+            f"{'error':>8}{'growth MB':>11}{'RSS MB':>9}{'error':>8}{'predict s':>10}")
     print(head)
     live_ok, rss_ok, done = True, True, []
     for net, batch, opt in rows:
@@ -125,23 +117,18 @@ def main() -> None:
         done.append(r)
         err = r["predicted"] / r["measured"] - 1
         rss_err = (r["predicted_growth"] / r["rss_growth"] - 1) if r["rss_growth"] else None
-        warm = r["rss_growth_warm"]
-        warm_err = (r["predicted_growth"] / warm - 1) if warm else None
         live_ok &= abs(err) <= 0.05
         big = r["measured"] >= 500 * MB
-        if big:  # the steady-state step: the warm one
-            rss_ok &= warm_err is not None and abs(warm_err) <= 0.15
+        if big:
+            rss_ok &= rss_err is not None and abs(rss_err) <= 0.15
         rss_txt = "" if rss_err is None else f"{rss_err:+.1%}" + ("" if big else "*")
-        warm_txt = "" if warm_err is None else f"{warm_err:+.1%}" + ("" if big else "*")
         print(f"{net:<13}{batch:>5} {opt:<5}{r['predicted'] / MB:>13,.1f}"
               f"{r['measured'] / MB:>12,.1f}{err:>+8.2%}{r['predicted_growth'] / MB:>11,.1f}"
-              f"{r['rss_growth'] / MB:>9,.1f}{rss_txt:>8}{warm / MB:>9,.1f}{warm_txt:>8}"
-              f"{r['predict_s']:>10.2f}"
+              f"{r['rss_growth'] / MB:>9,.1f}{rss_txt:>8}{r['predict_s']:>10.2f}"
               + ("  flagged: " + "; ".join(r["caveats"]) if r["caveats"] else ""), flush=True)
     print("* peak under 500 MB: the RSS target does not apply")
     print(f"live-tensor peak within 5% on every row: {'met' if live_ok else 'NOT met'}")
-    print("RSS: the first step's growth; warm RSS: the same step run again in the process")
-    print(f"warm RSS growth within 15% on rows >= 500 MB: {'met' if rss_ok else 'NOT met'}")
+    print(f"RSS growth within 15% on rows >= 500 MB: {'met' if rss_ok else 'NOT met'}")
     for device, secs, peak in ([] if a.nets else llama_seconds()):
         print(f"Llama-2-7B 1x128 Adam on {device:<4}: predicted peak {peak / 2**30:,.1f} GiB "
               f"in {secs:.1f} s (target < 5 s: {'met' if secs < 5 else 'NOT met'})")
