@@ -212,6 +212,10 @@ def memory_of(model: torch.nn.Module, input_shape=None, *, inputs: Any = None,
                           precision=precision)
     report.caveats = [f"may be too low: aten.{op} has {why}"
                       for op, why in UNSIZED.items() if op in tracker.unsized]
+    if device == "meta" and any(isinstance(m, torch.nn.LSTM) and not m.proj_size
+                                for m in model.modules()):
+        report.caveats.append("may be off: on meta an nn.LSTM runs torch's step-by-step "
+                              "kernels, on the CPU oneDNN's (device='cpu' predicts those)")
     if kv_context is not None:
         report.kv_context = int(kv_context)
         report.kv_cache_bytes = kv_cache_bytes(model, _batch(args, kwargs), int(kv_context),

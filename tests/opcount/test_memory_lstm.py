@@ -116,3 +116,16 @@ def test_gru_and_rnn_need_no_workspace_and_match(cls):
     meas = measure_memory(model, [10, 3, 16], optimizer="adam")
     assert not any(t[1] == "mkldnn_rnn_layer" for t in meas.timeline)
     assert pred.peak_bytes == meas.peak_bytes and pred.caveats == []
+
+
+def test_an_lstm_predicted_on_meta_says_the_cpu_runs_other_kernels():
+    """On plain meta tensors nn.LSTM takes torch's step-by-step path, not oneDNN's: the
+    prediction differs from the CPU's step and the report says so; with fake CPU tensors (the
+    default) it is exact and says nothing."""
+    model = nn.LSTM(32, 64, 2)
+    meta = memory_of(model, [16, 4, 32], optimizer="sgd", device="meta")
+    meas = measure_memory(model, [16, 4, 32], optimizer="sgd")
+    if any(t[1] == "mkldnn_rnn_layer" for t in meas.timeline):
+        assert meta.peak_bytes != meas.peak_bytes
+    assert meta.caveats and "on meta an nn.LSTM" in meta.caveats[0]
+    assert memory_of(nn.GRU(32, 64), [16, 4, 32], device="meta").caveats == []
