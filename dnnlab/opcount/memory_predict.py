@@ -26,10 +26,10 @@ from dnnlab.opcount.memory_track import (
     run_step,
 )
 
-# ops whose meta/fake kernel gives an output of another size than the CPU kernel's: the
-# prediction is then too low, and says so (MemoryReport.caveats)
-UNSIZED = {"mkldnn_rnn_layer": "oneDNN's RNN workspace (an empty tensor on meta; on the CPU "
-                               "several MB per layer and batch element)"}
+# ops whose meta/fake kernel gives an output of another size than the CPU kernel's and that
+# StepTracker cannot size: the prediction is then too low, and says so (MemoryReport.caveats)
+UNSIZED = {"mkldnn_rnn_layer": "a oneDNN RNN workspace of unknown size outside an LSTM (an "
+                               "empty tensor on fake tensors)"}
 
 
 def check_step(optimizer: str | None, precision: str) -> str:
@@ -210,10 +210,12 @@ def memory_of(model: torch.nn.Module, input_shape=None, *, inputs: Any = None,
                           saved_by_module=tracker.saved_by_module(),
                           timeline=tracker.timeline, train=train, optimizer=optimizer,
                           precision=precision)
-    if train:  # a no_grad forward keeps no workspace for backward
-        ops = {t[1] for t in tracker.timeline}
-        report.caveats = [f"may be too low: aten.{op} has {why}"
-                          for op, why in UNSIZED.items() if op in ops]
+    report.caveats = [f"may be too low: aten.{op} has {why}"
+                      for op, why in UNSIZED.items() if op in tracker.unsized]
+    if device == "meta" and any(isinstance(m, torch.nn.LSTM) and not m.proj_size
+                                for m in model.modules()):
+        report.caveats.append("may be off: on meta an nn.LSTM runs torch's step-by-step "
+                              "kernels, on the CPU oneDNN's (device='cpu' predicts those)")
     if kv_context is not None:
         report.kv_context = int(kv_context)
         report.kv_cache_bytes = kv_cache_bytes(model, _batch(args, kwargs), int(kv_context),

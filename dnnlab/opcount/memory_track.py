@@ -10,6 +10,8 @@ forward and backward). dnnlab's part (`StepTracker`, `run_step`):
   everything created in `step()` a state);
 - the timeline (live bytes after each op) and where the peak occurs (phase, op, module);
 - the bytes each module saves for backward (`saved_tensors_hooks`, one count per storage);
+- on fake tensors, oneDNN's LSTM workspace at the size the CPU allocates (rnn_workspace.py:
+  the fake kernel of `aten.mkldnn_rnn_layer` returns an empty one);
 - the step: steady state (the optimizer's states exist before it, as in a second step), the
   optimizer kind, torch.autocast for bf16/fp16 with float32 weights (as trainer.precision
   trains: dnnlab/train/step.py), the loss in float32.
@@ -25,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 from torch.utils._pytree import tree_map_only
+
+from dnnlab.opcount.rnn_workspace import size_fake_workspace
 
 CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "temporaries")
 # MemTracker's reference types -> the report's five categories (buffers count as parameters,
@@ -95,6 +99,7 @@ class StepTracker(MemTracker):
         self.saved: dict[int, tuple[str, int]] = {}  # storage -> (module, bytes)
         self._skip_saved: set[int] = set()
         self.end: dict = {}  # {category: bytes} live at the end of the step
+        self.unsized: set[str] = set()  # ops whose fake output is smaller than the CPU's
 
     def _register_global_optimizer_hook(self) -> None:  # the step sets the phase instead
         self._optimizer_hook_handles = None
@@ -113,6 +118,9 @@ class StepTracker(MemTracker):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         res = func(*args, **(kwargs or {}))
+        res, unsized = size_fake_workspace(func, args, res)  # oneDNN's LSTM workspace
+        if unsized:
+            self.unsized.add(unsized)
         ref = _MemRefType.ACT if self.phase == "forward" else _MemRefType.TEMP
         tree_map_only(torch.Tensor, lambda t: self._track(ref, t), res)
         live = self.live()

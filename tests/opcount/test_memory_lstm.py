@@ -1,0 +1,131 @@
+"""oneDNN's LSTM workspace (docs/math.md (5)) against what the CPU kernel returns, and an LSTM
+step predicted on fake tensors against the same step measured on CPU tensors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from dnnlab.opcount.memory_measure import measure_memory
+from dnnlab.opcount.memory_predict import memory_of
+from dnnlab.opcount.rnn_workspace import (
+    good_ld,
+    lstm_workspace_bytes,
+    mkldnn_rnn_workspace,
+    size_fake_workspace,
+)
+
+# sizes around oneDNN's roundings: 16 floats / 32 bf16 a line, 256 elements (64 hidden units
+# make 4H = 256 gates), a page
+SIZES = st.one_of(st.integers(1, 160), st.sampled_from([16, 32, 63, 64, 65, 128, 256, 257]))
+
+
+def _layer_args(seq, batch, inp, hidden, dtype, bias=True):
+    """The arguments nn.LSTM passes to aten.mkldnn_rnn_layer for one layer, one direction."""
+    w0, w1 = torch.randn(4 * hidden, inp, dtype=dtype), torch.randn(4 * hidden, hidden,
+                                                                    dtype=dtype)
+    b = [torch.randn(4 * hidden, dtype=dtype) for _ in range(2)]
+    h, c = torch.zeros(batch, hidden, dtype=dtype), torch.zeros(batch, hidden, dtype=dtype)
+    return (torch.randn(seq, batch, inp, dtype=dtype), w0, w1, *b, h, c, False, [], 2, hidden,
+            1, bias, False, False, True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seq=st.integers(1, 40), batch=SIZES, inp=SIZES, hidden=SIZES,
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_workspace_formula_is_the_cpu_kernels_workspace(seq, batch, inp, hidden, dtype):
+    """Reference: the workspace tensor the real CPU op returns (plain torch)."""
+    args = _layer_args(seq, batch, inp, hidden, dtype)
+    real = torch.ops.aten.mkldnn_rnn_layer(*args)[3]
+    assert real.dtype == torch.uint8
+    assert mkldnn_rnn_workspace(args) == real.numel()
+    with FakeTensorMode():  # the fake kernel's workspace is empty: what rnn_workspace fixes
+        fake_args = _layer_args(seq, batch, inp, hidden, dtype)
+        func = torch.ops.aten.mkldnn_rnn_layer.default
+        res = func(*fake_args)
+        assert res[3].numel() == 0
+        fixed, unsized = size_fake_workspace(func, fake_args, res)
+    assert unsized is None and fixed[3].numel() == real.numel()
+
+
+def test_good_ld_pads_to_64_bytes_and_away_from_multiples_of_256():
+    assert good_ld(1, 4) == 16 and good_ld(17, 4) == 32 and good_ld(17, 2) == 32
+    assert good_ld(256, 4) == 272 and good_ld(256, 2) == 288 and good_ld(240, 4) == 240
+    # one page-rounded region per buffer: at least 7 pages even for one unit
+    assert lstm_workspace_bytes(1, 1, 1, 1) == 7 * 4096
+
+
+def test_no_grad_and_real_tensors_pass_through_and_other_modes_stay_unsized():
+    func = torch.ops.aten.mkldnn_rnn_layer.default
+    args = _layer_args(3, 2, 4, 8, torch.float32)
+    res = func(*args)
+    assert size_fake_workspace(func, args, res) == (res, None)  # real: untouched
+    with FakeTensorMode():
+        fake_args = _layer_args(3, 2, 4, 8, torch.float32)
+        with torch.no_grad():
+            res = func(*fake_args)
+            assert size_fake_workspace(func, fake_args, res)[0][3].numel() == 0
+        gru = (*fake_args[:9], 3, *fake_args[10:])  # mode 3: GRU, which PyTorch never sends
+        assert mkldnn_rnn_workspace(gru) is None
+        assert size_fake_workspace(func, gru, func(*fake_args))[1] == "mkldnn_rnn_layer"
+
+
+@settings(max_examples=8, deadline=None)
+@given(seq=st.integers(1, 12), batch=st.integers(1, 9), inp=st.integers(1, 40),
+       hidden=st.integers(1, 70), layers=st.integers(1, 3), bidirectional=st.booleans(),
+       batch_first=st.booleans(), bias=st.booleans(),
+       optimizer=st.sampled_from(["sgd", "adam", None]),
+       precision=st.sampled_from(["32", "bf16"]), train=st.booleans())
+def test_lstm_step_predicted_on_fake_tensors_is_the_measured_step(
+        seq, batch, inp, hidden, layers, bidirectional, batch_first, bias, optimizer,
+        precision, train):
+    """An nn.LSTM runs oneDNN's kernel on the CPU: with the workspace sized by (5), the
+    predicted step holds exactly the tensors the measured one holds, at every category."""
+    torch.manual_seed(0)
+    model = nn.LSTM(inp, hidden, layers, bias=bias, batch_first=batch_first,
+                    bidirectional=bidirectional)
+    shape = [batch, seq, inp] if batch_first else [seq, batch, inp]
+    kw = dict(optimizer=optimizer, precision=precision, train=train)
+    pred, meas = memory_of(model, shape, **kw), measure_memory(model, shape, **kw)
+    assert pred.peak_bytes == meas.peak_bytes
+    assert pred.by_category == meas.by_category
+    assert pred.saved_by_module == meas.saved_by_module
+    assert pred.end_by_category == meas.end_by_category
+    assert pred.caveats == []
+
+
+def test_lstm_workspace_is_saved_for_backward_per_layer_and_direction():
+    """The bytes the LSTM saves for backward include one (5) workspace per layer and direction
+    (and none under no_grad)."""
+    model = nn.LSTM(32, 64, num_layers=2, bidirectional=True)
+    r = memory_of(model, [16, 4, 32], optimizer="sgd")
+    ws = 2 * lstm_workspace_bytes(16, 4, 32, 64) + 2 * lstm_workspace_bytes(16, 4, 128, 64)
+    outputs = 4 * 16 * 4 * 64 * 4  # each layer and direction's (T, B, H) output, float32
+    assert r.saved_by_module[""] >= ws + outputs
+    inf = memory_of(model, [16, 4, 32], train=False)
+    assert inf.peak_bytes < ws
+
+
+@pytest.mark.parametrize("cls", [nn.GRU, nn.RNN])
+def test_gru_and_rnn_need_no_workspace_and_match(cls):
+    model = cls(16, 32, 2)
+    pred = memory_of(model, [10, 3, 16], optimizer="adam")
+    meas = measure_memory(model, [10, 3, 16], optimizer="adam")
+    assert not any(t[1] == "mkldnn_rnn_layer" for t in meas.timeline)
+    assert pred.peak_bytes == meas.peak_bytes and pred.caveats == []
+
+
+def test_an_lstm_predicted_on_meta_says_the_cpu_runs_other_kernels():
+    """On plain meta tensors nn.LSTM takes torch's step-by-step path, not oneDNN's: the
+    prediction differs from the CPU's step and the report says so; with fake CPU tensors (the
+    default) it is exact and says nothing."""
+    model = nn.LSTM(32, 64, 2)
+    meta = memory_of(model, [16, 4, 32], optimizer="sgd", device="meta")
+    meas = measure_memory(model, [16, 4, 32], optimizer="sgd")
+    if any(t[1] == "mkldnn_rnn_layer" for t in meas.timeline):
+        assert meta.peak_bytes != meas.peak_bytes
+    assert meta.caveats and "on meta an nn.LSTM" in meta.caveats[0]
+    assert memory_of(nn.GRU(32, 64), [16, 4, 32], device="meta").caveats == []
