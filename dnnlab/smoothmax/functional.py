@@ -130,7 +130,7 @@ def dnu_dbeta(x, z_shift, s, b, dims, cdtype, log_n, valid):
     broadcastable to x) marks the entries that count in n (padding does not); log_n is None
     (not normalized), a float or a tensor broadcastable to the reduced shape."""
     xc = x if x.dtype == cdtype else x.to(cdtype)
-    t = torch.sub(xc, z_shift).mul_(b).sub_(torch.log(s))  # log p = beta (x - m) - r
+    t = (xc - z_shift) * b - torch.log(s)  # log p = beta (x - m) - r (b may be batched)
     p = torch.exp(t)  # (..., n, ...) softmax(beta x)  (docs/math.md (1c))
     neg_h = torch.special.xlogy(p, p).sum(dims, keepdim=True)  # (..., 1, ...) -H(p)
     del t
@@ -150,7 +150,7 @@ def dnu_dbeta(x, z_shift, s, b, dims, cdtype, log_n, valid):
         xm = torch.where(valid, xc, 0.0)
     small = (hi - lo) * b <= 1.0  # (..., 1, ...) False for NaN, inf or a -inf entry
     mean = torch.where(small, xm.sum(dims, keepdim=True) / n, 0.0)  # (..., 1, ...)
-    a = torch.sub(xc, mean).mul_(b)  # (..., n, ...) beta (x - mean)
+    a = (xc - mean) * b  # (..., n, ...) beta (x - mean)
     keep = small if valid is None else small & valid
     a = torch.where(keep, a, 0.0)  # 0 outside the small slices and at padding: finite
     e = torch.expm1(a)
@@ -199,7 +199,9 @@ class _SmoothMax(torch.autograd.Function):
             beta_c = beta_c.masked_fill(inf_mask, 1.0)  # finite stand-in, replaced below
         shift = _shift(m, cdtype)  # (..., 1, ...)
         z = torch.sub(x, shift)  # (..., n, ...) x - m <= 0, in the compute dtype
-        if tensor_beta or beta_c != 1.0:
+        if tensor_beta and traced(beta_c):  # a batched beta (vmap) into z: out of place
+            z = z * beta_c
+        elif tensor_beta or beta_c != 1.0:
             z.mul_(beta_c)  # z = beta (x - m) <= 0: never beta x unshifted (docs/math.md (1a))
         s = z.exp_().sum(dims, keepdim=True)  # (..., 1, ...) s = sum exp(z) in [1, n]
         del z
@@ -316,7 +318,9 @@ def _backward(ctx, g):
     gx = gbeta = None
     if not need_beta:
         z = torch.sub(x, shift)  # (..., n, ...) x - m, as in the forward
-        if beta_c is not None or beta != 1.0:
+        if beta_c is not None and traced(beta_c):
+            z = z * beta  # a batched beta (vmap): out of place
+        elif beta_c is not None or beta != 1.0:
             z.mul_(beta)  # z = beta (x - m), bit-identical to the forward's
         # softmax(beta x) * g = exp(z) * (g / s)  (docs/math.md (1c); eq. 1b at beta = 1)
         gx = z.exp_().mul_(torch.div(g, s))  # (..., n, ...)
@@ -325,9 +329,9 @@ def _backward(ctx, g):
         dbeta = dnu_dbeta(x, shift, s, beta, dims, cdtype, ctx.log_n, ctx.valid)
         if inf_mask is not None:
             dbeta = dbeta.masked_fill(inf_mask, 0.0)  # nu_inf = max does not move with beta
-        gbeta = dbeta.mul_(g).sum_to_size(ctx.beta_shape).to(ctx.beta_dtype)
+        gbeta = (dbeta * g).sum_to_size(ctx.beta_shape).to(ctx.beta_dtype)
         if need_x:
-            z = torch.sub(x, shift).mul_(beta)  # as in the forward
+            z = (x - shift) * beta  # as in the forward
             gx = z.exp_().mul_(torch.div(g, s))  # softmax(beta x) * g  (docs/math.md (1c))
 
     if need_x and inf_mask is not None:
