@@ -185,7 +185,8 @@ class _WindowSmoothMax(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: s formed again from x, out of place,
             # so that this gradient's own derivative is the Hessian (docs/math.md (1d))
             e = torch.exp((xc - _up(shift, kh, kw)) * beta)
-            s = (F.avg_pool2d(e, (kh, kw)) * (kh * kw)).clamp_min(1.0)
+            s = F.avg_pool2d(e, (kh, kw)) * (kh * kw)  # in [1, n], 0 for an all -inf window:
+            s = torch.where(s > 0, s, 1.0)  # not clamp_min(1): its gradient is 0 at s = 1
             gx = e * _up(g.to(xc.dtype) / s, kh, kw)
         else:
             e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # as in the forward

@@ -70,3 +70,24 @@ def dnu_dbeta_mp(values, beta: float, normalized: bool, dps: int = 60) -> float:
         px = mpmath.fsum(ei * v for ei, v in zip(e, xs)) / s  # sum p x
         # d nu / d beta = (sum p x - nu) / beta, for both forms (-log(n)/beta is in nu)
         return float((px - nu) / b)
+
+
+def lse_reference(x: torch.Tensor, beta, dims, normalized: bool = False) -> torch.Tensor:
+    """nu_beta over `dims` (dropped) through torch.logsumexp's autograd, shifted by the
+    detached max; beta a float (inf: torch.amax) or a tensor broadcastable to the reduced shape
+    with the dims kept (inf entries: torch.amax there)."""
+    n = math.prod(x.shape[d] for d in dims)
+    if n == 0:
+        return torch.logsumexp(x, dims)  # -inf: no entries
+    m = torch.amax(x, dims, keepdim=True).detach()
+    m = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
+    log_n = math.log(n) if normalized and n else 0.0
+    if not isinstance(beta, torch.Tensor):
+        if math.isinf(beta):
+            return torch.amax(x, dims)
+        return ((torch.logsumexp(beta * (x - m), dims, keepdim=True) - log_n) / beta
+                + m).squeeze(dims)
+    inf = torch.isinf(beta)
+    b = torch.where(inf, torch.ones_like(beta), beta)
+    nu = (torch.logsumexp(b * (x - m), dims, keepdim=True) - log_n) / b + m
+    return torch.where(inf, torch.amax(x, dims, keepdim=True), nu).squeeze(dims)
