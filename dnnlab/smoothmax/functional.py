@@ -269,6 +269,66 @@ _apply_smooth_max = amp.applier(_SmoothMax, torch.float32)
 _NONES = (None,) * 6  # the gradients of beta_c, dims, red_shape, out_shape, log_n, valid
 
 
+class _SmoothMaxEager(torch.autograd.Function):
+    """The fast path of _SmoothMax for plain tensors: a float beta in (0, inf), no torch.func
+    transform active, no torch.compile tracing, no autocast. The same forward and backward
+    (bit for bit), in the ctx style, whose call costs fewer microseconds than the setup_context
+    style (no intermediates returned as outputs, no non-differentiable marking, no jvp/vmap
+    plumbing); a double backward (create_graph=True) takes `_backward_graph`'s ops."""
+
+    @staticmethod
+    def forward(ctx, x, beta, dims, red_shape, out_shape, log_n):
+        cdtype = compute_dtype(x.dtype)
+        shift = _shift(torch.amax(x, dims, keepdim=True), cdtype)  # (..., 1, ...)
+        z = torch.sub(x, shift)  # (..., n, ...) x - m <= 0
+        if beta != 1.0:
+            z.mul_(beta)  # z = beta (x - m) (docs/math.md (1a))
+        s = z.exp_().sum(dims, keepdim=True)  # (..., 1, ...) in [1, n]
+        del z
+        r = torch.log(s)
+        if log_n is not None:
+            r.sub_(log_n)  # nu - log(n)/beta, before the division by beta
+        nu = torch.add(shift.view(out_shape), r.view(out_shape), alpha=1.0 / beta)  # (1a)
+        s.clamp_min_(1.0)  # an all -inf slice: exp(z) = 0 there, gradient 0 not 0/0
+        ctx.save_for_backward(x, shift, s)
+        ctx.beta, ctx.dims, ctx.cdtype, ctx.red_shape, ctx.out_shape = \
+            beta, dims, cdtype, red_shape, out_shape
+        ctx.x_dtype, ctx.log_n = x.dtype, log_n
+        return nu if nu.dtype == x.dtype else nu.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, shift, s = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the differentiable ops
+            return _backward_graph(_GraphCtx(ctx, x, shift, s), g)[0], None, None, None, \
+                None, None
+        g = g.reshape(ctx.red_shape)
+        if g.dtype != ctx.cdtype:
+            g = g.to(ctx.cdtype)
+        z = torch.sub(x, shift)
+        if ctx.beta != 1.0:
+            z.mul_(ctx.beta)  # as in the forward
+        gx = z.exp_().mul_(torch.div(g, s))  # softmax(beta x) * g  (docs/math.md (1c))
+        return (gx if gx.dtype == ctx.x_dtype else gx.to(ctx.x_dtype)), None, None, None, \
+            None, None
+
+
+class _GraphCtx:
+    """_SmoothMaxEager's ctx as `_backward_graph` reads a _SmoothMax ctx (scalar beta)."""
+
+    def __init__(self, ctx, x, shift, s):
+        self.saved_tensors = (x, shift, s, None, None, None, None)
+        self.dims, self.cdtype, self.red_shape = ctx.dims, ctx.cdtype, ctx.red_shape
+        self.x_dtype, self.log_n, self.beta_c = ctx.x_dtype, ctx.log_n, ctx.beta
+        self.mode, self.needs_input_grad = "finite", (True, False)
+
+
+def _eager(x: torch.Tensor) -> bool:
+    """The fast path applies: no torch.func transform, no compile tracing, no autocast."""
+    return not (torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling()
+                or torch.is_autocast_enabled(x.device.type)) and x.device.type in amp.DEVICES
+
+
 def _jvp(ctx, tx, tbeta):
     """Forward mode, the transpose of `_backward`: d nu = sum_i p_i tx_i + (d nu / d beta) tbeta
     with p = softmax(beta x) over the reduced dims (docs/math.md (1c)), the argmax weights
@@ -463,4 +523,6 @@ def smooth_max(x: torch.Tensor, beta, dim=-1, keepdim: bool = False,
     else:
         log_n = math.log(math.prod([x.shape[d] for d in dims])) if normalized else None
         valid = None  # a list above: dynamo traces it
+    if arg is None and beta_c != math.inf and valid is None and _eager(x):
+        return _SmoothMaxEager.apply(x, beta_c, dims, red_shape, out_shape, log_n)
     return _apply_smooth_max(x, arg, beta_c, dims, red_shape, out_shape, log_n, valid)[0]
