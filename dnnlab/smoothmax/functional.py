@@ -140,7 +140,7 @@ def dnu_dbeta(x, z_shift, s, b, dims, cdtype, log_n, valid):
     if valid is None:
         lo = torch.amin(xc, dims, keepdim=True)
         hi = torch.amax(xc, dims, keepdim=True)
-        n = math.prod(x.shape[d] for d in dims) if not isinstance(log_n, torch.Tensor) \
+        n = math.prod([x.shape[d] for d in dims]) if not isinstance(log_n, torch.Tensor) \
             else torch.exp(log_n).round()
         xm = xc
     else:

@@ -89,5 +89,8 @@ def lse_reference(x: torch.Tensor, beta, dims, normalized: bool = False) -> torc
                 + m).squeeze(dims)
     inf = torch.isinf(beta)
     b = torch.where(inf, torch.ones_like(beta), beta)
-    nu = (torch.logsumexp(b * (x - m), dims, keepdim=True) - log_n) / b + m
+    # the slices at beta = inf read zeros in the logsumexp branch: torch.where's unselected
+    # branch still backpropagates 0 * its own gradient, which is NaN for a +inf entry
+    d = torch.where(inf, torch.zeros_like(x), x - m)
+    nu = (torch.logsumexp(b * d, dims, keepdim=True) - log_n) / b + m
     return torch.where(inf, torch.amax(x, dims, keepdim=True), nu).squeeze(dims)

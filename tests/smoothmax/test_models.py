@@ -59,7 +59,10 @@ def _same_as_native(build, shape, classes):
     assert not any(type(m) in (nn.MaxPool2d, nn.AdaptiveMaxPool2d) for m in ours.modules())
     x = torch.randn(shape)
     target = torch.arange(shape[0]) % classes
-    a, b = _train(native, x, target), _train(ours, x, target)
+    torch.manual_seed(1)  # the same dropout masks (vgg11) in both runs
+    a = _train(native, x, target)
+    torch.manual_seed(1)
+    b = _train(ours, x, target)
     for u, v in zip(a, b):
         assert all(torch.equal(p, q) for p, q in zip(u, v))
     # and at finite beta the swapped network trains: finite losses
@@ -89,6 +92,7 @@ def test_shared_pool_inplace_relu_finite_beta_against_logsumexp():
         assert all(torch.allclose(p, q, rtol=1e-9, atol=1e-11) for p, q in zip(u, v))
 
 
+@pytest.mark.slow
 def test_resnet18_native():
     _same_as_native(lambda: resnet18(weights=None, num_classes=4), (2, 3, 32, 32), 4)
 
