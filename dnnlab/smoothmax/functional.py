@@ -22,6 +22,7 @@ full-size beta * x instead, and allocates three more full-size temporaries in it
 import math
 
 import torch
+from torch.autograd import forward_ad
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
 from dnnlab import amp
@@ -324,8 +325,10 @@ class _GraphCtx:
 
 
 def _eager(x: torch.Tensor) -> bool:
-    """The fast path applies: no torch.func transform, no compile tracing, no autocast."""
+    """The fast path applies: no torch.func transform, no forward-mode AD level (dual
+    tensors), no compile tracing, no autocast."""
     return not (torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling()
+                or forward_ad._current_level >= 0
                 or torch.is_autocast_enabled(x.device.type)) and x.device.type in amp.DEVICES
 
 
