@@ -327,9 +327,9 @@ class _GraphCtx:
 def _eager(x: torch.Tensor) -> bool:
     """The fast path applies: no torch.func transform, no forward-mode AD level (dual
     tensors), no compile tracing, no autocast."""
-    return not (torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling()
-                or forward_ad._current_level >= 0
-                or torch.is_autocast_enabled(x.device.type)) and x.device.type in amp.DEVICES
+    return x.device.type in amp.DEVICES and not (
+        torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling()
+        or forward_ad._current_level >= 0 or torch.is_autocast_enabled(x.device.type))
 
 
 def _jvp(ctx, tx, tbeta):
