@@ -647,11 +647,9 @@ class SmoothMaxPool2d(_Temperature):
             # channels with beta = inf pool as torch's max pooling (one argmax per window)
             inf = torch.isinf(b.detach())
             if traced(b) or bool(inf.any()):
-                c = x.shape[1]
                 first = F.adaptive_max_pool2d(x, 1) if ks is None else F.max_pool2d(
                     x, ks, self.stride, self.padding, self.dilation, self.ceil_mode)
-                y = torch.where(inf.reshape(-1, 1, 1).expand(c, 1, 1) if inf.numel() == 1
-                                else inf.view(c, 1, 1), first.to(y.dtype), y)
+                y = torch.where(inf.reshape(-1, 1, 1), first.to(y.dtype), y)  # (C or 1, 1, 1)
         return y
 
     def _smooth(self, x: torch.Tensor, scalar_beta):
