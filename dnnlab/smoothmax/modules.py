@@ -16,8 +16,8 @@ from dnnlab.beta import parse_beta, to_float
 from dnnlab.dtypes import compute_dtype
 from dnnlab.errors import ConfigError, ShapeError
 from dnnlab.smoothmax import native
-from dnnlab.smoothmax.functional import smooth_max
-from dnnlab.smoothmax.windows import check_like_max_pool2d, windows
+from dnnlab.smoothmax.functional import _check_scalar_beta, _shift, smooth_max, traced
+from dnnlab.smoothmax.windows import check_like_max_pool2d, out_size, windows
 
 __all__ = ["SmoothMax", "SmoothMaxPool2d"]
 
@@ -29,6 +29,7 @@ def _parse_beta(beta, owner: str):
     if isinstance(beta, (list, tuple)):
         beta = torch.tensor([to_float(b, key) for b in beta], dtype=torch.float32)
     if isinstance(beta, torch.Tensor):
+        kept = beta
         beta = beta.detach().clone()
         beta = beta if beta.is_floating_point() else beta.float()
         bad = torch.isnan(beta) | (beta <= 0)
@@ -36,7 +37,8 @@ def _parse_beta(beta, owner: str):
             raise ConfigError(
                 f"{owner}: beta must be in (0, inf], got a tensor with entry {beta[bad][0].item()}"
             )
-        return beta
+        # a tensor that requires grad is the caller's to train: kept itself, as smooth_max does
+        return kept if kept.requires_grad and kept.is_floating_point() else beta
     return parse_beta(to_float(beta, key), key)  # the float's repr in the message: 0 -> 0.0
 
 
@@ -63,6 +65,8 @@ class _Temperature(nn.Module):
                 )
             t = t if t.dtype is torch.float64 else t.float()  # float64 kept (gradcheck)
             self.log_beta = nn.Parameter(t.log())  # beta = exp(log_beta) > 0
+        elif isinstance(beta, torch.Tensor) and beta.requires_grad:
+            self.beta_ref = beta  # the caller's tensor (not a buffer): its .grad fills
         elif isinstance(beta, torch.Tensor):
             self.register_buffer("beta_buf", beta)
         else:
@@ -75,6 +79,8 @@ class _Temperature(nn.Module):
             return self.log_beta.exp()
         if hasattr(self, "beta_buf"):
             return self.beta_buf
+        if "beta_ref" in self.__dict__:
+            return self.beta_ref
         return self._beta_float
 
 
@@ -103,10 +109,15 @@ class SmoothMax(_Temperature):
                 f"keepdim={self.keepdim}")
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _pair(v, name: str) -> tuple[int, int]:
-    """An int or a pair of ints as a pair; its range is checked as F.max_pool2d checks it."""
-    t = (v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 2 or not all(isinstance(i, int) for i in t):
+    """An int or a pair of ints as a pair (a bool is not an int here: a misplaced positional
+    flag); its range is checked as F.max_pool2d checks it."""
+    t = (v, v) if _is_int(v) else tuple(v) if isinstance(v, (tuple, list)) else None
+    if t is None or len(t) != 2 or not all(_is_int(i) for i in t):
         raise ConfigError(f"SmoothMaxPool2d: {name} must be an int or a pair of ints, got {v!r}")
     return t
 
@@ -134,8 +145,9 @@ class _WindowSmoothMax(torch.autograd.Function):
         cd = compute_dtype(x.dtype)
         xc = x[:, :, :ho * kh, :wo * kw].to(cd)  # (B, C, Ho*kh, Wo*kw), windows that fit
         m = F.max_pool2d(xc, (kh, kw))  # (B, C, Ho, Wo) the window max (NaN propagates)
-        # an infinite or NaN max shifts by 0, as in smooth_max: +inf -> +inf, all -inf -> -inf
-        shift = torch.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)  # (B, C, Ho, Wo)
+        # as in smooth_max (functional._shift): +inf -> +inf with gradient 0 at the finite
+        # entries, all -inf -> -inf, NaN -> NaN
+        shift = _shift(m, cd)  # (B, C, Ho, Wo)
         e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # exp(beta (x - m)) <= 1  (1a)
         s = F.avg_pool2d(e, (kh, kw)).mul_(kh * kw)  # (B, C, Ho, Wo) sum over each window
         r = torch.log(s)  # in [0, log n]
@@ -173,7 +185,8 @@ class _WindowSmoothMax(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: s formed again from x, out of place,
             # so that this gradient's own derivative is the Hessian (docs/math.md (1d))
             e = torch.exp((xc - _up(shift, kh, kw)) * beta)
-            s = (F.avg_pool2d(e, (kh, kw)) * (kh * kw)).clamp_min(1.0)
+            s = F.avg_pool2d(e, (kh, kw)) * (kh * kw)  # in [1, n], 0 for an all -inf window:
+            s = torch.where(s > 0, s, 1.0)  # not clamp_min(1): its gradient is 0 at s = 1
             gx = e * _up(g.to(xc.dtype) / s, kh, kw)
         else:
             e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # as in the forward
@@ -237,14 +250,18 @@ class _WindowMax(torch.autograd.Function):
             m = torch.maximum(m, cj)
         if kh * kw == 1:
             m = m.clone()  # a 1x1 window: the max is x itself, not a view of it
-        return m
+        # the backward keeps a copy (Ho x Wo, a (kh kw)-th of x): an in-place op on the
+        # output, as ReLU(inplace=True) after the pooling, must not change it
+        return m, m.clone()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, kernel = inputs
+        _, kept = output
+        ctx.mark_non_differentiable(kept)
         ctx.kernel = kernel
-        ctx.save_for_backward(x, output)
-        ctx.save_for_forward(x, output)
+        ctx.save_for_backward(x, kept)
+        ctx.save_for_forward(x, kept)
 
     @staticmethod
     def jvp(ctx, tx, _):
@@ -254,10 +271,10 @@ class _WindowMax(torch.autograd.Function):
         ho, wo = m.shape[2:]
         w = _WindowMax._traced_backward(x, m.to(cd), torch.ones_like(m, dtype=cd), kh, kw, cd)
         t = (w.to(cd) * tx.to(cd))[:, :, :ho * kh, :wo * kw]
-        return (F.avg_pool2d(t, (kh, kw)) * (kh * kw)).to(x.dtype)
+        return (F.avg_pool2d(t, (kh, kw)) * (kh * kw)).to(x.dtype), None
 
     @staticmethod
-    def backward(ctx, g):  # g: (B, C, Ho, Wo)
+    def backward(ctx, g, _g_kept=None):  # g: (B, C, Ho, Wo)
         (kh, kw), x, m = ctx.kernel, *ctx.saved_tensors
         xd = x.dtype
         cd = compute_dtype(xd)
@@ -316,7 +333,12 @@ class _WindowMax(torch.autograd.Function):
         return gx.to(x.dtype)
 
 
-_apply_window_max = amp.applier(_WindowMax, torch.float32)
+# max pooling runs in its input's dtype under autocast, as nn.MaxPool2d (no cast)
+_apply_window_max = amp.applier(_WindowMax, None)
+
+
+def _window_max(x: torch.Tensor, kernel) -> torch.Tensor:
+    return _apply_window_max(x, kernel)[0]
 
 
 def _widen_traced(t: torch.Tensor, kw: int) -> torch.Tensor:
@@ -371,11 +393,11 @@ class _GlobalMax(torch.autograd.Function):
         ctx.mark_non_differentiable(count)
         ctx.native = count.numel() > 0
         ctx.x_dtype = x.dtype
-        ctx.save_for_forward(x, out)
+        ctx.save_for_forward(x, out.clone())
         if not ctx.needs_input_grad[0]:
             return
-        if ctx.native:
-            ctx.save_for_backward(x, out, count)
+        if ctx.native:  # a copy of the output: an in-place op on it (ReLU) must not change it
+            ctx.save_for_backward(x, out.clone(), count)
             return
         ctx.ref = _GlobalMax._ref(out)
         ctx.ind, ctx.count = _GlobalMax._mask_count(x, ctx.ref)
@@ -431,42 +453,67 @@ class _GlobalMax(torch.autograd.Function):
         return (gx if ctx.x_dtype is ind.dtype else gx.to(ctx.x_dtype)), None
 
 
-_apply_global_max = amp.applier(_GlobalMax, torch.float32)
+_apply_global_max = amp.applier(_GlobalMax, None)  # in the input's dtype, as max pooling
+
+
+def window_counts(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> list[int]:
+    """The number of entries of each window along a dim of size n that lie in the input (not in
+    the padding, nor past it in ceil_mode's last window): what avg_pool2d's
+    count_include_pad=False counts, with dilation."""
+    return [sum(0 <= i * s - p + a * d < n for a in range(k))
+            for i in range(out_size(n, k, s, p, d, ceil_mode))]
 
 
 class SmoothMaxPool2d(_Temperature):
     """Smooth-max pooling over (H, W) windows of a (B, C, H, W) input: nu_beta of each window.
 
+    The signature is nn.MaxPool2d's after beta: (beta, kernel_size, stride, padding, dilation,
+    return_indices, ceil_mode), and normalized, learnable and ties are keyword-only, so that a
+    positional call means what it means for MaxPool2d; a bool where an int is expected, or
+    return_indices=True (smooth max has no indices), is refused in one line.
+
     kernel_size=None pools globally, (B, C, H, W) -> (B, C, 1, 1) like AdaptiveMaxPool2d(1);
-    otherwise it takes nn.MaxPool2d's arguments, kernel_size, stride (default kernel_size),
-    padding (with -inf, which has weight 0 in nu_beta), dilation and ceil_mode, and gives
-    MaxPool2d's (B, C, H_out, W_out) (dnnlab.smoothmax.windows); arguments MaxPool2d refuses
-    raise its RuntimeError and message. An unbatched (C, H, W) input gives (C, H_out, W_out).
-    beta = inf is max pooling exactly.
+    otherwise it gives MaxPool2d's (B, C, H_out, W_out) (dnnlab.smoothmax.windows), the input
+    padded with -inf (weight 0 in nu_beta); arguments MaxPool2d refuses raise its RuntimeError
+    and message, and so does a configuration torch accepts with a window entirely in the
+    padding (a ShapeError naming the arguments: torch's own backward corrupts memory there).
+    An unbatched (C, H, W) input gives (C, H_out, W_out). beta = inf is max pooling exactly
+    (and so is a beta above the compute dtype's largest finite value); an integer input is
+    taken at beta = inf only.
 
     normalized=True returns nu_beta - log(n)/beta = (1/beta) log((1/n) sum exp(beta x_i)) with
-    n the window size. It lies in [mean, max] of the window, equals max pooling at beta = inf
-    and tends to average pooling as beta -> 0 (the first-order term of the log-mean-exp is the
-    mean). It is formed as max + (r - log n)/beta with r = log sum exp(beta (x - max)), so
-    nothing large cancels, but r's rounding (about eps * log n) is still divided by beta: in
-    float32 expect about 1e-4 absolute error at beta = 1e-3; use float64 for smaller beta.
+    n the window's entries that lie in the input (padding and ceil_mode's missing entries do
+    not count, as avg_pool2d(count_include_pad=False)). It lies in [mean, max] of those
+    entries, equals max pooling at beta = inf and tends to average pooling as beta -> 0. It is
+    formed as max + (r - log n)/beta with r = log sum exp(beta (x - max)), so nothing large
+    cancels, but r's rounding (about eps * log n) is still divided by beta: in float32 expect
+    about 1e-4 absolute error at beta = 1e-3; use float64 for smaller beta.
 
     beta may be a number, "inf", or a per-channel list/tensor of length C; learnable=True makes
-    it a parameter stored as its log (`log_beta`).
+    it a parameter stored as its log (`log_beta`); a tensor that requires grad (and
+    learnable=False) is used as it is, so its .grad fills (it is not copied into a buffer).
 
     ties: at beta = inf, "shared" (default) gives the gradient of the limit of softmax(beta x):
     the argmax one-hot with tied maxima sharing it equally (docs/math.md (1c)); "first" is
-    torch's max pooling (F.max_pool2d), which routes it to one argmax per window.
+    torch's max pooling (F.max_pool2d), which routes it to one argmax per window (also on the
+    channels whose per-channel beta is inf).
     """
 
-    def __init__(self, beta, kernel_size=None, stride=None, normalized: bool = False,
-                 learnable: bool = False, ties: str = "shared", *, padding=0, dilation=1,
-                 ceil_mode: bool = False):
+    def __init__(self, beta, kernel_size=None, stride=None, padding=0, dilation=1,
+                 return_indices: bool = False, ceil_mode: bool = False, *,
+                 normalized: bool = False, learnable: bool = False, ties: str = "shared"):
         super().__init__()
         if ties not in ("shared", "first"):
             raise ConfigError(f"SmoothMaxPool2d: ties must be 'shared' or 'first', got {ties!r}")
+        for key, v in (("return_indices", return_indices), ("ceil_mode", ceil_mode),
+                       ("normalized", normalized), ("learnable", learnable)):
+            if v is not True and v is not False and v not in (0, 1):
+                raise ConfigError(f"SmoothMaxPool2d: {key} must be a bool, got {v!r}")
+        if return_indices:
+            raise ConfigError("SmoothMaxPool2d: return_indices=True: smooth-max pooling has no "
+                              "indices")
         self.ties = ties
-        self._init_beta(beta, learnable)
+        self._init_beta(beta, bool(learnable))
         b = self.beta
         if isinstance(b, torch.Tensor) and b.dim() > 1:
             raise ConfigError(
@@ -483,8 +530,9 @@ class SmoothMaxPool2d(_Temperature):
             raise ConfigError("SmoothMaxPool2d: padding, dilation and ceil_mode need a "
                               "kernel_size (global pooling has none)")
         self.ceil_mode = bool(ceil_mode)
-        self.normalized = normalized
-        self._checked = None  # the last (C, H, W) whose arguments passed the MaxPool2d check
+        self.normalized = bool(normalized)
+        self._checked = None  # the last (C, H, W, dtype) whose arguments passed the checks
+        self._counts = None  # its windows' valid entries per dim, (rows, cols)
 
     def _channel_beta(self, c: int, trailing: int):
         """beta shaped to broadcast against (B, C, *[1] * trailing) outputs."""
@@ -505,22 +553,61 @@ class SmoothMaxPool2d(_Temperature):
                 and (not self.ceil_mode or (h % ks[0] == 0 and w % ks[1] == 0)))
 
     def _check(self, x: torch.Tensor) -> None:
-        """MaxPool2d's checks of the arguments against x's shape, once per shape."""
-        if self._checked != x.shape[1:]:
-            check_like_max_pool2d(self._name(), x, self.kernel_size, self.stride,
-                                  self.padding, self.dilation, self.ceil_mode)
-            self._checked = x.shape[1:]
+        """MaxPool2d's checks of the arguments against x's shape and dtype (torch's own, on a
+        meta stand-in), and no window entirely in the padding; once per shape and dtype."""
+        key = (x.shape[1:], x.dtype)
+        if self._checked == key:
+            return
+        name = self._name()
+        if x.dtype is torch.bool or x.is_complex():  # as torch's max_pool2d refuses them
+            raise NotImplementedError(f"{name}: max pooling is not implemented for {x.dtype}")
+        ks = self.kernel_size
+        if ks is None:
+            check_like_max_pool2d(name, x, None, None, None, None, False)
+            self._counts = None
+        else:
+            check_like_max_pool2d(name, x, ks, self.stride, self.padding, self.dilation,
+                                  self.ceil_mode)
+            counts = tuple(window_counts(n, k, s, p, d, self.ceil_mode) for n, k, s, p, d in
+                           zip(x.shape[-2:], ks, self.stride, self.padding, self.dilation))
+            if 0 in counts[0] or 0 in counts[1]:
+                raise ShapeError(
+                    f"{name}: kernel_size={ks}, stride={self.stride}, padding={self.padding}, "
+                    f"dilation={self.dilation}, ceil_mode={self.ceil_mode} on a "
+                    f"{x.shape[-2]}x{x.shape[-1]} input leave a window entirely in the padding "
+                    "(refused: it has no entries, and torch's max_pool2d backward corrupts "
+                    "memory there)")
+            self._counts = counts
+        self._checked = key
 
     def _name(self) -> str:
         path = getattr(self, "_dnnlab_name", None)  # set by dnnlab.nn.swap_pools
         return f"SmoothMaxPool2d {path}" if path else "SmoothMaxPool2d"
 
+    def _window_counts(self, x: torch.Tensor):
+        """For normalized windows that padding or ceil_mode cut: (log n per window (Ho, Wo,
+        1, 1), the mask of valid entries (1, 1, Ho, Wo, kh, kw)); None when every window is
+        whole (n = kh kw)."""
+        rows, cols = self._counts
+        kh, kw = self.kernel_size
+        if min(rows) == kh and min(cols) == kw:
+            return None
+        cd = compute_dtype(x.dtype)
+        n = torch.tensor(rows, dtype=cd, device=x.device)[:, None] * \
+            torch.tensor(cols, dtype=cd, device=x.device)  # (Ho, Wo)
+        ones = torch.ones((1, 1, *x.shape[-2:]), dtype=cd, device=x.device)
+        valid = windows(ones, self.kernel_size, self.stride, self.padding, self.dilation,
+                        self.ceil_mode, pad_value=0.0) > 0  # (1, 1, Ho, Wo, kh, kw)
+        return n.log()[:, :, None, None], valid
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:  # unbatched (C, H, W), as nn.MaxPool2d takes it
+            self._check(x)
             return self.forward(x[None])[0]
         if x.dim() != 4:
             raise ShapeError(
                 f"{self._name()}: expected a (B, C, H, W) input, got {tuple(x.shape)}")
+        self._check(x)
         ks = self.kernel_size
         h, w = x.shape[2:]
         # torch.func's wrapped tensors take the generic path (torch.compile's tracing never
@@ -533,12 +620,15 @@ class SmoothMaxPool2d(_Temperature):
             if ks is None:
                 return _GlobalMax.apply_to(x)  # fast path: same values and gradients
             if self._plain(h, w):
-                # fast path, same as smooth_max's limit
-                return _apply_window_max(x, ks)
-        if ks is not None:
-            self._check(x)
+                return _window_max(x, ks)  # fast path, same as smooth_max's limit
         b = self.beta
         scalar = not isinstance(b, torch.Tensor)
+        if scalar:  # (0, inf]; above the compute dtype's largest finite value it is inf
+            b = _check_scalar_beta(b, compute_dtype(x.dtype) if x.is_floating_point()
+                                   else torch.float64)
+            if not math.isinf(b) and not x.is_floating_point():
+                raise TypeError(f"{self._name()}: an integer input ({x.dtype}) is pooled at "
+                                "beta = inf only; cast it to a floating dtype for a finite beta")
         if self.ties == "first" and scalar and math.isinf(b):
             # torch's max pooling: the gradient goes to one argmax per window
             if ks is None:
@@ -549,16 +639,34 @@ class SmoothMaxPool2d(_Temperature):
             if math.isinf(b):
                 if ks is None:
                     return _GlobalMax.apply_to(x)
-                return _apply_window_max(x, ks)
+                return _window_max(x, ks)
             if ks is not None:
                 return _apply_window_smooth_max(x, ks, float(b), self.normalized)[0]
+        y = self._smooth(x, b if scalar else None)
+        if not scalar and self.ties == "first":
+            # channels with beta = inf pool as torch's max pooling (one argmax per window)
+            inf = torch.isinf(b.detach())
+            if traced(b) or bool(inf.any()):
+                first = F.adaptive_max_pool2d(x, 1) if ks is None else F.max_pool2d(
+                    x, ks, self.stride, self.padding, self.dilation, self.ceil_mode)
+                y = torch.where(inf.reshape(-1, 1, 1), first.to(y.dtype), y)  # (C or 1, 1, 1)
+        return y
+
+    def _smooth(self, x: torch.Tensor, scalar_beta):
+        """The generic path: smooth_max over each window (a view of x padded with -inf)."""
         c = x.shape[1]
+        ks = self.kernel_size
         if ks is None:
-            beta = self._channel_beta(c, 2)  # (C, 1, 1) or scalar
+            beta = self._channel_beta(c, 2) if scalar_beta is None else scalar_beta
             return smooth_max(x, beta, (-2, -1), True, self.normalized)  # (B, C, 1, 1)
-        win = windows(x, ks, self.stride, self.padding, self.dilation, self.ceil_mode)
-        beta = self._channel_beta(c, 4)  # (C, 1, 1, 1, 1) or scalar; win (B, C, Ho, Wo, kh, kw)
-        return smooth_max(win, beta, (-2, -1), False, self.normalized)  # (B, C, Ho, Wo)
+        floating = x.is_floating_point()
+        win = windows(x, ks, self.stride, self.padding, self.dilation, self.ceil_mode,
+                      pad_value=-math.inf if floating else torch.iinfo(x.dtype).min)
+        # (C, 1, 1, 1, 1) or scalar; win (B, C, Ho, Wo, kh, kw)
+        beta = self._channel_beta(c, 4) if scalar_beta is None else scalar_beta
+        counts = self._window_counts(x) if self.normalized and floating else None
+        return smooth_max(win, beta, (-2, -1), False, self.normalized,
+                          _counts=counts)  # (B, C, Ho, Wo)
 
     def extra_repr(self) -> str:
         s = f"beta={_fmt_beta(self.beta)}, kernel_size={self.kernel_size}, stride={self.stride}"

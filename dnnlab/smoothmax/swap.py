@@ -1,7 +1,7 @@
 """`swap_pools`: a network's torch max pooling as smooth-max pooling (docs/smoothmax.md).
 
-nn.MaxPool2d(k, s, p, d, ceil_mode=c) becomes SmoothMaxPool2d(beta, k, s, padding=p,
-dilation=d, ceil_mode=c): at beta = inf with ties="first" it is F.max_pool2d itself, bit for
+nn.MaxPool2d(k, s, p, d, ceil_mode=c) becomes SmoothMaxPool2d(beta, k, s, p, d,
+ceil_mode=c): at beta = inf with ties="first" it is F.max_pool2d itself, bit for
 bit; at finite beta each window's nu_beta (docs/math.md (1a)). nn.AdaptiveMaxPool2d becomes
 SmoothAdaptiveMaxPool2d, whose windows tile the input: an output size that divides it.
 """
@@ -25,9 +25,11 @@ class SmoothAdaptiveMaxPool2d(SmoothMaxPool2d):
     keeps that size); (1, 1) is global pooling. At beta = inf with ties="first" it is
     F.adaptive_max_pool2d itself."""
 
-    def __init__(self, beta, output_size, normalized: bool = False, learnable: bool = False,
-                 ties: str = "shared"):
-        super().__init__(beta, None, None, normalized, learnable, ties)
+    def __init__(self, beta, output_size, return_indices: bool = False, *,
+                 normalized: bool = False, learnable: bool = False, ties: str = "shared"):
+        # nn.AdaptiveMaxPool2d's signature after beta; the rest keyword-only
+        super().__init__(beta, None, None, return_indices=return_indices,
+                         normalized=normalized, learnable=learnable, ties=ties)
         self.output_size = (output_size, output_size) if isinstance(output_size, int) or \
             output_size is None else tuple(output_size)
 
@@ -66,7 +68,9 @@ def swap_pools(model: nn.Module, beta, normalized: bool = False, learnable: bool
     computed before, bit for bit.
     """
     found = []
-    for name, m in model.named_modules():
+    # every path of a module registered at several (nn.Sequential(pool, conv, pool),
+    # self.p2 = self.p1): each is replaced, by one new module (still shared)
+    for name, m in model.named_modules(remove_duplicate=False):
         if type(m) in (nn.MaxPool2d, nn.AdaptiveMaxPool2d):
             if m.return_indices:
                 raise ConfigError(f"swap_pools: {name} ({type(m).__name__}) has "
@@ -75,14 +79,20 @@ def swap_pools(model: nn.Module, beta, normalized: bool = False, learnable: bool
                 raise ConfigError(f"swap_pools: the model itself is a {type(m).__name__}; "
                                   "build SmoothMaxPool2d directly")
             found.append((name, m))
+    made: dict[int, nn.Module] = {}
     for name, m in found:
-        if type(m) is nn.MaxPool2d:
-            new = SmoothMaxPool2d(beta, m.kernel_size, m.stride, normalized, learnable, ties,
-                                  padding=m.padding, dilation=m.dilation, ceil_mode=m.ceil_mode)
-        else:
-            new = SmoothAdaptiveMaxPool2d(beta, m.output_size, normalized, learnable, ties)
-        new._dnnlab_name = name or None
-        new.train(m.training)
+        new = made.get(id(m))
+        if new is None:
+            if type(m) is nn.MaxPool2d:
+                new = SmoothMaxPool2d(beta, m.kernel_size, m.stride, m.padding, m.dilation,
+                                      ceil_mode=m.ceil_mode, normalized=normalized,
+                                      learnable=learnable, ties=ties)
+            else:
+                new = SmoothAdaptiveMaxPool2d(beta, m.output_size, normalized=normalized,
+                                              learnable=learnable, ties=ties)
+            new._dnnlab_name = name or None
+            new.train(m.training)
+            made[id(m)] = new
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, new)
     return model

@@ -26,18 +26,28 @@ def out_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
 
 def check_like_max_pool2d(owner: str, x: torch.Tensor, kernel, stride, padding, dilation,
                           ceil_mode: bool) -> None:
-    """Raise what F.max_pool2d raises for these arguments and x's shape (same type, torch's
-    message after `owner: `): its own checks run on a (1, 1, H, W) CPU stand-in of zeros."""
-    stand_in = torch.zeros((1, 1, *x.shape[-2:]))
+    """Raise what F.max_pool2d (kernel None: F.adaptive_max_pool2d(x, 1)) raises for these
+    arguments and x's shape and dtype (same type, torch's message after `owner: `): its own
+    checks run on a CPU stand-in of zeros of x's dtype and (H, W), with at most one channel
+    and one sample (zero where x has none)."""
+    shape = [min(n, 1) for n in x.shape[:-2]] + list(x.shape[-2:])
+    stand_in = torch.zeros(shape, dtype=x.dtype)
     try:
-        F.max_pool2d(stand_in, kernel, stride, padding, dilation, ceil_mode)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0].replace("(1x", f"({x.shape[-3]}x")  # C, not 1
+        if kernel is None:
+            F.adaptive_max_pool2d(stand_in, 1)
+        else:
+            F.max_pool2d(stand_in, kernel, stride, padding, dilation, ceil_mode)
+    except (RuntimeError, NotImplementedError) as e:
+        first = str(e).splitlines()[0]
+        if x.dim() >= 3 and x.shape[-3] > 1:
+            first = first.replace("(1x", f"({x.shape[-3]}x")  # C, not 1
         raise type(e)(f"{owner}: {first}") from None
 
 
-def windows(x: torch.Tensor, kernel, stride, padding, dilation, ceil_mode: bool):
-    """(B, C, H, W) -> (B, C, H_out, W_out, kh, kw), a view of x padded with -inf: window
+def windows(x: torch.Tensor, kernel, stride, padding, dilation, ceil_mode: bool,
+            pad_value: float = -math.inf):
+    """(B, C, H, W) -> (B, C, H_out, W_out, kh, kw), a view of x padded with -inf (or
+    `pad_value`: an integer input's smallest value, a mask's 0): window
     (i, j) holds x[h, w] at h = i*sh - ph + a*dh, w = j*sw - pw + b*dw (a < kh, b < kw)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     h, w = x.shape[-2:]
@@ -48,6 +58,6 @@ def windows(x: torch.Tensor, kernel, stride, padding, dilation, ceil_mode: bool)
     pb = max(ph, (ho - 1) * sh + spans[0] - h - ph)
     pr = max(pw, (wo - 1) * sw + spans[1] - w - pw)
     if ph or pw or pb or pr:
-        x = F.pad(x, (pw, pr, ph, pb), value=-math.inf)  # (B, C, H + ph + pb, W + pw + pr)
+        x = F.pad(x, (pw, pr, ph, pb), value=pad_value)  # (B, C, H + ph + pb, W + pw + pr)
     win = x.unfold(2, spans[0], sh)[:, :, :ho, :, ::dh]  # (B, C, Ho, W', kh)
     return win.unfold(3, spans[1], sw)[:, :, :, :wo, :, ::dw]  # (B, C, Ho, Wo, kh, kw)
