@@ -14,7 +14,7 @@ Three tables:
 3. The chain (dnnlab.conv.chain, docs/math.md (4)): forward+backward of the matrix form (A_w
    formed, O(n^2)) against the conv form (O(n f)) for n = 2^6 .. 2^14.
 
-Timing: dnnlab.timing.median_seconds (torch.utils.benchmark.Timer: as many runs as fit in
+Timing: dnnlab.core.timing.median_seconds (torch.utils.benchmark.Timer: as many runs as fit in
 `min_run_time` after a warm-up, the median; CUDA synchronized). Each variant is timed in its own
 block; table 3 as dnnlab.conv.scaling does it (the matrix form's gigabyte allocations would
 otherwise charge the conv form with page faults).
@@ -38,8 +38,8 @@ from rich.table import Table
 
 from dnnlab.conv.function import weight_grad_mode
 from dnnlab.conv.scaling import log2_label, measure_row
+from dnnlab.core.timing import median_seconds
 from dnnlab.nn import Conv2d, swap_convs
-from dnnlab.timing import median_seconds
 
 TIME_TARGET, MEM_TARGET = 1.10, 1.0
 console = Console(width=132)  # wide enough for the tables when piped to a file
@@ -51,7 +51,7 @@ def sync(device):
 
 
 def medians(fns: dict, min_run_time: float) -> dict[str, float]:
-    """Median seconds of each fn (dnnlab.timing.median_seconds)."""
+    """Median seconds of each fn (dnnlab.core.timing.median_seconds)."""
     return {k: median_seconds(fn, min_run_time=min_run_time) for k, fn in fns.items()}
 
 

@@ -3,7 +3,7 @@ dnnlab.smoothmax.reference.smooth_max_reference (torch.logsumexp(beta (x - c)) /
 
     python -m benchmarks.smooth_max [--quick] [--beta 2.0] [--min-run-time 0.5] [--threads N]
 
-For each shape and device it times forward + backward (dnnlab.timing.median_seconds: the median
+For each shape and device it times forward + backward (dnnlab.core.timing.median_seconds: the median
 over as many runs as fit in --min-run-time, after a warm-up) and measures memory, then prints
 the ratios ours / reference against the targets: time ratio <= 1.2, memory ratio <= 1.0
 (docs/smoothmax.md).
@@ -28,9 +28,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from dnnlab.core.timing import median_seconds, torch_threads
 from dnnlab.smoothmax.functional import smooth_max
 from dnnlab.smoothmax.reference import smooth_max_reference
-from dnnlab.timing import median_seconds, torch_threads
 
 TIME_TARGET, MEMORY_TARGET = 1.2, 1.0
 

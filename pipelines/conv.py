@@ -13,13 +13,13 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from dnnlab.cli import console, launch, status
-from dnnlab.config import register
 from dnnlab.conv.experiment import ConvResult, ConvSettings, check_real_nets
 from dnnlab.conv.experiment import run as run_conv
 from dnnlab.conv.plots import plot_scaling
-from dnnlab.errors import DnnlabError
-from dnnlab.runtime import Run, run_job
+from dnnlab.core.errors import DnnlabError
+from dnnlab.run.cli import console, launch, status
+from dnnlab.run.config import register
+from dnnlab.run.runtime import Run, run_job
 
 register("conv")
 

@@ -18,16 +18,16 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from dnnlab.cli import console, launch, status
-from dnnlab.config import register
-from dnnlab.errors import ConfigError, DnnlabError
-from dnnlab.models import build_model
+from dnnlab.core.errors import ConfigError, DnnlabError
 from dnnlab.opcount.costs import cost_outputs
 from dnnlab.opcount.experiment import OpcountResult, OpcountSettings, run
 from dnnlab.opcount.plots import plot_per_layer
 from dnnlab.opcount.rollup import rollup_tree
 from dnnlab.opcount.zoo import default_input_shape, make_inputs
-from dnnlab.runtime import Run, run_job
+from dnnlab.run.cli import console, launch, status
+from dnnlab.run.config import register
+from dnnlab.run.models import build_model
+from dnnlab.run.runtime import Run, run_job
 
 register("opcount")
 

@@ -19,10 +19,10 @@ import traceback
 import hydra
 from omegaconf import DictConfig
 
-from dnnlab.cli import console, launch, status
-from dnnlab.config import register, settings_of
-from dnnlab.errors import DnnlabError, first_line
-from dnnlab.runtime import Run, run_job
+from dnnlab.core.errors import DnnlabError, first_line
+from dnnlab.run.cli import console, launch, status
+from dnnlab.run.config import register, settings_of
+from dnnlab.run.runtime import Run, run_job
 
 register("reproduce")
 HEADER = ("# dnnlab: the results of docs/math.md, measured\n\nEvery number below was measured by "

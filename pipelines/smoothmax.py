@@ -17,9 +17,9 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from dnnlab.cli import console, launch, status
-from dnnlab.config import register
-from dnnlab.runtime import Run, run_job
+from dnnlab.run.cli import console, launch, status
+from dnnlab.run.config import register
+from dnnlab.run.runtime import Run, run_job
 from dnnlab.smoothmax import limits
 from dnnlab.smoothmax.limits import HISTORY, LimitsResult, LimitsSettings
 from dnnlab.smoothmax.plots import make_plots

@@ -10,10 +10,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.cli import console, launch
-from dnnlab.config import register, resolved_with
-from dnnlab.models import build_model, instantiate_spec
-from dnnlab.runtime import Run, run_job
+from dnnlab.run.cli import console, launch
+from dnnlab.run.config import register, resolved_with
+from dnnlab.run.models import build_model, instantiate_spec
+from dnnlab.run.runtime import Run, run_job
 from dnnlab.train import loop
 from dnnlab.train.data import Batches, check_fits
 from dnnlab.train.logs import TrainLogs, wandb_config

@@ -11,8 +11,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from dnnlab.config import SETTINGS, register, schema, to_settings
-from dnnlab.models import build_model
+from dnnlab.run.config import SETTINGS, register, schema, to_settings
+from dnnlab.run.models import build_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -82,7 +82,8 @@ def test_every_experiment_composes(experiment, tmp_path):
 def test_a_users_model_folder_on_the_search_path(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "mynet.yaml").write_text(
-        "name: mynet\ninput_shape: [1, 1, 8]\nbuilder:\n  _target_: dnnlab.models.build_layers\n"
+        "name: mynet\ninput_shape: [1, 1, 8]\nbuilder:\n"
+        "  _target_: dnnlab.run.models.build_layers\n"
         "  layers:\n    - {type: Conv1d, in_channels: 1, out_channels: 2, kernel_size: 3}\n")
     cfg = _compose("opcount", [f"hydra.searchpath=[file://{tmp_path}]", "model=mynet"])
     assert cfg.model.name == "mynet"

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from dnnlab import beta as betas
-from dnnlab import dtypes, plots, timing
-from dnnlab.errors import ConfigError, require
-from dnnlab.table import Table, jsonable
+from dnnlab.core import beta as betas
+from dnnlab.core import dtypes, plots, timing
+from dnnlab.core.errors import ConfigError, require
+from dnnlab.core.table import Table, jsonable
 
 
 @pytest.mark.parametrize("name", ["float64", "float32", "float16", "bfloat16"])

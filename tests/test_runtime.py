@@ -13,17 +13,17 @@ from dataclasses import dataclass
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from dnnlab import cli
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.errors import ConfigError, ShapeError
+from dnnlab.run import cli
 
 APP = '''
 from dataclasses import dataclass, field
 from enum import Enum
 import hydra
 from hydra.core.config_store import ConfigStore
-from dnnlab.settings import JobConfig
-from dnnlab.errors import ShapeError, require
-from dnnlab.runtime import run_job
+from dnnlab.run.settings import JobConfig
+from dnnlab.core.errors import ShapeError, require
+from dnnlab.run.runtime import run_job
 
 class Mode(str, Enum):
     a = "a"
@@ -73,7 +73,7 @@ def app(tmp_path, monkeypatch):
         hydra:
           run: {{dir: {tmp_path}/run}}
           sweep: {{dir: {tmp_path}/multi}}
-          callbacks: {{failed_jobs: {{_target_: dnnlab.sweep_dir.FailedJobs}}}}
+          callbacks: {{failed_jobs: {{_target_: dnnlab.run.sweep_dir.FailedJobs}}}}
     """))
     (conf / "group" / "a.yaml").write_text("# @package _global_\nflag: true\n")
     (conf / "group" / "b.yaml").write_text("# @package _global_\nflag: false\n")
@@ -171,7 +171,7 @@ class _Tiny:
 
 
 def test_settings_of_names_the_section_key():
-    from dnnlab.config import settings_of
+    from dnnlab.run.config import settings_of
 
     assert settings_of(_Tiny, {"n": 3}, "conv").n == 3
     with pytest.raises(ConfigError, match=r"^conv\.n: Value 'x'"):
@@ -184,7 +184,7 @@ def test_sweep_summary_callback_records_failures_and_logs_to_wandb(tmp_path):
     from hydra.core.utils import JobReturn, JobStatus
     from omegaconf import OmegaConf
 
-    from dnnlab.train.sweep import SweepSummary
+    from dnnlab.run.train_sweep import SweepSummary
     from tests.wandb_reader import find_runs, summarize
 
     sweep = tmp_path / "multi"
@@ -222,7 +222,7 @@ def test_sweep_summary_callback_records_failures_and_logs_to_wandb(tmp_path):
 
 
 def test_a_locked_run_dir_names_its_holder_and_is_free_again(tmp_path):
-    from dnnlab.lock import RunDirInUse, RunLock
+    from dnnlab.run.lock import RunDirInUse, RunLock
 
     with RunLock(tmp_path / "run"):
         assert (tmp_path / "run" / ".lock").read_text() == str(os.getpid())

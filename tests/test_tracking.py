@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from dnnlab import naming, tracking
-from dnnlab.plots import plt, save
-from dnnlab.results import Results, read_json, write_json
-from dnnlab.settings import RunNameRule, WandbConfig, WandbMode
-from dnnlab.table import Table
+from dnnlab.core.plots import plt, save
+from dnnlab.core.table import Table
+from dnnlab.run import naming, tracking
+from dnnlab.run.results import Results, read_json, write_json
+from dnnlab.run.settings import RunNameRule, WandbConfig, WandbMode
 from dnnlab.train.resume import DISCARDED, replay
 from tests.wandb_reader import find_runs, summarize
 

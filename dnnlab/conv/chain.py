@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from dnnlab.conv.modules import Conv1d
 from dnnlab.conv.toeplitz import toeplitz
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.errors import ConfigError, ShapeError
 
 # ----------------------------------------------------------------------------------------------
 # activations: sigma and sigma' (sigma'(A_{w_l} y_{l-1} + b_l 1) of docs/math.md (4a))

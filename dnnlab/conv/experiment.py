@@ -24,10 +24,10 @@ from omegaconf import MISSING
 from dnnlab.conv import scaling as cost
 from dnnlab.conv import verify
 from dnnlab.conv.chain import Activation, ChainSpec
-from dnnlab.dtypes import DType, tolerance_for, torch_dtype
-from dnnlab.errors import ConfigError, ShapeError, require
-from dnnlab.table import Table
-from dnnlab.timing import torch_threads
+from dnnlab.core.dtypes import DType, tolerance_for, torch_dtype
+from dnnlab.core.errors import ConfigError, ShapeError, require
+from dnnlab.core.table import Table
+from dnnlab.core.timing import torch_threads
 
 
 class ConfigShapeError(ShapeError, ConfigError):

@@ -32,7 +32,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from dnnlab import amp
+from dnnlab.core import amp
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnnlab.conv.function import CONV, apply_conv
-from dnnlab.errors import ShapeError
+from dnnlab.core.errors import ShapeError
 
 
 def _fmt(t) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dnnlab.conv.scaling import log2_label
-from dnnlab.plots import plt, save
+from dnnlab.core.plots import plt, save
 
 
 def plot_scaling(result, path: Path) -> Path:

@@ -5,7 +5,7 @@ memory) against the conv form (docs/math.md (4b), O(n f)), forward+backward.
     analysis = analyse(rows)         # crossover, ratios, log-log slopes
     crossover_sentence(rows, analysis, max_matrix_bytes=2e9)
 
-Timing goes through dnnlab.timing (torch.utils.benchmark.Timer, median of the runs).
+Timing goes through dnnlab.core.timing (torch.utils.benchmark.Timer, median of the runs).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from dnnlab.conv.chain import METHODS, ChainSpec, forward_conv, forward_matrix, init_params
-from dnnlab.timing import median_seconds
+from dnnlab.core.timing import median_seconds
 
 FORMS = ("matrix", "conv")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from dnnlab.errors import ShapeError
+from dnnlab.core.errors import ShapeError
 
 
 def toeplitz(w: torch.Tensor, n_in: int) -> torch.Tensor:

@@ -8,7 +8,7 @@
   parameter's and the input's gradient.
 
 Each comparison row is {"net", "a", "b", "param", "max_abs_err", "max_rel_err", "passed"}: the
-max abs error and the max abs error / max |a| (dnnlab.dtypes.max_errors); a row passes when
+max abs error and the max abs error / max |a| (dnnlab.core.dtypes.max_errors); a row passes when
 either is <= the tolerance (NaN fails both).
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from torch.autograd.gradcheck import GradcheckError
 from dnnlab.conv.chain import ACTIVATIONS, METHODS, ChainSpec, init_params
 from dnnlab.conv.function import apply_conv, weight_grad_mode
 from dnnlab.conv.modules import OUR_CONVS, swap_convs
-from dnnlab.dtypes import dtype_name, max_errors
-from dnnlab.errors import ShapeError, first_line
-from dnnlab.timing import torch_threads
+from dnnlab.core.dtypes import dtype_name, max_errors
+from dnnlab.core.errors import ShapeError, first_line
+from dnnlab.core.timing import torch_threads
 
 
 def passes(abs_err: float, rel_err: float, tol: float) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from dnnlab.errors import ConfigError, DnnlabError, first_line
+from dnnlab.core.errors import ConfigError, DnnlabError, first_line
 
 INSTALL = "pip install -e '.[zoo]'"
 

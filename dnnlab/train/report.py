@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from dnnlab.beta import parse_beta
-from dnnlab.errors import require
-from dnnlab.models import SmoothMaxCNN
-from dnnlab.report import Section
-from dnnlab.results import write_json
-from dnnlab.table import Table
+from dnnlab.core.beta import parse_beta
+from dnnlab.core.errors import require
+from dnnlab.core.table import Table
+from dnnlab.run.models import SmoothMaxCNN
+from dnnlab.run.report import Section
+from dnnlab.run.results import write_json
 from dnnlab.train.data import Batches, digits
 from dnnlab.train.groups import compare_adjacent, group_jobs
 from dnnlab.train.loop import fit, resolve_device, seed_everything

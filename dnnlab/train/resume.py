@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from dnnlab.errors import ConfigError, DnnlabError, first_line
-from dnnlab.table import jsonable
+from dnnlab.core.errors import ConfigError, DnnlabError, first_line
+from dnnlab.core.table import jsonable
 
 MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "trainer.checkpoint_every",
               "wandb.mode",
@@ -130,9 +130,9 @@ def resume_or_start(ck: Checkpoint, switch: Any, config_now: Callable[[dict], di
     """trainer.resume (docs/train.md, "Resume"): True (resume: `ck.start` set) when `switch` is
     true, or auto and the run dir holds a checkpoint; a checkpoint of another config is
     refused. One rule says a run is done: results.json says done and the checkpoint's config
-    is this one; then NothingToDo (dnnlab.runtime) with the old results."""
-    from dnnlab.results import Results
-    from dnnlab.runtime import NothingToDo
+    is this one; then NothingToDo (dnnlab.run.runtime) with the old results."""
+    from dnnlab.run.results import Results
+    from dnnlab.run.runtime import NothingToDo
 
     if not (switch is True or (switch == "auto" and ck.exists())):
         return False

@@ -15,7 +15,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as PluginSweeper
 from omegaconf import DictConfig
 
-from dnnlab.sweep_dir import job_dirs
+from dnnlab.run.sweep_dir import job_dirs
 
 
 class OptunaSweeper(PluginSweeper):

@@ -14,7 +14,7 @@ from dnnlab.conv.chain import (
     grads_matrix,
     init_params,
 )
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.errors import ConfigError, ShapeError
 
 f64 = torch.float64
 

@@ -5,10 +5,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from dnnlab.config import register, settings_of, to_settings
 from dnnlab.conv.experiment import ConvSettings, run
-from dnnlab.dtypes import DType
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.dtypes import DType
+from dnnlab.core.errors import ConfigError, ShapeError
+from dnnlab.run.config import register, settings_of, to_settings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 FAST = {"real_nets": [], "gradcheck": False,

@@ -1,6 +1,6 @@
 """The main job's conv section (dnnlab.conv.report) and the scaling plot, in-process."""
-from dnnlab.config import settings_of
 from dnnlab.conv.report import ReportSettings, report_section
+from dnnlab.run.config import settings_of
 
 
 def test_report_defaults_are_the_fast_ones():

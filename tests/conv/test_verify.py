@@ -13,7 +13,7 @@ from dnnlab.conv.verify import (
     pair_summary,
     passes,
 )
-from dnnlab.errors import ShapeError
+from dnnlab.core.errors import ShapeError
 
 SPEC = ChainSpec(n0=64, filters=[5, 3, 3], activation="sigmoid")
 METHODS = ["matrix", "conv", "autograd", "dnnlab"]

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from dnnlab.config import settings_of
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
 from dnnlab.opcount.report import CLAIM, ReportSettings, report_section
+from dnnlab.run.config import settings_of
 
 
 def test_report_settings():

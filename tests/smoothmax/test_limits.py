@@ -10,9 +10,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from dnnlab.config import register, to_settings
-from dnnlab.dtypes import DType
-from dnnlab.errors import ConfigError
+from dnnlab.core.dtypes import DType
+from dnnlab.core.errors import ConfigError
+from dnnlab.run.config import register, to_settings
 from dnnlab.smoothmax.limits import (
     BetaGrid,
     Distribution,

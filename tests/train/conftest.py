@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from dnnlab.config import register
+from dnnlab.run.config import register
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 register("train")

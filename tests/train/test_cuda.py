@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnnlab.models import SmoothMaxCNN
+from dnnlab.run.models import SmoothMaxCNN
 from dnnlab.train import Batches, TrainerSettings, fit, seed_everything
 from dnnlab.train.data import digits
 

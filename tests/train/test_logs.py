@@ -7,10 +7,10 @@ import json
 
 import torch
 
-from dnnlab.beta import BETA_INF_FLOAT
-from dnnlab.models import SmoothMaxCNN
-from dnnlab.settings import WandbConfig
-from dnnlab.tracking import MIRROR, Tracker
+from dnnlab.core.beta import BETA_INF_FLOAT
+from dnnlab.run.models import SmoothMaxCNN
+from dnnlab.run.settings import WandbConfig
+from dnnlab.run.tracking import MIRROR, Tracker
 from dnnlab.train.logs import BEST, METRICS, PROBE_COLUMNS, TrainLogs, read_probes
 from dnnlab.train.records import EpochEnd, TrainResult
 from dnnlab.train.resume import DISCARDED, replay

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dnnlab.config import settings_of, to_settings
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
+from dnnlab.run.config import settings_of, to_settings
 from dnnlab.train import report
 from dnnlab.train.report import ReportSettings, report_section
 from tests.train.conftest import compose_train
@@ -20,7 +20,7 @@ def test_constants_are_the_configs_defaults():
     ds = dict(s.data.dataset)
     assert ds.pop("_target_") == "dnnlab.train.data.digits" and ds == report.DATASET
     builder = dict(s.model["builder"])
-    assert builder.pop("_target_") == "dnnlab.models.SmoothMaxCNN"
+    assert builder.pop("_target_") == "dnnlab.run.models.SmoothMaxCNN"
     assert builder.pop("beta") == 4.0 and builder == report.MODEL
     opt = dict(s.optimizer)
     assert (opt.pop("_target_"), opt.pop("_partial_")) == ("torch.optim.Adam", True)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dnnlab.config import resolved_with
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
+from dnnlab.run.config import resolved_with
 from dnnlab.train.resume import (
     MAY_CHANGE,
     Checkpoint,

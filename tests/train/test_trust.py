@@ -15,8 +15,8 @@ import time
 import pytest
 import torch
 
-from dnnlab.models import SmoothMaxCNN
 from dnnlab.opcount import count_ops
+from dnnlab.run.models import SmoothMaxCNN
 from tests.conftest import ROOT
 from tests.wandb_reader import find_runs, read_records, summarize
 
@@ -236,7 +236,7 @@ def test_serial_and_joblib_give_the_same_metrics(pipeline, tmp_path):
 
 # ------------------------------------------------------------------------ 6. offline data
 def test_offline_data_error_names_the_files_and_leaves_no_dirs(tmp_path):
-    from dnnlab.errors import ConfigError
+    from dnnlab.core.errors import ConfigError
     from dnnlab.train.data import cifar10, mnist
 
     root = tmp_path / "data"

@@ -1,6 +1,6 @@
 """results.json, the record of one job: one owner, one writer.
 
-    results = Results(run_dir)            # made by dnnlab.runtime.run_job, handed to the job
+    results = Results(run_dir)            # made by dnnlab.run.runtime.run_job, handed to the job
     results.update(test_accuracy=0.97)    # merged and written now (atomically)
 
 A job is the only one that fills it; the runtime adds `status` (running, then done, failed or
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dnnlab.table import jsonable
+from dnnlab.core.table import jsonable
 
 FILE = "results.json"
 

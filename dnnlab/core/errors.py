@@ -16,7 +16,7 @@ class ConfigError(DnnlabError, ValueError):
     """A config key has a bad value. The message names the key and the value.
 
     `ConfigError.at(key, value, expected)` reads `key=value: expected`; a settings dataclass
-    raises it with its own field name and the config loader (`dnnlab.config.to_settings`) adds
+    raises it with its own field name and the config loader (`dnnlab.run.config.to_settings`) adds
     the path of the node (`epochs` -> `trainer.epochs`).
     """
 

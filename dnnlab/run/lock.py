@@ -8,7 +8,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from dnnlab.errors import DnnlabError
+from dnnlab.core.errors import DnnlabError
 
 FILE = ".lock"
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dnnlab.errors import require
-from dnnlab.table import Table
+from dnnlab.core.errors import require
+from dnnlab.core.table import Table
 
 SECTIONS = ("smoothmax", "opcount", "conv", "train")  # the order of docs/math.md
 

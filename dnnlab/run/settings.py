@@ -1,13 +1,13 @@
 """The settings every job shares, whatever its pipeline: `wandb` (conf/wandb/default.yaml, the
 run name rule from the pipeline's primary config) and `paths` (conf/paths/default.yaml).
-dnnlab.config adds them to each pipeline's schema."""
+dnnlab.run.config adds them to each pipeline's schema."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from dnnlab.errors import require
+from dnnlab.core.errors import require
 
 
 class WandbMode(str, Enum):
@@ -46,7 +46,7 @@ class RunNameRule:
 
 @dataclass
 class WandbConfig:
-    """Weights & Biases, one run per job (dnnlab.tracking)."""
+    """Weights & Biases, one run per job (dnnlab.run.tracking)."""
 
     mode: WandbMode = WandbMode.offline
     project: str = "dnnlab"

@@ -1,12 +1,12 @@
 """W&B run names and tags from the rule a pipeline's config declares (`wandb.run_name`,
-dnnlab.config.RunNameRule): `train-smoothmax_cnn-beta4-epochs=3`, tagged `train`,
+dnnlab.run.config.RunNameRule): `train-smoothmax_cnn-beta4-epochs=3`, tagged `train`,
 `smoothmax_cnn`, the experiment preset."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from dnnlab.settings import RunNameRule
+from dnnlab.run.settings import RunNameRule
 
 JOB_GROUPS = ("hydra", "wandb", "paths")  # where and how a job runs: never in a run name
 NAME_MAX = 100  # characters of a run name

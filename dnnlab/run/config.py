@@ -5,7 +5,7 @@ Each topic defines its experiment's settings as a dataclass (types, defaults, ra
 job shares (`wandb`, `paths`). A primary YAML lists `<pipeline>_schema` first, so Hydra checks
 types while composing (`trainer.epochs=abc` fails, naming the key) and `to_settings(cfg)` runs
 the dataclasses' own checks with the full key (`trainer.epochs=0: must be >= 1`) and refuses
-keys the schema lacks (`+trainer.epoch=3`). The groups every job shares are dnnlab.settings.
+keys the schema lacks (`+trainer.epoch=3`). The groups every job shares are dnnlab.run.settings.
 Library functions take the typed settings, never a DictConfig.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from dnnlab.errors import ConfigError, UnknownKeyError, first_line
-from dnnlab.settings import JobConfig
+from dnnlab.core.errors import ConfigError, UnknownKeyError, first_line
+from dnnlab.run.settings import JobConfig
 
 # pipeline -> (module, settings class): the topic's settings, which the schema extends
 SETTINGS: dict[str, tuple[str, str]] = {
@@ -28,7 +28,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "opcount": ("dnnlab.opcount.experiment", "OpcountSettings"),
     "conv": ("dnnlab.conv.experiment", "ConvSettings"),
     "train": ("dnnlab.train.settings", "TrainSettings"),
-    "reproduce": ("dnnlab.report", "reproduce_settings"),  # a function: the schema it builds
+    "reproduce": ("dnnlab.run.report", "reproduce_settings"),  # a function: the schema it builds
 }
 
 
@@ -44,7 +44,7 @@ def schema(pipeline: str) -> type:
 
 def register(*pipelines: str) -> None:
     """Store `<pipeline>_schema` in Hydra's ConfigStore (all pipelines when none is named)."""
-    from dnnlab import hydra_job  # noqa: F401 - the resolvers conf/hydra/default.yaml uses
+    from dnnlab.run import hydra_job  # noqa: F401 - the resolvers conf/hydra/default.yaml uses
 
     cs = ConfigStore.instance()
     for p in pipelines or tuple(SETTINGS):

@@ -3,8 +3,8 @@ run, errors as one line. A pipeline's `main` is `return run_job(cfg, "smoothmax"
 
 `run_job` locks the run dir, checks the config into typed settings, runs the pipeline's
 `prepare` (everything that can refuse the config; it writes nothing), then the job with a
-`Run`: its `results` (results.json, dnnlab.results.Results), its `tracker` (the W&B run and
-metrics.jsonl) and its overrides. `launch` (dnnlab.cli) reports errors in one line.
+`Run`: its `results` (results.json, dnnlab.run.results.Results), its `tracker` (the W&B run and
+metrics.jsonl) and its overrides. `launch` (dnnlab.run.cli) reports errors in one line.
 """
 from __future__ import annotations
 
@@ -20,16 +20,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab import hydra_job
-from dnnlab.cli import console, err_console, error_line
-from dnnlab.config import to_settings
-from dnnlab.distributed import World
-from dnnlab.errors import DnnlabError
-from dnnlab.lock import RunLock
-from dnnlab.naming import run_name, run_tags
-from dnnlab.results import Results, write_json
-from dnnlab.sweep_dir import FAILED
-from dnnlab.tracking import MIRROR, Tracker, stored_run_id
+from dnnlab.core.distributed import World
+from dnnlab.core.errors import DnnlabError
+from dnnlab.run import hydra_job
+from dnnlab.run.cli import console, err_console, error_line
+from dnnlab.run.config import to_settings
+from dnnlab.run.lock import RunLock
+from dnnlab.run.naming import run_name, run_tags
+from dnnlab.run.results import Results, write_json
+from dnnlab.run.sweep_dir import FAILED
+from dnnlab.run.tracking import MIRROR, Tracker, stored_run_id
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
 
 INF = math.inf
 

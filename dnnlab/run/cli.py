@@ -13,7 +13,7 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-from dnnlab.errors import DnnlabError, first_line
+from dnnlab.core.errors import DnnlabError, first_line
 
 console = Console() if Console().is_terminal else Console(width=150)
 err_console = Console(stderr=True)

@@ -7,7 +7,7 @@
         tr.summary(reconciled=True)              # W&B summary
         tr.artifact("model", "model", [ckpt], aliases=["best"])
 
-It knows no pipeline: the runtime hands it a name and tags (dnnlab.naming). metrics.jsonl holds
+It knows no pipeline: the runtime hands it a name and tags (dnnlab.run.naming). metrics.jsonl holds
 what went to the W&B history: a line per `log` (with `_step`), a `{"<key>": {"_type": "table" |
 "image", "path": ...}}` line per table or image. No infinities reach W&B (inf is "inf").
 wandb_run.json keeps the run id, for a resume to continue the run. Online W&B that does not
@@ -27,10 +27,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from dnnlab.errors import first_line
-from dnnlab.results import read_json, write_json
-from dnnlab.settings import WandbConfig, WandbMode
-from dnnlab.table import Table, jsonable
+from dnnlab.core.errors import first_line
+from dnnlab.core.table import Table, jsonable
+from dnnlab.run.results import read_json, write_json
+from dnnlab.run.settings import WandbConfig, WandbMode
 
 ID_FILE = "wandb_run.json"  # the W&B run id of a run dir, for a resume to continue it
 MIRROR = "metrics.jsonl"

@@ -19,16 +19,16 @@ from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.beta import LOG10_BETA_INF, log10_beta
-from dnnlab.cli import err_console
-from dnnlab.config import settings_of
-from dnnlab.distributed import World
-from dnnlab.naming import run_tags
-from dnnlab.results import Results, read_json, write_json
-from dnnlab.settings import WandbConfig
-from dnnlab.sweep_dir import FAILED, job_dirs, read_overrides
-from dnnlab.table import Table
-from dnnlab.tracking import Tracker
+from dnnlab.core.beta import LOG10_BETA_INF, log10_beta
+from dnnlab.core.distributed import World
+from dnnlab.core.table import Table
+from dnnlab.run.cli import err_console
+from dnnlab.run.config import settings_of
+from dnnlab.run.naming import run_tags
+from dnnlab.run.results import Results, read_json, write_json
+from dnnlab.run.settings import WandbConfig
+from dnnlab.run.sweep_dir import FAILED, job_dirs, read_overrides
+from dnnlab.run.tracking import Tracker
 from dnnlab.train.groups import METRICS, compare_adjacent, group_jobs, override_values, swept
 from dnnlab.train.plots import plot_temperature_sweep
 
@@ -82,7 +82,7 @@ def write_summary(sweep_dir: Path) -> dict:
 
 def summary_table(summary: dict) -> Table:
     """The jobs of a summary as a Table, ordered by beta, with a numeric `log10_beta`
-    (dnnlab.beta.log10_beta) for W&B's line plots; beta as text: a number, "inf", or for a
+    (dnnlab.core.beta.log10_beta) for W&B's line plots; beta as text: a number, "inf", or for a
     learnable beta "learnable" and each pooling layer's final value: "learnable (5.02, 4.93)".
     """
 

@@ -50,7 +50,7 @@ def current() -> HydraJob:
 
 
 def write_hydra_dir(run_dir: Path, cfg: DictConfig) -> None:
-    """`.hydra/` (config.yaml, hydra.yaml, overrides.yaml), written by dnnlab.runtime once the
+    """`.hydra/` (config.yaml, hydra.yaml, overrides.yaml), written by dnnlab.run.runtime once the
     config is accepted (conf/hydra/default.yaml: output_subdir null), so that a refused config
     or resume leaves an existing run's record as it was."""
     from hydra.core.hydra_config import HydraConfig

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from dnnlab.errors import ConfigError, DnnlabError
+from dnnlab.core.errors import ConfigError, DnnlabError
 
 
 def _resolve_type(name: str, where: str) -> type:
@@ -116,8 +116,8 @@ class SmoothMaxCNN(torch.nn.Module):
                  learnable: bool = False, normalized: bool = False,
                  ties: str = "shared") -> None:
         super().__init__()
-        from dnnlab.beta import parse_beta
-        from dnnlab.errors import require
+        from dnnlab.core.beta import parse_beta
+        from dnnlab.core.errors import require
         from dnnlab.nn import Conv2d, SmoothMaxPool2d
 
         beta = parse_beta(beta, "model.pool.beta")
