@@ -33,6 +33,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dnnlab pipelines tests benchmarks conf hydra_plugins
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/opcount.py

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from dnnlab.core.timing import median_seconds
 from dnnlab.opcount import build_meta, count_ops, torchvision_input_shape
-from dnnlab.run.models import materialize
+from dnnlab.opcount.build import materialize
 
 warnings.filterwarnings("ignore")
 logging.getLogger("fvcore").setLevel(logging.ERROR)

@@ -55,10 +55,10 @@ from torch import nn
 from dnnlab.core.errors import ConfigError
 from dnnlab.core.table import Table
 from dnnlab.core.timing import PairedTiming, paired_ratio, torch_threads
-from dnnlab.run.models import SmoothMaxCNN
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
 from dnnlab.smoothmax.reference import smooth_max_reference
 from dnnlab.train.loop import resolve_device
+from dnnlab.train.model import SmoothMaxCNN
 
 
 class LogSumExpPool2d(nn.Module):

@@ -21,7 +21,7 @@ from dnnlab.run.cli import console, launch, status
 from dnnlab.run.config import register
 from dnnlab.run.runtime import Run, run_job
 
-register("conv")
+register("conv", ConvSettings)
 
 
 def prepare(settings: ConvSettings, cfg: DictConfig, run_dir) -> ConvSettings:

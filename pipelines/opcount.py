@@ -29,7 +29,7 @@ from dnnlab.run.config import register
 from dnnlab.run.models import build_model
 from dnnlab.run.runtime import Run, run_job
 
-register("opcount")
+register("opcount", OpcountSettings)
 
 
 @dataclass

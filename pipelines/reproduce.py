@@ -22,9 +22,10 @@ from omegaconf import DictConfig
 from dnnlab.core.errors import DnnlabError, first_line
 from dnnlab.run.cli import console, launch, status
 from dnnlab.run.config import register, settings_of
+from dnnlab.run.report import reproduce_settings
 from dnnlab.run.runtime import Run, run_job
 
-register("reproduce")
+register("reproduce", reproduce_settings)
 HEADER = ("# dnnlab: the results of docs/math.md, measured\n\nEvery number below was measured by "
           "this run; the equations cited, (1a) to (4b), are those of docs/math.md.\n")
 

@@ -24,7 +24,7 @@ from dnnlab.smoothmax import limits
 from dnnlab.smoothmax.limits import HISTORY, LimitsResult, LimitsSettings
 from dnnlab.smoothmax.plots import make_plots
 
-register("smoothmax")
+register("smoothmax", LimitsSettings)
 SUMMARY = ("all_bounds_hold", "worst_gap_bound_ratio", "worst_gap_bound_ratio_f64", "min_gap",
            "max_grad_err_autograd", "max_grad1_softmax_err", "grad_onehot_dist_monotone",
            "grad1_softmax_holds", "grad1_softmax_err", "grad_onehot_dist_at_max_beta",

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from dnnlab.run.cli import console, launch
 from dnnlab.run.config import register, resolved_with
 from dnnlab.run.models import build_model, instantiate_spec
+from dnnlab.run.resume import interrupted_line, replay, resume_command, resume_or_start
 from dnnlab.run.runtime import Run, run_job
 from dnnlab.train import loop
 from dnnlab.train.data import Batches, check_fits
@@ -20,16 +21,10 @@ from dnnlab.train.logs import TrainLogs, wandb_config
 from dnnlab.train.probes import pool_beta
 from dnnlab.train.progress import EpochBar, print_result
 from dnnlab.train.records import OnEpoch
-from dnnlab.train.resume import (
-    Checkpoint,
-    interrupted_line,
-    replay,
-    resume_command,
-    resume_or_start,
-)
+from dnnlab.train.resume import Checkpoint
 from dnnlab.train.settings import TrainSettings
 
-register("train")
+register("train", TrainSettings)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dnnlab.core import beta as betas
 from dnnlab.core import dtypes, plots, timing
 from dnnlab.core.errors import ConfigError, require
 from dnnlab.core.table import Table, jsonable
+from dnnlab.run.tracking import wandb_table
 
 
 @pytest.mark.parametrize("name", ["float64", "float32", "float16", "bfloat16"])
@@ -88,7 +89,7 @@ def test_table_renders_everywhere(tmp_path):
     assert rows[1] == ["features.0", "70276800", "True", "1x64x55x55", "inf"]
     rich = t.to_rich(max_rows=1)
     assert rich.row_count == 1 and "1 more rows" in rich.caption
-    w = t.to_wandb()
+    w = wandb_table(t)
     assert w.columns == t.columns and w.data[0][4] == "inf"
     with pytest.raises(ValueError, match="cells"):
         Table("bad", ["a", "b"], [[1]])

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from dnnlab.core.errors import ConfigError
-from dnnlab.run.models import SmoothMaxCNN, build_layers, build_model, instantiate_spec, materialize
+from dnnlab.opcount.build import materialize
+from dnnlab.run.models import build_layers, build_model, instantiate_spec
+from dnnlab.train.model import SmoothMaxCNN
 
 
 def test_build_layers_resolves_torch_and_dnnlab_names():
@@ -43,12 +45,12 @@ def test_instantiate_spec_plain_partial_and_errors():
     with pytest.raises(ConfigError, match=r"^data\.dataset="):
         instantiate_spec({"name": "x"}, "data.dataset")
     with pytest.raises(ConfigError, match=r"model\.pool\.beta=-1"):  # the target's own error
-        instantiate_spec({"_target_": "dnnlab.run.models.SmoothMaxCNN", "beta": -1},
+        instantiate_spec({"_target_": "dnnlab.train.model.SmoothMaxCNN", "beta": -1},
                          "model.builder")
 
 
 def test_build_model_on_meta_and_materialize():
-    spec = {"_target_": "dnnlab.run.models.SmoothMaxCNN", "channels": [4, 4, 4], "beta": 2.0}
+    spec = {"_target_": "dnnlab.train.model.SmoothMaxCNN", "channels": [4, 4, 4], "beta": 2.0}
     net = build_model(spec, device="meta", beta=math.inf)
     assert all(p.is_meta for p in net.parameters())
     assert net.features[4].beta == math.inf  # the override won

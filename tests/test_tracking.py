@@ -10,12 +10,13 @@ import time
 
 import pytest
 
+from dnnlab.core.jsonio import read_json, write_json
 from dnnlab.core.plots import plt, save
 from dnnlab.core.table import Table
 from dnnlab.run import naming, tracking
-from dnnlab.run.results import Results, read_json, write_json
+from dnnlab.run.results import Results
+from dnnlab.run.resume import DISCARDED, replay
 from dnnlab.run.settings import RunNameRule, WandbConfig, WandbMode
-from dnnlab.train.resume import DISCARDED, replay
 from tests.wandb_reader import find_runs, summarize
 
 

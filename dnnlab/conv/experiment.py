@@ -19,13 +19,12 @@ from enum import Enum
 from typing import Any
 
 import torch
-from omegaconf import MISSING
 
 from dnnlab.conv import scaling as cost
 from dnnlab.conv import verify
 from dnnlab.conv.chain import Activation, ChainSpec
 from dnnlab.core.dtypes import DType, tolerance_for, torch_dtype
-from dnnlab.core.errors import ConfigError, ShapeError, require
+from dnnlab.core.errors import MISSING, ConfigError, ShapeError, require
 from dnnlab.core.table import Table
 from dnnlab.core.timing import torch_threads
 

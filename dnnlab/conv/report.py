@@ -10,7 +10,7 @@ from dnnlab.conv.experiment import ConvSettings, RealNetSettings, ScalingSetting
 from dnnlab.conv.plots import plot_scaling
 from dnnlab.conv.scaling import log2_label
 from dnnlab.conv.verify import formula
-from dnnlab.run.report import Section
+from dnnlab.core.section import Section
 
 TITLE = "4. Convolution backprop"
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+MISSING = "???"  # a settings field the config must give (OmegaConf's marker: Hydra asks for it)
+
 
 class DnnlabError(Exception):
     """Base class: an error whose message is meant to be shown to a user as is."""

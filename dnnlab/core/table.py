@@ -1,9 +1,9 @@
 """One table type for every result: rendered to the terminal (rich), to markdown (report.md),
-to CSV (the run dir) and to W&B (wandb.Table).
+to CSV (the run dir); dnnlab.run.tracking turns it into a wandb.Table.
 
     t = Table("layers", ["layer", "MACs"], [["features.0", 70_276_800]], title="AlexNet",
               formats={"MACs": "{:,}"})
-    console.print(t.to_rich()); md = t.to_markdown(); t.to_csv(run_dir); run.log(t.to_wandb())
+    console.print(t.to_rich()); md = t.to_markdown(); t.to_csv(run_dir); tracker.table(t)
 """
 from __future__ import annotations
 
@@ -107,24 +107,12 @@ class Table:
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(self.columns)
-            w.writerows([[_csv(v) for v in r] for r in self.rows])
+            w.writerows([[csv_value(v) for v in r] for r in self.rows])
         return path
 
-    def to_wandb(self):
-        """A wandb.Table with the raw values (JSON-safe). W&B wants one type per column: a
-        column that mixes numbers and strings (inf is the string "inf") is written as text."""
-        import wandb
 
-        cols = [[_csv(r[j]) for r in self.rows] for j in range(len(self.columns))]
-        for j, col in enumerate(cols):
-            kinds = {type(v) if not isinstance(v, (int, float)) or isinstance(v, bool)
-                     else float for v in col if v is not None}
-            if len(kinds) > 1:
-                cols[j] = [None if v is None else str(v) for v in col]
-        return wandb.Table(columns=self.columns, data=[list(r) for r in zip(*cols)])
-
-
-def _csv(v: Any) -> Any:
+def csv_value(v: Any) -> Any:
+    """A cell as CSV and W&B take it: a shape as 2x3, inf as "inf"."""
     if isinstance(v, (list, tuple)):
         return "x".join(map(str, v))
     return jsonable(v)

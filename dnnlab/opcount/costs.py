@@ -37,9 +37,9 @@ def cost_outputs(model: torch.nn.Module, report: OpReport, run_dir: Path, *, nam
         out.images["roofline"] = plot_roofline(roof, run_dir / "roofline.png",
                                                f"{name} on {device}")
     if measure:
+        from dnnlab.opcount.build import materialize
         from dnnlab.opcount.measure import measure as measure_modules
         from dnnlab.opcount.measure import plot_measured
-        from dnnlab.run.models import materialize
 
         real = materialize(model)  # real weights once, for the CPU and the GPU timing
         m = measure_modules(real, report, input_shape, inputs=inputs,

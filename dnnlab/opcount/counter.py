@@ -279,7 +279,7 @@ def _cpu_or_same(t: _Tensor) -> _Tensor:
 
 def _cpu_like(t: _Tensor) -> _Tensor:
     """A CPU copy (the forward may change buffers in place); zeros for a meta tensor (ones for
-    integers, as `dnnlab.run.models.materialize`)."""
+    integers, as `dnnlab.opcount.build.materialize`)."""
     if t.is_meta:
         out = torch.empty_like(t, device="cpu")
         return out.zero_() if t.is_floating_point() or t.is_complex() else out.fill_(1)

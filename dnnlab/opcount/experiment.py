@@ -283,10 +283,10 @@ def run(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
     with `count.backward`, a training step with FlopCounterMode).
 
     The model may be built on the meta device: it is given zero CPU weights for fvcore only
-    when reconciling (`dnnlab.run.models.materialize`). Raises ShapeError naming the layer that
+    when reconciling (`dnnlab.opcount.build.materialize`). Raises ShapeError naming the layer that
     cannot take the input.
     """
-    from dnnlab.run.models import materialize
+    from dnnlab.opcount.build import materialize
 
     require(unit in UNITS, "unit", unit, "expected MACs or FLOPs")
     count = count or CountSettings()

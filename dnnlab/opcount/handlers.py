@@ -555,7 +555,7 @@ MISSING: list = []
 
 def builtins() -> dict:
     """The built-in table: {torch function object (or dnnlab module class): Entry}."""
-    from dnnlab.functional import smooth_max
+    from dnnlab.smoothmax.functional import smooth_max
     from dnnlab.smoothmax.modules import SmoothMax, SmoothMaxPool2d
 
     out: dict = {}

@@ -1,7 +1,8 @@
 """Structured configs: the dataclass schema of every pipeline's config, in Hydra's ConfigStore.
 
 Each topic defines its experiment's settings as a dataclass (types, defaults, range checks in
-`__post_init__`); here they become the schemas of the primary configs, with the groups every
+`__post_init__`) and its pipeline registers it (`register("train", TrainSettings)`); here they
+become the schemas of the primary configs, with the groups every
 job shares (`wandb`, `paths`). A primary YAML lists `<pipeline>_schema` first, so Hydra checks
 types while composing (`trainer.epochs=abc` fails, naming the key) and `to_settings(cfg)` runs
 the dataclasses' own checks with the full key (`trainer.epochs=0: must be >= 1`) and refuses
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
+from collections.abc import Callable
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -22,33 +23,26 @@ from omegaconf.errors import OmegaConfBaseException
 from dnnlab.core.errors import ConfigError, UnknownKeyError, first_line
 from dnnlab.run.settings import JobConfig
 
-# pipeline -> (module, settings class): the topic's settings, which the schema extends
-SETTINGS: dict[str, tuple[str, str]] = {
-    "smoothmax": ("dnnlab.smoothmax.limits", "LimitsSettings"),
-    "opcount": ("dnnlab.opcount.experiment", "OpcountSettings"),
-    "conv": ("dnnlab.conv.experiment", "ConvSettings"),
-    "train": ("dnnlab.train.settings", "TrainSettings"),
-    "reproduce": ("dnnlab.run.report", "reproduce_settings"),  # a function: the schema it builds
-}
+# pipeline -> its topic's settings (a dataclass, or a function that builds one), which the
+# schema extends; each pipeline registers its own (the topics never import dnnlab.run)
+SCHEMAS: dict[str, type | Callable[[], type]] = {}
 
 
 def schema(pipeline: str) -> type:
     """The schema of `pipeline`'s primary config: its settings + the JobConfig groups."""
-    module, name = SETTINGS[pipeline]
-    settings = getattr(importlib.import_module(module), name)
+    settings = SCHEMAS[pipeline]
     if not isinstance(settings, type):
         settings = settings()
     return dataclasses.make_dataclass(f"{pipeline.capitalize()}Config", [],
                                       bases=(settings, JobConfig))
 
 
-def register(*pipelines: str) -> None:
-    """Store `<pipeline>_schema` in Hydra's ConfigStore (all pipelines when none is named)."""
+def register(pipeline: str, settings: type | Callable[[], type]) -> None:
+    """Store `<pipeline>_schema` (`settings` + the JobConfig groups) in Hydra's ConfigStore."""
     from dnnlab.run import hydra_job  # noqa: F401 - the resolvers conf/hydra/default.yaml uses
 
-    cs = ConfigStore.instance()
-    for p in pipelines or tuple(SETTINGS):
-        cs.store(name=f"{p}_schema", node=schema(p))
+    SCHEMAS[pipeline] = settings
+    ConfigStore.instance().store(name=f"{pipeline}_schema", node=schema(pipeline))
 
 
 def _check_nodes(cfg: DictConfig, prefix: str) -> None:

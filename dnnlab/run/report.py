@@ -1,32 +1,19 @@
 """The main job's report: each topic contributes a `Section`; `pipelines/reproduce.py` runs the
 topics' `report_section(settings, out_dir)` in order and writes report.md.
 
-This module holds the reproduce pipeline's settings (one typed node per topic) and the Section
-type; the topics own their sections' content.
+This module holds the reproduce pipeline's settings (one typed node per topic); the Section
+type is dnnlab.core.section, and the topics own their sections' content.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dnnlab.core.errors import require
-from dnnlab.core.table import Table
 
 SECTIONS = ("smoothmax", "opcount", "conv", "train")  # the order of docs/math.md
-
-
-@dataclass
-class Section:
-    """A topic's part of report.md, plus what goes to W&B and the run dir."""
-
-    title: str
-    markdown: str
-    images: dict[str, Path] = field(default_factory=dict)  # W&B key -> PNG in the run dir
-    tables: list[Table] = field(default_factory=list)  # CSV in the run dir, wandb.Table
-    summary: dict[str, Any] = field(default_factory=dict)  # W&B summary / results.json
 
 
 def reproduce_settings() -> type:

@@ -10,37 +10,12 @@ JSON holds no infinities: inf is the string "inf".
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 from pathlib import Path
 from typing import Any
 
-from dnnlab.core.table import jsonable
+from dnnlab.core.jsonio import read_json, write_json
 
 FILE = "results.json"
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a temp file, then a rename: a crash never leaves half a file);
-    an OSError names `path`."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.write_text(json.dumps(jsonable(data), indent=2, allow_nan=False))
-        os.replace(tmp, path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, err.strerror, str(path)) from None
-
-
-def read_json(path: Path) -> Any:
-    """The JSON in `path`, or None when it is missing or unreadable (a file cut by a kill)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 class Results(dict):

@@ -22,12 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.core.distributed import World
 from dnnlab.core.errors import DnnlabError
+from dnnlab.core.jsonio import write_json
 from dnnlab.run import hydra_job
 from dnnlab.run.cli import console, err_console, error_line
 from dnnlab.run.config import to_settings
 from dnnlab.run.lock import RunLock
 from dnnlab.run.naming import run_name, run_tags
-from dnnlab.run.results import Results, write_json
+from dnnlab.run.results import Results
 from dnnlab.run.sweep_dir import FAILED
 from dnnlab.run.tracking import MIRROR, Tracker, stored_run_id
 

@@ -11,8 +11,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from dnnlab.core.jsonio import read_json
 from dnnlab.run.cli import error_line
-from dnnlab.run.results import read_json
 
 FAILED = "failed.json"  # a multirun job's error, read by the sweep summary and FailedJobs
 

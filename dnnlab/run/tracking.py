@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from dnnlab.core.errors import first_line
-from dnnlab.core.table import Table, jsonable
-from dnnlab.run.results import read_json, write_json
+from dnnlab.core.jsonio import read_json, write_json
+from dnnlab.core.table import Table, csv_value, jsonable
 from dnnlab.run.settings import WandbConfig, WandbMode
 
 ID_FILE = "wandb_run.json"  # the W&B run id of a run dir, for a resume to continue it
@@ -157,14 +157,14 @@ class Tracker:
         path = table.to_csv(self.run_dir)
         self._write({table.key: {"_type": "table", "path": Path(path).name if path else None}})
         if self.run is not None:
-            self.run.log({table.key: table.to_wandb()})
+            self.run.log({table.key: wandb_table(table)})
 
     def line(self, table: Table, x: str, y: str, title: str) -> None:
         """A live W&B line plot of two columns of `table` (key `<y>_vs_<x>`)."""
         if self.run is not None:
             import wandb
 
-            self.run.log({f"{y}_vs_{x}": wandb.plot.line(table.to_wandb(), x, y, title=title)})
+            self.run.log({f"{y}_vs_{x}": wandb.plot.line(wandb_table(table), x, y, title=title)})
 
     def lines(self, key: str, xs: list, ys: list[list], keys: list[str], title: str,
               xname: str) -> None:
@@ -203,3 +203,17 @@ class Tracker:
     def watch(self, model: Any, log: str | None, log_freq: int) -> None:  # histograms
         if self.run is not None and log:
             self.run.watch(model, log=log, log_freq=log_freq)
+
+
+def wandb_table(table: Table):
+    """A wandb.Table with the raw values (JSON-safe). W&B wants one type per column: a column
+    that mixes numbers and strings (inf is the string "inf") is written as text."""
+    import wandb
+
+    cols = [[csv_value(r[j]) for r in table.rows] for j in range(len(table.columns))]
+    for j, col in enumerate(cols):
+        kinds = {type(v) if not isinstance(v, (int, float)) or isinstance(v, bool)
+                 else float for v in col if v is not None}
+        if len(kinds) > 1:
+            cols[j] = [None if v is None else str(v) for v in col]
+    return wandb.Table(columns=table.columns, data=[list(r) for r in zip(*cols)])

@@ -21,11 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.core.beta import LOG10_BETA_INF, log10_beta
 from dnnlab.core.distributed import World
+from dnnlab.core.jsonio import read_json, write_json
 from dnnlab.core.table import Table
 from dnnlab.run.cli import err_console
 from dnnlab.run.config import settings_of
 from dnnlab.run.naming import run_tags
-from dnnlab.run.results import Results, read_json, write_json
+from dnnlab.run.results import Results
 from dnnlab.run.settings import WandbConfig
 from dnnlab.run.sweep_dir import FAILED, job_dirs, read_overrides
 from dnnlab.run.tracking import Tracker

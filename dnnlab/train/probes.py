@@ -22,7 +22,7 @@ from torch import nn
 
 from dnnlab.conv.modules import OUR_CONVS
 from dnnlab.core.dtypes import max_errors
-from dnnlab.nn import SmoothMaxPool2d
+from dnnlab.smoothmax.modules import SmoothMaxPool2d
 from dnnlab.smoothmax.reference import smooth_max_reference
 from dnnlab.smoothmax.windows import windows
 

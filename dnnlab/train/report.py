@@ -18,13 +18,13 @@ import torch
 
 from dnnlab.core.beta import parse_beta
 from dnnlab.core.errors import require
+from dnnlab.core.jsonio import write_json
+from dnnlab.core.section import Section
 from dnnlab.core.table import Table
-from dnnlab.run.models import SmoothMaxCNN
-from dnnlab.run.report import Section
-from dnnlab.run.results import write_json
 from dnnlab.train.data import Batches, digits
 from dnnlab.train.groups import compare_adjacent, group_jobs
 from dnnlab.train.loop import fit, resolve_device, seed_everything
+from dnnlab.train.model import SmoothMaxCNN
 from dnnlab.train.plots import plot_temperature_sweep
 from dnnlab.train.probes import pool_beta
 from dnnlab.train.resume import Checkpoint

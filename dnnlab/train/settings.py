@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING
-
-from dnnlab.core.errors import require
+from dnnlab.core.errors import MISSING, require
 
 
 @dataclass

@@ -17,7 +17,7 @@ FAST = {"real_nets": [], "gradcheck": False,
 
 @pytest.fixture
 def composed():
-    register("conv")
+    register("conv", ConvSettings)
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         paths = [f"paths.{k}=/tmp" for k in ("root_dir", "data_dir", "output_dir")]  # no run

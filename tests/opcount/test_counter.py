@@ -151,7 +151,7 @@ def test_model_left_as_it_was_and_meta_cost_independent_of_batch():
 def test_dnnlab_layers_are_counted():
     from dnnlab.functional import smooth_max
     from dnnlab.nn import SmoothMaxPool2d, swap_convs
-    from dnnlab.run.models import SmoothMaxCNN
+    from dnnlab.train.model import SmoothMaxCNN
 
     native = torchvision.models.resnet18()
     ours = swap_convs(torchvision.models.resnet18())

@@ -28,7 +28,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 def composed(*overrides: str):
     """conf/smoothmax.yaml with overrides, as the pipeline gets it."""
-    register("smoothmax")
+    register("smoothmax", LimitsSettings)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):

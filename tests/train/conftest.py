@@ -8,9 +8,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from dnnlab.run.config import register
+from dnnlab.train.settings import TrainSettings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-register("train")
+register("train", TrainSettings)
 
 
 def compose_train(*overrides: str):

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from dnnlab.nn import Conv2d
-from dnnlab.run.models import SmoothMaxCNN
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
+from dnnlab.train.model import SmoothMaxCNN
 
 BETAS = [4.0, math.inf]
 HOP = "autograd_function_apply"  # an autograd.Function captured whole (forward and backward)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dnnlab.nn import Conv1d, Conv2d, SmoothMaxPool2d
-from dnnlab.run.models import SmoothMaxCNN
+from dnnlab.train.model import SmoothMaxCNN
 from dnnlab.train.probes import (
     Capture,
     compare,

@@ -20,7 +20,7 @@ def test_constants_are_the_configs_defaults():
     ds = dict(s.data.dataset)
     assert ds.pop("_target_") == "dnnlab.train.data.digits" and ds == report.DATASET
     builder = dict(s.model["builder"])
-    assert builder.pop("_target_") == "dnnlab.run.models.SmoothMaxCNN"
+    assert builder.pop("_target_") == "dnnlab.train.model.SmoothMaxCNN"
     assert builder.pop("beta") == 4.0 and builder == report.MODEL
     opt = dict(s.optimizer)
     assert (opt.pop("_target_"), opt.pop("_partial_")) == ("torch.optim.Adam", True)

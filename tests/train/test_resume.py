@@ -11,14 +11,8 @@ from omegaconf import OmegaConf
 
 from dnnlab.core.errors import ConfigError
 from dnnlab.run.config import resolved_with
-from dnnlab.train.resume import (
-    MAY_CHANGE,
-    Checkpoint,
-    config_diff,
-    flatten,
-    resume_command,
-    save_atomic,
-)
+from dnnlab.run.resume import resume_command
+from dnnlab.train.resume import MAY_CHANGE, Checkpoint, config_diff, flatten, save_atomic
 
 CFG = {"seed": 0, "trainer": {"epochs": 2, "resume": False, "progress": True},
        "model": {"pool": {"beta": 4.0}, "builder": {"channels": [16, 32, 32]}},

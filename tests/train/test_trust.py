@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dnnlab.opcount import count_ops
-from dnnlab.run.models import SmoothMaxCNN
+from dnnlab.train.model import SmoothMaxCNN
 from tests.conftest import ROOT
 from tests.wandb_reader import find_runs, read_records, summarize
 
