@@ -4,22 +4,19 @@ is written; `job` trains and owns results.json; the checkpoint holds the history
 the best validation accuracy, what a sweeper optimizes (never a test metric)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import hydra
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from dnnlab.core.outputs import Outputs, Prepared
 from dnnlab.run.cli import console, launch
-from dnnlab.run.config import register, resolved_with
-from dnnlab.run.models import build_model, instantiate_spec
-from dnnlab.run.resume import interrupted_line, replay, resume_command, resume_or_start
-from dnnlab.run.runtime import Run, run_job
+from dnnlab.run.config import register
+from dnnlab.run.models import build_training
+from dnnlab.run.resume import resumable, resume_or_start, resumed_at
+from dnnlab.run.runtime import Context, Run, run_job
 from dnnlab.train import loop
-from dnnlab.train.data import Batches, check_fits
 from dnnlab.train.logs import TrainLogs, wandb_config
 from dnnlab.train.probes import pool_beta
-from dnnlab.train.progress import EpochBar, print_result
+from dnnlab.train.progress import EpochBar, result_lines
 from dnnlab.train.records import OnEpoch
 from dnnlab.train.resume import Checkpoint
 from dnnlab.train.settings import TrainSettings
@@ -27,57 +24,30 @@ from dnnlab.train.settings import TrainSettings
 register("train", TrainSettings)
 
 
-@dataclass
-class Ready:  # what `prepare` accepted: the objects `fit` takes, and whether this run resumes
-    settings: TrainSettings
-    model: torch.nn.Module
-    batches: Batches
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    checkpoint: Checkpoint  # with the resolved config that made it
-    resume: bool
-
-
-def prepare(s: TrainSettings, cfg: DictConfig, run_dir) -> Ready:
-    loop.seed_everything(s.seed, s.trainer.threads)  # before anything draws a random number
-    splits = instantiate_spec(s.data.dataset, "data.dataset", root=s.paths.data_dir)
-    model = build_model(s.model["builder"], device="cpu")
-    check_fits(model, splits, s.model.get("name"), s.data.name, s.data.num_classes)
-    model.to(loop.resolve_device(s.trainer.device))
-    opt = instantiate_spec(s.optimizer, "optimizer", params=model.parameters())
-    sched = instantiate_spec(s.scheduler, "scheduler", optimizer=opt) if s.scheduler else None
-    ck = Checkpoint(run_dir / "checkpoint.pt",
-                    OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    resume = resume_or_start(ck, s.trainer.resume, lambda pinned: resolved_with(cfg, pinned),
+def prepare(s: TrainSettings, context: Context) -> Prepared:
+    built = build_training(s)  # seeded, then data, model, optimizer, scheduler
+    built.checkpoint = Checkpoint(context.run_dir / "checkpoint.pt", context.config)
+    resume = resume_or_start(built.checkpoint, s.trainer.resume, context.config_with,
                              s.trainer.epochs)  # or NothingToDo: done with this config
-    return Ready(s, model, Batches(splits, s.data.batch_size, s.seed), opt, sched, ck, resume)
+    return Prepared(s, built, resume)
 
 
-def job(r: Ready, run: Run) -> dict:
-    s, ck, main = r.settings, r.checkpoint, run.world.is_main  # rank 0 alone writes and shows
-    if ck.warning and main:
-        console.print(f"warning: {ck.warning}", highlight=False, soft_wrap=True)
-    step = int(ck.start["step"]) if ck.start is not None else None
-    if step is not None and main:
-        replay(run.tracker, step)
-    beta = pool_beta(r.model)
+def job(p: Prepared, run: Run) -> Outputs:
+    s, b, main = p.settings, p.built, run.world.is_main  # rank 0 alone writes and shows
+    step, beta = resumed_at(b.checkpoint, run), pool_beta(b.model)
     run.results.update(model=str(s.model.get("name")), data=s.data.name, beta=beta, seed=s.seed,
-                       history=ck.start["history"] if ck.start else [])
-    logs = TrainLogs(run.tracker, r.model, beta, resumed_at=step)
-    run.tracker.watch(r.model, s.wandb.watch.log, s.wandb.watch.log_freq)
+                       history=b.checkpoint.start["history"] if b.checkpoint.start else [])
+    logs = TrainLogs(run.tracker, b.model, beta, resumed_at=step)
+    run.tracker.watch(b.model, s.wandb.watch.log, s.wandb.watch.log_freq)
     history = OnEpoch(lambda end: run.results.update(history=end.history))  # as it goes
-    try:
-        with EpochBar(s.trainer.epochs, console, s.trainer.progress and main) as bar:
-            result = loop.fit(r.model, r.batches, r.optimizer, r.scheduler, s.trainer,
-                              [logs, history, bar] if main else [], ck, run.world)
-    except loop.Interrupted as err:
-        err.line = interrupted_line(err, resume_command("pipelines.train", run.overrides, run.dir))
-        raise
-    run.results.update(**result.to_dict())
+    with resumable("pipelines.train", run), EpochBar(s.trainer.epochs, console,
+                                                     s.trainer.progress and main) as bar:
+        result = loop.fit(b.model, b.batches, b.optimizer, b.scheduler, s.trainer,
+                          [logs, history, bar] if main else [], b.checkpoint, run.world)
     if main:
-        logs.finish(result, ck.config, ck.path)
-        print_result(console, result, run.results.path)
-    return run.results
+        logs.finish(result, b.checkpoint.config, b.checkpoint.path)
+    *lines, last = result_lines(result)
+    return Outputs(result.to_dict(), show=lines, footer=last + "; results: {path}")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

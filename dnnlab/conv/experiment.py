@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,8 +24,10 @@ import torch
 from dnnlab.conv import scaling as cost
 from dnnlab.conv import verify
 from dnnlab.conv.chain import Activation, ChainSpec
+from dnnlab.conv.plots import plot_scaling
 from dnnlab.core.dtypes import DType, tolerance_for, torch_dtype
 from dnnlab.core.errors import MISSING, ConfigError, ShapeError, require
+from dnnlab.core.outputs import Outputs
 from dnnlab.core.table import Table
 from dnnlab.core.timing import torch_threads
 
@@ -360,6 +363,22 @@ class ConvResult:
             out.append(self.real_nets_table())
         if self.scaling is not None and "analysis" in self.scaling:
             out.append(self.scaling_table())
+        return out
+
+    def outputs(self, out_dir: Path, fail_on_mismatch: bool = True) -> Outputs:
+        """The run's outputs: results, tables, the scaling plot (drawn into `out_dir`), the
+        terminal's tables and verdict, and a failure when a check failed (if it should)."""
+        out = Outputs(self.to_dict(), self.tables(), summary=self.summary(),
+                      show=self.display_tables())
+        if self.scaling is not None:
+            png = out.images["scaling_plot"] = plot_scaling(self, Path(out_dir) / "scaling.png")
+            out.results["scaling"]["plot"] = png.name
+            out.captions["scaling_plot"] = self.crossover_sentence()
+            out.show.append(self.crossover_sentence())
+        checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in self.checks.items())
+        out.show.append(f"conv {'[green]PASSED[/]' if self.passed else '[red]FAILED[/]'}: {checks}")
+        if not self.passed and fail_on_mismatch:
+            out.failure = self.failure()
         return out
 
 

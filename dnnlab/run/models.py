@@ -1,13 +1,17 @@
-"""Building networks from configs: torchvision builders and layer lists written in YAML."""
+"""Building objects from config specs: networks (torchvision builders, layer lists written in
+YAML), and what a training run needs."""
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from dnnlab.core.errors import ConfigError, DnnlabError
+from dnnlab.train import loop
+from dnnlab.train.data import Batches, check_fits
 
 
 def _resolve_type(name: str, where: str) -> type:
@@ -87,3 +91,18 @@ def build_model(builder: Mapping[str, Any], device: str | torch.device = "cpu",
         return build_meta(make)  # a config error is reported by the CPU attempt
     with torch.device(device):
         return make()
+
+
+def build_training(s: Any) -> SimpleNamespace:
+    """What a training run needs, from its settings (a dnnlab.train.settings.TrainSettings):
+    seeded first, the data splits, the model (checked against the data, on its device), the
+    optimizer and scheduler. Every error names its key."""
+    loop.seed_everything(s.seed, s.trainer.threads)  # before anything draws a random number
+    splits = instantiate_spec(s.data.dataset, "data.dataset", root=s.paths.data_dir)
+    model = build_model(s.model["builder"], device="cpu")
+    check_fits(model, splits, s.model.get("name"), s.data.name, s.data.num_classes)
+    model.to(loop.resolve_device(s.trainer.device))
+    opt = instantiate_spec(s.optimizer, "optimizer", params=model.parameters())
+    sched = instantiate_spec(s.scheduler, "scheduler", optimizer=opt) if s.scheduler else None
+    return SimpleNamespace(model=model, batches=Batches(splits, s.data.batch_size, s.seed),
+                           optimizer=opt, scheduler=sched)

@@ -2,13 +2,16 @@
 of a resumed run's metrics into W&B, and the command line that resumes an interrupted run."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 from collections.abc import Callable
 from typing import Any
 
+from dnnlab.run.cli import console
 from dnnlab.run.results import Results
 from dnnlab.run.runtime import NothingToDo
+from dnnlab.train.records import Interrupted
 from dnnlab.train.resume import Checkpoint
 
 DISCARDED = "metrics.discarded.jsonl"  # rows past the checkpoint that a resume redoes
@@ -71,3 +74,24 @@ def interrupted_line(err: Any, command: str) -> str:
     stopped, its last checkpoint, and `command`, which resumes it."""
     return (f"interrupted at epoch {err.epoch}, step {err.step}; checkpoint "
             f"{err.checkpoint or 'none yet (first epoch)'}; resume with: {command}")
+
+
+def resumed_at(ck: Checkpoint, run: Any) -> int | None:
+    """The step a resumed run starts from (None for a new run). Rank 0 shows the checkpoint's
+    warning and replays the metrics up to that step into the tracker."""
+    step = int(ck.start["step"]) if ck.start is not None else None
+    if ck.warning and run.world.is_main:
+        console.print(f"warning: {ck.warning}", highlight=False, soft_wrap=True)
+    if step is not None and run.world.is_main:
+        replay(run.tracker, step)
+    return step
+
+
+@contextlib.contextmanager
+def resumable(module: str, run: Any):
+    """An Interrupted training run's one line names the command that resumes it."""
+    try:
+        yield
+    except Interrupted as err:
+        err.line = interrupted_line(err, resume_command(module, run.overrides, run.dir))
+        raise

@@ -2,9 +2,11 @@
 run, errors as one line. A pipeline's `main` is `return run_job(cfg, "smoothmax", job)`.
 
 `run_job` locks the run dir, checks the config into typed settings, runs the pipeline's
-`prepare` (everything that can refuse the config; it writes nothing), then the job with a
-`Run`: its `results` (results.json, dnnlab.run.results.Results), its `tracker` (the W&B run and
-metrics.jsonl) and its overrides. `launch` (dnnlab.run.cli) reports errors in one line.
+`prepare(settings, context)` (builds and validates everything that can refuse the config and
+writes nothing; a dnnlab.core.outputs.Prepared), then the job with a `Run`: its `results`
+(results.json, dnnlab.run.results.Results), its `tracker` (the W&B run and metrics.jsonl) and its
+overrides. The job computes and returns its Outputs; run_job writes them (results.json, the
+tracker, the terminal). `launch` (dnnlab.run.cli) reports errors in one line.
 """
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 from dnnlab.core.distributed import World
 from dnnlab.core.errors import DnnlabError
 from dnnlab.core.jsonio import write_json
+from dnnlab.core.outputs import Outputs
+from dnnlab.core.table import Table
 from dnnlab.run import hydra_job
 from dnnlab.run.cli import console, err_console, error_line
-from dnnlab.run.config import to_settings
+from dnnlab.run.config import resolved_with, to_settings
 from dnnlab.run.lock import RunLock
 from dnnlab.run.naming import run_name, run_tags
 from dnnlab.run.results import Results
@@ -40,6 +44,13 @@ class Run:  # what a job is handed: where it writes and the owners of its artifa
     tracker: Tracker
     overrides: list[str] = field(default_factory=list)
     world: World = field(default_factory=World)  # the processes of one run (rank 0 writes)
+
+
+@dataclass
+class Context:  # what `prepare` may read besides the settings (it writes nothing)
+    run_dir: Path
+    config: dict  # the resolved config
+    config_with: Callable[[dict], dict]  # the config resolved after setting some dotted keys
 
 
 class NothingToDo(Exception):  # from `prepare`: the run is complete; print, return `result`
@@ -64,12 +75,35 @@ def _is_fresh(run_dir: Path) -> bool:
         return False
 
 
+def emit(out: Outputs, run: Run) -> Results:
+    """A job's Outputs written: results.json, the tracker (tables, images, summary), then the
+    terminal (rank 0), and its failure raised once all of it is kept."""
+    run.results.update(out.results)
+    for table in out.tables:
+        run.tracker.table(table)
+    for key, png in out.images.items():
+        run.tracker.image(key, png, caption=out.captions.get(key))
+    run.tracker.summary(**out.summary)
+    if run.world.is_main:
+        for item in out.show:
+            if isinstance(item, str):
+                console.print(item, highlight=False, soft_wrap=True)
+            else:  # a Table, or a rich renderable (a tree, a table cut to its first rows)
+                console.print(item.to_rich() if isinstance(item, Table) else item)
+        console.print(out.footer.replace("{path}", str(run.results.path)), highlight=False,
+                      soft_wrap=True)
+    if out.failure:
+        raise DnnlabError(out.failure)
+    return run.results
+
+
 def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
-            prepare: Callable[[Any, DictConfig, Path], Any] | None = None,
+            prepare: Callable[[Any, Context], Any] | None = None,
             wandb_config: Callable[[dict], dict] | None = None,
             distributed: bool = False) -> Any:
-    """Run `job(prepare(settings, cfg, run_dir) or settings, Run)` for one Hydra job. A
-    `prepare` result with `resume = True` continues the run dir's W&B run. `wandb_config`
+    """Run `job(prepare(settings, Context) or settings, Run)` for one Hydra job; Outputs it
+    returns are written by `emit`. A `prepare` result with `resume = True` continues the run
+    dir's W&B run. `wandb_config`
     gives the W&B run's config from the resolved one (one type per key). A config refused
     before the job starts leaves nothing behind (no W&B run, `.hydra/` untouched, a run dir this
     job made removed). In a multirun a failed job writes failed.json and the others go on.
@@ -101,12 +135,13 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
             if first:
                 hydra_job.write_hydra_dir(run_dir, cfg)
             settings = to_settings(cfg)
-            ready = prepare(settings, cfg, run_dir) if prepare is not None else settings
+            config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+            ready = settings if prepare is None else prepare(settings, Context(
+                run_dir, config, lambda values: resolved_with(cfg, values)))
             if not first and world.is_main:
                 hydra_job.write_hydra_dir(run_dir, cfg)
             if world.is_main:
                 (run_dir / FAILED).unlink(missing_ok=True)  # a failed attempt's, run again
-            config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
             w = settings.wandb if world.is_main else replace(settings.wandb, mode="disabled")
             tracker = Tracker(
                 w, run_dir, job_type=pipeline,
@@ -120,7 +155,10 @@ def run_job(cfg: DictConfig, pipeline: str, job: Callable[[Any, Run], Any],
             results.update(status="running")  # then done, failed or interrupted
             with tracker:
                 try:
-                    out = job(ready, Run(run_dir, results, tracker, hj.overrides, world))
+                    run = Run(run_dir, results, tracker, hj.overrides, world)
+                    out = job(ready, run)
+                    if isinstance(out, Outputs):
+                        out = emit(out, run)
                     results.update(status="done")
                     return out
                 except DnnlabError as err:
