@@ -1,4 +1,4 @@
-"""Benchmark: our Conv2d (hand-written backward, docs/math.md (4b)) against torch.nn.Conv2d.
+"""Benchmark: our Conv2d (hand-written backward, docs/math.md (3b)) against torch.nn.Conv2d.
 
     python benchmarks/conv.py            # ~2-3 minutes on 2 CPU cores
     python benchmarks/conv.py --quick    # ~30 s
@@ -7,11 +7,11 @@
 
 Three tables:
 1. Conv2d forward+backward (input, weight and bias gradients) on ResNet-like shapes, ours vs
-   torch, plus ours with the explicit weight gradient C_{v^T} y of (4a) (informational: why the
+   torch, plus ours with the explicit weight gradient C_{v^T} y of (3a) (informational: why the
    default uses torch's backward-weights kernel, see dnnlab/conv/function.py).
 2. One training step (forward, cross-entropy, backward, SGD step) of torchvision's resnet18,
    native vs swap_convs'd.
-3. The chain (dnnlab.conv.chain, docs/math.md (4)): forward+backward of the matrix form (A_w
+3. The chain (dnnlab.conv.chain, docs/math.md (3)): forward+backward of the matrix form (A_w
    formed, O(n^2)) against the conv form (O(n f)) for n = 2^6 .. 2^14.
 
 Timing: dnnlab.core.timing.median_seconds (torch.utils.benchmark.Timer: as many runs as fit in
@@ -193,7 +193,7 @@ def bench_chain(max_log2, repeats, device, max_matrix_bytes=2e9):
                         repeats=repeats, max_matrix_bytes=max_matrix_bytes)
             for k in range(6, max_log2 + 1)]
     table = Table(title="the chain (3 layers, f=3, tanh, float32): forward+backward, "
-                        "matrix form (A_w formed) vs conv form (docs/math.md (4b))")
+                        "matrix form (A_w formed) vs conv form (docs/math.md (3b))")
     for col in ["n", "matrix ms", "conv ms", "matrix/conv", "A_w bytes", "conv bytes"]:
         table.add_column(col, justify="right")
     for r in rows:

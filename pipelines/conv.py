@@ -1,4 +1,4 @@
-"""Check the chain's gradients (docs/math.md (4a), (4b)) several ways, and measure what they cost.
+"""Check the chain's gradients (docs/math.md (3a), (3b)) several ways, and measure what they cost.
 
     python -m pipelines.conv
     python -m pipelines.conv chain=deep dtype=float32

@@ -1,4 +1,4 @@
-"""Train a network of dnnlab layers and watch docs/math.md (1c) and (4b) at work (docs/train.md).
+"""Train a network of dnnlab layers and watch docs/math.md (1c) and (3b) at work (docs/train.md).
 `prepare` builds all that can refuse the config (data, model, shapes, a resume) before anything
 is written; `job` trains and owns results.json; the checkpoint holds the history. `main` returns
 the best validation accuracy, what a sweeper optimizes (never a test metric)."""

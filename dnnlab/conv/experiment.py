@@ -69,7 +69,7 @@ class LayerSettings:
 
 @dataclass
 class ChainSettings:
-    """conf/chain/*.yaml: the chain of docs/math.md (4), by `filters` or by a layer list."""
+    """conf/chain/*.yaml: the chain of docs/math.md (3), by `filters` or by a layer list."""
 
     n0: int = 64
     filters: list[int] | None = field(default_factory=lambda: [5, 3, 3])
@@ -103,14 +103,14 @@ class ChainSettings:
         n = self.n0
         for l, f in enumerate(fs, start=1):
             require(f >= 1, key.format(l - 1), f, "filter sizes must be >= 1")
-            if f > n:  # docs/math.md (4): n_l = n_{l-1} - f_l + 1 >= 1
+            if f > n:  # docs/math.md (3): n_l = n_{l-1} - f_l + 1 >= 1
                 raise ConfigShapeError.at(key.format(l - 1), f, f"layer {l}: filter size f={f} "
                                           f"> its input length n_{l - 1}={n} (n0={self.n0})")
             n -= f - 1
         self._spec = ChainSpec(n0=self.n0, filters=fs, activation=act.value, bias=bias)
 
     def _layer_activation(self) -> Activation | None:
-        """One sigma for all hidden layers (docs/math.md (4)); the last layer is linear."""
+        """One sigma for all hidden layers (docs/math.md (3)); the last layer is linear."""
         act, first = self.activation, "activation"
         last = len(self.layers) - 1
         for i, la in enumerate(self.layers):
@@ -318,13 +318,13 @@ class ConvResult:
         return out
 
     def chain_table(self) -> Table:
-        """Per parameter: its formula (docs/math.md (4a)), max |ref| and each pair's errors."""
+        """Per parameter: its formula (docs/math.md (3a)), max |ref| and each pair's errors."""
         st, s = self.settings, self.settings.chain.spec()
         pairs = list(itertools.combinations([m.value for m in st.methods], 2))
         by = {(r["param"], r["a"], r["b"]): r for r in self.chain_rows}
         rows = [[p, verify.formula(p), scale] + [_err_cell(by[(p, a, b)]) for a, b in pairs]
                 for p, scale in self.scale.items()]
-        return Table("chain", ["param", "(4a)", "max |ref|"] + [f"{a} vs {b}" for a, b in pairs],
+        return Table("chain", ["param", "(3a)", "max |ref|"] + [f"{a} vs {b}" for a, b in pairs],
                      rows, formats={"max |ref|": "{:.3g}"},
                      title=f"chain n0={s.n0} f={s.filters} {s.activation} batch={st.batch} "
                            f"{st.dtype.value}: max abs / max rel error (pass <= {self.tol:.1e})")

@@ -1,5 +1,5 @@
 """What the two forms of the chain cost as n grows: the matrix form (A_w formed, O(n^2) time and
-memory) against the conv form (docs/math.md (4b), O(n f)), forward+backward.
+memory) against the conv form (docs/math.md (3b), O(n f)), forward+backward.
 
     rows = [measure_row(n, ScalingSettings()) for n in (64, 128)]
     analysis = analyse(rows)         # crossover, ratios, log-log slopes

@@ -51,7 +51,7 @@ class _Sections:
 
 
 HEADER = ("# dnnlab: the results of docs/math.md, measured\n\nEvery number below was measured by "
-          "this run; the equations cited, (1a) to (4b), are those of docs/math.md.\n")
+          "this run; the equations cited, (1a) to (3b), are those of docs/math.md.\n")
 
 
 def plan(settings) -> dict:

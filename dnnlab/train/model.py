@@ -13,7 +13,7 @@ from dnnlab.smoothmax.modules import SmoothMaxPool2d
 
 
 class SmoothMaxCNN(torch.nn.Module):
-    """A small CNN of dnnlab layers: Conv2d (hand-written backprop, docs/math.md (4b)) and
+    """A small CNN of dnnlab layers: Conv2d (hand-written backprop, docs/math.md (3b)) and
     SmoothMaxPool2d with temperature beta (docs/math.md (1a)-(1c)): beta -> inf is max pooling,
     small beta is average-like.
 

@@ -117,7 +117,7 @@ def report_section(settings: ReportSettings, out_dir: Path) -> Section:
                    for g, r in ((g, rows[g["jobs"][0]]) for g in groups)],
                   title=f"temperature sweep on digits ({settings.seeds} seeds per beta)")
     title = "Training with smooth-max pooling: a temperature sweep"
-    lines = [f"\n## {title} (docs/math.md (1c) and (4b))\n",
+    lines = [f"\n## {title} (docs/math.md (1c) and (3b))\n",
              f"`python -m pipelines.train` on scikit-learn's digits: {settings.seeds} seeds per "
              f"beta (the replicates: initialization and shuffles; one data split), "
              f"{settings.epochs} epochs each, normalized smooth-max pooling, dnnlab Conv2d layers "

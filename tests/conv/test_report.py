@@ -16,7 +16,7 @@ def test_report_section(tmp_path):
                                      "scaling": {"n_min_log2": 3, "n_max_log2": 6}}, "conv")
     sec = report_section(s, tmp_path)
     md = sec.markdown
-    assert md.lstrip().startswith("## 4. Convolution backprop\n")
+    assert md.lstrip().startswith("## 3. Convolution backprop\n")
     assert "C_(v_2^T) y_1" in md and "v_3 . 1" in md and "matrix vs conv" in md
     assert "weight grad aten: passed, weight grad explicit: passed" in md
     assert "![matrix vs conv form](conv_scaling.png)" in md and "| 2^6 |" in md

@@ -1,4 +1,4 @@
-"""docs/math.md (4): the banded Toeplitz matrix A_w is conv1d's correlation."""
+"""docs/math.md (3): the banded Toeplitz matrix A_w is conv1d's correlation."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ def test_toeplitz_band_and_entries():
     assert A.shape == (4, 6) and A.dtype == f64
     for i in range(4):
         for j in range(6):
-            # docs/math.md (4): A^{(i,j)} = w^{(j-i+1)} for i <= j <= i+f-1 (1-based), else 0
+            # docs/math.md (3): A^{(i,j)} = w^{(j-i+1)} for i <= j <= i+f-1 (1-based), else 0
             expect = w[j - i].item() if i <= j <= i + 2 else 0.0
             assert A[i, j].item() == expect
     assert torch.equal(toeplitz(w, 3), w[None])  # n_in = f: one row, the filter itself

@@ -45,7 +45,7 @@ def test_a_short_section(tmp_path):
     sec = report_section(ReportSettings(betas=[2, "inf"], epochs=1, seeds=2), tmp_path)
     md = sec.markdown
     assert md.startswith("\n## Training with smooth-max pooling: a temperature sweep "
-                         "(docs/math.md (1c) and (4b))\n")
+                         "(docs/math.md (1c) and (3b))\n")
     assert "digits: 2 seeds per beta" in md and "1 epochs each" in md
     assert "| 2.0 | 2 | 0." in md and "| inf | 2 | 0." in md
     assert "Mean entropy non-increasing in beta: yes." in md
