@@ -9,7 +9,6 @@ from dnnlab.run.config import settings_of
 
 
 def test_report_settings():
-    assert ReportSettings().models == ["alexnet", "resnet18", "vit_b_16"]
     with pytest.raises(ConfigError, match=r"^models\[1\]='alexnett'"):
         ReportSettings(models=["alexnet", "alexnett"])
     with pytest.raises(ConfigError, match=r"^models=\[\]"):

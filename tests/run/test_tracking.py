@@ -185,3 +185,11 @@ def test_a_fresh_run_in_the_same_dir_is_a_new_run(tmp_path):
     with _tracker(tmp_path, "disabled") as tr:
         assert replay(tr, 0) == 0  # no W&B run: the local copy is still cut at the step
     assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_wandb_table_types_each_column_once():
+    t = Table("layers", ["layer", "macs", "beta"],
+              [["features.0", 70_276_800, math.inf], ["fc", 5, 0.5]])
+    w = tracking.wandb_table(t)
+    assert w.columns == t.columns
+    assert w.data == [["features.0", 70_276_800, "inf"], ["fc", 5, "0.5"]]  # one type a column

@@ -9,7 +9,6 @@ import torch
 from dnnlab.core.errors import ConfigError
 from dnnlab.opcount.build import materialize
 from dnnlab.run.models import build_layers, build_model, instantiate_spec
-from dnnlab.train.model import SmoothMaxCNN
 
 
 def test_build_layers_resolves_torch_and_dnnlab_names():
@@ -59,23 +58,3 @@ def test_build_model_on_meta_and_materialize():
     assert float(real.head.weight.detach().abs().sum()) == 0.0
     out = real(torch.randn(2, 1, 8, 8))  # (B, num_classes)
     assert out.shape == (2, 10)
-
-
-def test_smoothmax_cnn_checks_its_arguments():
-    with pytest.raises(ConfigError, match="channels"):
-        SmoothMaxCNN(channels=[1, 2])
-    with pytest.raises(ConfigError, match=r"model\.pool\.beta='abc'"):
-        SmoothMaxCNN(beta="abc")
-
-
-def test_a_learnable_beta_counts_on_meta_and_bad_ties_name_the_key():
-    from dnnlab.opcount import count_ops
-
-    net = SmoothMaxCNN(channels=[4, 4, 4], learnable=True)
-    fixed = SmoothMaxCNN(channels=[4, 4, 4], learnable=False)
-    a, b = count_ops(net, [1, 1, 8, 8]), count_ops(fixed, [1, 1, 8, 8])
-    assert a.mode == "meta", a.mode_reason  # counted on meta, like a fixed beta
-    assert a.totals() == b.totals() and a.totals()["smooth_max"] > 0
-    assert net.features[4].log_beta.requires_grad  # the model is as it was
-    with pytest.raises(ConfigError, match=r"^model\.pool\.ties='nope'"):
-        SmoothMaxCNN(ties="nope")

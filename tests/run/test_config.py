@@ -15,7 +15,7 @@ from omegaconf import OmegaConf, open_dict
 from dnnlab.run.config import SCHEMAS, schema, to_settings
 from dnnlab.run.models import build_model
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
