@@ -12,9 +12,9 @@ dilation and groups are the multi-dimensional generalisation of the same three f
 The modules that use it are in dnnlab/conv/modules.py.
 
 Weight-gradient choice: the explicit formula of (3a) "correlate the input with the output gradient,
-the batch as channels" (`_weight_grad_explicit`, exact) is slower than torch's dedicated backward-
-weights kernel (oneDNN on CPU, cuDNN on GPU), which computes the same correlation C_{v^T} y
-(benchmarks/conv.py measures both). The default mode "aten" therefore calls
+the batch as channels" (`_weight_grad_explicit`, exact) is slower than torch's dedicated
+backward-weights kernel (oneDNN on CPU, cuDNN on GPU), which computes the same correlation C_{v^T}
+y (benchmarks/conv.py measures both). The default mode "aten" therefore calls
 aten.convolution_backward for the weight gradient alone (what torch.nn.grad.conv{N}d_weight calls,
 but given the real weight: the CPU kernel copies the expanded placeholder that torch.nn.grad
 passes, a measurable cost). `weight_grad_mode("explicit")` switches to the explicit formula; the
