@@ -1,9 +1,8 @@
-"""The checkpoint (atomic, a bad one passed over), what a resume may change, the refusal line,
-the replay into W&B and the resume command (dnnlab.train.resume)."""
+"""The checkpoint (atomic, a bad one passed over), what a resume may change and the refusal line
+(dnnlab.train.resume)."""
 from __future__ import annotations
 
 import math
-import shlex
 
 import pytest
 import torch
@@ -11,7 +10,6 @@ from omegaconf import OmegaConf
 
 from dnnlab.core.errors import ConfigError
 from dnnlab.run.config import resolved_with
-from dnnlab.run.resume import resume_command
 from dnnlab.train.resume import MAY_CHANGE, Checkpoint, config_diff, flatten, save_atomic
 
 CFG = {"seed": 0, "trainer": {"epochs": 2, "resume": False, "progress": True},
@@ -86,11 +84,3 @@ def test_another_config_is_refused_naming_the_keys(tmp_path, key, value, shown):
     line = str(err.value)
     assert line.startswith("trainer.resume=true refused") and shown in line
     assert "nothing was written" in line and "\n" not in line
-
-
-def test_resume_command_replaces_resume_and_run_dir():
-    cmd = resume_command("pipelines.train", ["model.pool.beta=inf", "trainer.resume=false",
-                                             "hydra.run.dir=old", "data=synthetic"], "/tmp/r 1")
-    assert shlex.split(cmd) == ["python", "-m", "pipelines.train", "model.pool.beta=inf",
-                                "data=synthetic", "trainer.resume=true",
-                                "hydra.run.dir=/tmp/r 1"]
