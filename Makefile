@@ -36,6 +36,7 @@ test-all: setup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dnnlab pipelines tests benchmarks conf hydra_plugins
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/opcount.py

@@ -1,4 +1,4 @@
-"""Benchmark: our Conv2d (hand-written backward, docs/math.md (4b)) against torch.nn.Conv2d.
+"""Benchmark: our Conv2d (hand-written backward, docs/math.md (3b)) against torch.nn.Conv2d.
 
     python benchmarks/conv.py            # ~2-3 minutes on 2 CPU cores
     python benchmarks/conv.py --quick    # ~30 s
@@ -7,16 +7,16 @@
 
 Three tables:
 1. Conv2d forward+backward (input, weight and bias gradients) on ResNet-like shapes, ours vs
-   torch, plus ours with the explicit weight gradient C_{v^T} y of (4a) (informational: why the
+   torch, plus ours with the explicit weight gradient C_{v^T} y of (3a) (informational: why the
    default uses torch's backward-weights kernel, see dnnlab/conv/function.py).
 2. One training step (forward, cross-entropy, backward, SGD step) of torchvision's resnet18,
    native vs swap_convs'd.
-3. The chain (dnnlab.conv.chain, docs/math.md (4)): forward+backward of the matrix form (A_w
+3. The chain (dnnlab.conv.chain, docs/math.md (3)): forward+backward of the matrix form (A_w
    formed, O(n^2)) against the conv form (O(n f)) for n = 2^6 .. 2^14.
 
-Timing: every ratio comes from dnnlab.timing.paired_ratio: ours and torch's timed in interleaved
-pairs of short blocks (a b, b a, ...), the median of the pairs' ratios with their quartiles
-[low, high]; table 3 as dnnlab.conv.scaling does it. A row meets the target when its whole
+Timing: every ratio comes from dnnlab.core.timing.paired_ratio: ours and torch's timed in
+interleaved pairs of short blocks (a b, b a, ...), the median of the pairs' ratios with their
+quartiles [low, high]; table 3 as dnnlab.conv.scaling does it. A row meets the target when its whole
 spread does (high <= target), fails it when its whole spread does not (low > target), and is
 "not resolved" otherwise (the machine's noise covers the difference). The script reports what
 it measured and exits 0, whatever the load.
@@ -40,8 +40,8 @@ from rich.table import Table
 
 from dnnlab.conv.function import weight_grad_mode
 from dnnlab.conv.scaling import analyse, crossover_sentence, log2_label, measure_row, ratio_text
+from dnnlab.core.timing import paired_ratio
 from dnnlab.nn import Conv2d, swap_convs
-from dnnlab.timing import paired_ratio
 
 TIME_TARGET, MEM_TARGET = 1.10, 1.0
 console = Console(width=132)  # wide enough for the tables when piped to a file
@@ -53,7 +53,7 @@ def sync(device):
 
 
 def paired(ours, ref, min_run_time: float, device):
-    """ours / ref from interleaved pairs (dnnlab.timing.paired_ratio), CUDA synchronized."""
+    """ours / ref from interleaved pairs (dnnlab.core.timing.paired_ratio), CUDA synchronized."""
     def synced(fn):
         def run():
             fn()
@@ -218,7 +218,7 @@ def bench_chain(max_log2, repeats, device, max_matrix_bytes=2e9):
                         repeats=repeats, max_matrix_bytes=max_matrix_bytes)
             for k in range(6, max_log2 + 1)]
     table = Table(title="the chain (3 layers, f=3, tanh, float32): forward+backward, "
-                        "matrix form (A_w formed) vs conv form (docs/math.md (4b))")
+                        "matrix form (A_w formed) vs conv form (docs/math.md (3b))")
     for col in ["n", "matrix ms", "conv ms", "matrix/conv", "A_w bytes", "conv bytes"]:
         table.add_column(col, justify="right")
     for r in rows:

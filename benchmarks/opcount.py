@@ -1,7 +1,7 @@
 """Benchmark: dnnlab's analytic counter (meta device) against fvcore's FlopCountAnalysis.
 
 Every torchvision classifier at its default input size, at batch 1 and 16, counted by both
-in the same run, each timed by `dnnlab.timing.median_seconds` (torch.utils.benchmark.Timer: the
+in the same run, each timed by `dnnlab.core.timing.median_seconds` (torch.utils.benchmark.Timer: the
 median over as many runs as fit in --min-run-time, after a warm-up; model construction is not
 timed); prints per-model times, totals and the ratio fvcore / dnnlab (speed-up).
 Targets: never slower than fvcore at batch 1 (ratio >= 1 for every model), >= 10x faster
@@ -24,9 +24,9 @@ import torchvision
 from rich.console import Console
 from rich.table import Table
 
-from dnnlab.models import materialize
+from dnnlab.core.timing import median_seconds
 from dnnlab.opcount import build_meta, count_ops, torchvision_input_shape
-from dnnlab.timing import median_seconds
+from dnnlab.opcount.build import materialize
 
 warnings.filterwarnings("ignore")
 logging.getLogger("fvcore").setLevel(logging.ERROR)

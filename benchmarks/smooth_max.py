@@ -4,7 +4,7 @@ dnnlab.smoothmax.reference.smooth_max_reference (torch.logsumexp(beta (x - c)) /
     python -m benchmarks.smooth_max [--quick] [--beta 2.0] [--min-run-time 0.5] [--threads N]
 
 For each shape and device it times forward + backward of both in interleaved pairs of short
-blocks (dnnlab.timing.paired_ratio: --rounds pairs, each block filling --min-run-time), and
+blocks (dnnlab.core.timing.paired_ratio: --rounds pairs, each block filling --min-run-time), and
 prints the median of the pairs' time ratios ours / reference with its quartiles, against the
 targets of docs/smoothmax.md: time ratio <= 0.7, peak-memory ratio <= 0.25. A verdict is PASS
 when the whole interquartile range is within the target, FAIL when it is all outside, and "not
@@ -30,9 +30,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from dnnlab.core.timing import paired_ratio, torch_threads
 from dnnlab.smoothmax.functional import smooth_max
 from dnnlab.smoothmax.reference import smooth_max_reference
-from dnnlab.timing import paired_ratio, torch_threads
 
 TIME_TARGET, MEMORY_TARGET = 0.7, 0.25
 
@@ -207,7 +207,7 @@ def run(args, min_run_time: float, rounds: int) -> int:
                   "the time ratio's interquartile range covers the target")
     console.print(
         f"time: {rounds} interleaved pairs of blocks of forward+backward steps (each block "
-        f"about {min_run_time:g} s; dnnlab.timing.paired_ratio): ms per step (median over the "
+        f"about {min_run_time:g} s; dnnlab.core.timing.paired_ratio): ms per step (median over the "
         "blocks) and the median of the pairs' ratios with its quartiles; "
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}.\n"
         "peak: highest bytes allocated above the level before the step (input excluded; "

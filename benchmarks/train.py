@@ -6,7 +6,7 @@ torch:  torch.nn.Conv2d + the same pooling through autograd of dnnlab.smoothmax.
         (torch.logsumexp, finite beta) or nn.MaxPool2d / AdaptiveMaxPool2d (beta = inf).
 Prints images/s and the time ratio dnnlab / torch. Target: at most 1.15x the time (eager).
 
-Timing (dnnlab.timing.paired_ratio): the two sides are timed in interleaved pairs of short
+Timing (dnnlab.core.timing.paired_ratio): the two sides are timed in interleaved pairs of short
 blocks (torch.utils.benchmark.Timer.timeit, the mean of a few back-to-back steps, after a
 warm-up; alternating which side goes first), and the ratio is the median of the pairs' ratios,
 printed with its quartiles ("ratio IQR"). On a shared
@@ -52,13 +52,13 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from dnnlab.errors import ConfigError
-from dnnlab.models import SmoothMaxCNN
+from dnnlab.core.errors import ConfigError
+from dnnlab.core.table import Table
+from dnnlab.core.timing import PairedTiming, paired_ratio, torch_threads
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
 from dnnlab.smoothmax.reference import smooth_max_reference
-from dnnlab.table import Table
-from dnnlab.timing import PairedTiming, paired_ratio, torch_threads
 from dnnlab.train.loop import resolve_device
+from dnnlab.train.model import SmoothMaxCNN
 
 
 class LogSumExpPool2d(nn.Module):

@@ -1,2 +1,3 @@
-"""Kept for `from dnnlab.functional import smooth_max`; the code is dnnlab.smoothmax.functional."""
+"""dnnlab's functions, gathered under one name as torch.nn.functional: `smooth_max`
+(dnnlab.smoothmax.functional, docs/math.md (1a)-(1c))."""
 from dnnlab.smoothmax.functional import smooth_max  # noqa: F401

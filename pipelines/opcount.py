@@ -14,98 +14,44 @@ The count runs in `prepare`: a config it refuses leaves no run dir and no W&B ru
 """
 from __future__ import annotations
 
-import re
-import sys
-from dataclasses import dataclass
-from typing import Any
-
 import hydra
 from omegaconf import DictConfig
 
-from dnnlab.cli import console, launch, status
-from dnnlab.config import register
-from dnnlab.errors import ConfigError, DnnlabError
-from dnnlab.models import build_model
+from dnnlab.core.outputs import Outputs, Prepared
 from dnnlab.opcount.costs import cost_outputs, memory_guard, memory_outputs
-from dnnlab.opcount.experiment import OpcountResult, OpcountSettings, run
-from dnnlab.opcount.plots import plot_per_layer
-from dnnlab.opcount.rollup import rollup_tree
-from dnnlab.opcount.zoo import default_input_shape, make_inputs
-from dnnlab.runtime import Run, run_job
+from dnnlab.opcount.experiment import OpcountSettings, run
+from dnnlab.opcount.outputs import outputs
+from dnnlab.opcount.zoo import model_inputs
+from dnnlab.run.cli import launch, status
+from dnnlab.run.config import register
+from dnnlab.run.models import build_model
+from dnnlab.run.runtime import Context, Run, run_job
 
-register("opcount")
-
-
-@dataclass
-class Counted:
-    settings: OpcountSettings
-    result: OpcountResult
-    model: Any = None  # the built model (meta), for measure
-    shape: Any = None
-    inputs: Any = None
-    memory: Any = None  # the predicted MemoryReport (memory=true)
+register("opcount", OpcountSettings)
 
 
-def prepare(settings: OpcountSettings, cfg: DictConfig, run_dir) -> Counted:
-    """The whole count: a model that cannot take the input is refused before anything is
-    written (no run dir, no W&B run)."""
+def prepare(settings: OpcountSettings, context: Context) -> Prepared:
+    """The whole count, so that a model that cannot take its input is refused before anything
+    is written. Built: the result, the model (meta), its input shape and inputs."""
     with status(f"counting {settings.name} ..."):
         model = build_model(settings.model["builder"], device="meta")
-        shape, inputs = settings.input_shape, None
-        if settings.inputs is not None:
-            inputs = make_inputs(settings.inputs)
-        elif shape is None:
-            shape = default_input_shape(model)  # timm: its pretrained_cfg's input_size
-            if shape is None:
-                raise ConfigError("input_shape: none given and the model has no default "
-                                  "(give input_shape=[...] or inputs)")
+        shape, inputs = model_inputs(model, settings.input_shape, settings.inputs)
         result = run(model, shape, inputs=inputs, name=settings.name, count=settings.count,
                      training=settings.training, reconcile_counts=settings.reconcile,
                      unit=settings.unit, reconcile_max_gb=settings.reconcile_max_gb)
-        memory = memory_guard(model, result.report, settings, shape, inputs)
-    return Counted(settings, result, model, shape, inputs, memory)
+        memory = memory_guard(model, result.report, settings, shape, inputs)  # memory=true
+    return Prepared(settings, (result, model, shape, inputs, memory))
 
 
-def job(counted: Counted, run: Run) -> dict:
-    settings, result, tr = counted.settings, counted.result, run.tracker
-    run.results.update(**result.to_dict())
+def job(prepared: Prepared, run: Run) -> Outputs:
+    s, (result, model, shape, inputs, memory) = prepared.settings, prepared.built
+    run.results.update(**result.to_dict())  # kept if the cost model fails
     result.report.to_csv(run.dir / "results.csv")
-    saved = None if counted.memory is None else counted.memory.saved_by_module
-    for table in [*result.tables(), result.rollup_table(settings.show_depth, saved)]:
-        tr.table(table)
-    console.print(rollup_tree(result.report.rollup(settings.show_depth), "per module"))
-    console.print(result.per_layer_table().to_rich(max_rows=settings.show_rows))
-    console.print(result.totals_table().to_rich())
-    if result.flop_counter_line():
-        console.print(result.flop_counter_line(), highlight=False)
-    console.print(result.mode_line(), highlight=False)
-    tr.image("per_layer", plot_per_layer(result, run.dir / "per_layer.png"))
-    costs = cost_outputs(counted.model, result.report, run.dir, name=settings.name,
-                         device=settings.roofline, measure=settings.measure,
-                         input_shape=counted.shape, inputs=counted.inputs)
-    run.results.update(**costs.results)
-    for line in costs.lines:
-        console.print(line, highlight=False, soft_wrap=True)
-    mem = memory_outputs(counted.model, counted.memory, run.dir, name=settings.name,
-                         settings=settings, input_shape=counted.shape, inputs=counted.inputs)
-    run.results.update(**mem.results)
-    for table in mem.tables:
-        console.print(table.to_rich())
-        tr.table(table)
-    for line in mem.lines:
-        console.print(line, highlight=False, soft_wrap=True)
-    for key, png in {**costs.images, **mem.images}.items():
-        tr.image(key, png)
-    tr.summary(**result.summary())
-    if counted.memory is not None:  # the predicted peak and its categories
-        tr.summary(**{"memory/peak_bytes": counted.memory.peak_bytes,
-                      **{f"memory/{k}": v for k, v in counted.memory.by_category.items()}})
-    console.print(f"results: {run.results.path}", soft_wrap=True)
-    bad = result.mismatches(strict=True)
-    if settings.fail_on_mismatch and result.reconciled is False:
-        raise DnnlabError(f"conv/linear counts differ from fvcore at {len(bad)} rows, first: "
-                          f"{bad[0] if bad else result.totals()}")
-    return run.results
+    costs = cost_outputs(model, result.report, run.dir, name=s.name, device=s.roofline,
+                         measure=s.measure, input_shape=shape, inputs=inputs)
+    mem = memory_outputs(model, memory, run.dir, name=s.name, settings=s, input_shape=shape,
+                         inputs=inputs)
+    return outputs(result, costs, s, run.dir, mem, memory)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="opcount")
@@ -113,21 +59,5 @@ def main(cfg: DictConfig) -> dict:
     return run_job(cfg, "opcount", job, prepare=prepare)
 
 
-def quote_switches(argv: list, groups: tuple = ("memory",)) -> list:
-    """`memory=true` selects conf/memory/true.yaml: Hydra's grammar reads a bare true/false as
-    a bool, which a config group refuses, so the option is quoted ('true') before Hydra parses
-    it (sweeps too: memory=true,false). `memory.optimizer=sgd` is an ordinary key."""
-    out = []
-    for arg in argv:
-        key, eq, value = arg.partition("=")
-        if eq and key.lstrip("+~") in groups:
-            value = re.sub(r"(?<![\w'\"])(true|false)(?![\w'\"])", r"'\1'", value,
-                           flags=re.IGNORECASE)
-            arg = f"{key}={value.lower()}"
-        out.append(arg)
-    return out
-
-
 if __name__ == "__main__":
-    sys.argv[1:] = quote_switches(sys.argv[1:])
-    launch("pipelines.opcount")
+    launch("pipelines.opcount", switches=("memory",))

@@ -28,6 +28,20 @@ def pipeline():
     return run_pipeline
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib figures a plot function drew: dnnlab.core.plots.save closes each figure
+    once saved, so the fixture keeps them open and returns them, for a test to read what is
+    drawn (axes, labels, lines, data) rather than the PNG's bytes."""
+    from dnnlab.core.plots import plt
+
+    close = plt.close
+    close("all")
+    monkeypatch.setattr(plt, "close", lambda *args, **kwargs: None)
+    yield lambda: [plt.figure(n) for n in plt.get_fignums()]
+    close("all")
+
+
 def kill_9_after_first_checkpoint(run_dir: Path, *overrides: str) -> None:
     """Start pipelines.train into `run_dir` and kill -9 it as soon as its first checkpoint is
     on disk (the test fails if the run ends before)."""

@@ -1,8 +1,8 @@
-"""Convolution backprop (docs/math.md (4)-(4b)): the Toeplitz form A_w of a 1-D convolution, our
+"""Convolution backprop (docs/math.md (3)-(3b)): the Toeplitz form A_w of a 1-D convolution, our
 Conv1d/2d/3d with a hand-written backward, the chain (a 1-D conv network) and its gradients by
 four methods, their checks and their cost.
 
-    toeplitz    A_w of a filter (4)
+    toeplitz    A_w of a filter (3)
     function    ConvNdFunction: conv forward, transposed conv / correlation backward (4a, 4b)
     modules     Conv1d, Conv2d, Conv3d (torch's classes, our backward), swap_convs
     chain       ChainSpec, the chain's gradients by matrix, conv, autograd and dnnlab's Conv1d

@@ -1,4 +1,4 @@
-"""The chain: the 1-D convolutional network of docs/math.md (4), and four ways to get its gradients.
+"""The chain: the 1-D convolutional network of docs/math.md (3), and four ways to get its gradients.
 
 The chain, for a batch of inputs y_0 of shape (B, n_0):
 
@@ -6,13 +6,13 @@ The chain, for a batch of inputs y_0 of shape (B, n_0):
     y_L =       A_{w_L} y_{L-1} + b_L 1,
 
 with A_w the banded Toeplitz matrix of dnnlab.conv.toeplitz, n_l = n_{l-1} - f_l + 1, and one
-scalar bias b_l per layer. docs/math.md (4a) differentiates the vector y_L; to get a gradient per
+scalar bias b_l per layer. docs/math.md (3a) differentiates the vector y_L; to get a gradient per
 parameter we reduce it with a fixed cotangent u of shape (B, n_L) (or (n_L,), broadcast over the
 batch):
 
     objective J = sum_b <u_b, y_L,b>,  so that  dJ/dy_L = u.
 
-With u = 1 this is the sum of the outputs. The backprop of docs/math.md (4a), with
+With u = 1 this is the sum of the outputs. The backprop of docs/math.md (3a), with
 v_l = dJ/dy_l * sigma'(z_l) (and v_L = dJ/dy_L since the last layer has no activation):
 
     dJ/dy_{l-1} = A_{w_l}^T v_l,    dJ/dw_l = C_{v_l^T} y_{l-1},    dJ/db_l = v_l . 1
@@ -20,10 +20,10 @@ v_l = dJ/dy_l * sigma'(z_l) (and v_L = dJ/dy_L since the last layer has no activ
 summed over the batch. Four implementations (`METHODS`) return the same numbers:
 
 - grads_matrix:   forms every A_w (and C_{v^T}) and multiplies: the O(n^2) reference.
-- grads_conv:     docs/math.md (4b): forward by conv1d, input gradient by conv_transpose1d,
+- grads_conv:     docs/math.md (3b): forward by conv1d, input gradient by conv_transpose1d,
                   weight gradient by correlating y_{l-1} with v_l: O(n f), nothing n x n formed.
 - grads_autograd: torch autograd through F.conv1d.
-- grads_dnnlab:   the chain built from dnnlab's Conv1d (its hand-written backward, (4b)).
+- grads_dnnlab:   the chain built from dnnlab's Conv1d (its hand-written backward, (3b)).
 
 Each returns {"y": y_L, "w1": dJ/dw_1, "b1": dJ/db_1, ..., "wL": ..., "bL": ...}.
 dnnlab.conv.scaling times the matrix and conv forms as n grows.
@@ -40,10 +40,10 @@ import torch.nn.functional as F
 
 from dnnlab.conv.modules import Conv1d
 from dnnlab.conv.toeplitz import toeplitz
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.errors import ConfigError, ShapeError
 
 # ----------------------------------------------------------------------------------------------
-# activations: sigma and sigma' (sigma'(A_{w_l} y_{l-1} + b_l 1) of docs/math.md (4a))
+# activations: sigma and sigma' (sigma'(A_{w_l} y_{l-1} + b_l 1) of docs/math.md (3a))
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
 
@@ -56,7 +56,7 @@ def _gelu_prime(z: torch.Tensor) -> torch.Tensor:
 
 
 class Activation(str, Enum):
-    """The chain's sigma (one for all hidden layers, docs/math.md (4)); gelu is the exact one."""
+    """The chain's sigma (one for all hidden layers, docs/math.md (3)); gelu is the exact one."""
 
     sigmoid = "sigmoid"
     tanh = "tanh"
@@ -83,7 +83,7 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
 
 @dataclass
 class ChainSpec:
-    """The chain of docs/math.md (4): input length n0, filter sizes f_1..f_L, activation, biases.
+    """The chain of docs/math.md (3): input length n0, filter sizes f_1..f_L, activation, biases.
 
     bias: one flag for all layers or one per layer; a layer without bias has b_l = 0 fixed and
     no "b{l}" gradient.
@@ -118,7 +118,7 @@ class ChainSpec:
         return bool(self.bias[l - 1] if isinstance(self.bias, (list, tuple)) else self.bias)
 
     def sizes(self) -> list[int]:
-        """[n_0, n_1, ..., n_L] with n_l = n_{l-1} - f_l + 1 (docs/math.md (4))."""
+        """[n_0, n_1, ..., n_L] with n_l = n_{l-1} - f_l + 1 (docs/math.md (3))."""
         n = [int(self.n0)]
         for l, f in enumerate(self.filters, start=1):
             if f > n[-1]:
@@ -176,7 +176,7 @@ def _bias(b):
 
 def forward_matrix(spec: ChainSpec, params: Params, y0: torch.Tensor):
     """Forward pass with explicit A_w. Returns (y_L, cache) where cache holds what the
-    backprop of docs/math.md (4a) needs: the matrices A_{w_l}, the layer inputs y_{l-1} and the
+    backprop of docs/math.md (3a) needs: the matrices A_{w_l}, the layer inputs y_{l-1} and the
     pre-activations z_l."""
     sigma, _ = ACTIVATIONS[spec.activation]
     n = spec.sizes()
@@ -184,7 +184,7 @@ def forward_matrix(spec: ChainSpec, params: Params, y0: torch.Tensor):
     y = y0  # (B, n_0)
     for l, (w, b) in enumerate(params, start=1):
         A = toeplitz(w, n[l - 1])  # (n_l, n_{l-1})
-        z = y @ A.T + _bias(b)  # (4): z_l = A_{w_l} y_{l-1} + b_l 1, (B, n_l)
+        z = y @ A.T + _bias(b)  # (3): z_l = A_{w_l} y_{l-1} + b_l 1, (B, n_l)
         y = sigma(z) if l < spec.depth else z  # y_l = sigma(z_l); y_L = z_L
         As.append(A)
         zs.append(z)
@@ -194,7 +194,7 @@ def forward_matrix(spec: ChainSpec, params: Params, y0: torch.Tensor):
 
 def grads_matrix(spec: ChainSpec, params: Params, y0: torch.Tensor,
                  u: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The backprop of docs/math.md (4a) with A_w and C_{v^T} formed explicitly (O(n^2))."""
+    """The backprop of docs/math.md (3a) with A_w and C_{v^T} formed explicitly (O(n^2))."""
     y0, u = _check(spec, params, y0, u)
     _, dsigma = ACTIVATIONS[spec.activation]
     yL, cache = forward_matrix(spec, params, y0)
@@ -202,28 +202,28 @@ def grads_matrix(spec: ChainSpec, params: Params, y0: torch.Tensor,
     g = u  # dJ/dy_L, (B, n_L)
     for l in range(spec.depth, 0, -1):
         A, y_prev, z = cache["A"][l - 1], cache["y"][l - 1], cache["z"][l - 1]
-        # (4a): v_l = dJ/dy_l * sigma'(A_{w_l} y_{l-1} + b_l 1); v_L = dJ/dy_L (no sigma)
+        # (3a): v_l = dJ/dy_l * sigma'(A_{w_l} y_{l-1} + b_l 1); v_L = dJ/dy_L (no sigma)
         v = g * dsigma(z) if l < spec.depth else g  # (B, n_l)
         C = toeplitz(v, y_prev.shape[1])  # (B, f_l, n_{l-1}): C_{v_l^T}, one per sample
-        # docs/math.md (4a): dy_L/dw_l = C_{v_l^T} y_{l-1}, summed over the batch
+        # docs/math.md (3a): dy_L/dw_l = C_{v_l^T} y_{l-1}, summed over the batch
         out[f"w{l}"] = (C @ y_prev[:, :, None])[:, :, 0].sum(0)  # (B, f) -> (f,)
         if params[l - 1][1] is not None:
-            out[f"b{l}"] = v.sum()  # docs/math.md (4a): dy_L/db_l = v_l . 1, summed over the batch
-        g = v @ A  # docs/math.md (4a): dy_L/dy_{l-1} = A_{w_l}^T v_l, (B, n_{l-1})
+            out[f"b{l}"] = v.sum()  # docs/math.md (3a): dy_L/db_l = v_l . 1, summed over the batch
+        g = v @ A  # docs/math.md (3a): dy_L/dy_{l-1} = A_{w_l}^T v_l, (B, n_{l-1})
     return _ordered(out, spec)
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. the conv form (docs/math.md (4b)): convolution forward, transposed convolution backward
+# 2. the conv form (docs/math.md (3b)): convolution forward, transposed convolution backward
 
 
 def forward_conv(spec: ChainSpec, params: Params, y0: torch.Tensor):
-    """Forward pass by conv1d (docs/math.md (4b)). Returns (y_L, cache with y_{l-1} and z_l)."""
+    """Forward pass by conv1d (docs/math.md (3b)). Returns (y_L, cache with y_{l-1} and z_l)."""
     sigma, _ = ACTIVATIONS[spec.activation]
     ys, zs = [y0], []
     y = y0  # (B, n_0)
     for l, (w, b) in enumerate(params, start=1):
-        # docs/math.md (4b): A_{w_l} y_{l-1} as a correlation, never forming A_w
+        # docs/math.md (3b): A_{w_l} y_{l-1} as a correlation, never forming A_w
         z = F.conv1d(y[:, None], w[None, None])[:, 0] + _bias(b)  # (B, n_l)
         y = sigma(z) if l < spec.depth else z
         zs.append(z)
@@ -233,7 +233,7 @@ def forward_conv(spec: ChainSpec, params: Params, y0: torch.Tensor):
 
 def grads_conv(spec: ChainSpec, params: Params, y0: torch.Tensor,
                u: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """docs/math.md (4a) computed by convolutions (4b): O(n f), no n x n matrix."""
+    """docs/math.md (3a) computed by convolutions (3b): O(n f), no n x n matrix."""
     y0, u = _check(spec, params, y0, u)
     _, dsigma = ACTIVATIONS[spec.activation]
     yL, cache = forward_conv(spec, params, y0)
@@ -242,13 +242,13 @@ def grads_conv(spec: ChainSpec, params: Params, y0: torch.Tensor,
     for l in range(spec.depth, 0, -1):
         w = params[l - 1][0]
         y_prev, z = cache["y"][l - 1], cache["z"][l - 1]
-        v = g * dsigma(z) if l < spec.depth else g  # docs/math.md (4a): v_l, (B, n_l)
-        # (4a)/(4b): dy_L/dw_l = C_{v_l^T} y_{l-1} = sum_j v_l^{(j)} y_{l-1}^{(i+j-1)}: correlate
+        v = g * dsigma(z) if l < spec.depth else g  # docs/math.md (3a): v_l, (B, n_l)
+        # (3a)/(3b): dy_L/dw_l = C_{v_l^T} y_{l-1} = sum_j v_l^{(j)} y_{l-1}^{(i+j-1)}: correlate
         # y_{l-1} with v_l, batch as channels so the conv also sums over the batch
         out[f"w{l}"] = F.conv1d(y_prev[None], v[None])[0, 0]  # (1,B,n_{l-1}) * (1,B,n_l) -> (f,)
         if params[l - 1][1] is not None:
-            out[f"b{l}"] = v.sum()  # docs/math.md (4a): dy_L/db_l = v_l . 1
-        # docs/math.md (4a)/(4b): dy_L/dy_{l-1} = A_{w_l}^T v_l, a transposed convolution
+            out[f"b{l}"] = v.sum()  # docs/math.md (3a): dy_L/db_l = v_l . 1
+        # docs/math.md (3a)/(3b): dy_L/dy_{l-1} = A_{w_l}^T v_l, a transposed convolution
         g = F.conv_transpose1d(v[:, None], w[None, None])[:, 0]  # (B, n_{l-1})
     return _ordered(out, spec)
 
@@ -294,7 +294,7 @@ def _ordered(out: dict, spec: ChainSpec) -> dict[str, torch.Tensor]:
 def grads_dnnlab(spec: ChainSpec, params: Params, y0: torch.Tensor,
                  u: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The chain built from dnnlab.nn.Conv1d (1 channel), gradients by its hand-written
-    backward (docs/math.md (4b))."""
+    backward (docs/math.md (3b))."""
     y0, u = _check(spec, params, y0, u)
     sigma, _ = ACTIVATIONS[spec.activation]
     layers = []
@@ -308,7 +308,7 @@ def grads_dnnlab(spec: ChainSpec, params: Params, y0: torch.Tensor,
     with torch.enable_grad():
         y = y0[:, None]  # (B, 1, n_0)
         for l, conv in enumerate(layers, start=1):
-            z = conv(y)  # docs/math.md (4b): A_{w_l} y_{l-1} + b_l 1 as a convolution
+            z = conv(y)  # docs/math.md (3b): A_{w_l} y_{l-1} + b_l 1 as a convolution
             y = sigma(z) if l < spec.depth else z
         J = (u * y[:, 0]).sum()  # J = sum_b <u_b, y_L,b>
         leaves = [p for c in layers for p in (c.weight, c.bias) if p is not None]

@@ -16,18 +16,20 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import MISSING
 
 from dnnlab.conv import scaling as cost
 from dnnlab.conv import verify
 from dnnlab.conv.chain import Activation, ChainSpec
-from dnnlab.dtypes import DType, tolerance_for, torch_dtype
-from dnnlab.errors import ConfigError, ShapeError, require
-from dnnlab.table import Table
-from dnnlab.timing import torch_threads
+from dnnlab.conv.plots import plot_scaling
+from dnnlab.core.dtypes import DType, tolerance_for, torch_dtype
+from dnnlab.core.errors import MISSING, ConfigError, ShapeError, require
+from dnnlab.core.outputs import Outputs
+from dnnlab.core.table import Table
+from dnnlab.core.timing import torch_threads
 
 
 class ConfigShapeError(ShapeError, ConfigError):
@@ -67,7 +69,7 @@ class LayerSettings:
 
 @dataclass
 class ChainSettings:
-    """conf/chain/*.yaml: the chain of docs/math.md (4), by `filters` or by a layer list."""
+    """conf/chain/*.yaml: the chain of docs/math.md (3), by `filters` or by a layer list."""
 
     n0: int = 64
     filters: list[int] | None = field(default_factory=lambda: [5, 3, 3])
@@ -101,14 +103,14 @@ class ChainSettings:
         n = self.n0
         for l, f in enumerate(fs, start=1):
             require(f >= 1, key.format(l - 1), f, "filter sizes must be >= 1")
-            if f > n:  # docs/math.md (4): n_l = n_{l-1} - f_l + 1 >= 1
+            if f > n:  # docs/math.md (3): n_l = n_{l-1} - f_l + 1 >= 1
                 raise ConfigShapeError.at(key.format(l - 1), f, f"layer {l}: filter size f={f} "
                                           f"> its input length n_{l - 1}={n} (n0={self.n0})")
             n -= f - 1
         self._spec = ChainSpec(n0=self.n0, filters=fs, activation=act.value, bias=bias)
 
     def _layer_activation(self) -> Activation | None:
-        """One sigma for all hidden layers (docs/math.md (4)); the last layer is linear."""
+        """One sigma for all hidden layers (docs/math.md (3)); the last layer is linear."""
         act, first = self.activation, "activation"
         last = len(self.layers) - 1
         for i, la in enumerate(self.layers):
@@ -316,13 +318,13 @@ class ConvResult:
         return out
 
     def chain_table(self) -> Table:
-        """Per parameter: its formula (docs/math.md (4a)), max |ref| and each pair's errors."""
+        """Per parameter: its formula (docs/math.md (3a)), max |ref| and each pair's errors."""
         st, s = self.settings, self.settings.chain.spec()
         pairs = list(itertools.combinations([m.value for m in st.methods], 2))
         by = {(r["param"], r["a"], r["b"]): r for r in self.chain_rows}
         rows = [[p, verify.formula(p), scale] + [_err_cell(by[(p, a, b)]) for a, b in pairs]
                 for p, scale in self.scale.items()]
-        return Table("chain", ["param", "(4a)", "max |ref|"] + [f"{a} vs {b}" for a, b in pairs],
+        return Table("chain", ["param", "(3a)", "max |ref|"] + [f"{a} vs {b}" for a, b in pairs],
                      rows, formats={"max |ref|": "{:.3g}"},
                      title=f"chain n0={s.n0} f={s.filters} {s.activation} batch={st.batch} "
                            f"{st.dtype.value}: max abs / max rel error (pass <= {self.tol:.1e})")
@@ -361,6 +363,22 @@ class ConvResult:
             out.append(self.real_nets_table())
         if self.scaling is not None and "analysis" in self.scaling:
             out.append(self.scaling_table())
+        return out
+
+    def outputs(self, out_dir: Path, fail_on_mismatch: bool = True) -> Outputs:
+        """The run's outputs: results, tables, the scaling plot (drawn into `out_dir`), the
+        terminal's tables and verdict, and a failure when a check failed (if it should)."""
+        out = Outputs(self.to_dict(), self.tables(), summary=self.summary(),
+                      show=self.display_tables())
+        if self.scaling is not None:
+            png = out.images["scaling_plot"] = plot_scaling(self, Path(out_dir) / "scaling.png")
+            out.results["scaling"]["plot"] = png.name
+            out.captions["scaling_plot"] = self.crossover_sentence()
+            out.show.append(self.crossover_sentence())
+        checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in self.checks.items())
+        out.show.append(f"conv {'[green]PASSED[/]' if self.passed else '[red]FAILED[/]'}: {checks}")
+        if not self.passed and fail_on_mismatch:
+            out.failure = self.failure()
         return out
 
 

@@ -1,26 +1,25 @@
-"""The convolution with a hand-written backward (docs/math.md (4b)): `ConvNdFunction`.
+"""The convolution with a hand-written backward (docs/math.md (3b)): `ConvNdFunction`.
 
-A layer of the chain is z = A_w y + b 1 with A_w the banded Toeplitz matrix of the filter w; (4b)
+A layer of the chain is z = A_w y + b 1 with A_w the banded Toeplitz matrix of the filter w; (3b)
 says never to form A_w: the forward is a convolution and the backward is
 
-    dJ/dy = A_w^T v        (docs/math.md (4a))  -> a transposed convolution of v with w
-    dJ/dw = C_{v^T} y      (docs/math.md (4a))  -> a correlation of the input y with v
-    dJ/db = v . 1          (docs/math.md (4a))  -> a sum of v
+    dJ/dy = A_w^T v        (docs/math.md (3a))  -> a transposed convolution of v with w
+    dJ/dw = C_{v^T} y      (docs/math.md (3a))  -> a correlation of the input y with v
+    dJ/db = v . 1          (docs/math.md (3a))  -> a sum of v
 
 where v = dJ/dz is the gradient arriving at the layer's output. Channels, batch, stride, padding,
 dilation and groups are the multi-dimensional generalisation of the same three formulas.
 The modules that use it are in dnnlab/conv/modules.py.
 
-Weight-gradient choice (float32, ResNet shapes, benchmarks/conv.py): with the explicit
-formula of (4a) "correlate the input with the output gradient, the batch as channels"
-(`_weight_grad_explicit`, exact) the whole layer's forward+backward took 1.2-1.7x torch's time on
-2 CPU cores and 1.3-5.2x on an H200, against 0.95-1.03x with torch's dedicated backward-weights
-kernel (oneDNN on CPU, cuDNN on GPU), which computes the same correlation C_{v^T} y. The default
-mode "aten" therefore calls aten.convolution_backward for the weight gradient alone (what
-torch.nn.grad.conv{N}d_weight calls, but given the real weight: the CPU kernel copies the
-expanded placeholder that torch.nn.grad passes, a measurable cost). `weight_grad_mode("explicit")`
-switches to the explicit formula; the tests check both. The input gradient is always our
-transposed convolution, as fast as torch's backward-data kernel.
+Weight-gradient choice: the explicit formula of (3a) "correlate the input with the output gradient,
+the batch as channels" (`_weight_grad_explicit`, exact) is slower than torch's dedicated
+backward-weights kernel (oneDNN on CPU, cuDNN on GPU), which computes the same correlation C_{v^T}
+y (benchmarks/conv.py measures both). The default mode "aten" therefore calls
+aten.convolution_backward for the weight gradient alone (what torch.nn.grad.conv{N}d_weight calls,
+but given the real weight: the CPU kernel copies the expanded placeholder that torch.nn.grad
+passes, a measurable cost). `weight_grad_mode("explicit")` switches to the explicit formula; the
+tests check both. The input gradient is always our transposed convolution, as fast as torch's
+backward-data kernel.
 
 Memory: like torch, we save only the input (needed for dJ/dw, and saved only when dJ/dw is
 needed) and the weight (a parameter, which costs no new memory).
@@ -32,12 +31,12 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from dnnlab import amp
+from dnnlab.core import amp
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
-_WEIGHT_GRAD = "aten"  # "aten" (default, fastest) or "explicit" ((4a) written out)
+_WEIGHT_GRAD = "aten"  # "aten" (default, fastest) or "explicit" ((3a) written out)
 
 
 @contextlib.contextmanager
@@ -60,7 +59,7 @@ def weight_grad_mode(mode: str):
 def conv_input_grad(g, weight, x_shape, stride, padding, dilation, groups):
     """dJ/dx by transposed convolution. g: (B, C_out, *out), weight: (C_out, C_in/G, *k).
 
-    docs/math.md (4a): dJ/dy_{l-1} = A_w^T v; A_w^T is the transposed convolution with the same
+    docs/math.md (3a): dJ/dy_{l-1} = A_w^T v; A_w^T is the transposed convolution with the same
     filter.
     A strided convolution drops the last (in + 2p - d(k-1) - 1) mod s input positions; the
     transposed convolution gives them back as output_padding (always in [0, s)).
@@ -81,7 +80,7 @@ def conv_weight_grad(x, weight, g, stride, padding, dilation, groups, mode=None)
     mode = mode or _WEIGHT_GRAD
     if mode == "explicit":
         return _weight_grad_explicit(x, weight.shape, g, stride, padding, dilation, groups)
-    # docs/math.md (4a): dJ/dw = C_{v^T} y, by torch's backward-weights kernel (the same correlation
+    # docs/math.md (3a): dJ/dw = C_{v^T} y, by torch's backward-weights kernel (the same correlation
     # fastest). As torch.nn.grad.conv{N}d_weight, but with the real weight instead of an expanded
     # placeholder, which the CPU kernel would first copy into a contiguous tensor.
     n = x.dim() - 2
@@ -91,7 +90,7 @@ def conv_weight_grad(x, weight, g, stride, padding, dilation, groups, mode=None)
 
 
 def _weight_grad_explicit(x, w_shape, g, stride, padding, dilation, groups):
-    """docs/math.md (4a): dJ/dw = C_{v^T} y, i.e.
+    """docs/math.md (3a): dJ/dw = C_{v^T} y, i.e.
     dw[co, ci, k] = sum_b sum_o v[b, co, o] y[b, ci, o*s + k*d]
     (y zero-padded): a convolution of y with v as the filter, the batch playing the channels
     (the conv sums over channels = over the batch), stride and dilation swapped."""
@@ -111,14 +110,14 @@ def _weight_grad_explicit(x, w_shape, g, stride, padding, dilation, groups):
 
 
 def conv_bias_grad(g):
-    """docs/math.md (4a): dJ/db = v . 1, summed over the batch and the positions.
+    """docs/math.md (3a): dJ/db = v . 1, summed over the batch and the positions.
     g: (B, C_out, *out)."""
     return g.sum(dim=[0, *range(2, g.dim())])  # (C_out,)
 
 
 class ConvNdFunction(torch.autograd.Function):
     """y = conv(x, w) + b for 1, 2 or 3 spatial dims (zero padding, symmetric), with the
-    backward of docs/math.md (4a)/(4b).
+    backward of docs/math.md (3a)/(3b).
     x: (B, C_in, *in), w: (C_out, C_in/G, *k), b: (C_out,) or None."""
 
     generate_vmap_rule = True  # torch.func.vmap: forward, backward and jvp are plain ops
@@ -126,7 +125,7 @@ class ConvNdFunction(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, bias, stride, padding, dilation, groups):
         n = x.dim() - 2
-        # docs/math.md (4b): z = A_w y + b 1 computed as a convolution, A_w never formed
+        # docs/math.md (3b): z = A_w y + b 1 computed as a convolution, A_w never formed
         return CONV[n](x, weight, bias, stride, padding, dilation, groups)  # (B, C_out, *out)
 
     @staticmethod

@@ -1,9 +1,9 @@
-"""torch.nn.Conv1d/2d/3d whose backward is dnnlab's (docs/math.md (4b)), and `swap_convs`.
+"""torch.nn.Conv1d/2d/3d whose backward is dnnlab's (docs/math.md (3b)), and `swap_convs`.
 
 Our classes SUBCLASS torch.nn.Conv{1,2,3}d, so constructor arguments, parameter names,
 state_dict keys and isinstance checks are torch's; only `_conv_forward` changes: it calls
 `dnnlab.conv.function.ConvNdFunction`, whose backward is the transposed convolution and
-correlation of docs/math.md (4a)/(4b). `swap_convs(model)` turns a model's torch convolutions
+correlation of docs/math.md (3a)/(3b). `swap_convs(model)` turns a model's torch convolutions
 into ours in place. Wrong input shapes raise ShapeError naming the module path.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnnlab.conv.function import CONV, apply_conv
-from dnnlab.errors import ShapeError
+from dnnlab.core.errors import ShapeError
 
 
 def _fmt(t) -> str:

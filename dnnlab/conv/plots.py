@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from dnnlab.conv.scaling import log2_label
-from dnnlab.plots import plt, save
+from dnnlab.core.plots import plt, save
 
 
 def plot_scaling(result, path: Path) -> Path:
     """A ConvResult's scaling stage: time with reference slopes O(n^2) and O(n f)
-    (docs/math.md (4b)), and the bytes each form holds; skipped matrix rows marked."""
+    (docs/math.md (3b)), and the bytes each form holds; skipped matrix rows marked."""
     sc = result.scaling
     rows = sc["rows"]
     ns = [r["n"] for r in rows]
@@ -20,7 +20,7 @@ def plot_scaling(result, path: Path) -> Path:
     ax.loglog([r["n"] for r in timed], [r["matrix_s"] for r in timed], "o-", c="tab:red",
               label="matrix form (A_w formed)")
     ax.loglog(ns, [r["conv_s"] for r in rows], "s-", c="tab:blue",
-              label="conv form (docs/math.md (4b))")
+              label="conv form (docs/math.md (3b))")
     if timed:  # reference slopes anchored at the largest measured point
         r = timed[-1]
         ax.loglog(ns, [r["matrix_s"] * (n / r["n"]) ** 2 for n in ns], "--", c="tab:red",

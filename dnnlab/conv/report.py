@@ -1,4 +1,4 @@
-"""The main job's section on convolution backprop (docs/math.md (4)-(4b)): the chain's gradients
+"""The main job's section on convolution backprop (docs/math.md (3)-(3b)): the chain's gradients
 by every method, gradcheck, real networks and the cost of the two forms, measured now."""
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from dnnlab.conv.experiment import ConvSettings, RealNetSettings, ScalingSetting
 from dnnlab.conv.plots import plot_scaling
 from dnnlab.conv.scaling import log2_label, ratio_text
 from dnnlab.conv.verify import formula
-from dnnlab.report import Section
+from dnnlab.core.section import Section
 
-TITLE = "4. Convolution backprop"
+TITLE = "3. Convolution backprop"
 
 
 @dataclass
 class ReportSettings(ConvSettings):
-    """conf/reproduce.yaml `conv:`: conf/conv.yaml's settings, with a fast default (< 20 s on
-    2 CPU cores): smaller real networks and n = 2^3 .. 2^12, where a crossover would be."""
+    """conf/reproduce.yaml `conv:`: conf/conv.yaml's settings, with a fast default: smaller real
+    networks and n = 2^3 .. 2^12, where a crossover would be."""
 
     real_nets: list[RealNetSettings] = field(default_factory=lambda: [
         RealNetSettings("resnet18", [2, 3, 32, 32]), RealNetSettings("alexnet", [1, 3, 64, 64])])
@@ -26,10 +26,10 @@ class ReportSettings(ConvSettings):
         default_factory=lambda: ScalingSettings(n_min_log2=3, n_max_log2=12))
 
 
-INTRO = ("docs/math.md (4a): for y_l = sigma(A_{w_l} y_{l-1} + b_l 1) (l < L), y_L = A_{w_L} "
+INTRO = ("docs/math.md (3a): for y_l = sigma(A_{w_l} y_{l-1} + b_l 1) (l < L), y_L = A_{w_L} "
          "y_{L-1} + b_L 1, with v_l = dy_L/dy_l * sigma'(A_{w_l} y_{l-1} + b_l 1): "
          "**dy_L/dw_l = C_{v_l^T} y_{l-1}**, **dy_L/db_l = v_l . 1**, dy_L/dy_{l-1} = "
-         "A_{w_l}^T v_l. (4b): the same by convolution forward and transposed convolution "
+         "A_{w_l}^T v_l. (3b): the same by convolution forward and transposed convolution "
          "backward, A_w never formed. The vector y_L is reduced with a random cotangent u "
          "(J = sum <u, y_L>), so each method gives u^T dy_L/dw_l and u^T dy_L/db_l.\n")
 
@@ -45,10 +45,10 @@ def report_section(settings: ReportSettings, out_dir: Path) -> Section:
     lines = [f"\n## {TITLE}\n", INTRO,
              (f"Checked on n_0 = {s.n0}, f = {s.filters}, sigma = {s.activation}, batch "
               f"{st.batch}, {st.dtype.value}; methods: matrix (A_w and C_(v^T) formed), conv "
-              f"((4b)), autograd (torch through conv1d), dnnlab (our Conv1d's hand-written "
+              f"((3b)), autograd (torch through conv1d), dnnlab (our Conv1d's hand-written "
               f"backward). Max abs / max rel error (rel: / max |first method|); pass <= "
               f"{r.tol:.0e}: **{'all pass' if ok_chain else 'FAILED'}**.\n"),
-             "| param | docs/math.md (4a) | " + " | ".join(f"{a} vs {b}" for a, b in pairs)
+             "| param | docs/math.md (3a) | " + " | ".join(f"{a} vs {b}" for a, b in pairs)
              + " |", "|---|---|" + "---|" * len(pairs)]
     for param in r.scale:
         cells = [by[(param, a, b)] for a, b in pairs]

@@ -1,11 +1,11 @@
 """What the two forms of the chain cost as n grows: the matrix form (A_w formed, O(n^2) time and
-memory) against the conv form (docs/math.md (4b), O(n f)), forward+backward.
+memory) against the conv form (docs/math.md (3b), O(n f)), forward+backward.
 
     rows = [measure_row(n, ScalingSettings()) for n in (64, 128)]
     analysis = analyse(rows)         # crossover, ratios, log-log slopes
     crossover_sentence(rows, analysis, max_matrix_bytes=2e9)
 
-Timing goes through dnnlab.timing: the two forms of a row in interleaved pairs of short blocks
+Timing goes through dnnlab.core.timing: the two forms of a row in interleaved pairs of short blocks
 (paired_ratio), so that the matrix/conv ratio carries its spread (the quartiles of the pairs'
 ratios); a form alone (the conv form where the matrix form is skipped) by its median. A
 conclusion holds only where the spread does not cover 1: otherwise it says "not resolved".
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from dnnlab.conv.chain import METHODS, ChainSpec, forward_conv, forward_matrix, init_params
-from dnnlab.timing import median_seconds, paired_ratio
+from dnnlab.core.timing import median_seconds, paired_ratio
 
 FORMS = ("matrix", "conv")
 
@@ -109,7 +109,7 @@ def _paired(spec: ChainSpec, batch: int, dtype, device, repeats: int, threads: i
 
 
 def _threads(n: int | None):
-    from dnnlab.timing import torch_threads
+    from dnnlab.core.timing import torch_threads
     return torch_threads(n)
 
 

@@ -1,4 +1,4 @@
-"""Check the gradients of docs/math.md (4a) several ways.
+"""Check the gradients of docs/math.md (3a) several ways.
 
 - `compare_methods`: the chain's y_L and gradients by every method of dnnlab.conv.chain
   (matrix, conv, autograd, dnnlab), every pair compared per parameter.
@@ -8,7 +8,7 @@
   parameter's and the input's gradient.
 
 Each comparison row is {"net", "a", "b", "param", "max_abs_err", "max_rel_err", "passed"}: the
-max abs error and the max abs error / max |a| (dnnlab.dtypes.max_errors); a row passes when
+max abs error and the max abs error / max |a| (dnnlab.core.dtypes.max_errors); a row passes when
 either is <= the tolerance (NaN fails both).
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from torch.autograd.gradcheck import GradcheckError
 from dnnlab.conv.chain import ACTIVATIONS, METHODS, ChainSpec, init_params
 from dnnlab.conv.function import apply_conv, weight_grad_mode
 from dnnlab.conv.modules import OUR_CONVS, swap_convs
-from dnnlab.dtypes import dtype_name, max_errors
-from dnnlab.errors import ShapeError, first_line
-from dnnlab.timing import torch_threads
+from dnnlab.core.dtypes import dtype_name, max_errors
+from dnnlab.core.errors import ShapeError, first_line
+from dnnlab.core.timing import torch_threads
 
 
 def passes(abs_err: float, rel_err: float, tol: float) -> bool:
@@ -33,7 +33,7 @@ def passes(abs_err: float, rel_err: float, tol: float) -> bool:
 
 
 def formula(param: str) -> str:
-    """The formula of docs/math.md (4a) for a parameter: w2 -> C_(v_2^T) y_1, b2 -> v_2 . 1."""
+    """The formula of docs/math.md (3a) for a parameter: w2 -> C_(v_2^T) y_1, b2 -> v_2 . 1."""
     if param == "y":
         return "y_L (forward)"
     l = int(param[1:])
@@ -103,7 +103,7 @@ def gradcheck_chain(spec: ChainSpec, batch: int, seed: int) -> dict:
         for l, has_b in enumerate(layout, start=1):
             w = next(it)
             b = next(it).view(1) if has_b else None
-            # docs/math.md (4b): z_l = A_{w_l} y_{l-1} + b_l 1 by our Function (our backward)
+            # docs/math.md (3b): z_l = A_{w_l} y_{l-1} + b_l 1 by our Function (our backward)
             z = apply_conv(y, w.view(1, 1, -1), b, (1,), (0,), (1,), 1)
             y = sigma(z) if l < small.depth else z
         return y[:, 0]  # (B, n_L)

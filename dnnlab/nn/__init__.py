@@ -1,5 +1,5 @@
 """dnnlab's layers: smooth max (log-sum-exp with a temperature) and convolutions with
-hand-written backprop (docs/math.md (1a)-(1c) and (4a)-(4b)).
+hand-written backprop (docs/math.md (1a)-(1c) and (3a)-(3b)).
 
 The layers live with their topics (`dnnlab.smoothmax`, `dnnlab.conv`); this package gathers
 them under one name, like `torch.nn`.

@@ -38,3 +38,16 @@ def torchvision_input_shape(name: str, model: torch.nn.Module | None = None) -> 
         except (ValueError, AttributeError, IndexError, TypeError):
             size = 224
     return [1, 3, size, size]
+
+
+def materialize(model: torch.nn.Module) -> torch.nn.Module:
+    """A model built on meta, given zero CPU weights (for fvcore, which needs real tensors)."""
+    if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
+        model = model.to_empty(device="cpu")
+        with torch.no_grad():
+            for t in list(model.parameters()) + list(model.buffers()):
+                if t.is_floating_point():
+                    t.zero_()
+                else:
+                    t.fill_(1)
+    return model

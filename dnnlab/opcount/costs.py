@@ -18,7 +18,7 @@ class CostOutputs:
     results: dict = field(default_factory=dict)  # results.json keys: roofline, measured
     lines: list = field(default_factory=list)  # for the terminal
     images: dict = field(default_factory=dict)  # W&B key -> PNG path
-    tables: list = field(default_factory=list)  # dnnlab.table.Table for the terminal and W&B
+    tables: list = field(default_factory=list)  # dnnlab.core.table.Table for the terminal and W&B
 
 
 def cost_outputs(model: torch.nn.Module, report: OpReport, run_dir: Path, *, name: str,
@@ -39,7 +39,7 @@ def cost_outputs(model: torch.nn.Module, report: OpReport, run_dir: Path, *, nam
         out.images["roofline"] = plot_roofline(roof, run_dir / "roofline.png",
                                                f"{name} on {device}")
     if measure:
-        from dnnlab.models import materialize
+        from dnnlab.opcount.build import materialize
         from dnnlab.opcount.measure import measure as measure_modules
         from dnnlab.opcount.measure import plot_measured
 
@@ -89,7 +89,7 @@ def memory_guard(model: torch.nn.Module, report: OpReport, settings, input_shape
     """The memory prediction (settings: OpcountSettings) when `memory` is on, and the refusal,
     in one line, of a measurement (memory.measure, measure) whose predicted peak is over
     memory.measure_max_gb. Returns the MemoryReport or None."""
-    from dnnlab.errors import ConfigError, DnnlabError, first_line
+    from dnnlab.core.errors import ConfigError, DnnlabError, first_line
     from dnnlab.opcount.memory import GB
     from dnnlab.opcount.memory_predict import memory_of
 

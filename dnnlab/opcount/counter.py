@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask
 from torch.overrides import TorchFunctionMode
 
-from dnnlab.errors import ShapeError, first_line
+from dnnlab.core.errors import ShapeError, first_line
 from dnnlab.opcount import registry
 from dnnlab.opcount.dispatch import DispatchNet
 from dnnlab.opcount.params import buffer_counts, module_params, param_counts
@@ -345,7 +345,7 @@ def _cpu_or_same(t: _Tensor) -> _Tensor:
 
 def _cpu_like(t: _Tensor) -> _Tensor:
     """A CPU copy (the forward may change buffers in place); zeros for a meta tensor (ones for
-    integers, as `dnnlab.models.materialize`)."""
+    integers, as `dnnlab.opcount.build.materialize`)."""
     if t.is_meta:
         out = torch.empty_like(t, device="cpu")
         return out.zero_() if t.is_floating_point() or t.is_complex() else out.fill_(1)

@@ -63,7 +63,7 @@ DEVICES = (*DATASHEETS, "cpu")
 
 @functools.cache
 def _calibrated(threads: int, n: int, copy_mb: int) -> Device:
-    from dnnlab.timing import quiet_benchmark
+    from dnnlab.core.timing import quiet_benchmark
 
     benchmark = quiet_benchmark()
 

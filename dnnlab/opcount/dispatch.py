@@ -75,7 +75,7 @@ def _name(op: Any) -> str:
 def flop_handler(op: Any):
     """A handler (args, kwargs, out) -> Count from FlopCounterMode's formula of `op`: MACs =
     FLOPs / 2; mults = MACs, adds = MACs - outputs (+ the outputs for addmm/baddbmm's added
-    input, reported as bias adds); backward by the rule of docs/math.md (4b): each product's
+    input, reported as bias adds); backward by the rule of docs/math.md (3b): each product's
     input gradients cost its forward MACs (attention: the math path's 4 products, twice the
     forward; `extra['recompute_bwd_macs']` is the q k^T product a recomputing kernel adds)."""
     formula = flop_registry[op]

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from dnnlab.errors import require
+from dnnlab.core.errors import require
+from dnnlab.core.table import Table
 from dnnlab.opcount.counter import _map, call_args, count_ops
 from dnnlab.opcount.reconcile import STRICT, Reconciliation, reconcile
 from dnnlab.opcount.rows import MAC_FAMILIES, OpReport
-from dnnlab.table import Table
 
 UNITS = {"MACs": 1, "FLOPs": 2}  # FLOPs = 2 MACs (a multiply and an add)
 
@@ -320,10 +320,10 @@ def run(model: torch.nn.Module, input_shape: Sequence[int] | None = None, *,
     with `count.backward`, a training step with FlopCounterMode).
 
     The model may be built on the meta device: it is given zero CPU weights for fvcore only
-    when reconciling (`dnnlab.models.materialize`). Raises ShapeError naming the layer that
+    when reconciling (`dnnlab.opcount.build.materialize`). Raises ShapeError naming the layer that
     cannot take the input.
     """
-    from dnnlab.models import materialize
+    from dnnlab.opcount.build import materialize
 
     require(unit in UNITS, "unit", unit, "expected MACs or FLOPs")
     count = count or CountSettings()

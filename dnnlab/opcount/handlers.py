@@ -2,7 +2,7 @@
 
 Each handler is a pure `handler(args, kwargs, out) -> Count` (see `dnnlab.opcount.registry`);
 `builtins()` is the table of them, keyed by torch function object. Conv and linear follow the
-closed forms of `formulas.py`; backward MACs follow docs/math.md (4b) (input gradient by
+closed forms of `formulas.py`; backward MACs follow docs/math.md (3b) (input gradient by
 transposed convolution, weight gradient by correlation, each the forward's MACs).
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _conv(args, kwargs, out) -> Count:
     c_in = x.shape[-d - 1]
     bias = b is not None
     mults, adds, macs = fm.conv_counts(out_shape, c_in, w.shape[2:], groups, bias)
-    # docs/math.md (4b): input grad by transposed conv, weight grad by correlation
+    # docs/math.md (3b): input grad by transposed conv, weight grad by correlation
     bwd = macs * (int(needs_grad(x)) + int(needs_grad(w)))
     extra = dict(w_shape=shape_of(w), groups=groups, transposed=False, x_rg=needs_grad(x),
                  w_rg=needs_grad(w))
@@ -590,7 +590,7 @@ MISSING: list = []
 
 def builtins() -> dict:
     """The built-in table: {torch function object (or dnnlab module class): Entry}."""
-    from dnnlab.functional import smooth_max
+    from dnnlab.smoothmax.functional import smooth_max
     from dnnlab.smoothmax.modules import SmoothMax, SmoothMaxPool2d
 
     out: dict = {}

@@ -71,10 +71,10 @@ def measure(model: torch.nn.Module, report: OpReport, input_shape=None, *, input
 
     from scipy.stats import spearmanr
 
+    from dnnlab.core.timing import quiet_benchmark
     from dnnlab.opcount.counter import _map
     from dnnlab.opcount.devices import calibrate
     from dnnlab.opcount.roofline import roofline
-    from dnnlab.timing import quiet_benchmark
 
     benchmark = quiet_benchmark()
 
@@ -105,7 +105,7 @@ def measure(model: torch.nn.Module, report: OpReport, input_shape=None, *, input
 
 def plot_measured(measured: Measured, path, title: str):
     """Log-log: predicted against measured seconds per leaf module, with the diagonal."""
-    from dnnlab.plots import plt, save
+    from dnnlab.core.plots import plt, save
 
     fig, ax = plt.subplots(figsize=(6, 5))
     pred = [r["predicted_s"] for r in measured.rows]

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
 from dnnlab.opcount.memory_predict import _map, call_of, check_step, swap_state
 from dnnlab.opcount.memory_report import MemoryReport
 from dnnlab.opcount.memory_track import StepTracker, init_states, make_optimizer, run_step
@@ -69,7 +69,7 @@ def measure_memory(model: torch.nn.Module, input_shape=None, *, inputs: Any = No
                    train: bool = True, optimizer: str | None = "adam", precision: str = "32",
                    device: str = "cpu") -> MemoryReport:
     """Run one steady-state training step of `model` (real weights: a model on meta gets zero
-    ones, integer buffers ones, as dnnlab.models.materialize, with tied weights kept tied and
+    ones, integer buffers ones, as dnnlab.opcount.build.materialize, with tied weights kept tied and
     the model given back as it was) and return what it held: `peak_bytes` and
     `by_category` of live tensors, and in `measured` the RSS growth (rss_growth_bytes) and, on
     CUDA, max_memory_allocated growth (cuda_growth_bytes, cuda_peak_bytes)."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
 from dnnlab.opcount.memory_report import MemoryReport
 from dnnlab.opcount.memory_track import (
     OPTIMIZERS,

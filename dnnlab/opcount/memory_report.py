@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dnnlab.core.table import Table
 from dnnlab.opcount.memory_track import CATEGORIES
-from dnnlab.table import Table
 
 MB = 2 ** 20
 
@@ -82,7 +82,7 @@ class MemoryReport:
 def plot_memory(report: MemoryReport, path: Path, title: str,
                 measured_peak: int | None = None) -> Path:
     """memory.png: `memory_figure` saved at `path`."""
-    from dnnlab.plots import save
+    from dnnlab.core.plots import save
 
     return save(memory_figure(report, title, measured_peak), path)
 
@@ -90,7 +90,7 @@ def plot_memory(report: MemoryReport, path: Path, title: str,
 def memory_figure(report: MemoryReport, title: str, measured_peak: int | None = None):
     """Live MB after each op, the phases shaded, the peak marked; the measured peak (when
     given) as a horizontal line."""
-    from dnnlab.plots import plt
+    from dnnlab.core.plots import plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
     y = [t[3] / MB for t in report.timeline]

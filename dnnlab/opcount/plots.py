@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dnnlab.core.plots import plt, save
 from dnnlab.opcount.rows import MAC_FAMILIES
-from dnnlab.plots import plt, save
 
 COLORS = {"conv": "tab:blue", "linear": "tab:orange", "matmul": "tab:green",
           "attention": "tab:red"}

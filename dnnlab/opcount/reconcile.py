@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from dnnlab.errors import first_line
+from dnnlab.core.errors import first_line
 from dnnlab.opcount.counter import as_inputs, call_args, count_ops, swapped, tensors_of
 from dnnlab.opcount.memory import over_budget
 from dnnlab.opcount.rows import MAC_FAMILIES, OpReport

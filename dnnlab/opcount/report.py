@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dnnlab.errors import require
+from dnnlab.core.errors import require
+from dnnlab.core.section import Section
+from dnnlab.core.table import Table
 from dnnlab.opcount.build import build_meta, torchvision_input_shape
 from dnnlab.opcount.experiment import OpcountResult, run
 from dnnlab.opcount.plots import plot_per_layer
-from dnnlab.report import Section
-from dnnlab.table import Table
 
 # docs/math.md (2): AlexNet at 1x3x224x224, mults = adds (counting the bias add)
 CLAIM = {"conv": 655_566_528, "linear": 58_621_952}

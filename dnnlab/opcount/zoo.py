@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from dnnlab.errors import ConfigError, DnnlabError, first_line
+from dnnlab.core.errors import ConfigError, DnnlabError, first_line
 
 INSTALL = "pip install -e '.[zoo]'"
 
@@ -87,3 +87,16 @@ def make_inputs(spec: Any, key: str = "inputs") -> Any:
     if isinstance(spec, (list, tuple)):
         return tuple(_tensor(v, f"{key}[{i}]", gen) for i, v in enumerate(spec))
     return _tensor(spec, key, gen)
+
+
+def model_inputs(model: torch.nn.Module, input_shape: list | None, inputs: Any
+                 ) -> tuple[list | None, Any]:
+    """(shape, inputs) to count `model` with: `inputs` when given (made by make_inputs), else
+    `input_shape`, else the model's default (timm: its pretrained_cfg's input_size)."""
+    if inputs is not None:
+        return input_shape, make_inputs(inputs)
+    shape = input_shape if input_shape is not None else default_input_shape(model)
+    if shape is None:
+        raise ConfigError("input_shape: none given and the model has no default "
+                          "(give input_shape=[...] or inputs)")
+    return shape, None

@@ -25,10 +25,10 @@ import torch
 from torch.autograd import forward_ad
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dnnlab import amp
-from dnnlab.beta import to_float
-from dnnlab.dtypes import compute_dtype
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core import amp
+from dnnlab.core.beta import to_float
+from dnnlab.core.dtypes import compute_dtype
+from dnnlab.core.errors import ConfigError, ShapeError
 
 __all__ = ["smooth_max"]
 

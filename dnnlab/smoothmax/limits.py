@@ -28,7 +28,7 @@ Tolerance of `holds` (absolute, on the gap):
     tol = 4 eps_d max(|max x|, |nu|) + 4 eps_c (1 + log2 n) / beta
 eps_d is the machine epsilon of `dtype` (nu is rounded to it, so near |x| ~ 1e38 in float32 the
 gap is 0 or a whole ulp of max x); eps_c that of the dtype smooth_max computes in
-(dnnlab.dtypes.compute_dtype): r = log sum exp(beta (x - max)) carries an absolute error of
+(dnnlab.core.dtypes.compute_dtype): r = log sum exp(beta (x - max)) carries an absolute error of
 about eps_c (1 + log2 n) (n rounded exps, a pairwise sum), divided by beta. At beta = inf,
 tol = 4 eps_d |max x| (the gap is exactly 0 there).
 """
@@ -44,12 +44,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from dnnlab.beta import parse_beta
-from dnnlab.dtypes import DType, compute_dtype, dtype_name, torch_dtype
-from dnnlab.errors import require
+from dnnlab.core.beta import parse_beta
+from dnnlab.core.dtypes import DType, compute_dtype, dtype_name, torch_dtype
+from dnnlab.core.errors import require
+from dnnlab.core.table import Table
 from dnnlab.smoothmax.functional import smooth_max
 from dnnlab.smoothmax.reference import smooth_max_reference
-from dnnlab.table import Table
 
 INF = math.inf
 MAX_N = 10_000_000

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnlab import amp
-from dnnlab.beta import parse_beta, to_float
-from dnnlab.dtypes import compute_dtype
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core import amp
+from dnnlab.core.beta import parse_beta, to_float
+from dnnlab.core.dtypes import compute_dtype
+from dnnlab.core.errors import ConfigError, ShapeError
 from dnnlab.smoothmax import native
 from dnnlab.smoothmax.functional import _check_scalar_beta, _shift, smooth_max, traced
 from dnnlab.smoothmax.windows import check_like_max_pool2d, out_size, windows

@@ -47,11 +47,8 @@ def _key() -> str:
 # a build serves one source, torch and Python (dnnlab_global_max_py311_<hash>)
 NAME = f"dnnlab_global_max_py{sys.version_info.major}{sys.version_info.minor}_{_key()}"
 
-# The global pooling takes the kernel for inputs of at most this many entries. Measured
-# (forward + backward, the kernel against the torch ops, 2-core CPU, 2 threads): 0.64-0.78x at
-# 65k-262k entries in 4x4 planes, 0.77-1.01x at 65k-131k in 8x8 and 16x16 planes, but 1.37x at
-# 524k in 8x8 planes and 4.4x at 2M in 16x16: there torch's vectorized (AVX2), multi-threaded
-# ops win over the kernel's 16-byte lanes.
+# The global pooling takes the kernel for inputs of at most this many entries: beyond it torch's
+# vectorized, multi-threaded ops beat the kernel's 16-byte lanes (benchmarks/smooth_max.py).
 MAX_ENTRIES = 1 << 17
 
 _enabled = os.environ.get("DNNLAB_NATIVE", "1") != "0"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from dnnlab.plots import plt, save
+from dnnlab.core.plots import plt, save
 from dnnlab.smoothmax.limits import INF, LimitsResult, LimitsSettings, make_input, nu_and_grad
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dnnlab.report import Section
+from dnnlab.core.section import Section
 from dnnlab.smoothmax.limits import INF, LimitsResult, LimitsSettings, run, short
 from dnnlab.smoothmax.plots import make_plots
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.errors import ConfigError, ShapeError
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
 
 __all__ = ["SmoothAdaptiveMaxPool2d", "swap_pools"]

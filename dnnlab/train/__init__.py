@@ -1,7 +1,8 @@
-"""Training networks of dnnlab layers (pipelines/train.py): data sets (`data`), the loop
-(`loop.fit`, its `Callback`s), the checkpoint and resume (`resume`), what W&B shows (`logs`),
-the training-time gradient probes (`probes`), the multirun summary (`sweep`), the
-temperature-sweep plot (`plots`) and the report section (`report`). Settings: `settings`."""
+"""Training networks of dnnlab layers (pipelines/train.py): data sets (`data`), the network
+(`model`), the loop (`loop.fit`, its `Callback`s), the checkpoint (`resume`), what W&B shows
+(`logs`), the training-time gradient probes (`probes`), the temperature-sweep plot (`plots`)
+and the report section (`report`). Settings: `settings`. The job's resume policy and the
+multirun summary are dnnlab.run's (`run.resume`, `run.train_sweep`)."""
 from dnnlab.train.data import Batches, Splits
 from dnnlab.train.loop import fit, seed_everything
 from dnnlab.train.records import Callback, EpochEnd, TrainResult

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, random_split
 
-from dnnlab.errors import ConfigError, ShapeError, first_line, require
+from dnnlab.core.errors import ConfigError, ShapeError, first_line, require
 
 
 @dataclass

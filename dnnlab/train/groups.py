@@ -2,7 +2,7 @@
 metric's mean, standard deviation and Student-t 95% interval on the mean, and Welch's t-test
 between groups adjacent along the swept numeric key (beta first). The statistics are scipy's.
 
-    groups = group_jobs(jobs)           # jobs: dnnlab.train.sweep.collect's rows
+    groups = group_jobs(jobs)           # jobs: dnnlab.run.train_sweep.collect's rows
     tests = compare_adjacent(groups)    # [{"from", "to", "metric", "diff", "p", "significant"}]
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from dnnlab.beta import to_float
-from dnnlab.errors import ConfigError
+from dnnlab.core.beta import to_float
+from dnnlab.core.errors import ConfigError
 
 METRICS = ("test_accuracy", "best_val_accuracy", "grad_entropy", "argmax_mass")
 REPLICATE = "seed"  # the key whose values are replicates, not settings

@@ -1,5 +1,5 @@
 """What a training run shows in W&B (docs/wandb.md): a loop Callback that hands the records to
-a dnnlab.tracking.Tracker under W&B's names, one per quantity, on two step axes:
+a dnnlab.run.tracking.Tracker under W&B's names, one per quantity, on two step axes:
 `trainer/global_step` (`train/loss`, `train/lr`, `probe/*`) and `epoch` (`train/loss_epoch`,
 `train/accuracy`, `val/*`, `train/images_per_s`, `pool/*`, `test/*`). W&B's `_step` is the global
 step, so a row replayed on a resume lands on its place. Also probes.csv and model.best.pt.
@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from dnnlab.beta import beta_float, log10_beta
-from dnnlab.table import Table
+from dnnlab.core.beta import beta_float, log10_beta
+from dnnlab.core.table import Table
 from dnnlab.train.probes import probe_metrics
 from dnnlab.train.records import Callback, EpochEnd, TrainResult, best_of
 from dnnlab.train.resume import save_atomic
@@ -37,7 +37,7 @@ PROBE_COLUMNS = ["step", "layer", "type", "param", "max_abs_err", "max_rel_err"]
 
 def wandb_config(config: dict) -> dict:
     """The run's resolved config as W&B gets it, one type per key across a sweep's runs:
-    `model.pool.beta` a float (dnnlab.beta.beta_float: inf is 1e6, where `log10_beta` = 6
+    `model.pool.beta` a float (dnnlab.core.beta.beta_float: inf is 1e6, where `log10_beta` = 6
     places it; a list or "learnable" stays as it is) and `log10_beta` beside it: the axis W&B
     charts and groups use (docs/wandb.md)."""
     pool = (config.get("model") or {}).get("pool")

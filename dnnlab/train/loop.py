@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from dnnlab.distributed import World
-from dnnlab.errors import ConfigError, DnnlabError
-from dnnlab.torch_private import graphs_compiled
+from dnnlab.core.distributed import World
+from dnnlab.core.errors import ConfigError, DnnlabError
+from dnnlab.core.torch_private import graphs_compiled
 from dnnlab.train.data import Batches
 from dnnlab.train.probes import Capture, compare, pooling_stats
 from dnnlab.train.records import Callback, EpochEnd, Interrupted, TrainResult, best_of

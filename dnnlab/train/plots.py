@@ -6,9 +6,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dnnlab.beta import to_float
-from dnnlab.errors import ConfigError
-from dnnlab.plots import plt, save
+from dnnlab.core.beta import to_float
+from dnnlab.core.errors import ConfigError
+from dnnlab.core.plots import plt, save
 
 
 def beta_key(b: Any) -> float:

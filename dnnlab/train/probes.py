@@ -1,7 +1,7 @@
 """Training-time gradient probes: the hand-written gradients of dnnlab's layers against
 autograd references, on the live batch, and the pooling's gradient statistics.
 
-For a dnnlab Conv (docs/math.md (4b): input gradient by transposed convolution, weight gradient
+For a dnnlab Conv (docs/math.md (3b): input gradient by transposed convolution, weight gradient
 by correlation) the reference is torch's own convolution through autograd; for SmoothMaxPool2d
 (docs/math.md (1c): gradient softmax(beta x)) it is dnnlab.smoothmax.reference (logsumexp /
 amax through autograd). Both get the same input and the same upstream gradient.
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnnlab.conv.modules import OUR_CONVS
-from dnnlab.dtypes import max_errors
-from dnnlab.nn import SmoothMaxPool2d
+from dnnlab.core.dtypes import max_errors
+from dnnlab.smoothmax.modules import SmoothMaxPool2d
 from dnnlab.smoothmax.reference import smooth_max_reference
 from dnnlab.smoothmax.windows import windows
 

@@ -30,14 +30,12 @@ class EpochBar(Callback):
             f"loss {r['train_loss']:.3f} val_acc {r['val_accuracy']:.3f} H/Hmax {h:.2f}"))
 
 
-def print_result(console: Console, result: TrainResult, path, label: str = "") -> None:
-    """The run's last lines: compile time if compiled, early stop, best val, test accuracy;
-    `label` names the job of a multirun (`job 3 (model.pool.beta=inf): `)."""
+def result_lines(result: TrainResult) -> list[str]:
+    """The run's last lines: compile time if compiled, early stop, best val and test accuracy."""
+    lines = []
     if result.compile_seconds is not None:
-        console.print(f"torch.compile: {result.compile_seconds:.1f} s in the steps that compiled")
+        lines.append(f"torch.compile: {result.compile_seconds:.1f} s in the steps that compiled")
     if result.stopped_epoch is not None:
-        console.print(f"early stopping after epoch {result.stopped_epoch}")
-    console.print(f"{label}best val accuracy {result.best_val_accuracy:.4f} "
-                  f"(epoch {result.best_epoch})"
-                  f"; test accuracy {result.test_accuracy:.4f}; results: {path}",
-                  highlight=False, soft_wrap=True)
+        lines.append(f"early stopping after epoch {result.stopped_epoch}")
+    return lines + [f"best val accuracy {result.best_val_accuracy:.4f} (epoch "
+                    f"{result.best_epoch}); test accuracy {result.test_accuracy:.4f}"]

@@ -65,7 +65,7 @@ class TrainResult:
 
 class Interrupted(KeyboardInterrupt):
     """Training stopped by Ctrl-C (exit_code 130) or SIGTERM (143: a KeyboardInterrupt with
-    `exit_code`, as dnnlab.runtime raises it): the epoch and step, and the last checkpoint."""
+    `exit_code`, as dnnlab.run.runtime raises it): the epoch and step, and the last checkpoint."""
 
     def __init__(self, epoch: int, step: int, checkpoint: Any, exit_code: int = 130):
         super().__init__(f"interrupted at epoch {epoch}, step {step}")

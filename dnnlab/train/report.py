@@ -11,22 +11,22 @@ softmax(beta x) concentrates on the argmax (docs/math.md (1c)).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dnnlab.beta import parse_beta
-from dnnlab.cli import console
-from dnnlab.errors import require
-from dnnlab.models import SmoothMaxCNN
-from dnnlab.report import Section
-from dnnlab.results import write_json
-from dnnlab.table import Table
+from dnnlab.core.beta import parse_beta
+from dnnlab.core.errors import require
+from dnnlab.core.jsonio import write_json
+from dnnlab.core.section import Section
+from dnnlab.core.table import Table
 from dnnlab.train.data import Batches, digits
 from dnnlab.train.groups import compare_adjacent, group_jobs
 from dnnlab.train.loop import fit, resolve_device, seed_everything
+from dnnlab.train.model import SmoothMaxCNN
 from dnnlab.train.plots import plot_temperature_sweep
 from dnnlab.train.probes import pool_beta
 from dnnlab.train.resume import Checkpoint
@@ -84,9 +84,11 @@ def _ci(st: dict | None) -> str:
     return f"{st['mean']:.3f}" + (f" [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else "")
 
 
-def report_section(settings: ReportSettings, out_dir: Path) -> Section:
+def report_section(settings: ReportSettings, out_dir: Path,
+                   progress: Callable[[str], None] | None = None) -> Section:
     """Train `seeds` runs at each beta; the groups' means with Student-t 95% intervals, Welch's
-    test between adjacent betas; the table, the plot and the markdown of the section."""
+    test between adjacent betas; the table, the plot and the markdown of the section.
+    `progress` gets a line per training (the runner shows it: 30 of them under `make run`)."""
     out_dir = Path(out_dir)
     rows, total = [], len(settings.betas) * settings.seeds
     for i, b in enumerate(settings.betas):
@@ -96,9 +98,9 @@ def report_section(settings: ReportSettings, out_dir: Path) -> Section:
             row = train_one(beta, settings.epochs, out_dir / f"train_beta_{b}_seed_{seed}", seed)
             rows.append({"job": len(rows), "overrides": [f"model.pool.beta={b}",
                                                         f"seed={seed}"]} | row)
-            console.print(f"train {len(rows)}/{total}: beta={b} seed={seed} "
-                          f"({time.perf_counter() - t0:.0f} s) test {row['test_accuracy']:.3f}",
-                          highlight=False)  # a line per training: 30 of them under `make run`
+            if progress is not None:
+                progress(f"train {len(rows)}/{total}: beta={b} seed={seed} "
+                         f"({time.perf_counter() - t0:.0f} s) test {row['test_accuracy']:.3f}")
     groups = group_jobs(rows, ["model.pool.beta", "seed"])
     tests = {repr(c["to"]): c for c in compare_adjacent(groups, rows) if
              c["metric"] == "test_accuracy"}
@@ -123,7 +125,7 @@ def report_section(settings: ReportSettings, out_dir: Path) -> Section:
                    for g, r in ((g, rows[g["jobs"][0]]) for g in groups)],
                   title=f"temperature sweep on digits ({settings.seeds} seeds per beta)")
     title = "Training with smooth-max pooling: a temperature sweep"
-    lines = [f"\n## {title} (docs/math.md (1c) and (4b))\n",
+    lines = [f"\n## {title} (docs/math.md (1c) and (3b))\n",
              f"`python -m pipelines.train` on scikit-learn's digits: {settings.seeds} seeds per "
              f"beta (the replicates: initialization and shuffles; one data split), "
              f"{settings.epochs} epochs each, normalized smooth-max pooling, dnnlab Conv2d layers "

@@ -6,29 +6,28 @@
 
 A resume may change only MAY_CHANGE (more epochs, the resume switch, what is shown, where the
 working dir is): any other difference would mix two experiments in one history, and is refused
-in one line naming the keys and both values. `replay` gives a resumed W&B run its history.
+in one line naming the keys and both values. The job's resume policy (resume or start,
+the replay into W&B, the resume command) is dnnlab.run.resume.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dnnlab.errors import ConfigError, DnnlabError, first_line
-from dnnlab.table import jsonable
+from dnnlab.core.errors import ConfigError, DnnlabError, first_line
+from dnnlab.core.table import jsonable
 
 MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "trainer.checkpoint_every",
               "trainer.processes",
               "wandb.mode",
               "wandb.watch.log", "wandb.watch.log_freq", "paths.root_dir", "paths.output_dir")
 KEYS = {"model", "optimizer", "epoch", "step", "history"}  # what makes a dnnlab checkpoint
-DISCARDED = "metrics.discarded.jsonl"  # rows past the checkpoint that a resume redoes
 
 
 def save_atomic(path: Path, state: dict, prev: Path | None = None) -> None:
@@ -138,65 +137,3 @@ class Checkpoint:
                                   f"{', '.join(MAY_CHANGE)}); nothing was written{also}")
         self.start = state
         return state
-
-
-def resume_or_start(ck: Checkpoint, switch: Any, config_now: Callable[[dict], dict],
-                    epochs: int) -> bool:
-    """trainer.resume (docs/train.md, "Resume"): True (resume: `ck.start` set) when `switch` is
-    true, or auto and the run dir holds a checkpoint; a checkpoint of another config is
-    refused. One rule says a run is done: results.json says done and the checkpoint's config
-    is this one; then NothingToDo (dnnlab.runtime) with the old results."""
-    from dnnlab.results import Results
-    from dnnlab.runtime import NothingToDo
-
-    if not (switch is True or (switch == "auto" and ck.exists())):
-        return False
-    ck.switch = f"trainer.resume={str(switch).lower()}"
-    done = int(ck.resume(config_now)["epoch"]) + 1
-    old = Results.read(ck.path.parent)
-    if old.get("status") == "done" and (done >= epochs or old.get("stopped_epoch") is not None):
-        raise NothingToDo(f"nothing to do: {ck.path.parent} already finished {done} epochs "
-                          f"(trainer.epochs={epochs}) with this config; nothing changed. Raise "
-                          "trainer.epochs to train longer", old)
-    return True
-
-
-def replay(tracker: Any, step: int) -> int:
-    """After a resume from `step`: metrics.jsonl keeps its rows up to `step` (later ones, which
-    the resume redoes, and lines cut by a kill go to metrics.discarded.jsonl); W&B gets them
-    again from its own next step on (kill -9 loses what wandb buffered). Returns how many."""
-    path = tracker.run_dir / "metrics.jsonl"
-    keep, drop = [], []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            drop.append(line)
-            continue
-        (drop if row.get("_step", -1) > step else keep).append(row)
-    if drop:
-        with open(tracker.run_dir / DISCARDED, "a") as f:
-            f.write("".join((d if isinstance(d, str) else json.dumps(d)) + "\n" for d in drop))
-    tracker.restart_mirror()
-    first, sent = tracker.next_step, 0
-    for row in keep:
-        s = row.pop("_step", None)
-        again = s is not None and s >= first and tracker.run is not None
-        tracker.log(row, step=s, to_wandb=again)
-        sent += again
-    return sent
-
-
-def resume_command(module: str, overrides: list[str], run_dir: Any) -> str:
-    """The command line that resumes a run: its overrides + trainer.resume, hydra.run.dir."""
-    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in (
-        "trainer.resume", "hydra.run.dir")]
-    return shlex.join(["python", "-m", module, *keep, "trainer.resume=true",
-                       f"hydra.run.dir={run_dir}"])
-
-
-def interrupted_line(err: Any, command: str) -> str:
-    """The one line of an interrupted run (a dnnlab.train.records.Interrupted): where it
-    stopped, its last checkpoint, and `command`, which resumes it."""
-    return (f"interrupted at epoch {err.epoch}, step {err.step}; checkpoint "
-            f"{err.checkpoint or 'none yet (first epoch)'}; resume with: {command}")

@@ -1,14 +1,12 @@
-"""The training pipeline's settings: the schema of conf/train.yaml (dnnlab.config registers it as
-`train_schema`), typed so that Hydra rejects a wrong type while composing and `__post_init__`
+"""The training pipeline's settings: the schema of conf/train.yaml (dnnlab.run.config registers
+it as `train_schema`), typed so that Hydra rejects a wrong type while composing and `__post_init__`
 rejects a bad value, each with the key (`trainer.epochs=0: must be >= 1`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING
-
-from dnnlab.errors import require
+from dnnlab.core.errors import MISSING, require
 
 
 @dataclass

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from dnnlab.distributed import World
-from dnnlab.errors import ConfigError
+from dnnlab.core.distributed import World
+from dnnlab.core.errors import ConfigError
 from dnnlab.train.settings import TrainerSettings
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,5 +1,5 @@
 """Pruning, the training side: a loop Callback that hands each epoch's validation accuracy to a
-`report(epoch, value) -> prune?` function (dnnlab.trial.TrialLink.report under
+`report(epoch, value) -> prune?` function (dnnlab.run.trial.TrialLink.report under
 experiment=search) and raises `Pruned` at the end of the epoch the pruner stops. The epoch's
 checkpoint and records are written before (this callback goes last), so a pruned run keeps its
 history. No Optuna here: the training code knows only the function it is handed.

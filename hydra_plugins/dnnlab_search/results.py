@@ -2,7 +2,7 @@
 trial (`best_params`, `best_value`, `best_trial`), every trial (number, job, state, params as
 the job's overrides, value, the epoch a pruned trial stopped after) and Optuna's parameter
 importances (fANOVA, seeded), which need two complete trials at least. The sweep's W&B summary
-run logs it (dnnlab.train.sweep.log_summary_run)."""
+run logs it (dnnlab.run.train_sweep.log_summary_run)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from dnnlab.errors import first_line
-from dnnlab.table import jsonable
+from dnnlab.core.errors import first_line
+from dnnlab.core.table import jsonable
 from hydra_plugins.dnnlab_search.space import typed
 
 OVERRIDES = "dnnlab:overrides"

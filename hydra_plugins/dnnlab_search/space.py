@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
 
 SPEC_KEYS = {"low", "high", "log", "int", "or"}
 

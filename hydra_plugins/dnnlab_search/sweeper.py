@@ -3,7 +3,7 @@ ask/tell around whichever launcher Hydra has (basic, joblib, submitit), the stud
 dir (`<sweep dir>/optuna.db`, SQLite).
 
 - Each trial is a job: its overrides drawn define-by-run (space.Space), its number handed to the
-  job through `hydra.job.env_set` (dnnlab.trial), the job dir numbered after the existing ones.
+  job through `hydra.job.env_set` (dnnlab.run.trial), the job dir numbered after the existing ones.
 - A job's result: `best_val_accuracy` (what pipelines.train returns; never a test metric) told as
   COMPLETE; a job that failed (no value) as FAIL and the search goes on (up to
   `max_failure_rate` of a batch); a job whose results.json says `pruned` as PRUNED.
@@ -24,11 +24,11 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.errors import ConfigError, DnnlabError
-from dnnlab.lock import RunLock
-from dnnlab.results import Results
-from dnnlab.sweep_dir import job_dirs
-from dnnlab.trial import PRUNER, STORAGE, STUDY, TRIAL, make_pruner, open_storage
+from dnnlab.core.errors import ConfigError, DnnlabError
+from dnnlab.run.lock import RunLock
+from dnnlab.run.results import Results
+from dnnlab.run.sweep_dir import job_dirs
+from dnnlab.run.trial import PRUNER, STORAGE, STUDY, TRIAL, make_pruner, open_storage
 from hydra_plugins.dnnlab_search.results import write_results
 from hydra_plugins.dnnlab_search.space import Space
 
@@ -97,7 +97,7 @@ class DnnlabSweeper(Sweeper):
         return study
 
     def _env(self, number: int) -> list[str]:
-        """The overrides that hand a job its trial (dnnlab.trial reads them)."""
+        """The overrides that hand a job its trial (dnnlab.run.trial reads them)."""
         env = "hydra.job.env_set"
         return [f"++{env}.{TRIAL}={number}", f"++{env}.{STUDY}={_quoted(self.study_name)}",
                 f"++{env}.{STORAGE}={_quoted(self.storage)}"]

@@ -1,4 +1,4 @@
-"""The chain (docs/math.md (4)): its gradients by matrix, conv, autograd and dnnlab's Conv1d agree
+"""The chain (docs/math.md (3)): its gradients by matrix, conv, autograd and dnnlab's Conv1d agree
 (float64), and bad specs name the layer."""
 import pytest
 import torch
@@ -14,7 +14,7 @@ from dnnlab.conv.chain import (
     grads_matrix,
     init_params,
 )
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.errors import ConfigError, ShapeError
 
 f64 = torch.float64
 

@@ -5,10 +5,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from dnnlab.config import register, settings_of, to_settings
 from dnnlab.conv.experiment import ConvSettings, run
-from dnnlab.dtypes import DType
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.dtypes import DType
+from dnnlab.core.errors import ConfigError, ShapeError
+from dnnlab.run.config import register, settings_of, to_settings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 FAST = {"real_nets": [], "gradcheck": False,
@@ -17,7 +17,7 @@ FAST = {"real_nets": [], "gradcheck": False,
 
 @pytest.fixture
 def composed():
-    register("conv")
+    register("conv", ConvSettings)
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         paths = [f"paths.{k}=/tmp" for k in ("root_dir", "data_dir", "output_dir")]  # no run

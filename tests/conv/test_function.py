@@ -1,4 +1,4 @@
-"""ConvNdFunction (docs/math.md (4b)): torch.autograd.gradcheck in float64, both weight-gradient
+"""ConvNdFunction (docs/math.md (3b)): torch.autograd.gradcheck in float64, both weight-gradient
 modes, and the three gradient functions against torch's."""
 import pytest
 import torch
@@ -40,7 +40,7 @@ def test_gradcheck_function(n, mode, one_thread):
 
 def test_the_three_gradients_against_torch():
     """conv_input_grad / conv_weight_grad (both modes) / conv_bias_grad equal torch's
-    convolution_backward (docs/math.md (4a)), stride, padding, dilation and groups included."""
+    convolution_backward (docs/math.md (3a)), stride, padding, dilation and groups included."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, 11, 9, generator=g, dtype=f64)
     w = torch.randn(6, 2, 3, 2, generator=g, dtype=f64)

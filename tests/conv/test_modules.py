@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dnnlab.conv.function import weight_grad_mode
-from dnnlab.errors import ShapeError
+from dnnlab.core.errors import ShapeError
 from dnnlab.nn import Conv1d, Conv2d, Conv3d, swap_convs
 
 f64 = torch.float64

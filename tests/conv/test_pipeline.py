@@ -20,7 +20,7 @@ def test_conv_end_to_end(pipeline, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["passed"] is True and res["complete"] is True
     assert res["dtype"] == "float64" and res["tolerance"] == 1e-10
-    assert res["chain"]["sizes"] == [64, 60, 58, 56]  # docs/math.md (4): n_l = n_{l-1} - f_l + 1
+    assert res["chain"]["sizes"] == [64, 60, 58, 56]  # docs/math.md (3): n_l = n_{l-1} - f_l + 1
 
     # the chain: the three pairs, every w_l and b_l, float64 errors <= 1e-10
     chain = {(r["a"], r["b"], r["param"]): r for r in res["comparisons"] if r["net"] == "chain"}

@@ -1,11 +1,10 @@
-"""docs/math.md (4): the banded Toeplitz matrix A_w is conv1d's correlation."""
+"""docs/math.md (3): the banded Toeplitz matrix A_w is conv1d's correlation."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dnnlab.conv.toeplitz import toeplitz
-from dnnlab.errors import ShapeError
-from dnnlab.toeplitz import toeplitz as toeplitz_shim
+from dnnlab.core.errors import ShapeError
 
 f64 = torch.float64
 
@@ -14,16 +13,13 @@ def maxdiff(a, b):
     return (a - b).abs().max().item() if a.numel() else 0.0
 
 
-def test_shim_is_the_same_function():
-    assert toeplitz_shim is toeplitz
-
 def test_toeplitz_band_and_entries():
     w = torch.tensor([1.0, 2.0, 3.0], dtype=f64)
     A = toeplitz(w, 6)
     assert A.shape == (4, 6) and A.dtype == f64
     for i in range(4):
         for j in range(6):
-            # docs/math.md (4): A^{(i,j)} = w^{(j-i+1)} for i <= j <= i+f-1 (1-based), else 0
+            # docs/math.md (3): A^{(i,j)} = w^{(j-i+1)} for i <= j <= i+f-1 (1-based), else 0
             expect = w[j - i].item() if i <= j <= i + 2 else 0.0
             assert A[i, j].item() == expect
     assert torch.equal(toeplitz(w, 3), w[None])  # n_in = f: one row, the filter itself

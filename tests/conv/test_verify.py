@@ -13,7 +13,7 @@ from dnnlab.conv.verify import (
     pair_summary,
     passes,
 )
-from dnnlab.errors import ShapeError
+from dnnlab.core.errors import ShapeError
 
 SPEC = ChainSpec(n0=64, filters=[5, 3, 3], activation="sigmoid")
 METHODS = ["matrix", "conv", "autograd", "dnnlab"]
@@ -43,7 +43,7 @@ def test_formula_and_passes():
 
 
 def test_a_broken_backward_is_caught(monkeypatch):
-    """Break our Function's bias gradient (dJ/db = 2 v . 1 instead of v . 1, docs/math.md (4a)):
+    """Break our Function's bias gradient (dJ/db = 2 v . 1 instead of v . 1, docs/math.md (3a)):
     gradcheck and the dnnlab comparisons fail, the matrix/conv/autograd ones still pass."""
     good = function.conv_bias_grad
     monkeypatch.setattr(function, "conv_bias_grad", lambda g: 2 * good(g))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from dnnlab.errors import ShapeError
+from dnnlab.core.errors import ShapeError
 from dnnlab.opcount import count_ops
 from dnnlab.opcount.reconcile import fvcore_counts, reconcile
 
@@ -150,8 +150,8 @@ def test_model_left_as_it_was_and_meta_cost_independent_of_batch():
 
 def test_dnnlab_layers_are_counted():
     from dnnlab.functional import smooth_max
-    from dnnlab.models import SmoothMaxCNN
     from dnnlab.nn import SmoothMaxPool2d, swap_convs
+    from dnnlab.train.model import SmoothMaxCNN
 
     native = torchvision.models.resnet18()
     ours = swap_convs(torchvision.models.resnet18())

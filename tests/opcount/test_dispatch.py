@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from dnnlab.errors import ShapeError
+from dnnlab.core.errors import ShapeError
 from dnnlab.opcount import MAC_FAMILIES, Count, count_ops, register_handler, unregister_handler
 from dnnlab.opcount.counter import ForwardError
 

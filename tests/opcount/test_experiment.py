@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from dnnlab.config import settings_of
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.errors import ConfigError, ShapeError
 from dnnlab.opcount import build_meta
 from dnnlab.opcount.experiment import CountSettings, OpcountSettings, run
+from dnnlab.run.config import settings_of
 
 KEYS = {"model", "input_shape", "unit", "inputs", "mode", "mode_reason", "not_counted",
         "fvcore_error", "failed_checks", "count_bias", "layers", "totals", "backward_totals",
         "reconciled", "flop_counter", "mismatches", "params", "buffers",
         "skipped_checks", "causal_totals"}
 LENET = {"name": "tiny", "input_shape": [2, 1, 8, 8], "builder": {
-    "_target_": "dnnlab.models.build_layers", "layers": [
+    "_target_": "dnnlab.run.models.build_layers", "layers": [
         {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3},
         {"type": "ReLU"}, {"type": "Flatten"},
         {"type": "Linear", "in_features": 144, "out_features": 10}]}}

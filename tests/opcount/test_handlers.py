@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnlab.errors import ShapeError
+from dnnlab.core.errors import ShapeError
 from dnnlab.opcount import count_ops
 
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
 from dnnlab.opcount.memory_measure import measure_memory
 from dnnlab.opcount.memory_predict import memory_of
 from dnnlab.opcount.memory_report import memory_figure, saved_rollup

@@ -7,7 +7,7 @@ import resource
 
 import pytest
 
-from pipelines.opcount import quote_switches
+from dnnlab.run.cli import quote_switches
 
 
 @pytest.mark.slow  # a pipeline run with a measured step (the same outputs in process: test_memory)

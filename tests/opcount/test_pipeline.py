@@ -72,7 +72,7 @@ def test_opcount_multirun_with_hydra_grammar_groups_jobs(pipeline, tmp_path):
     assert len(groups) == 1 and groups.pop().startswith("opcount-")
 
 
-@pytest.mark.slow  # W&B's own fallback (dnnlab.tracking), through this pipeline
+@pytest.mark.slow  # W&B's own fallback (dnnlab.run.tracking), through this pipeline
 def test_wandb_online_without_account_falls_back_to_offline(tmp_path, monkeypatch):
     from tests.conftest import run_pipeline
 

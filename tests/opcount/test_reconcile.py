@@ -42,8 +42,8 @@ FAST = ["alexnet", "vit_b_16", "regnet_y_400mf", "googlenet", "squeezenet1_1"]
 
 
 def _check_classifier(name: str, backward: bool) -> None:
-    from dnnlab.models import materialize
     from dnnlab.opcount import build_meta
+    from dnnlab.opcount.build import materialize
 
     model = build_meta(lambda: torchvision.models.get_model(name))
     shape = torchvision_input_shape(name, model)

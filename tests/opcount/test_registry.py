@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnlab.errors import ShapeError
+from dnnlab.core.errors import ShapeError
 from dnnlab.opcount import Count, CountError, count_ops, register_handler, unregister_handler
 from dnnlab.opcount import handlers as builtin
 from dnnlab.opcount.registry import Entry, arg, handler_of, needs_grad, op_name, resolve, table

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from dnnlab.config import settings_of
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
 from dnnlab.opcount.report import CLAIM, ReportSettings, report_section
+from dnnlab.run.config import settings_of
 
 
 def test_report_settings():
-    assert ReportSettings().models == ["alexnet", "resnet18", "vit_b_16"]
     with pytest.raises(ConfigError, match=r"^models\[1\]='alexnett'"):
         ReportSettings(models=["alexnet", "alexnett"])
     with pytest.raises(ConfigError, match=r"^models=\[\]"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from dnnlab.errors import DnnlabError, ShapeError
+from dnnlab.core.errors import DnnlabError, ShapeError
 from dnnlab.opcount import count_ops, reconcile
 from dnnlab.opcount.reconcile import fvcore_counts
 

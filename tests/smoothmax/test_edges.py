@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.errors import ConfigError, ShapeError
 from dnnlab.nn import SmoothAdaptiveMaxPool2d, SmoothMaxPool2d, swap_pools
 from dnnlab.smoothmax.functional import smooth_max
 from tests.smoothmax.references import dnu_dbeta_mp, pool_reference

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.errors import ConfigError, ShapeError
 from dnnlab.nn import SmoothAdaptiveMaxPool2d, SmoothMax, SmoothMaxPool2d, swap_pools
 from dnnlab.smoothmax.functional import smooth_max
 from tests.smoothmax.references import lse_reference, out_len, pool_reference

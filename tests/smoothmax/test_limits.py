@@ -10,9 +10,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from dnnlab.config import register, to_settings
-from dnnlab.dtypes import DType
-from dnnlab.errors import ConfigError
+from dnnlab.core.dtypes import DType
+from dnnlab.core.errors import ConfigError
+from dnnlab.run.config import register, to_settings
 from dnnlab.smoothmax.limits import (
     BetaGrid,
     Distribution,
@@ -28,7 +28,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 def composed(*overrides: str):
     """conf/smoothmax.yaml with overrides, as the pipeline gets it."""
-    register("smoothmax")
+    register("smoothmax", LimitsSettings)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):

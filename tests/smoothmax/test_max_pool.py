@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dnnlab.core.timing import torch_threads
 from dnnlab.smoothmax import native
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
-from dnnlab.timing import torch_threads
 
 INF = math.inf
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.errors import ConfigError, ShapeError
 from dnnlab.smoothmax.functional import smooth_max
 from dnnlab.smoothmax.modules import SmoothMax, SmoothMaxPool2d
 from dnnlab.smoothmax.reference import smooth_max_reference

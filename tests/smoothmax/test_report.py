@@ -1,8 +1,8 @@
 """dnnlab.smoothmax.report: the report's section from typed settings (no Hydra)."""
 import pytest
 
-from dnnlab.config import settings_of
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
+from dnnlab.run.config import settings_of
 from dnnlab.smoothmax.limits import LimitsSettings
 from dnnlab.smoothmax.report import ReportSettings, report_section
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18, vgg11
 
-from dnnlab.errors import ConfigError, ShapeError
+from dnnlab.core.errors import ConfigError, ShapeError
 from dnnlab.nn import SmoothAdaptiveMaxPool2d, SmoothMaxPool2d, swap_convs, swap_pools
 
 

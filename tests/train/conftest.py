@@ -7,10 +7,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from dnnlab.config import register
+from dnnlab.run.config import register
+from dnnlab.train.settings import TrainSettings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-register("train")
+register("train", TrainSettings)
 
 
 def compose_train(*overrides: str):

@@ -19,9 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnnlab.models import SmoothMaxCNN
 from dnnlab.nn import Conv2d
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
+from dnnlab.train.model import SmoothMaxCNN
 
 BETAS = [4.0, math.inf]
 HOP = "autograd_function_apply"  # an autograd.Function captured whole (forward and backward)
@@ -210,7 +210,7 @@ def test_compiled_training_reaches_eager_accuracy(pipeline, tmp_path):
 
 
 def test_graphs_compiled_counts_what_dynamo_compiles():
-    from dnnlab.torch_private import graphs_compiled
+    from dnnlab.core.torch_private import graphs_compiled
 
     torch.compiler.reset()
     before = graphs_compiled()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnnlab.models import SmoothMaxCNN
 from dnnlab.train import Batches, TrainerSettings, fit, seed_everything
 from dnnlab.train.data import digits
+from dnnlab.train.model import SmoothMaxCNN
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from dnnlab.config import to_settings
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
+from dnnlab.run.config import to_settings
 from dnnlab.train.data import Splits, digits, mnist, split3, synthetic, torchvision_set
 from tests.train.conftest import compose_train
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnnlab.distributed import World
+from dnnlab.core.distributed import World
 from tests.conftest import ROOT, run_pipeline
 from tests.wandb_reader import find_runs, summarize
 

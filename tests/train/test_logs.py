@@ -1,19 +1,19 @@
 """dnnlab.train.logs: what a training run shows in W&B, driven in-process through a real
 offline Tracker and read back from its `.wandb` file; and the replay of a resume
-(dnnlab.train.resume.replay)."""
+(dnnlab.run.resume.replay)."""
 from __future__ import annotations
 
 import json
 
 import torch
 
-from dnnlab.beta import BETA_INF_FLOAT
-from dnnlab.models import SmoothMaxCNN
-from dnnlab.settings import WandbConfig
-from dnnlab.tracking import MIRROR, Tracker
+from dnnlab.core.beta import BETA_INF_FLOAT
+from dnnlab.run.resume import DISCARDED, replay
+from dnnlab.run.settings import WandbConfig
+from dnnlab.run.tracking import MIRROR, Tracker
 from dnnlab.train.logs import BEST, METRICS, PROBE_COLUMNS, TrainLogs, read_probes
+from dnnlab.train.model import SmoothMaxCNN
 from dnnlab.train.records import EpochEnd, TrainResult
-from dnnlab.train.resume import DISCARDED, replay
 from tests.wandb_reader import find_runs, summarize
 
 CKPT = "checkpoint.pt"

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from dnnlab.errors import ConfigError, DnnlabError, ShapeError
-from dnnlab.models import SmoothMaxCNN, build_layers
+from dnnlab.core.errors import ConfigError, DnnlabError, ShapeError
+from dnnlab.run.models import build_layers
 from dnnlab.train.data import Batches, check_fits, synthetic
 from dnnlab.train.logs import epoch_metrics
 from dnnlab.train.loop import (
@@ -23,6 +23,7 @@ from dnnlab.train.loop import (
     seed_everything,
     stopped,
 )
+from dnnlab.train.model import SmoothMaxCNN
 from dnnlab.train.resume import Checkpoint
 from dnnlab.train.settings import EarlyStopping, TrainerSettings
 

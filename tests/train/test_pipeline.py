@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from dnnlab.beta import BETA_INF_FLOAT
+from dnnlab.core.beta import BETA_INF_FLOAT
 from tests.conftest import kill_9_after_first_checkpoint
 from tests.wandb_reader import find_runs, summarize
 

@@ -1,4 +1,4 @@
-"""trainer.precision: dnnlab's autograd Functions under torch.autocast (dnnlab.amp): the smooth
+"""trainer.precision: dnnlab's autograd Functions under torch.autocast (dnnlab.core.amp): the smooth
 max computes its log-sum-exp in float32, so bf16 keeps the (1a) bound, and its gradient reaches
 float32 inputs as float32; the conv runs in the autocast dtype like torch's; a bf16 training run
 ends within 0.02 of float32's test accuracy with finite losses and float64 probes."""

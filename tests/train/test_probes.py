@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnnlab.models import SmoothMaxCNN
 from dnnlab.nn import Conv1d, Conv2d, SmoothMaxPool2d
+from dnnlab.train.model import SmoothMaxCNN
 from dnnlab.train.probes import (
     Capture,
     compare,

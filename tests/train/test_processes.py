@@ -54,13 +54,13 @@ def test_processes_zero_is_refused():
 
 
 def test_start_returns_the_failed_ranks_status(tmp_path):
-    """dnnlab.distributed.start in process (what trainer.processes=2 runs): a value each rank
+    """dnnlab.run.processes.start in process (what trainer.processes=2 runs): a value each rank
     refuses comes back as the rank's exit status, 1."""
-    from dnnlab import distributed
+    from dnnlab.core import distributed
+    from dnnlab.run import processes
 
-    assert not distributed.launched() and distributed._children() == []
-    code = distributed.start(2, "pipelines.train", ["trainer.threads=0", *QUICK],
-                             tmp_path / "r")
+    assert not distributed.launched() and distributed.children() == []
+    code = processes.start(2, "pipelines.train", ["trainer.threads=0", *QUICK], tmp_path / "r")
     assert code == 1 and not (tmp_path / "r").exists()
 
 

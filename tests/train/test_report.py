@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dnnlab.config import settings_of, to_settings
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
+from dnnlab.run.config import settings_of, to_settings
 from dnnlab.train import report
 from dnnlab.train.report import ReportSettings, report_section
 from tests.train.conftest import compose_train
@@ -20,7 +20,7 @@ def test_constants_are_the_configs_defaults():
     ds = dict(s.data.dataset)
     assert ds.pop("_target_") == "dnnlab.train.data.digits" and ds == report.DATASET
     builder = dict(s.model["builder"])
-    assert builder.pop("_target_") == "dnnlab.models.SmoothMaxCNN"
+    assert builder.pop("_target_") == "dnnlab.train.model.SmoothMaxCNN"
     assert builder.pop("beta") == 4.0 and builder == report.MODEL
     opt = dict(s.optimizer)
     assert (opt.pop("_target_"), opt.pop("_partial_")) == ("torch.optim.Adam", True)
@@ -45,7 +45,7 @@ def test_a_short_section(tmp_path):
     sec = report_section(ReportSettings(betas=[2, "inf"], epochs=1, seeds=2), tmp_path)
     md = sec.markdown
     assert md.startswith("\n## Training with smooth-max pooling: a temperature sweep "
-                         "(docs/math.md (1c) and (4b))\n")
+                         "(docs/math.md (1c) and (3b))\n")
     assert "digits: 2 seeds per beta" in md and "1 epochs each" in md
     assert "| 2.0 | 2 | 0." in md and "| inf | 2 | 0." in md
     assert "Mean entropy non-increasing in beta: yes." in md

@@ -1,5 +1,5 @@
-"""The checkpoint (atomic, a bad one passed over), what a resume may change, the refusal line,
-the replay into W&B and the resume command (dnnlab.train.resume)."""
+"""The checkpoint (atomic, a bad one passed over), what a resume may change and the refusal line
+(dnnlab.train.resume)."""
 from __future__ import annotations
 
 import math
@@ -9,14 +9,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dnnlab.config import resolved_with
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
+from dnnlab.run.config import resolved_with
+from dnnlab.run.resume import resume_command
 from dnnlab.train.resume import (
     MAY_CHANGE,
     Checkpoint,
     config_diff,
     flatten,
-    resume_command,
     save_atomic,
     unreadable_why,
 )

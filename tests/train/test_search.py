@@ -286,10 +286,10 @@ def test_a_job_reports_to_its_trial_through_the_storage(tmp_path, monkeypatch):
     """In-process, on a real SQLite study: the link a job builds from the sweeper's variables
     reports each epoch once and says when the stored pruner stops it; the loop callback raises
     Pruned then."""
-    from dnnlab.errors import ConfigError
+    from dnnlab.core.errors import ConfigError
+    from dnnlab.run.trial import PRUNER, STORAGE, STUDY, TRIAL, TrialLink, make_pruner, open_storage
     from dnnlab.train.records import EpochEnd
     from dnnlab.train.trial import Pruned, ReportToTrial
-    from dnnlab.trial import PRUNER, STORAGE, STUDY, TRIAL, TrialLink, make_pruner, open_storage
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="s", storage=url, direction="maximize")
@@ -343,7 +343,7 @@ def _stored(url: str, number: int):
 ])
 def test_a_bad_space_names_its_key(params, arguments, says):
     """In-process: the space's errors (the subprocess path of each is the one above)."""
-    from dnnlab.errors import ConfigError
+    from dnnlab.core.errors import ConfigError
     from hydra_plugins.dnnlab_search.space import Space
 
     with pytest.raises(ConfigError) as err:
@@ -384,7 +384,7 @@ def test_a_spec_is_accepted_exactly_when_its_interval_is(low, high, log):
     value."""
     import math
 
-    from dnnlab.errors import ConfigError
+    from dnnlab.core.errors import ConfigError
     from hydra_plugins.dnnlab_search.space import Space
 
     spec = {"model.pool.beta": {"low": low, "high": high, "log": log, "or": ["inf"]}}

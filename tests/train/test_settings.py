@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from dnnlab.cli import describe
-from dnnlab.config import to_settings
-from dnnlab.errors import ConfigError
+from dnnlab.core.errors import ConfigError
+from dnnlab.run.cli import describe
+from dnnlab.run.config import to_settings
 from dnnlab.train.settings import DataConfig, TrainerSettings, TrainSettings
 from tests.train.conftest import compose_train
 
@@ -21,7 +21,7 @@ def test_defaults_compose_into_typed_settings():
                               "test_fraction": 0.2, "split_seed": 0}
     assert s.trainer == TrainerSettings(epochs=10, device="auto", probe_every=20, resume="auto",
                                         checkpoint_every=0, progress=True)
-    assert s.model["builder"]["_target_"] == "dnnlab.models.SmoothMaxCNN"
+    assert s.model["builder"]["_target_"] == "dnnlab.train.model.SmoothMaxCNN"
     assert s.optimizer["_partial_"] is True and s.scheduler["T_max"] == 10
     assert to_settings(compose_train("scheduler=none")).scheduler is None
 

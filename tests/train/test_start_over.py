@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from dnnlab.beta import BETA_INF_FLOAT
+from dnnlab.core.beta import BETA_INF_FLOAT
 from tests.wandb_reader import find_runs, summarize
 
 QUICK = ["trainer.progress=false"]

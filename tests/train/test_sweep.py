@@ -1,13 +1,13 @@
-"""dnnlab.train.sweep: the multirun summary, from job dirs laid out as Hydra writes them
+"""dnnlab.run.train_sweep: the multirun summary, from job dirs laid out as Hydra writes them
 (`<job>/.hydra/overrides.yaml`, `results.json`, `failed.json`)."""
 from __future__ import annotations
 
 import json
 import math
 
-from dnnlab.beta import LOG10_BETA_INF
-from dnnlab.table import Table
-from dnnlab.train.sweep import (
+from dnnlab.core.beta import LOG10_BETA_INF
+from dnnlab.core.table import Table
+from dnnlab.run.train_sweep import (
     CHARTS,
     COLUMNS,
     collect,

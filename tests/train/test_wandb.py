@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from dnnlab.beta import BETA_INF_FLOAT, LOG10_BETA_INF
+from dnnlab.core.beta import BETA_INF_FLOAT, LOG10_BETA_INF
 from tests.conftest import kill_9_after_first_checkpoint, run_pipeline
 from tests.wandb_reader import find_runs, summarize
 

@@ -11,8 +11,8 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from dnnlab.errors import ConfigError
-from dnnlab.settings import WandbConfig, wandb_from_env
+from dnnlab.core.errors import ConfigError
+from dnnlab.run.settings import WandbConfig, wandb_from_env
 from tests.conftest import ROOT
 from tests.wandb_reader import find_runs, summarize
 
