@@ -40,6 +40,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/opcount.py
+	$(PY) benchmarks/parity.py --quick
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache .coverage

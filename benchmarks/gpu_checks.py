@@ -9,6 +9,8 @@
 3. DDP on 1 GPU through torchrun (nccl): its test accuracy against the plain run's (within 0.01);
 4. trainer.compile=true on CUDA (same test accuracy within 0.01, compile time printed);
 5. benchmarks/train.py --quick --no-compile --device cuda (the eager ratios on the GPU);
+   benchmarks/parity.py --quick --device cuda (dnnlab's loop against a bare one: equal losses
+   to 1e-6, the images/s ratio of the default settings; target >= 0.95);
 6. opcount's memory prediction against torch.cuda.max_memory_allocated of a training step
    (resnet18, batch 32, Adam; target: within 5%).
 
@@ -74,6 +76,22 @@ def memory_row() -> list:
             f"{time.perf_counter() - t0:.0f} s", abs(err) <= 0.05]
 
 
+def parity_row() -> list:
+    """benchmarks/parity.py on the GPU: the losses equal to 1e-6 with probes off and on, and the
+    default settings' images/s against the bare loop's (its verdict: meets, below, not resolved)."""
+    code, tail, secs = run([sys.executable, "benchmarks/parity.py", "--quick", "--device",
+                            "cuda"], timeout=1200)
+    lines = tail.splitlines()
+    equal = [x for x in lines if x.strip().startswith("losses,")]
+    default = next((x.split()[-1] for x in lines if x.strip().startswith("default")), "?")
+    ratio = next((x.split(")")[-1].split()[0] for x in lines
+                  if x.strip().startswith("default")), "?")
+    ok = code == 0 and len(equal) == 2 and all("EQUAL" in x for x in equal)
+    return ["benchmarks/parity.py --device cuda", f"losses {'equal' if ok else 'DIFFERENT'}; "
+            f"default images/s {ratio}x the bare loop's ({default})", f"{secs:.0f} s",
+            ok and default != "below"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="skip the benchmark (5.)")
@@ -128,6 +146,7 @@ def main() -> int:
                                 "--device", "cuda"], timeout=1800)
         last = tail.strip().splitlines()[-1] if tail.strip() else "?"
         rows.append(["benchmarks/train.py --device cuda", last, f"{secs:.0f} s", code == 0])
+    rows.append(parity_row())
     t = Table(title=f"GPU checks on {torch.cuda.get_device_name(0)}")
     for c in ("check", "measured", "time", "verdict"):
         t.add_column(c)

@@ -4,30 +4,31 @@ is written; `job` trains and owns results.json; the checkpoint holds the history
 the best validation accuracy, what a sweeper optimizes (never a test metric)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hydra
 from omegaconf import DictConfig
 
-from dnnlab.core.outputs import Outputs, Prepared
-from dnnlab.run.cli import console, launch
+from dnnlab.run.cli import launch
 from dnnlab.run.config import register
-from dnnlab.run.models import build_training
-from dnnlab.run.processes import spawned
-from dnnlab.run.resume import resumable, resume_or_start, resumed_at
-from dnnlab.run.runtime import Context, Run, run_job
-from dnnlab.run.trial import pruned, trial_callbacks
-from dnnlab.train import loop
-from dnnlab.train.logs import TrainLogs, wandb_config
-from dnnlab.train.probes import pool_beta
-from dnnlab.train.progress import EpochBar, result_lines
-from dnnlab.train.records import OnEpoch
-from dnnlab.train.resume import Checkpoint
 from dnnlab.train.settings import TrainSettings
-from dnnlab.train.trial import Pruned
+
+if TYPE_CHECKING:
+    from dnnlab.core.outputs import Outputs, Prepared
+    from dnnlab.run.runtime import Context, Run
+
+# torch, W&B and the rest load in the job's functions, not here: `--help` and a config error
+# (refused while Hydra composes, before `main` runs) need only the schema
 
 register("train", TrainSettings)
 
 
 def prepare(s: TrainSettings, context: Context) -> Prepared:
+    from dnnlab.core.outputs import Prepared
+    from dnnlab.run.models import build_training
+    from dnnlab.run.resume import resume_or_start
+    from dnnlab.train.resume import Checkpoint
+
     built = build_training(s)  # seeded, then data, model, optimizer, scheduler
     built.checkpoint = Checkpoint(context.run_dir / "checkpoint.pt", context.config)
     resume = resume_or_start(built.checkpoint, s.trainer.resume, context.config_with,
@@ -36,6 +37,17 @@ def prepare(s: TrainSettings, context: Context) -> Prepared:
 
 
 def job(p: Prepared, run: Run) -> Outputs:
+    from dnnlab.core.outputs import Outputs
+    from dnnlab.run.cli import console
+    from dnnlab.run.resume import resumable, resumed_at
+    from dnnlab.run.trial import pruned, trial_callbacks
+    from dnnlab.train import loop
+    from dnnlab.train.logs import TrainLogs
+    from dnnlab.train.probes import pool_beta
+    from dnnlab.train.progress import EpochBar, result_lines
+    from dnnlab.train.records import OnEpoch
+    from dnnlab.train.trial import Pruned
+
     s, b, main = p.settings, p.built, run.world.is_main  # rank 0 alone writes and shows
     step, beta = resumed_at(b.checkpoint, run), pool_beta(b.model)
     run.results.update(model=str(s.model.get("name")), data=s.data.name, beta=beta, seed=s.seed,
@@ -59,6 +71,10 @@ def job(p: Prepared, run: Run) -> Outputs:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from dnnlab.run.processes import spawned
+    from dnnlab.run.runtime import run_job
+    from dnnlab.train.logs import wandb_config
+
     results = spawned(cfg, "pipelines.train")  # trainer.processes=N: N processes, one run
     if results is None:
         results = run_job(cfg, "train", job, prepare=prepare, wandb_config=wandb_config,

@@ -111,6 +111,29 @@ def describe(err: BaseException) -> tuple[str, int] | None:
     return None
 
 
+def _quick_help() -> None:
+    """For `--help` / `--hydra-help` only: Hydra's help lists every config group's options,
+    and each of its ~100 look-ups deep-copies the whole config repository (seconds in all);
+    within one help the repository cannot change, so the copy for a given (config, overrides)
+    is made once (ConfigLoaderImpl._parse_overrides_and_create_caching_repo, memoized for this
+    process, which ends once the help is printed)."""
+    import functools
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    slow = ConfigLoaderImpl._parse_overrides_and_create_caching_repo
+    memo: dict = {}
+
+    @functools.wraps(slow)
+    def once(self, config_name, overrides):
+        key = (id(self), config_name, tuple(overrides))
+        if key not in memo:
+            memo[key] = slow(self, config_name, overrides)
+        return memo[key]
+
+    ConfigLoaderImpl._parse_overrides_and_create_caching_repo = once
+
+
 def launch(module: str, switches: tuple = ()) -> None:
     """A pipeline's `__main__`: run `<module>.main` (imported under its own name, so that the
     launchers that pickle the task, joblib and submitit, pickle it by reference) and report
@@ -120,6 +143,8 @@ def launch(module: str, switches: tuple = ()) -> None:
     full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; we print the one line ourselves
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: rank 0 alone says it
+    if {"--help", "-h", "--hydra-help"} & set(sys.argv[1:]):
+        _quick_help()
     try:
         importlib.import_module(module).main()
     except KeyboardInterrupt as err:

@@ -30,9 +30,9 @@ from dnnlab.run.results import Results
 from dnnlab.run.settings import WandbConfig
 from dnnlab.run.sweep_dir import FAILED, job_dirs, read_overrides
 from dnnlab.run.tracking import Tracker
-from dnnlab.train.groups import METRICS, compare_adjacent, group_jobs, override_values, swept
-from dnnlab.train.plots import plot_temperature_sweep
 
+# scipy (dnnlab.train.groups) and matplotlib (dnnlab.train.plots) are imported where used: Hydra
+# makes this callback for every run of pipelines.train, a single one too
 SEARCH = "optimization_results.yaml"  # experiment=search's record (hydra_plugins/dnnlab_search)
 COLUMNS = ["job", "beta", "log10_beta", "seed", "test_accuracy", "best_val_accuracy",
            "grad_entropy", "argmax_mass", "status"]
@@ -74,6 +74,9 @@ def write_summary(sweep_dir: Path) -> dict:
     t-test of adjacent groups)."""
     sweep_dir = Path(sweep_dir)
     rows = collect(sweep_dir)
+    from dnnlab.train.groups import compare_adjacent, group_jobs  # scipy: when a job ends
+    from dnnlab.train.plots import plot_temperature_sweep  # matplotlib
+
     groups = group_jobs(rows)
     summary = {"sweep_dir": str(sweep_dir), "jobs": rows,
                "failed": [r["job"] for r in rows if r["status"] == "failed"],
@@ -108,6 +111,8 @@ def swept_keys(jobs: list[dict]) -> dict[str, list]:
     """{key: [its value in each job, in job order]} for the overrides whose values differ
     between the jobs (the sweep's own keys), then {key: value} under "fixed" for those every
     job shares."""
+    from dnnlab.train.groups import override_values, swept
+
     values, keys = override_values(jobs), swept(jobs)
     swept_ = {k: values[k] for k in keys}
     fixed = {k: v[0] for k, v in values.items() if k not in swept_}
@@ -124,6 +129,8 @@ def groups_table(summary: dict, metric: str = "test_accuracy") -> Table:
     """The groups as a Table ordered by beta: the swept keys but the seed, `log10_beta` when
     beta is swept, n, the seeds, each metric's mean and 95% interval, and for `metric` Welch's
     p-value against the previous group along the axis and whether it is significant at 0.05."""
+    from dnnlab.train.groups import METRICS
+
     groups = summary.get("groups") or []
     keys = list(groups[0]["key"]) if groups else []
     beta = "model.pool.beta" in keys

@@ -15,13 +15,15 @@ the sweeper agree on it without passing its settings twice.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dnnlab.core.errors import ConfigError, first_line
 from dnnlab.run.cli import console
-from dnnlab.run.runtime import Run
 from dnnlab.train.records import best_of
 from dnnlab.train.trial import Pruned, ReportToTrial
+
+if TYPE_CHECKING:  # runtime imports torch (World): Hydra loads this module with its plugins
+    from dnnlab.run.runtime import Run
 
 TRIAL, STUDY, STORAGE = "DNNLAB_TRIAL", "DNNLAB_STUDY", "DNNLAB_STORAGE"  # set by the sweeper
 PRUNER = "dnnlab:pruner"  # the study's user attr: {"name": none|median|hyperband, "args": {...}}
