@@ -121,7 +121,9 @@ def _quick_help() -> None:
 
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-    slow = ConfigLoaderImpl._parse_overrides_and_create_caching_repo
+    slow = getattr(ConfigLoaderImpl, "_parse_overrides_and_create_caching_repo", None)
+    if slow is None:  # another Hydra: its help as it is, only slower
+        return
     memo: dict = {}
 
     @functools.wraps(slow)
