@@ -1,7 +1,7 @@
 """Train a network of dnnlab layers and watch docs/math.md (1c) and (3b) at work (docs/train.md).
 `prepare` builds all that can refuse the config (data, model, shapes, a resume) before anything
-is written; `job` trains and owns results.json; the checkpoint holds the history. `main` returns
-the best validation accuracy, what a sweeper optimizes (never a test metric)."""
+is written; `job` trains and owns results.json (its history written as it goes, KeepHistory).
+`main` returns the best validation accuracy, what a sweeper optimizes (never a test metric)."""
 from __future__ import annotations
 
 import hydra
@@ -19,7 +19,7 @@ from dnnlab.train import loop
 from dnnlab.train.logs import TrainLogs, wandb_config
 from dnnlab.train.probes import pool_beta
 from dnnlab.train.progress import EpochBar, result_lines
-from dnnlab.train.records import OnEpoch
+from dnnlab.train.records import KeepHistory
 from dnnlab.train.resume import Checkpoint
 from dnnlab.train.settings import TrainSettings
 from dnnlab.train.trial import Pruned
@@ -38,11 +38,10 @@ def prepare(s: TrainSettings, context: Context) -> Prepared:
 def job(p: Prepared, run: Run) -> Outputs:
     s, b, main = p.settings, p.built, run.world.is_main  # rank 0 alone writes and shows
     step, beta = resumed_at(b.checkpoint, run), pool_beta(b.model)
-    run.results.update(model=str(s.model.get("name")), data=s.data.name, beta=beta, seed=s.seed,
-                       history=b.checkpoint.start["history"] if b.checkpoint.start else [])
+    run.results.update(model=str(s.model.get("name")), data=s.data.name, beta=beta, seed=s.seed)
     logs = TrainLogs(run.tracker, b.model, beta, resumed_at=step)
     run.tracker.watch(b.model, s.wandb.watch.log, s.wandb.watch.log_freq)
-    history = OnEpoch(lambda end: run.results.update(history=end.history))  # as it goes
+    history = KeepHistory(lambda h: run.results.update(history=h))  # results' one writer
     try:
         with resumable("pipelines.train", run), EpochBar(s.trainer.epochs, console,
                                                          s.trainer.progress and main) as bar:
