@@ -255,3 +255,10 @@ def test_fp16_needs_cuda(tmp_path):
         pytest.skip("CUDA present: fp16 is allowed")
     with pytest.raises(ConfigError, match=r"^trainer.precision=fp16: float16 training needs "):
         _run(tmp_path, epochs=1, precision="fp16")
+
+
+def test_fit_reads_in_one_screen():
+    """Issue 32's shape: `fit` starts the state, runs an epoch, saves, repeats (<= 60 lines)."""
+    import inspect
+
+    assert len(inspect.getsource(fit).splitlines()) <= 60
