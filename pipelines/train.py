@@ -1,10 +1,8 @@
 """Train a network of dnnlab layers and watch docs/math.md (1c) and (3b) at work (docs/train.md).
-`prepare` builds all that can refuse the config (data, model, shapes, a resume) before anything
-is written; `job` trains and owns results.json; the checkpoint holds the history. `main` returns
-the best validation accuracy, what a sweeper optimizes (never a test metric)."""
+Its `prepare` and `job` are dnnlab.run.train_job's; `trainer.processes=N` runs it as N
+processes (dnnlab.run.processes). `main` returns the best validation accuracy, what a sweeper
+optimizes (never a test metric)."""
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
@@ -13,66 +11,17 @@ from dnnlab.run.cli import launch
 from dnnlab.run.config import register
 from dnnlab.train.settings import TrainSettings
 
-if TYPE_CHECKING:
-    from dnnlab.core.outputs import Outputs, Prepared
-    from dnnlab.run.runtime import Context, Run
-
-# torch, W&B and the rest load in the job's functions, not here: `--help` and a config error
-# (refused while Hydra composes, before `main` runs) need only the schema
+# torch, W&B and the rest load in `main`, not here: `--help` and a config error (refused while
+# Hydra composes, before `main` runs) need only the schema
 
 register("train", TrainSettings)
-
-
-def prepare(s: TrainSettings, context: Context) -> Prepared:
-    from dnnlab.core.outputs import Prepared
-    from dnnlab.run.models import build_training
-    from dnnlab.run.resume import resume_or_start
-    from dnnlab.train.resume import Checkpoint
-
-    built = build_training(s)  # seeded, then data, model, optimizer, scheduler
-    built.checkpoint = Checkpoint(context.run_dir / "checkpoint.pt", context.config)
-    resume = resume_or_start(built.checkpoint, s.trainer.resume, context.config_with,
-                             s.trainer.epochs)  # or NothingToDo: done with this config
-    return Prepared(s, built, resume)
-
-
-def job(p: Prepared, run: Run) -> Outputs:
-    from dnnlab.core.outputs import Outputs
-    from dnnlab.run.cli import console
-    from dnnlab.run.resume import resumable, resumed_at
-    from dnnlab.run.trial import pruned, trial_callbacks
-    from dnnlab.train import loop
-    from dnnlab.train.logs import TrainLogs
-    from dnnlab.train.probes import pool_beta
-    from dnnlab.train.progress import EpochBar, result_lines
-    from dnnlab.train.records import OnEpoch
-    from dnnlab.train.trial import Pruned
-
-    s, b, main = p.settings, p.built, run.world.is_main  # rank 0 alone writes and shows
-    step, beta = resumed_at(b.checkpoint, run), pool_beta(b.model)
-    run.results.update(model=str(s.model.get("name")), data=s.data.name, beta=beta, seed=s.seed,
-                       history=b.checkpoint.start["history"] if b.checkpoint.start else [])
-    logs = TrainLogs(run.tracker, b.model, beta, resumed_at=step)
-    run.tracker.watch(b.model, s.wandb.watch.log, s.wandb.watch.log_freq)
-    history = OnEpoch(lambda end: run.results.update(history=end.history))  # as it goes
-    try:
-        with resumable("pipelines.train", run), EpochBar(s.trainer.epochs, console,
-                                                         s.trainer.progress and main) as bar:
-            result = loop.fit(b.model, b.batches, b.optimizer, b.scheduler, s.trainer,
-                              ([logs, history, bar] if main else []) + trial_callbacks(run),
-                              b.checkpoint, run.world)
-    except Pruned as pr:  # the search's pruner stopped it after an epoch: not an error
-        return pruned(run, pr)
-    if main:
-        logs.finish(result, b.checkpoint.config, b.checkpoint.path)
-    *lines, last = result_lines(result)
-    return Outputs(result.to_dict(), show=lines, footer=run.label + last + "; results: {path}")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from dnnlab.run.processes import spawned
     from dnnlab.run.runtime import run_job
+    from dnnlab.run.train_job import job, prepare
     from dnnlab.train.logs import wandb_config
 
     results = spawned(cfg, "pipelines.train")  # trainer.processes=N: N processes, one run

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from dnnlab.train.settings import SAME_EXPERIMENT
+
 # conf/hydra/default.yaml names run dirs <time>-<pid>_<overrides>. Cached, so that a multirun's
 # workers (which get a copy of the resolver cache) agree with the main process.
 DIRNAME_MAX = 80  # characters of the overrides in a run dir's name
@@ -21,6 +23,9 @@ def _overrides_dirname(overrides: str) -> str:
 OmegaConf.register_new_resolver("dnnlab_pid", lambda: str(os.getpid()), use_cache=True,
                                 replace=True)
 OmegaConf.register_new_resolver("dnnlab_overrides", _overrides_dirname, use_cache=True,
+                                replace=True)
+# the overrides a run dir's name leaves out (hydra.job.config.override_dirname.exclude_keys)
+OmegaConf.register_new_resolver("dnnlab_same_experiment", lambda: list(SAME_EXPERIMENT),
                                 replace=True)
 
 

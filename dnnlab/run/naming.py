@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from dnnlab.run.settings import RunNameRule
+from dnnlab.train.settings import SAME_EXPERIMENT
 
 JOB_GROUPS = ("hydra", "wandb", "paths")  # where and how a job runs: never in a run name
 NAME_MAX = 100  # characters of a run name
@@ -35,7 +36,8 @@ def run_name(rule: RunNameRule, pipeline: str, config: dict, overrides: list[str
     """`<pipeline>-<parts>-<key>=<value>,...` (at most NAME_MAX characters): the rule's parts by
     value (a key ending in `name` as its value, a true flag as its last key, any other as last
     key + value: `beta4`), then the other overrides by their last key, except those of the
-    rule's `skip` and the job groups (hydra, wandb, paths); a long value is cut."""
+    rule's `skip`, the job groups (hydra, wandb, paths) and the keys that do not change an
+    experiment (dnnlab.train.settings.SAME_EXPERIMENT); a long value is cut."""
     parts = [pipeline]
     for key in rule.parts:
         value, last = _select(config, key), key.rsplit(".", 1)[-1]
@@ -43,7 +45,7 @@ def run_name(rule: RunNameRule, pipeline: str, config: dict, overrides: list[str
             continue
         parts.append(last if value is True else _short(value) if last == "name"
                      else f"{last}{_short(value)}")
-    skip = set(rule.skip) | set(rule.parts)
+    skip = set(rule.skip) | set(rule.parts) | set(SAME_EXPERIMENT)
     extra = []
     for o in overrides:
         key, _, value = o.lstrip("+~").partition("=")

@@ -26,7 +26,8 @@ def resume_or_start(ck: Checkpoint, switch: Any, config_now: Callable[[dict], di
     if not (switch is True or (switch == "auto" and ck.exists())):
         return False
     ck.switch = f"trainer.resume={str(switch).lower()}"
-    done = int(ck.resume(config_now)["epoch"]) + 1
+    ck.resume(config_now)
+    done = ck.state.next_epoch
     old = Results.read(ck.path.parent)
     if old.get("status") == "done" and (done >= epochs or old.get("stopped_epoch") is not None):
         raise NothingToDo(f"nothing to do: {ck.path.parent} already finished {done} epochs "
@@ -79,7 +80,7 @@ def interrupted_line(err: Any, command: str) -> str:
 def resumed_at(ck: Checkpoint, run: Any) -> int | None:
     """The step a resumed run starts from (None for a new run). Rank 0 shows the checkpoint's
     warning and replays the metrics up to that step into the tracker."""
-    step = int(ck.start["step"]) if ck.start is not None else None
+    step = ck.state.step if ck.start is not None else None
     if ck.warning and run.world.is_main:
         console.print(f"warning: {ck.warning}", highlight=False, soft_wrap=True)
     if step is not None and run.world.is_main:

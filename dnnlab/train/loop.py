@@ -20,7 +20,8 @@ import math
 import random
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ from dnnlab.train.probes import Capture, compare, pooling_stats
 from dnnlab.train.records import Callback, EpochEnd, Interrupted, TrainResult, best_of
 from dnnlab.train.resume import Checkpoint
 from dnnlab.train.settings import EarlyStopping, TrainerSettings
+from dnnlab.train.state import Partial, TrainState
 from dnnlab.train.step import Stepper, groups
 
 
@@ -106,165 +108,236 @@ def _limit(batches: Iterable, n: int) -> Iterable:
     return itertools.islice(batches, n) if n > 0 else batches
 
 
-def _restore(ck: dict, model, optimizer, scheduler) -> None:
-    model.load_state_dict(ck["model"])
-    optimizer.load_state_dict(ck["optimizer"])
-    if scheduler is not None and ck.get("scheduler") is not None:
-        scheduler.load_state_dict(ck["scheduler"])
-    torch.set_rng_state(ck["rng"]["torch"])
-    py = ck["rng"]["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-
-
 def _last(checkpoint: Checkpoint | None) -> Any:
     return checkpoint.path if checkpoint is not None and checkpoint.path.exists() else None
+
+
+@dataclass
+class Trainer:
+    """What every epoch of a `fit` uses, fixed for the run: the model (trained as `trained`,
+    DDP-wrapped or not, through `forward`, maybe compiled), its optimizer and scheduler, the
+    batches and loaders, the callbacks and the checkpoint. Evaluation and the pooling
+    statistics run `model` itself (the same parameters); a probe's hooks sit on its layers."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    settings: TrainerSettings
+    callbacks: Sequence[Callback]
+    checkpoint: Checkpoint | None
+    world: World
+    device: torch.device
+    train_batches: Callable[[int], Iterable]  # epoch -> its batches
+    val_loader: Iterable
+    test_loader: Iterable
+    probe_x: torch.Tensor  # (64, C, H, W): the fixed batch of the pooling statistics
+    trained: torch.nn.Module
+    forward: Callable
+    stepper: Stepper
+    compile_seconds: float | None = None  # trainer.compile: the steps during which it compiled
+    epoch: int = 0  # the epoch in progress (or the next one): what an interruption names
+
+    @classmethod
+    def build(cls, model: torch.nn.Module, data: Batches, optimizer: torch.optim.Optimizer,
+              scheduler: Any, settings: TrainerSettings, callbacks: Sequence[Callback],
+              checkpoint: Checkpoint | None, world: World) -> Trainer:
+        """The model on its device (one CUDA device per rank), wrapped and compiled as set."""
+        device = world.device(_device_of(model))
+        val_set, test_set, train_batches = data.splits.val, data.splits.test, data.train
+        if settings.overfit_batches:  # the same first batches every epoch, as val and test too
+            fixed = list(itertools.islice(DataLoader(data.splits.train,
+                                                     batch_size=data.batch_size),
+                                          settings.overfit_batches))
+            train_batches = lambda epoch: fixed  # noqa: E731
+            val_loader = test_loader = fixed
+        else:
+            val_loader = list(_limit(DataLoader(val_set, batch_size=256),
+                                     settings.limit_batches))
+            test_loader = _limit(DataLoader(test_set, batch_size=256), settings.limit_batches)
+        probe_x = next(iter(DataLoader(val_set, batch_size=64)))[0].to(device)  # (64,C,H,W)
+        model.to(device)
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                      else None) if world.active else None
+        if settings.compile:
+            torch.compiler.reset()  # a reused worker process must not carry a job's graphs over
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA"
+        trained = ddp if ddp is not None else model
+        forward = torch.compile(trained) if settings.compile else trained
+        stepper = Stepper(optimizer, settings, world, device, model.parameters(), ddp)
+        return cls(model, optimizer, scheduler, settings, list(callbacks), checkpoint, world,
+                   device, train_batches, val_loader, test_loader, probe_x, trained, forward,
+                   stepper)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (the CPU for one with neither)."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def start(t: Trainer) -> TrainState:
+    """A new state, or the checkpoint's (`checkpoint.start`) with the model, optimizer,
+    scheduler and RNGs restored; the callbacks get it (`on_start`)."""
+    ck = t.checkpoint.start if t.checkpoint is not None else None
+    state = TrainState.from_dict(ck) if ck is not None else TrainState()
+    if ck is not None:
+        t.model.load_state_dict(ck["model"])
+        t.optimizer.load_state_dict(ck["optimizer"])
+        if t.scheduler is not None and ck.get("scheduler") is not None:
+            t.scheduler.load_state_dict(ck["scheduler"])
+        state.restore_rng()
+    for cb in t.callbacks:
+        cb.on_start(state)
+    return state
+
+
+def save(t: Trainer, state: TrainState) -> None:
+    """The checkpoint of `state` (rank 0 only): after epoch `state.epoch`, or within the next one
+    (`state.partial`). No per-rank state: a resume may use another number of processes."""
+    if t.checkpoint is not None and t.world.is_main:
+        state.capture_rng()
+        s = t.scheduler
+        t.checkpoint.save({"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+                           "scheduler": s.state_dict() if s is not None else None}
+                          | state.to_dict())
+
+
+def _train_step(t: Trainer, state: TrainState, group: list, epoch: int) -> dict:
+    """One optimizer step on `group`, probed every `probe_every` steps; its sums (loss,
+    correct, n). A non-finite loss is a DnnlabError naming the step."""
+    state.step += 1
+    k = t.settings.probe_every if t.world.is_main else 0
+    cap = Capture(t.model) if k > 0 and state.step % k == 0 else None
+    graphs = graphs_compiled() if t.settings.compile and cap is None else None
+    t_step = time.perf_counter()
+    try:
+        sums = t.stepper.step(group, t.trained if cap is not None else t.forward)
+    finally:
+        if cap is not None:  # a probe's hooks, also when the step stopped half-way
+            cap.close()
+    loss = sums["loss"] / sums["n"]  # the mean over the global batch
+    if not math.isfinite(loss):
+        raise DnnlabError(f"loss is {loss} at epoch {epoch} step {state.step} "
+                          f"(optimizer.lr={t.lr:g}); stopped. Last good checkpoint: "
+                          f"{_last(t.checkpoint) or 'none (first epoch)'}")
+    if graphs is not None and graphs_compiled() != graphs:  # this step compiled
+        t.compile_seconds = (t.compile_seconds or 0.0) + time.perf_counter() - t_step
+    if t.settings.log_every > 0 and state.step % t.settings.log_every == 0:
+        for cb in t.callbacks:
+            cb.on_step(state.step, loss, t.lr)
+    if cap is not None:
+        rows = compare(cap)
+        state.probed(rows)
+        for cb in t.callbacks:
+            cb.on_probe(state.step, rows)
+    return sums
+
+
+def run_epoch(t: Trainer, state: TrainState) -> dict:
+    """Train epoch `state.next_epoch` (from its `partial` steps if begun: the same shuffle, so
+    those are skipped), checkpointing every `checkpoint_every` steps; step the scheduler,
+    evaluate, append the epoch's record to the history. Returns the pooling statistics."""
+    epoch = t.epoch = state.next_epoch
+    t.model.train()
+    part = state.partial or Partial(0, 0, 0.0, 0, 0.0)
+    state.partial, t0 = None, time.perf_counter() - part.seconds
+    batches = _limit(t.train_batches(epoch), t.settings.limit_batches)
+    for i, group in enumerate(groups(batches, t.settings.accumulate)):
+        if i < part.steps:  # trained before the resume
+            continue
+        sums = _train_step(t, state, group, epoch)
+        part = Partial(i + 1, part.seen + sums["n"], part.loss + sums["loss"],
+                       part.correct + sums["correct"], time.perf_counter() - t0)
+        if t.settings.checkpoint_every and state.step % t.settings.checkpoint_every == 0:
+            state.partial = part
+            save(t, state)
+            state.partial = None
+    dt = time.perf_counter() - t0
+    if t.scheduler is not None:
+        t.scheduler.step()
+    val = evaluate(t.model, t.val_loader, t.device, t.world)
+    pool = pooling_stats(t.model, t.probe_x)
+    seen = max(part.seen, 1)
+    rec = {"epoch": epoch, "step": state.step, "train_loss": part.loss / seen,
+           "train_accuracy": part.correct / seen, "val_loss": val["loss"],
+           "val_accuracy": val["accuracy"], "lr": t.lr, "images_per_s": part.seen / dt}
+    rec.update({key: v for key, v in pool.items() if key.count("/") == 1})
+    state.history.append(rec)
+    state.epoch = epoch
+    return pool
+
+
+def _stop(err: BaseException, t: Trainer, state: TrainState) -> BaseException:
+    """What a Ctrl-C, SIGTERM or lost process group during training raises: a DnnlabError
+    when another rank died, the RuntimeError itself, else `Interrupted`."""
+    # a launcher stops the survivors of a dead rank with SIGTERM; SIGINT is a user's Ctrl-C
+    # (sent to every rank: a peer gone then is no crash)
+    by_user = isinstance(err, KeyboardInterrupt) and getattr(err, "exit_code", 130) == 130
+    epoch = t.epoch
+    if t.world.active and not by_user and _peer_died(t.world):
+        (rank, pid), last = t.world.dead()[0], _last(t.checkpoint) or "none yet (first epoch)"
+        return DnnlabError(f"rank {rank} (pid {pid}) died at epoch {epoch}, step {state.step}; "
+                           f"the run stopped; its last checkpoint is intact: {last}")
+    if isinstance(err, RuntimeError):
+        return err
+    return Interrupted(epoch, state.step, _last(t.checkpoint), getattr(err, "exit_code", 130))
 
 
 def fit(model: torch.nn.Module, data: Batches, optimizer: torch.optim.Optimizer,
         scheduler: Any, settings: TrainerSettings, callbacks: Sequence[Callback] = (),
         checkpoint: Checkpoint | None = None, world: World | None = None) -> TrainResult:
-    """Train `model` (on its device) from `checkpoint.start` if set, saving the checkpoint each
+    """Train `model` on its device from `checkpoint.start` if set, saving the checkpoint each
     epoch (rank 0 only). A non-finite loss is a DnnlabError naming the step; Ctrl-C raises
     `Interrupted`. Under several processes (`world`) the model trains wrapped in DDP, every
     rank on its share of each global batch; the records are the reduced ones on every rank."""
-    world = world or World()
-    device = world.device(resolve_device(settings.device))
-    val_set, test_set, train_batches = data.splits.val, data.splits.test, data.train
-    if settings.overfit_batches:  # the same first batches every epoch, as val and test too
-        fixed = list(itertools.islice(DataLoader(data.splits.train, batch_size=data.batch_size),
-                                      settings.overfit_batches))
-        train_batches = lambda epoch: fixed  # noqa: E731
-        val_loader = test_loader = fixed
-    else:
-        val_loader = list(_limit(DataLoader(val_set, batch_size=256), settings.limit_batches))
-        test_loader = _limit(DataLoader(test_set, batch_size=256), settings.limit_batches)
-    probe_x = next(iter(DataLoader(data.splits.val, batch_size=64)))[0].to(device)  # (64,C,H,W)
-    start, history, step, resumed, partial = 0, [], 0, None, None
-    worst = {"max_abs_err": 0.0, "max_rel_err": 0.0}
-    ck = checkpoint.start if checkpoint is not None else None
-    if ck is not None:
-        _restore(ck, model, optimizer, scheduler)
-        resumed, history, step = int(ck["epoch"]), list(ck["history"]), int(ck["step"])
-        worst.update(ck.get("probe_worst") or {})
-        start, partial = resumed + 1, ck.get("partial")  # partial: within epoch `start`
-
-    def save(epoch_done: int, partial: dict | None = None) -> None:
-        """The checkpoint after epoch `epoch_done`, or within the next epoch (`partial`: its
-        steps done and running sums, trainer.checkpoint_every). No per-rank state: a resume
-        may use another number of processes."""
-        if checkpoint is not None and world.is_main:
-            checkpoint.save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate())},
-                "epoch": epoch_done, "step": step, "history": history,
-                "probe_worst": dict(worst), "partial": partial})
-
-    k, every = settings.probe_every if world.is_main else 0, settings.log_every
-    learnable = any(getattr(m, "learnable", False) for m in model.modules())
-    model.to(device)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                  else None) if world.active else None
-    # training steps run the compiled (or DDP) module; evaluation and the pooling statistics
-    # run `model` itself (the same parameters); a probe's hooks sit on `model`'s layers
-    if settings.compile:
-        torch.compiler.reset()  # a reused worker process must not carry a job's graphs over
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA"
-    trained = ddp if ddp is not None else model
-    forward = torch.compile(trained) if settings.compile else trained
-    stepper = Stepper(optimizer, settings, world, device, model.parameters(), ddp)
-    compile_seconds, pool, epoch, cap = None, {}, start, None
-    stopped_epoch = history[-1]["epoch"] if stopped(history, settings.early_stopping) else None
+    t = Trainer.build(model, data, optimizer, scheduler, settings, callbacks, checkpoint,
+                      world or World())
+    state = start(t)
+    t.epoch = state.next_epoch
+    first, learnable = state.next_epoch, any(getattr(m, "learnable", False)
+                                             for m in model.modules())
+    done = stopped(state.history, settings.early_stopping)
+    stopped_epoch, pool = state.history[-1]["epoch"] if done else None, {}
     try:
-        for epoch in range(start, settings.epochs if stopped_epoch is None else start):
-            model.train()
-            t0, seen, run_loss, run_correct = time.perf_counter(), 0, 0.0, 0
-            skip = 0
-            if partial is not None and epoch == start:  # resumed inside this epoch
-                skip, seen = int(partial["steps"]), int(partial["seen"])
-                run_loss, run_correct = float(partial["loss"]), int(partial["correct"])
-                t0 -= float(partial["seconds"])
-            batches = _limit(train_batches(epoch), settings.limit_batches)
-            for i, group in enumerate(groups(batches, settings.accumulate)):
-                if i < skip:  # the same shuffle: these steps were trained before
-                    continue
-                step += 1
-                cap = Capture(model) if k > 0 and step % k == 0 else None
-                graphs = graphs_compiled() if settings.compile and cap is None else None
-                t_step = time.perf_counter()
-                sums = stepper.step(group, trained if cap is not None else forward)
-                loss = sums["loss"] / sums["n"]  # the mean over the global batch
-                if not math.isfinite(loss):
-                    last = _last(checkpoint) or "none (first epoch)"
-                    raise DnnlabError(f"loss is {loss} at epoch {epoch} step {step} "
-                                      f"(optimizer.lr={optimizer.param_groups[0]['lr']:g}); "
-                                      f"stopped. Last good checkpoint: {last}")
-                if graphs is not None and graphs_compiled() != graphs:  # this step compiled
-                    compile_seconds = (compile_seconds or 0.0) + time.perf_counter() - t_step
-                seen += sums["n"]
-                run_loss += sums["loss"]
-                run_correct += sums["correct"]
-                if every > 0 and step % every == 0:
-                    for cb in callbacks:
-                        cb.on_step(step, loss, optimizer.param_groups[0]["lr"])
-                if cap is not None:
-                    cap.close()
-                    rows = compare(cap)
-                    worst = {key: max([v] + [r[key] for r in rows]) for key, v in worst.items()}
-                    for cb in callbacks:
-                        cb.on_probe(step, rows)
-                if settings.checkpoint_every and step % settings.checkpoint_every == 0:
-                    save(epoch - 1, {"steps": i + 1, "seen": seen, "loss": run_loss,
-                                     "correct": run_correct,
-                                     "seconds": time.perf_counter() - t0})
-            dt = time.perf_counter() - t0
-            if scheduler is not None:
-                scheduler.step()
-            val = evaluate(model, val_loader, device, world)
-            pool = pooling_stats(model, probe_x)
-            rec = {"epoch": epoch, "step": step, "train_loss": run_loss / max(seen, 1),
-                   "train_accuracy": run_correct / max(seen, 1), "val_loss": val["loss"],
-                   "val_accuracy": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
-                   "images_per_s": seen / dt}
-            rec.update({key: v for key, v in pool.items() if key.count("/") == 1})
-            history.append(rec)
-            save(epoch)
-            end = EpochEnd(rec, pool, step, history, resumed if epoch == start else None,
-                           learnable)
-            for cb in callbacks:
+        while not done and state.next_epoch < settings.epochs:
+            pool = run_epoch(t, state)
+            save(t, state)
+            end = EpochEnd(state.history[-1], pool, state.step, state.history,
+                           state.resumed if state.epoch == first else None, learnable)
+            for cb in t.callbacks:
                 cb.on_epoch(end)
-            if stopped(history, settings.early_stopping):
-                stopped_epoch = epoch
-                break
+            done = stopped(state.history, settings.early_stopping)
+            stopped_epoch = state.epoch if done else None
     except Interrupted:
         raise
     except (KeyboardInterrupt, RuntimeError) as err:  # Ctrl-C, SIGTERM, a process group lost
-        # a launcher stops the survivors of a dead rank with SIGTERM; SIGINT is a user's Ctrl-C
-        # (sent to every rank: a peer gone then is no crash)
-        by_user = isinstance(err, KeyboardInterrupt) and getattr(err, "exit_code", 130) == 130
-        if world.active and not by_user and _peer_died(world):
-            (rank, pid), last = world.dead()[0], _last(checkpoint) or "none yet (first epoch)"
-            raise DnnlabError(f"rank {rank} (pid {pid}) died at epoch {epoch}, step {step}; "
-                              f"the run stopped; its last checkpoint is intact: {last}") from None
-        if isinstance(err, RuntimeError):
+        stop = _stop(err, t, state)
+        if stop is err:
             raise
-        raise Interrupted(epoch, step, _last(checkpoint), getattr(err, "exit_code", 130)) from None
-    finally:
-        if cap is not None:  # a probe's hooks, when a step stopped half-way
-            cap.close()
+        raise stop from None
     if not pool:  # nothing left to train (resumed at its last epoch): measure the model as it is
-        pool = pooling_stats(model, probe_x)
-    test = evaluate(model, test_loader, device, world)
-    best = best_of(history)
+        pool = pooling_stats(model, t.probe_x)
+    return _result(t, state, pool, stopped_epoch)
+
+
+def _result(t: Trainer, state: TrainState, pool: dict, stopped_epoch: int | None
+            ) -> TrainResult:
+    test = evaluate(t.model, t.test_loader, t.device, t.world)
+    history, best = state.history, best_of(state.history)
     return TrainResult(
         test_accuracy=test["accuracy"], test_loss=test["loss"],
         val_accuracy=history[-1]["val_accuracy"] if history else None,
         best_val_accuracy=best["val_accuracy"] if best else None,
         best_epoch=best["epoch"] if best else None,
         grad_entropy=pool.get("pool/entropy_rel"), argmax_mass=pool.get("pool/argmax_mass"),
-        probe_max_abs_err=worst["max_abs_err"], probe_max_rel_err=worst["max_rel_err"],
-        epochs=settings.epochs, steps=step, history=history, betas=pool_betas(pool),
-        compile_seconds=compile_seconds, stopped_epoch=stopped_epoch)
+        probe_max_abs_err=state.worst["max_abs_err"],
+        probe_max_rel_err=state.worst["max_rel_err"], epochs=t.settings.epochs,
+        steps=state.step, history=history, betas=pool_betas(pool),
+        compile_seconds=t.compile_seconds, stopped_epoch=stopped_epoch)
 
 
 def pool_betas(pool: dict) -> dict[str, float]:

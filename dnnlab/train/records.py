@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dnnlab.train.state import TrainState
+
 
 @dataclass
 class EpochEnd:
@@ -18,8 +20,11 @@ class EpochEnd:
 
 
 class Callback:
-    """What `fit` emits: the loss and lr every `log_every` steps, the rows of
-    dnnlab.train.probes.compare every `probe_every` steps, each epoch's end (checkpoint saved)."""
+    """What `fit` emits: the state it starts from (a resumed run's history so far), the loss
+    and lr every `log_every` steps, the rows of dnnlab.train.probes.compare every `probe_every`
+    steps, each epoch's end (checkpoint saved)."""
+
+    def on_start(self, state: TrainState) -> None: ...
 
     def on_step(self, step: int, loss: float, lr: float) -> None: ...
 
@@ -38,9 +43,25 @@ class OnEpoch(Callback):
         self.fn(end)
 
 
+class KeepHistory(Callback):
+    """`write(history)` when training starts (a resumed run's history so far) and after each
+    epoch: the one writer of a job's history (results.json's `history`), so that an interrupted
+    or pruned run keeps every epoch it finished."""
+
+    def __init__(self, write: Callable[[list], Any]):
+        self.write = write
+
+    def on_start(self, state: TrainState) -> None:
+        self.write(state.history)
+
+    def on_epoch(self, end: EpochEnd) -> None:
+        self.write(end.history)
+
+
 @dataclass
 class TrainResult:
-    """The run's results (results.json, with the pipeline's model/data/beta)."""
+    """The run's results (results.json, with the pipeline's model/data/beta; `to_dict` leaves
+    out the history, which KeepHistory writes as training goes)."""
 
     test_accuracy: float
     test_loss: float
@@ -59,8 +80,7 @@ class TrainResult:
     stopped_epoch: int | None = None  # trainer.early_stopping: the epoch it stopped after
 
     def to_dict(self) -> dict[str, Any]:
-        return {"history": self.history} | {k: v for k, v in asdict(self).items()
-                                            if k != "history"}
+        return {k: v for k, v in asdict(self).items() if k != "history"}
 
 
 class Interrupted(KeyboardInterrupt):

@@ -2,11 +2,11 @@
 
     ckpt = Checkpoint(run_dir / "checkpoint.pt", config)   # the resolved config of this run
     ckpt.resume(config_now)     # trainer.resume: the state to start from, or ConfigError
-    fit(..., checkpoint=ckpt)   # restores ckpt.start, calls ckpt.save(state) after each epoch
+    fit(..., checkpoint=ckpt)   # restores ckpt.start, saves weights | TrainState.to_dict()
 
-A resume may change only MAY_CHANGE (more epochs, the resume switch, what is shown, where the
-working dir is): any other difference would mix two experiments in one history, and is refused
-in one line naming the keys and both values. The job's resume policy (resume or start,
+A resume may change only MAY_CHANGE (dnnlab.train.settings: more epochs and the keys that do
+not change an experiment): any other difference would mix two experiments in one history, and
+is refused in one line naming the keys and both values. The job's resume policy (resume or start,
 the replay into W&B, the resume command) is dnnlab.run.resume.
 """
 from __future__ import annotations
@@ -22,11 +22,9 @@ import torch
 
 from dnnlab.core.errors import ConfigError, DnnlabError, first_line
 from dnnlab.core.table import jsonable
+from dnnlab.train.settings import MAY_CHANGE
+from dnnlab.train.state import TrainState
 
-MAY_CHANGE = ("trainer.epochs", "trainer.resume", "trainer.progress", "trainer.checkpoint_every",
-              "trainer.processes",
-              "wandb.mode",
-              "wandb.watch.log", "wandb.watch.log_freq", "paths.root_dir", "paths.output_dir")
 KEYS = {"model", "optimizer", "epoch", "step", "history"}  # what makes a dnnlab checkpoint
 
 
@@ -83,12 +81,17 @@ class Checkpoint:
     def __init__(self, path: Path, config: dict):
         self.path, self.config = Path(path), jsonable(config)
         self.prev = self.path.with_name(self.path.stem + ".prev" + self.path.suffix)
-        self.start: dict | None = None  # the state a resume starts from
+        self.start: dict | None = None  # what a resume starts from: state dicts, TrainState's
         self.warning: str | None = None  # a bad checkpoint.pt passed over for the previous one
         self.switch = "trainer.resume=true"  # how the errors name the setting that resumes
 
     def exists(self) -> bool:
         return self.path.exists() or self.prev.exists()
+
+    @property
+    def state(self) -> TrainState | None:
+        """The TrainState a resume starts from (None: a new run)."""
+        return TrainState.from_dict(self.start) if self.start is not None else None
 
     def save(self, state: dict) -> None:
         save_atomic(self.path, state | {"config": json.dumps(self.config)}, prev=self.prev)
@@ -107,6 +110,7 @@ class Checkpoint:
                 state = torch.load(path, weights_only=True, map_location="cpu")
                 if not isinstance(state, dict) or not KEYS <= set(state):
                     raise ValueError("not a dnnlab checkpoint")
+                TrainState.from_dict(state)  # its progress reads
             except Exception as err:  # noqa: BLE001 - truncated, corrupt, not a checkpoint
                 bad.append(f"{path} is unreadable ({unreadable_why(err)})")
                 continue

@@ -8,6 +8,15 @@ from typing import Any
 
 from dnnlab.core.errors import MISSING, require
 
+# The keys that do not change an experiment: how a run is shown, resumed, checkpointed and split
+# over processes, where it writes. The one declaration behind a resume's check (MAY_CHANGE), the
+# run dir's name (conf/hydra/default.yaml's exclude_keys, through the resolver
+# `dnnlab_same_experiment` of dnnlab.run.hydra_job) and the W&B run name (dnnlab.run.naming).
+SAME_EXPERIMENT = ("trainer.resume", "trainer.progress", "trainer.checkpoint_every",
+                   "trainer.processes", "wandb.mode", "wandb.watch.log", "wandb.watch.log_freq",
+                   "paths.root_dir", "paths.output_dir", "hydra.run.dir", "hydra.sweep.dir")
+MAY_CHANGE = ("trainer.epochs", *SAME_EXPERIMENT)  # a resume may also train longer
+
 
 @dataclass
 class DataConfig:
@@ -57,7 +66,8 @@ class TrainerSettings:
     """conf/trainer/default.yaml: the loop (dnnlab.train.loop.fit)."""
 
     epochs: int = 10
-    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:<i>
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:<i>: where the run's
+    # model is built (dnnlab.run.models.build_training); `fit` trains a model where it is
     probe_every: int = 20  # every K steps: hand-written gradients vs autograd (0: never)
     log_every: int = 1  # every N steps: train/loss and train/lr to W&B (0: never)
     # auto: continue from checkpoint.pt when the run dir holds one of this config (skip a run

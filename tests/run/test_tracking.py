@@ -107,7 +107,7 @@ def test_online_that_cannot_answer_falls_back_within_the_timeout(tmp_path, monke
 
 CONFIG = {"model": {"name": "smoothmax_cnn", "pool": {"beta": 4.0, "learnable": False}}}
 TRAIN = RunNameRule(parts=["model.name", "model.pool.beta", "model.pool.learnable"],
-                    skip=["experiment", "model", "trainer.resume", "trainer.progress"],
+                    skip=["experiment", "model"],
                     tags=["model.name", "experiment"])
 
 

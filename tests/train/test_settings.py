@@ -65,3 +65,45 @@ def test_dataclass_checks_directly():
     with pytest.raises(ConfigError, match=r"^epochs=0"):
         TrainerSettings(epochs=0)
     assert TrainerSettings(probe_every=0).probe_every == 0
+
+
+# the keys that do not change an experiment: one declaration, three readers
+_VALUES = {"trainer.resume": "true", "trainer.progress": "false",
+           "trainer.checkpoint_every": "7", "trainer.processes": "1", "wandb.mode": "disabled",
+           "wandb.watch.log": "all", "wandb.watch.log_freq": "5", "paths.root_dir": "/r",
+           "paths.output_dir": "/o", "hydra.run.dir": "/x", "hydra.sweep.dir": "/y"}
+
+
+def test_same_experiment_keys_are_the_one_list_of_dir_name_run_name_and_resume():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from dnnlab.run import hydra_job  # noqa: F401 - the resolvers of conf/hydra/default.yaml
+    from dnnlab.run.naming import run_name
+    from dnnlab.run.settings import RunNameRule
+    from dnnlab.train.resume import config_diff
+    from dnnlab.train.settings import MAY_CHANGE, SAME_EXPERIMENT
+    from tests.train.conftest import CONF
+
+    assert set(_VALUES) == set(SAME_EXPERIMENT)  # every key of the declaration is exercised
+    same = [f"{k}={v}" for k, v in _VALUES.items()]
+    # Hydra's run dir name: only the overrides that change the experiment
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            hc = compose(config_name="train", overrides=[*same, "seed=3", "trainer.epochs=2"],
+                         return_hydra_config=True).hydra
+    finally:
+        GlobalHydra.instance().clear()
+    assert hc.job.override_dirname == "seed=3,trainer.epochs=2"
+    assert list(hc.job.config.override_dirname.exclude_keys) == list(SAME_EXPERIMENT)
+    # the W&B run name, by conf/train.yaml's rule
+    rule = RunNameRule(**compose_train().wandb.run_name)
+    assert run_name(rule, "train", {}, [*same, "seed=3"]) == "train-seed=3"
+    # the resume: a change of any of them (and of trainer.epochs) is no difference
+    before = compose_train()
+    now = compose_train(*(o for o in same if not o.startswith("hydra.")), "trainer.epochs=2")
+    a, b = (OmegaConf.to_container(c, resolve=True) for c in (before, now))
+    assert config_diff(a, b) == [("scheduler.T_max", 10, 2)]  # T_max = trainer.epochs
+    assert set(MAY_CHANGE) - set(SAME_EXPERIMENT) == {"trainer.epochs"}
