@@ -26,7 +26,7 @@ import math
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dnnlab.core.beta import to_float
+from dnnlab.core.beta import check_beta, to_float
 from dnnlab.core.dtypes import compute_dtype
 from dnnlab.core.errors import ConfigError, ShapeError
 from dnnlab.smoothmax.kernels import _apply_smooth_max, _eager, _SmoothMaxEager, traced
@@ -56,9 +56,9 @@ def _dims(dim, ndim: int) -> tuple[int, ...]:
 
 
 def _check_scalar_beta(beta: float, cdtype: torch.dtype) -> float:
-    """beta in (0, inf]; a beta above the compute dtype's largest finite value is inf."""
-    if math.isnan(beta) or beta <= 0:
-        raise ConfigError(f"smooth_max: beta must be in (0, inf], got {beta}")
+    """beta in (0, inf] (core.beta's check); a beta above the compute dtype's largest finite
+    value is inf, one below its smallest normal value is refused."""
+    check_beta(beta, "smooth_max: beta")
     info = torch.finfo(cdtype)
     if beta < info.tiny:
         raise ConfigError(

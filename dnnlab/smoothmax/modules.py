@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnlab.core.beta import parse_beta, to_float
+from dnnlab.core.beta import parse_betas
 from dnnlab.core.dtypes import compute_dtype
 from dnnlab.core.errors import ConfigError, ShapeError
 from dnnlab.smoothmax.functional import _check_scalar_beta, smooth_max
@@ -20,26 +20,6 @@ from dnnlab.smoothmax.kernels import _apply_window_smooth_max, _GlobalMax, _wind
 from dnnlab.smoothmax.windows import check_like_max_pool2d, out_size, windows
 
 __all__ = ["SmoothMax", "SmoothMaxPool2d"]
-
-
-def _parse_beta(beta, owner: str):
-    """A float (maybe inf) for a number or a string ("inf", ".inf", "2.0"); a float tensor for a
-    list or tensor (one beta per channel, say). Raises ConfigError on a value outside (0, inf]."""
-    key = f"{owner}: beta"
-    if isinstance(beta, (list, tuple)):
-        beta = torch.tensor([to_float(b, key) for b in beta], dtype=torch.float32)
-    if isinstance(beta, torch.Tensor):
-        kept = beta
-        beta = beta.detach().clone()
-        beta = beta if beta.is_floating_point() else beta.float()
-        bad = torch.isnan(beta) | (beta <= 0)
-        if bool(bad.any()):
-            raise ConfigError(
-                f"{owner}: beta must be in (0, inf], got a tensor with entry {beta[bad][0].item()}"
-            )
-        # a tensor that requires grad is the caller's to train: kept itself, as smooth_max does
-        return kept if kept.requires_grad and kept.is_floating_point() else beta
-    return parse_beta(to_float(beta, key), key)  # the float's repr in the message: 0 -> 0.0
 
 
 def _fmt_beta(beta) -> str:
@@ -55,7 +35,7 @@ class _Temperature(nn.Module):
     beta = exp(log_beta) > 0 by construction."""
 
     def _init_beta(self, beta, learnable: bool):
-        beta = _parse_beta(beta, type(self).__name__)
+        beta = parse_betas(beta, f"{type(self).__name__}: beta")
         self.learnable = learnable
         if learnable:
             t = beta if isinstance(beta, torch.Tensor) else torch.tensor(beta)
@@ -280,43 +260,48 @@ class SmoothMaxPool2d(_Temperature):
         # meets them, and must not call this private check: dynamo skips it)
         wrapped = not torch.compiler.is_compiling() and \
             torch._C._functorch.is_functorch_wrapped_tensor(x)
-        if self.__dict__.get("_beta_float") == math.inf and self.ties == "shared" and not wrapped:
-            # the common max-pooling case first, without the beta property's lookups: a fixed
-            # scalar beta = inf (the attribute _Temperature._init_beta sets for one)
-            if ks is None:
-                return _GlobalMax.apply_to(x)  # fast path: same values and gradients
-            if self._plain(h, w):
-                return _window_max(x, ks)  # fast path, same as smooth_max's limit
-        b = self.beta
-        scalar = not isinstance(b, torch.Tensor)
-        if scalar:  # (0, inf]; above the compute dtype's largest finite value it is inf
-            b = _check_scalar_beta(b, compute_dtype(x.dtype) if x.is_floating_point()
-                                   else torch.float64)
-            if not math.isinf(b) and not x.is_floating_point():
-                raise TypeError(f"{self._name()}: an integer input ({x.dtype}) is pooled at "
-                                "beta = inf only; cast it to a floating dtype for a finite beta")
-        if self.ties == "first" and scalar and math.isinf(b):
+        b = self._scalar_beta(x)  # a float for x's dtype, or None: a tensor beta
+        scalar = b is not None
+        # one dispatch: torch's max pooling, a kernel of kernels.py, or the generic path
+        if scalar and math.isinf(b) and self.ties == "first":
             # torch's max pooling: the gradient goes to one argmax per window
             if ks is None:
                 return F.adaptive_max_pool2d(x, 1)  # (B, C, 1, 1)
             return F.max_pool2d(x, ks, self.stride, self.padding, self.dilation,
                                 self.ceil_mode)  # (B, C, H_out, W_out)
         if scalar and not wrapped and (ks is None or self._plain(h, w)):
-            if math.isinf(b):
-                if ks is None:
-                    return _GlobalMax.apply_to(x)
-                return _window_max(x, ks)
+            if math.isinf(b):  # max pooling, ties sharing the gradient: same values, gradients
+                return _GlobalMax.apply_to(x) if ks is None else _window_max(x, ks)
             if ks is not None:
-                return _apply_window_smooth_max(x, ks, float(b), self.normalized)[0]
-        y = self._smooth(x, b if scalar else None)
+                return _apply_window_smooth_max(x, ks, b, self.normalized)[0]
+        y = self._smooth(x, b)
         if not scalar and self.ties == "first":
             # channels with beta = inf pool as torch's max pooling (one argmax per window)
-            inf = torch.isinf(b.detach())
-            if traced(b) or bool(inf.any()):
+            tb = self.beta
+            inf = torch.isinf(tb.detach())
+            if traced(tb) or bool(inf.any()):
                 first = F.adaptive_max_pool2d(x, 1) if ks is None else F.max_pool2d(
                     x, ks, self.stride, self.padding, self.dilation, self.ceil_mode)
                 y = torch.where(inf.reshape(-1, 1, 1), first.to(y.dtype), y)  # (C or 1, 1, 1)
         return y
+
+    def _scalar_beta(self, x: torch.Tensor) -> float | None:
+        """The fixed scalar beta as x's dtype takes it (in (0, inf]; above the compute dtype's
+        largest finite value it is inf), or None for a tensor beta (per channel, learnable).
+        An integer input is refused at a finite beta."""
+        b = self.__dict__.get("_beta_float")  # set by _Temperature._init_beta for a fixed float
+        if b is None:
+            b = self.beta
+            if isinstance(b, torch.Tensor):
+                return None
+        floating = x.is_floating_point()
+        if b != math.inf:  # inf is inf in every dtype: the common max-pooling case costs nothing
+            b = float(_check_scalar_beta(b, compute_dtype(x.dtype) if floating
+                                         else torch.float64))
+        if not floating and not math.isinf(b):
+            raise TypeError(f"{self._name()}: an integer input ({x.dtype}) is pooled at "
+                            "beta = inf only; cast it to a floating dtype for a finite beta")
+        return b
 
     def _smooth(self, x: torch.Tensor, scalar_beta):
         """The generic path: smooth_max over each window (a view of x padded with -inf)."""
