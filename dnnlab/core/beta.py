@@ -1,11 +1,15 @@
 """The one parser of inverse temperatures beta (docs/math.md (1a)): a number in (0, inf].
 
 Configs and layers accept a number, or a string such as "inf", ".inf" (YAML's spelling) or
-"1e-3"; tensors and lists (one beta per channel) are handled by the layers themselves.
+"1e-3" (`parse_beta`); layers also a list or tensor, one beta per channel (`parse_betas`);
+`smooth_max` checks a number it is given with `check_beta`. Whether a beta is representable
+in a compute dtype is the kernel's question (dnnlab.smoothmax.functional), not the parser's.
 """
 from __future__ import annotations
 
 import math
+
+import torch
 
 from dnnlab.core.errors import ConfigError
 
@@ -33,6 +37,31 @@ def parse_beta(beta, key: str = "beta", allow_inf: bool = True) -> float:
         what = "a number in (0, inf]" if allow_inf else "a finite number > 0"
         raise ConfigError(f"{key}={beta!r}: expected {what}")
     return value
+
+
+def check_beta(value: float, key: str = "beta") -> float:
+    """A float beta in (0, inf], else ConfigError "{key} must be in (0, inf], got {value}"."""
+    if math.isnan(value) or value <= 0:
+        raise ConfigError(f"{key} must be in (0, inf], got {value}")
+    return value
+
+
+def parse_betas(beta, key: str = "beta"):
+    """A float (maybe inf) for a number or a string ("inf", ".inf", "2.0"); a float tensor for a
+    list or tensor (one beta per channel, say). Raises ConfigError on a value outside (0, inf].
+    A floating tensor that requires grad is the caller's to train: it is returned itself."""
+    if isinstance(beta, (list, tuple)):
+        beta = torch.tensor([to_float(b, key) for b in beta], dtype=torch.float32)
+    if isinstance(beta, torch.Tensor):
+        kept = beta
+        beta = beta.detach().clone()
+        beta = beta if beta.is_floating_point() else beta.float()
+        bad = torch.isnan(beta) | (beta <= 0)
+        if bool(bad.any()):
+            raise ConfigError(
+                f"{key} must be in (0, inf], got a tensor with entry {beta[bad][0].item()}")
+        return kept if kept.requires_grad and kept.is_floating_point() else beta
+    return parse_beta(to_float(beta, key), key)  # the float's repr in the message: 0 -> 0.0
 
 
 # Where beta = inf sits on a numeric log10(beta) axis (W&B config, summary and sweep tables,

@@ -12,8 +12,9 @@ of report.md.
 from dnnlab.opcount.build import build_meta, torchvision_input_shape
 from dnnlab.opcount.counter import count_ops
 from dnnlab.opcount.devices import DEVICES, calibrate
+from dnnlab.opcount.protocol import Count, CountError
 from dnnlab.opcount.reconcile import reconcile
-from dnnlab.opcount.registry import Count, CountError, register_handler, unregister_handler
+from dnnlab.opcount.registry import register_handler, unregister_handler
 from dnnlab.opcount.roofline import roofline
 from dnnlab.opcount.rows import FAMILIES, MAC_FAMILIES, LayerRow, OpReport
 

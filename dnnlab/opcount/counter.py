@@ -36,8 +36,9 @@ from torch.overrides import TorchFunctionMode
 from dnnlab.core.errors import ShapeError, first_line
 from dnnlab.opcount import registry
 from dnnlab.opcount.dispatch import DispatchNet
+from dnnlab.opcount.names import FREE
 from dnnlab.opcount.params import buffer_counts, module_params, param_counts
-from dnnlab.opcount.registry import Count, CountError
+from dnnlab.opcount.protocol import Count, CountError
 from dnnlab.opcount.rows import LayerRow, OpReport
 from dnnlab.opcount.traffic import fill_rows
 
@@ -179,7 +180,7 @@ class _CountMode(TorchFunctionMode):
             if func is F.multi_head_attention_forward:  # hides F.linear and SDPA: open it
                 return _open_python(self, func, args, kwargs)
             base = name.split(".")[0]  # an OpOverload's name: 'mm.default'
-            if base in registry.FREE:  # moves or selects data: nothing for the net either
+            if base in FREE:  # moves or selects data: nothing for the net either
                 with _Quiet(net):
                     return func(*args, **kwargs)
             net.depth += 1  # the net counts the product ops that run inside

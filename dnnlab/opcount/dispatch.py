@@ -25,7 +25,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from dnnlab.opcount.registry import FREE, Count, needs_grad, shape_of
+from dnnlab.opcount.names import FREE
+from dnnlab.opcount.protocol import Count, needs_grad, shape_of
 
 aten = torch.ops.aten
 

@@ -1,28 +1,75 @@
 """The built-in handlers of the counter: how each torch call is counted (docs/math.md (2)).
 
-Each handler is a pure `handler(args, kwargs, out) -> Count` (see `dnnlab.opcount.registry`);
-`builtins()` is the table of them, keyed by torch function object. Conv and linear follow the
-closed forms of `formulas.py`; backward MACs follow docs/math.md (3b) (input gradient by
-transposed convolution, weight gradient by correlation, each the forward's MACs).
+Each handler is a pure `handler(args, kwargs, out) -> Count` (`dnnlab.opcount.protocol`) and
+says beside its body which calls it counts: `@handles("conv1d", "conv2d", ...)` (as torch's
+`@register_flop_formula` does for aten ops). A name stands for every torch function of that
+name (`torch.conv2d`, `F.conv2d`, `Tensor.conv2d`, ...); any other key (a dnnlab function or
+module class, a higher-order op) is itself the key. `@handles_each(names...)` registers a
+handler factory once per name. `builtins()` is the table they declare, keyed by function object.
+Conv and linear follow the closed forms of `formulas.py`; backward MACs follow docs/math.md (3b)
+(input gradient by transposed convolution, weight gradient by correlation, each the forward's
+MACs).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from math import prod
 from typing import Any
 
 import torch
+from torch._higher_order_ops.flex_attention import flex_attention as _flex_hop
 
 from dnnlab.opcount import formulas as fm
-from dnnlab.opcount.registry import (
+from dnnlab.opcount.dispatch import block_pairs
+from dnnlab.opcount.names import torch_functions
+from dnnlab.opcount.protocol import (
     Count,
     CountError,
     Entry,
+    Precheck,
+    Shortcut,
     arg,
     needs_grad,
     shape_of,
-    torch_functions,
 )
+from dnnlab.smoothmax.functional import smooth_max
+from dnnlab.smoothmax.modules import SmoothMax, SmoothMaxPool2d
+
+# What the decorators below declare, in source order: (keys, Entry). A key is a torch function
+# name (every function object of that name) or an object that is its own key.
+DECLARED: list[tuple[tuple, Entry]] = []
+
+
+def handles(*keys: Any, precheck: Precheck | None = None, shortcut: Shortcut | None = None):
+    """Declare the decorated handler as the built-in count of `keys` (names or objects)."""
+    def register(handler):
+        DECLARED.append((keys, Entry(handler, precheck, shortcut)))
+        return handler
+    return register
+
+
+def handles_each(*names: str, shortcut: Shortcut | None = None,
+                 shortcut_of: Callable[[str], Shortcut] | None = None):
+    """Declare the decorated factory `factory(name) -> handler` once per name (its shortcut:
+    `shortcut`, or `shortcut_of(name)`)."""
+    def register(factory):
+        for n in names:
+            DECLARED.append(((n,), Entry(factory(n), None,
+                                         shortcut_of(n) if shortcut_of else shortcut)))
+        return factory
+    return register
+
+
+def builtins() -> dict:
+    """The built-in table: {torch function object (or dnnlab module class, or op): Entry}."""
+    out: dict = {}
+    for keys, entry in DECLARED:
+        for key in keys:
+            objs = torch_functions().get(key, ()) if isinstance(key, str) else (key,)
+            for f in objs:
+                out[f] = entry
+    return out
 
 
 def _tup(v: Any, n: int) -> tuple:
@@ -30,6 +77,52 @@ def _tup(v: Any, n: int) -> tuple:
         return (v,) * n
     v = tuple(v)
     return v * n if len(v) == 1 else v
+
+
+# -- shortcuts: outputs made from shapes on meta, for ops whose meta kernels are slow Python
+# decompositions (norms, linear on 3-d inputs, interpolate, grid_sample): same counts, the
+# output a meta tensor of the shape, dtype and layout torch gives.
+
+def _rg(args, kwargs) -> bool:
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad
+        for t in list(args) + list(kwargs.values()))
+
+
+def _meta_out(x: torch.Tensor, shape, rg: bool) -> torch.Tensor:
+    fmt = (torch.channels_last if x.dim() == 4 and len(shape) == 4
+           and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+           else torch.contiguous_format)
+    out = torch.empty(shape, device="meta", dtype=x.dtype, memory_format=fmt)
+    return out.requires_grad_().clone() if rg else out
+
+
+def _same_shape(args, kwargs):
+    x = args[0]
+    return _meta_out(x, x.shape, _rg(args, kwargs))
+
+
+def _linear_shape(args, kwargs):
+    x, w = arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight")
+    return _meta_out(x, list(x.shape[:-1]) + [w.shape[0]], _rg(args, kwargs))
+
+
+def _interpolate_shape(args, kwargs):
+    x = args[0]
+    d = x.dim() - 2
+    size, scale = arg(args, kwargs, 1, "size"), arg(args, kwargs, 2, "scale_factor")
+    if size is not None:
+        out = _tup(size, d)
+    else:
+        from math import floor
+
+        out = [floor(float(x.shape[2 + i]) * float(s)) for i, s in enumerate(_tup(scale, d))]
+    return _meta_out(x, list(x.shape[:2]) + [int(n) for n in out], _rg(args, kwargs))
+
+
+def _grid_sample_shape(args, kwargs):
+    x, grid = args[0], arg(args, kwargs, 1, "grid")
+    return _meta_out(x, list(x.shape[:2]) + list(grid.shape[1:-1]), _rg(args, kwargs))
 
 
 def _conv_precheck(args, kwargs) -> None:
@@ -61,6 +154,7 @@ def _conv_precheck(args, kwargs) -> None:
                 f"output of length {n}")
 
 
+@handles("conv1d", "conv2d", "conv3d", precheck=_conv_precheck)
 def _conv(args, kwargs, out) -> Count:
     x, w, b = (arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight"),
                arg(args, kwargs, 2, "bias"))
@@ -93,6 +187,7 @@ def _conv(args, kwargs, out) -> Count:
                  in_shape=shape_of(x), extra=extra)
 
 
+@handles("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 def _conv_transpose(args, kwargs, out) -> Count:
     x, w, b = (arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight"),
                arg(args, kwargs, 2, "bias"))
@@ -126,6 +221,7 @@ def _linear_precheck(args, kwargs) -> None:
                            f"(input shape {shape_of(x)}, weight shape {shape_of(w)})")
 
 
+@handles("linear", precheck=_linear_precheck, shortcut=_linear_shape)
 def _linear(args, kwargs, out) -> Count:
     x, w, b = (arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight"),
                arg(args, kwargs, 2, "bias"))
@@ -137,6 +233,7 @@ def _linear(args, kwargs, out) -> Count:
                  in_shape=shape_of(x))
 
 
+@handles("addmm")
 def _addmm(args, kwargs, out) -> Count:
     m1, m2 = args[1], args[2]  # addmm(bias, m1, m2)
     mults, adds, macs = fm.matmul_counts(m1.shape, m2.shape, out.shape)
@@ -145,6 +242,7 @@ def _addmm(args, kwargs, out) -> Count:
     return Count("linear", mults, adds + bias_adds, macs, bwd, bias_adds, in_shape=shape_of(m1))
 
 
+@handles("matmul", "__matmul__", "mm", "bmm", "_scaled_mm")
 def _matmul(args, kwargs, out) -> Count:
     a, b = args[0], args[1]
     mults, adds, macs = fm.matmul_counts(a.shape, b.shape, out.shape)
@@ -152,6 +250,7 @@ def _matmul(args, kwargs, out) -> Count:
     return Count("matmul", mults, adds, macs, bwd, in_shape=shape_of(a))
 
 
+@handles("__rmatmul__")
 def _rmatmul(args, kwargs, out) -> Count:  # b.__rmatmul__(a) = a @ b
     return _matmul((args[1], args[0]), kwargs, out)
 
@@ -168,6 +267,7 @@ def _einsum_path(eq: str, ops) -> list | None:
                                                        shapes=True, optimize=ob.strategy)[0]]
 
 
+@handles("einsum")
 def _einsum(args, kwargs, out) -> Count:
     eq = args[0]
     ops = args[1:] if not (len(args) == 2 and isinstance(args[1], (list, tuple))) else args[1]
@@ -189,27 +289,32 @@ def _product(a, b, out, macs: int, outputs: int, family: str = "matmul",
                  in_shape=shape_of(a))
 
 
+@handles("baddbmm")
 def _baddbmm(args, kwargs, out) -> Count:  # baddbmm(input, b1, b2)
     b1, b2 = arg(args, kwargs, 1, "batch1"), arg(args, kwargs, 2, "batch2")
     return _product(b1, b2, out, out.numel() * b1.shape[-1], out.numel(), bias=True)
 
 
+@handles("addbmm")
 def _addbmm(args, kwargs, out) -> Count:  # sum_b batch1[b] @ batch2[b]
     b1, b2 = arg(args, kwargs, 1, "batch1"), arg(args, kwargs, 2, "batch2")
     macs = b1.shape[0] * b1.shape[1] * b1.shape[2] * b2.shape[2]
     return _product(b1, b2, out, macs, out.numel(), bias=True)
 
 
+@handles("addmv")
 def _addmv(args, kwargs, out) -> Count:  # addmv(input, mat, vec)
     m, v = arg(args, kwargs, 1, "mat"), arg(args, kwargs, 2, "vec")
     return _product(m, v, out, m.numel(), out.numel(), bias=True)
 
 
+@handles("mv", "dot", "vdot")
 def _mv(args, kwargs, out) -> Count:  # mv(mat, vec), dot, vdot: all of a
     a, b = args[0], args[1]
     return _product(a, b, out, a.numel(), max(out.numel(), 1))
 
 
+@handles("inner")
 def _inner(args, kwargs, out) -> Count:  # sums over the last dim
     a, b = args[0], args[1]
     if a.dim() == 0 or b.dim() == 0:  # a scalar times a tensor: elementwise
@@ -217,6 +322,7 @@ def _inner(args, kwargs, out) -> Count:  # sums over the last dim
     return _product(a, b, out, max(out.numel(), 1) * a.shape[-1], max(out.numel(), 1))
 
 
+@handles("linalg_vecdot")
 def _vecdot(args, kwargs, out) -> Count:  # linalg.vecdot(x, y, dim=-1)
     a, b = args[0], args[1]
     dim = arg(args, kwargs, 2, "dim", -1)
@@ -224,6 +330,7 @@ def _vecdot(args, kwargs, out) -> Count:  # linalg.vecdot(x, y, dim=-1)
     return _product(a, b, out, max(out.numel(), 1) * k, max(out.numel(), 1))
 
 
+@handles("tensordot")
 def _tensordot(args, kwargs, out) -> Count:
     a, b = args[0], args[1]
     dims = arg(args, kwargs, 2, "dims", 2)
@@ -237,6 +344,7 @@ def _tensordot(args, kwargs, out) -> Count:
     return _product(a, b, out, max(out.numel(), 1) * k, max(out.numel(), 1))
 
 
+@handles("linalg_multi_dot", "chain_matmul")
 def _multi_dot(args, kwargs, out) -> Count:  # linalg.multi_dot, chain_matmul
     ts = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
     dims = [1 if ts[0].dim() == 1 else ts[0].shape[0]] + [t.shape[-1] if t.dim() == 2 else 1
@@ -252,14 +360,17 @@ def _multi_dot(args, kwargs, out) -> Count:  # linalg.multi_dot, chain_matmul
                  in_shape=shape_of(ts[0]))
 
 
+@handles("outer", "ger", "kron")
 def _outer(args, kwargs, out) -> Count:  # outer, ger, kron: no sums
     return Count("elementwise", out.numel(), 0, out.numel(), in_shape=shape_of(args[0]))
 
 
+@handles("addr")
 def _addr(args, kwargs, out) -> Count:  # addr(input, v1, v2): the outer product + input
     return Count("elementwise", out.numel(), out.numel(), out.numel(), in_shape=shape_of(args[0]))
 
 
+@handles("convolution", "_convolution")
 def _convolution(args, kwargs, out) -> Count:
     """torch.convolution / torch._convolution(input, weight, bias, stride, padding, dilation,
     transposed, output_padding, groups, ...): the conv handlers with their argument order."""
@@ -271,6 +382,7 @@ def _convolution(args, kwargs, out) -> Count:
     return _conv((x, w, b, stride, pad, dil, groups), {}, out)
 
 
+@handles("bilinear")
 def _bilinear(args, kwargs, out) -> Count:
     """y_o = x1^T W_o x2 + b_o (F.bilinear): torch's _trilinear first multiplies x1 into W
     (N O I1 I2 MACs), then the result by x2 (N O I2 MACs)."""
@@ -326,6 +438,7 @@ def rnn_shortcut(name: str):
     return make
 
 
+@handles_each(*fm.RNN_GATES, shortcut_of=rnn_shortcut)
 def _rnn(name: str):
     """The handler of the recurrent layer `name` (lstm, gru, rnn_tanh, rnn_relu)."""
     return lambda args, kwargs, out: _rnn_count(name, args, kwargs, out)
@@ -354,6 +467,7 @@ def _rnn_count(name: str, args, kwargs, out) -> Count:
                  extra=dict(layers=layers, directions=d, hidden_out=h_out))
 
 
+@handles(*[n + "_cell" for n in fm.RNN_GATES])
 def _rnn_cell(args, kwargs, out) -> Count:
     """lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh), gru_cell/rnn_*_cell(x, h, w_ih, w_hh, ...):
     one step, B (G H I + G H H) MACs."""
@@ -367,6 +481,7 @@ def _rnn_cell(args, kwargs, out) -> Count:
     return Count("recurrent", macs, macs - outputs, macs, bwd, in_shape=shape_of(x))
 
 
+@handles("scaled_dot_product_attention")
 def _sdpa(args, kwargs, out) -> Count:
     q, k, v = args[0], args[1], args[2]
     mults, adds, macs = fm.attention_counts(q.shape, k.shape, v.shape)
@@ -395,13 +510,12 @@ def _attention(q, v, mults, adds, macs, bwd, pairs, dense_pairs, extra=None) -> 
                  extra=extra)
 
 
+@handles(_flex_hop)  # a higher-order op: counted at the dispatch level (dispatch.py)
 def _flex(args, kwargs, out) -> Count:
     """The flex_attention higher-order op (query, key, value, score_mod, block_mask tuple,
     ...), counted at the dispatch level: dense as SDPA (q k^T and (attn) v, FlopCounterMode's
     formula), and with a BlockMask the pairs of the blocks it computes (`dispatch.
     block_pairs`, exact) beside it. score_mod's elementwise work is not itemized."""
-    from dnnlab.opcount.dispatch import block_pairs
-
     q, k, v = args[0], args[1], args[2]
     mults, adds, macs = fm.attention_counts(q.shape, k.shape, v.shape)
     *batch, L, E = q.shape
@@ -431,6 +545,7 @@ def _unmasked_pairs(L: int, S: int, mask: Any, is_causal: bool, batch: list) -> 
     return int(keep.sum())
 
 
+@handles_each("batch_norm", "layer_norm", "group_norm", "instance_norm", shortcut=_same_shape)
 def _norm(name: str):
     """The handler of batch/layer/group/instance norm."""
     return lambda args, kwargs, out: _norm_count(name, args, kwargs, out)
@@ -450,6 +565,12 @@ def _norm_count(name: str, args, kwargs, out) -> Count:
     return Count("norm", n * k, n * k, 2 * n * k, in_shape=shape_of(x))
 
 
+_POOLS = [n for d in ("1d", "2d", "3d") for n in (
+    f"max_pool{d}", f"_max_pool{d}", f"avg_pool{d}", f"adaptive_avg_pool{d}",
+    f"adaptive_max_pool{d}", f"max_pool{d}_with_indices")]
+
+
+@handles_each(*_POOLS)
 def _pool(name: str):
     """The handler of the pooling function `name` (max/avg, adaptive, 1d/2d/3d)."""
     return lambda args, kwargs, out: _pool_count(name, args, kwargs, out)
@@ -476,7 +597,17 @@ _ADDS = {"add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub
 _MULS = {"mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "div_", "__truediv__",
          "__itruediv__", "__rtruediv__"}
 
+_NONLINEAR = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
+              "relu6", "hardtanh", "hardtanh_", "softmax", "log_softmax", "elu", "leaky_relu",
+              "mish", "sigmoid_", "silu_", "hardswish_", "exp", "exp_", "log", "log2", "sqrt",
+              "rsqrt", "pow", "__pow__", "__rpow__", "square", "abs", "neg", "__neg__", "erf",
+              "clamp", "clamp_", "clip", "floor", "ceil", "round", "reciprocal", "sin", "cos",
+              "softplus", "logsigmoid", "log_sigmoid", "glu", "eq", "ne", "ge", "gt", "le", "lt",
+              "__eq__", "__ne__", "__ge__", "__gt__", "__le__", "__lt__", "__and__", "__or__",
+              "logical_and", "logical_or", "logical_not", "minimum", "maximum"}
 
+
+@handles_each(*sorted(_ADDS | _MULS | _NONLINEAR))
 def _elementwise(name: str):
     """The handler of an elementwise op: adds (add, sub), mults (mul, div), or one nonlinear
     operation per element (activations, softmax, comparisons)."""
@@ -510,10 +641,12 @@ def smooth_max_count(x: torch.Tensor, out: torch.Tensor, n: int | None = None) -
                  in_shape=shape_of(x), extra={"entries": n})
 
 
+@handles(smooth_max)  # dispatches through __torch_function__
 def _smooth_max(args, kwargs, out) -> Count:  # dnnlab.functional.smooth_max(x, beta, dim)
     return smooth_max_count(args[0], out)
 
 
+@handles(SmoothMax, SmoothMaxPool2d)  # each module counted as one call
 def _smooth_max_module(args, kwargs, out) -> Count:
     """SmoothMax / SmoothMaxPool2d (dnnlab.nn), counted as one call: (module, x) -> out; each
     output reduces its window's entries (every entry once for global pooling)."""
@@ -523,163 +656,10 @@ def _smooth_max_module(args, kwargs, out) -> Count:
     return smooth_max_count(x, out, None if window is None else m * prod(window))
 
 
-# -- shortcuts: outputs made from shapes on meta, for ops whose meta kernels are slow Python
-# decompositions (norms, linear on 3-d inputs, interpolate, grid_sample): same counts, the
-# output a meta tensor of the shape, dtype and layout torch gives.
-
-def _rg(args, kwargs) -> bool:
-    return torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad
-        for t in list(args) + list(kwargs.values()))
-
-
-def _meta_out(x: torch.Tensor, shape, rg: bool) -> torch.Tensor:
-    fmt = (torch.channels_last if x.dim() == 4 and len(shape) == 4
-           and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-           else torch.contiguous_format)
-    out = torch.empty(shape, device="meta", dtype=x.dtype, memory_format=fmt)
-    return out.requires_grad_().clone() if rg else out
-
-
-def _same_shape(args, kwargs):
-    x = args[0]
-    return _meta_out(x, x.shape, _rg(args, kwargs))
-
-
-def _linear_shape(args, kwargs):
-    x, w = arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight")
-    return _meta_out(x, list(x.shape[:-1]) + [w.shape[0]], _rg(args, kwargs))
-
-
-def _interpolate_shape(args, kwargs):
-    x = args[0]
-    d = x.dim() - 2
-    size, scale = arg(args, kwargs, 1, "size"), arg(args, kwargs, 2, "scale_factor")
-    if size is not None:
-        out = _tup(size, d)
-    else:
-        from math import floor
-
-        out = [floor(float(x.shape[2 + i]) * float(s)) for i, s in enumerate(_tup(scale, d))]
-    return _meta_out(x, list(x.shape[:2]) + [int(n) for n in out], _rg(args, kwargs))
-
-
-def _grid_sample_shape(args, kwargs):
-    x, grid = args[0], arg(args, kwargs, 1, "grid")
-    return _meta_out(x, list(x.shape[:2]) + list(grid.shape[1:-1]), _rg(args, kwargs))
-
-
+@handles("grid_sample", shortcut=_grid_sample_shape)
+@handles("interpolate", shortcut=_interpolate_shape)
 def _resample(args, kwargs, out) -> Count:
     """interpolate / grid_sample: one operation per output element (elementwise family; the
     interpolation weights are not itemized)."""
     n = out.numel()
     return Count("elementwise", 0, 0, n, other=n, in_shape=shape_of(args[0]))
-
-
-def _named(names, entry: Entry, out: dict) -> None:
-    """Every torch function of these names -> entry."""
-    for name in names:
-        for f in torch_functions().get(name, ()):
-            out[f] = entry
-
-
-# Names a built-in handler is meant for that this torch has no function of (a test asserts it
-# stays empty on the torch the project pins, so a renamed op is not silently dropped).
-MISSING: list = []
-
-
-def builtins() -> dict:
-    """The built-in table: {torch function object (or dnnlab module class): Entry}."""
-    from dnnlab.smoothmax.functional import smooth_max
-    from dnnlab.smoothmax.modules import SmoothMax, SmoothMaxPool2d
-
-    out: dict = {}
-    plan: list = []  # (names, Entry)
-    for d in ("1d", "2d", "3d"):
-        plan.append((["conv" + d], Entry(_conv, _conv_precheck)))
-        plan.append((["conv_transpose" + d], Entry(_conv_transpose)))
-        for p in ("max_pool", "_max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool",
-                  "max_pool_with_indices"):
-            n = p + d if p != "max_pool_with_indices" else "max_pool" + d + "_with_indices"
-            plan.append(([n], Entry(_pool(n))))
-    plan += [
-        (["linear"], Entry(_linear, _linear_precheck, _linear_shape)),
-        (["interpolate"], Entry(_resample, shortcut=_interpolate_shape)),
-        (["grid_sample"], Entry(_resample, shortcut=_grid_sample_shape)),
-        (["addmm"], Entry(_addmm)),
-        (["matmul", "__matmul__", "mm", "bmm", "_scaled_mm"], Entry(_matmul)),
-        (["__rmatmul__"], Entry(_rmatmul)),
-        (["einsum"], Entry(_einsum)),
-        (["baddbmm"], Entry(_baddbmm)),
-        (["addbmm"], Entry(_addbmm)),
-        (["addmv"], Entry(_addmv)),
-        (["mv", "dot", "vdot"], Entry(_mv)),
-        (["inner"], Entry(_inner)),
-        (["linalg_vecdot"], Entry(_vecdot)),
-        (["tensordot"], Entry(_tensordot)),
-        (["linalg_multi_dot", "chain_matmul"], Entry(_multi_dot)),
-        (["outer", "ger", "kron"], Entry(_outer)),
-        (["addr"], Entry(_addr)),
-        (["convolution", "_convolution"], Entry(_convolution)),
-        (["bilinear"], Entry(_bilinear)),
-        (["scaled_dot_product_attention"], Entry(_sdpa)),
-    ]
-    for n in fm.RNN_GATES:
-        plan.append(([n], Entry(_rnn(n), shortcut=rnn_shortcut(n))))
-        plan.append(([n + "_cell"], Entry(_rnn_cell)))
-    for n in ("batch_norm", "layer_norm", "group_norm", "instance_norm"):
-        plan.append(([n], Entry(_norm(n), shortcut=_same_shape)))
-    for n in sorted(_ADDS | _MULS | _NONLINEAR):
-        plan.append(([n], Entry(_elementwise(n))))
-    MISSING[:] = [n for names, _ in plan for n in names if n not in torch_functions()]
-    for names, entry in plan:
-        _named(names, entry, out)
-    # dnnlab's own layers, through the same protocol: the function (it dispatches through
-    # __torch_function__) and the modules counted as one call each
-    out[smooth_max] = Entry(_smooth_max)
-    out[SmoothMax] = out[SmoothMaxPool2d] = Entry(_smooth_max_module)
-    # flex_attention is a Python function the function layer never sees: its higher-order op
-    # is counted where it runs, at the dispatch level (dispatch.py)
-    from torch._higher_order_ops.flex_attention import flex_attention as flex_hop
-
-    out[flex_hop] = Entry(_flex)
-    return out
-
-
-_NONLINEAR = {"relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
-              "relu6", "hardtanh", "hardtanh_", "softmax", "log_softmax", "elu", "leaky_relu",
-              "mish", "sigmoid_", "silu_", "hardswish_", "exp", "exp_", "log", "log2", "sqrt",
-              "rsqrt", "pow", "__pow__", "__rpow__", "square", "abs", "neg", "__neg__", "erf",
-              "clamp", "clamp_", "clip", "floor", "ceil", "round", "reciprocal", "sin", "cos",
-              "softplus", "logsigmoid", "log_sigmoid", "glu", "eq", "ne", "ge", "gt", "le", "lt",
-              "__eq__", "__ne__", "__ge__", "__gt__", "__le__", "__lt__", "__and__", "__or__",
-              "logical_and", "logical_or", "logical_not", "minimum", "maximum"}
-
-
-# What dnnlab counts for each op torch.utils.flop_counter.FlopCounterMode has a formula for
-# (tests/opcount/test_products.py fails on an op that is not here): the handlers of the Python
-# calls that reach it, or "backward" (bwd_macs).
-ATEN_COVERAGE = {
-    "mm": ["mm", "matmul", "linear", "inner", "tensordot", "linalg_multi_dot", "lstm", "gru",
-           "rnn_tanh", "rnn_relu"],
-    "addmm": ["addmm", "linear", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell"],
-    "bmm": ["bmm", "matmul", "einsum", "scaled_dot_product_attention"],
-    "baddbmm": ["baddbmm"],
-    "_scaled_mm": ["_scaled_mm"],
-    "convolution": ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-                    "conv_transpose3d", "convolution"],
-    "_convolution": ["_convolution"],
-    "convolution_overrideable": ["convolution"],
-    "cudnn_convolution": ["conv2d", "convolution"],
-    "_slow_conv2d_forward": ["conv2d"],
-    "convolution_backward": ["backward"],
-    **{f"_scaled_dot_product_{k}_attention": ["scaled_dot_product_attention"]
-       for k in ("flash", "efficient", "cudnn")},
-    **{f"_{k}_attention_forward": ["scaled_dot_product_attention"]
-       for k in ("flash", "efficient")},
-    **{f"_scaled_dot_product_{k}_attention_backward": ["backward"]
-       for k in ("flash", "efficient", "cudnn")},
-    **{f"_{k}_attention_backward": ["backward"] for k in ("flash", "efficient")},
-    "flex_attention": ["flex_attention"],
-    "flex_attention_backward": ["backward"],
-}

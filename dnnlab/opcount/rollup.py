@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dnnlab.opcount.rows import MAC_FAMILIES
+from dnnlab.opcount.protocol import MAC_FAMILIES
 
 
 @dataclass

@@ -8,14 +8,10 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# Families that are multiply-accumulate products (their `macs` are MACs, fvcore's unit).
-# `recurrent`: the gate products of RNN/LSTM/GRU layers and cells (docs/opcount.md).
-MAC_FAMILIES = ("conv", "linear", "matmul", "attention", "recurrent")
-# Families whose `macs` column holds elementary operations (mults + adds + others), the unit
-# fvcore uses for such ops.
-ELEMENTWISE_FAMILIES = ("bias", "norm", "pool", "elementwise", "smooth_max")
-FAMILIES = MAC_FAMILIES + ELEMENTWISE_FAMILIES
+from dnnlab.opcount.protocol import ELEMENTWISE_FAMILIES, FAMILIES, MAC_FAMILIES
+from dnnlab.opcount.rollup import rollup as _rollup
 
+__all__ = ["ELEMENTWISE_FAMILIES", "FAMILIES", "MAC_FAMILIES", "LayerRow", "OpReport"]
 
 @dataclass
 class LayerRow:
@@ -118,9 +114,7 @@ class OpReport:
     def rollup(self, depth: int) -> list:
         """Per module subtree down to `depth`: params, MACs, backward MACs, bytes, share of
         the total MACs (`rollup.RollupRow`)."""
-        from dnnlab.opcount.rollup import rollup
-
-        return rollup(self, depth)
+        return _rollup(self, depth)
 
     def by_module(self) -> dict:
         """{path: {family: macs}} summed over the ops run directly by each module."""

@@ -3,7 +3,8 @@
 nu_beta -> max as beta -> inf with 0 <= nu_beta - max <= log(n)/beta (docs/math.md (1a)), and
 grad nu_beta = softmax(beta x) (docs/math.md (1c)). The computation is
 `dnnlab.smoothmax.functional.smooth_max` (pooling with non-overlapping windows has its own
-4-d fast path below); these modules hold the temperature (fixed or learnable).
+4-d fast paths, the autograd Functions of `kernels.py`); these modules hold the temperature
+(fixed or learnable) and choose the path once per call.
 """
 import math
 
@@ -11,35 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnlab.core import amp
-from dnnlab.core.beta import parse_beta, to_float
+from dnnlab.core.beta import parse_betas
 from dnnlab.core.dtypes import compute_dtype
 from dnnlab.core.errors import ConfigError, ShapeError
-from dnnlab.smoothmax import native
-from dnnlab.smoothmax.functional import _check_scalar_beta, _shift, smooth_max, traced
+from dnnlab.smoothmax.functional import _check_scalar_beta, smooth_max
+from dnnlab.smoothmax.kernels import _apply_window_smooth_max, _GlobalMax, _window_max, traced
 from dnnlab.smoothmax.windows import check_like_max_pool2d, out_size, windows
 
 __all__ = ["SmoothMax", "SmoothMaxPool2d"]
-
-
-def _parse_beta(beta, owner: str):
-    """A float (maybe inf) for a number or a string ("inf", ".inf", "2.0"); a float tensor for a
-    list or tensor (one beta per channel, say). Raises ConfigError on a value outside (0, inf]."""
-    key = f"{owner}: beta"
-    if isinstance(beta, (list, tuple)):
-        beta = torch.tensor([to_float(b, key) for b in beta], dtype=torch.float32)
-    if isinstance(beta, torch.Tensor):
-        kept = beta
-        beta = beta.detach().clone()
-        beta = beta if beta.is_floating_point() else beta.float()
-        bad = torch.isnan(beta) | (beta <= 0)
-        if bool(bad.any()):
-            raise ConfigError(
-                f"{owner}: beta must be in (0, inf], got a tensor with entry {beta[bad][0].item()}"
-            )
-        # a tensor that requires grad is the caller's to train: kept itself, as smooth_max does
-        return kept if kept.requires_grad and kept.is_floating_point() else beta
-    return parse_beta(to_float(beta, key), key)  # the float's repr in the message: 0 -> 0.0
 
 
 def _fmt_beta(beta) -> str:
@@ -55,7 +35,7 @@ class _Temperature(nn.Module):
     beta = exp(log_beta) > 0 by construction."""
 
     def _init_beta(self, beta, learnable: bool):
-        beta = _parse_beta(beta, type(self).__name__)
+        beta = parse_betas(beta, f"{type(self).__name__}: beta")
         self.learnable = learnable
         if learnable:
             t = beta if isinstance(beta, torch.Tensor) else torch.tensor(beta)
@@ -120,340 +100,6 @@ def _pair(v, name: str) -> tuple[int, int]:
     if t is None or len(t) != 2 or not all(_is_int(i) for i in t):
         raise ConfigError(f"SmoothMaxPool2d: {name} must be an int or a pair of ints, got {v!r}")
     return t
-
-
-def _up(t: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
-    """(B, C, Ho, Wo) -> (B, C, Ho*kh, Wo*kw): each window's value over its window."""
-    b, c, ho, wo = t.shape
-    return t[:, :, :, None, :, None].expand(b, c, ho, kh, wo, kw).reshape(b, c, ho * kh, wo * kw)
-
-
-class _WindowSmoothMax(torch.autograd.Function):
-    """nu_beta over non-overlapping kh x kw windows for a finite scalar beta > 0, computed on
-    contiguous 4-d tensors (max_pool2d, avg_pool2d, a broadcast of each window's value) instead
-    of reductions over strided window views. Same values and gradients as smooth_max:
-    nu = m + (1/beta) log sum exp(beta (x - m)) (docs/math.md (1a), shifted by the window max
-    m); grad = softmax(beta x) over the window (docs/math.md (1c)). beta = inf is _WindowMax.
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, kernel, beta, normalized):  # x: (B, C, H, W) -> (nu, shift, s)
-        (kh, kw), (h, w) = kernel, x.shape[2:]
-        ho, wo = h // kh, w // kw
-        cd = compute_dtype(x.dtype)
-        xc = x[:, :, :ho * kh, :wo * kw].to(cd)  # (B, C, Ho*kh, Wo*kw), windows that fit
-        m = F.max_pool2d(xc, (kh, kw))  # (B, C, Ho, Wo) the window max (NaN propagates)
-        # as in smooth_max (functional._shift): +inf -> +inf with gradient 0 at the finite
-        # entries, all -inf -> -inf, NaN -> NaN
-        shift = _shift(m, cd)  # (B, C, Ho, Wo)
-        e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # exp(beta (x - m)) <= 1  (1a)
-        s = F.avg_pool2d(e, (kh, kw)).mul_(kh * kw)  # (B, C, Ho, Wo) sum over each window
-        r = torch.log(s)  # in [0, log n]
-        if normalized:
-            r.sub_(math.log(kh * kw))  # nu - log(n)/beta, formed before dividing by beta
-        nu = torch.add(shift, r, alpha=1.0 / beta)  # nu = m + r / beta  (docs/math.md (1a))
-        s.clamp_min_(1.0)  # an all -inf window: exp(z) = 0 there, so the gradient is 0, not 0/0
-        return nu.to(x.dtype), shift, s  # shift, s: intermediates for the backward
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, kernel, beta, _ = inputs
-        _, shift, s = output
-        ctx.mark_non_differentiable(shift, s)
-        ctx.shape, ctx.kernel, ctx.beta, ctx.x_dtype = x.shape, kernel, beta, x.dtype
-        ctx.save_for_backward(x, shift, s)  # x, not xc: a double backward differentiates it
-        ctx.save_for_forward(x, shift, s)
-
-    @staticmethod
-    def jvp(ctx, tx, *_):
-        """sum over each window of softmax(beta x) * tx: the transpose of the backward."""
-        (kh, kw), beta = ctx.kernel, ctx.beta
-        x, shift, s = ctx.saved_tensors
-        ho, wo = shift.shape[2:]
-        xc = x[:, :, :ho * kh, :wo * kw].to(s.dtype)
-        p = torch.exp((xc - _up(shift, kh, kw)) * beta) / _up(s, kh, kw)  # softmax per window
-        t = F.avg_pool2d(p * tx[:, :, :ho * kh, :wo * kw].to(s.dtype), (kh, kw)) * (kh * kw)
-        return t.to(ctx.x_dtype), None, None
-
-    @staticmethod
-    def backward(ctx, g, *_):  # g: (B, C, Ho, Wo)
-        (kh, kw), (h, w), beta = ctx.kernel, ctx.shape[2:], ctx.beta
-        x, shift, s = ctx.saved_tensors
-        xc = x[:, :, :shift.shape[2] * kh, :shift.shape[3] * kw].to(s.dtype)  # as in forward
-        if torch.is_grad_enabled():  # create_graph=True: s formed again from x, out of place,
-            # so that this gradient's own derivative is the Hessian (docs/math.md (1d))
-            e = torch.exp((xc - _up(shift, kh, kw)) * beta)
-            s = F.avg_pool2d(e, (kh, kw)) * (kh * kw)  # in [1, n], 0 for an all -inf window:
-            s = torch.where(s > 0, s, 1.0)  # not clamp_min(1): its gradient is 0 at s = 1
-            gx = e * _up(g.to(xc.dtype) / s, kh, kw)
-        else:
-            e = (xc - _up(shift, kh, kw)).mul_(beta).exp_()  # as in the forward
-            gx = e.mul_(_up(g.to(xc.dtype) / s, kh, kw))  # softmax(beta x) * g  (1c)
-        gx = gx.to(ctx.x_dtype)
-        if gx.shape[2] != h or gx.shape[3] != w:  # rows/columns no window covers: gradient 0
-            gx = F.pad(gx, (0, w - gx.shape[3], 0, h - gx.shape[2]))
-        return gx, None, None, None
-
-
-_apply_window_smooth_max = amp.applier(_WindowSmoothMax, torch.float32)
-
-
-def _widen(t: torch.Tensor, kw: int) -> torch.Tensor:
-    """(B, C, Ho, Wo) -> (B, C, Ho, Wo*kw): each window's value repeated along its kw columns.
-    Written as kw strided copies of t, one per column of the windows: a copy from an expanded
-    view would run loops kw long, about 2.5x slower on CPU."""
-    if kw == 1:
-        return t
-    b, c, ho, wo = t.shape
-    out = t.new_empty((b, c, ho, wo, kw))
-    for j in range(kw):  # select, not unbind: see _WindowMax
-        out.select(4, j).copy_(t)
-    return out.view(b, c, ho, wo * kw)
-
-
-class _WindowMax(torch.autograd.Function):
-    """Max pooling over non-overlapping kh x kw windows (nu_inf = max, docs/math.md (1a), limit)
-    whose gradient is the argmax one-hot with tied maxima sharing it equally: the limit of
-    softmax(beta x) (docs/math.md (1c)).
-
-    Built from elementwise ops on the windows' rows (views of x, contiguous along W), with no
-    full-size temporary but the gradient itself: the forward takes the max of the kh rows, then
-    of the kw columns (torch.maximum, NaN propagating like max_pool2d); the backward marks each
-    entry equal to its window's max with torch.eq into a float tensor (1.0 or 0.0) that then
-    becomes the gradient, so the tie count is an exact sum and a maximum's gradient is
-    g / count, bit for bit the mean of g over a mask of the maxima
-    (tests/smoothmax/test_max_pool.py). No indices are kept. On CPU this is faster than
-    max_pool2d's own kernel (docs/smoothmax.md, "Max pooling with shared ties"). At small
-    sizes the step is bound by per-op overhead (each Python-level op, view and keyword argument
-    costs microseconds of a step of a few hundred), hence unbind for the views read and
-    positional arguments; views written in place come from select, which, unlike unbind's,
-    may be written with grad mode on (backward with create_graph=True).
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, kernel):  # x: (B, C, H, W)
-        kh, kw = kernel
-        h, w = x.shape[2:]
-        ho, wo = h // kh, w // kw
-        xc = x if h == ho * kh and w == wo * kw else x[:, :, :ho * kh, :wo * kw]
-        rows = xc.unflatten(2, (ho, kh)).unbind(3)  # kh views (B, C, Ho, Wo*kw)
-        col = rows[0]  # (B, C, Ho, Wo*kw): each window column's max
-        for r in rows[1:]:
-            col = torch.maximum(col, r)
-        cols = col.unflatten(3, (wo, kw)).unbind(4)  # kw views (B, C, Ho, Wo)
-        m = cols[0]  # (B, C, Ho, Wo): each window's max
-        for cj in cols[1:]:
-            m = torch.maximum(m, cj)
-        if kh * kw == 1:
-            m = m.clone()  # a 1x1 window: the max is x itself, not a view of it
-        # the backward keeps a copy (Ho x Wo, a (kh kw)-th of x): an in-place op on the
-        # output, as ReLU(inplace=True) after the pooling, must not change it
-        return m, m.clone()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, kernel = inputs
-        _, kept = output
-        ctx.mark_non_differentiable(kept)
-        ctx.kernel = kernel
-        ctx.save_for_backward(x, kept)
-        ctx.save_for_forward(x, kept)
-
-    @staticmethod
-    def jvp(ctx, tx, _):
-        """sum over each window of the backward's weights (ties shared) times tx."""
-        (kh, kw), x, m = ctx.kernel, *ctx.saved_tensors
-        cd = compute_dtype(x.dtype)
-        ho, wo = m.shape[2:]
-        w = _WindowMax._traced_backward(x, m.to(cd), torch.ones_like(m, dtype=cd), kh, kw, cd)
-        t = (w.to(cd) * tx.to(cd))[:, :, :ho * kh, :wo * kw]
-        return (F.avg_pool2d(t, (kh, kw)) * (kh * kw)).to(x.dtype), None
-
-    @staticmethod
-    def backward(ctx, g, _g_kept=None):  # g: (B, C, Ho, Wo)
-        (kh, kw), x, m = ctx.kernel, *ctx.saved_tensors
-        xd = x.dtype
-        cd = compute_dtype(xd)
-        if m.dtype is not cd:  # float16/bfloat16: the float32 gradient (compute_dtype)
-            m = m.to(cd)
-        if g.dtype is not cd:
-            g = g.to(cd)
-        if torch.compiler.is_compiling():  # no out= into views, no host sync: one graph
-            return _WindowMax._traced_backward(x, m, g, kh, kw, cd), None
-        h, w = x.shape[2:]
-        b, c, ho, wo = m.shape
-        fits = h == ho * kh and w == wo * kw
-        # becomes the gradient: x's shape and layout when the windows tile x
-        gx = (torch.empty_like(x, dtype=cd) if fits
-              else m.new_empty((b, c, ho * kh, wo * kw)))
-        gx5 = gx.unflatten(2, (ho, kh))  # (B, C, Ho, kh, Wo*kw), a view
-        ind = [gx5.select(3, i) for i in range(kh)]  # its rows
-        xc = x if fits else x[:, :, :ho * kh, :wo * kw]
-        mw = _widen(m, kw)  # (B, C, Ho, Wo*kw); one op per window row is faster than one
-        for xr, ir in zip(xc.unflatten(2, (ho, kh)).unbind(3), ind):  # broadcast over the
-            torch.eq(xr, mw, out=ir)  # rows: 1.0 where x is its window's max, else 0.0
-        col = ind[0] if kh == 1 else ind[0] + ind[1]
-        for ir in ind[2:]:  # (B, C, Ho, Wo*kw): maxima per window column
-            col.add_(ir)
-        cols = col.unflatten(3, (wo, kw)).unbind(4)
-        count = cols[0].clone() if kw == 1 else cols[0] + cols[1]
-        for cj in cols[2:]:  # (B, C, Ho, Wo): maxima per window, an exact integer
-            count.add_(cj)
-        if m.numel() and not bool(m.amin() > -math.inf):  # some max is -inf or NaN (amin
-            count.clamp_min_(1.0)  # propagates NaN): a NaN window has no max, 0 not 0/0, and an
-            gq = torch.where(m > -math.inf, g / count, 0.0)  # all -inf window gradient 0
-        else:
-            gq = g / count  # ties share g; a finite max equals itself, so count >= 1
-        gw = _widen(gq, kw)
-        for i in range(kh):  # fresh views: with create_graph=True each mul_ rebases gx
-            gx5.select(3, i).mul_(gw)  # g / count on each maximum, 0 elsewhere
-        if not fits:  # rows or columns no window covers: gradient 0
-            gx = F.pad(gx, (0, w - wo * kw, 0, h - ho * kh))
-        return (gx if xd is cd else gx.to(xd)), None
-
-
-    @staticmethod
-    def _traced_backward(x, m, g, kh: int, kw: int, cd: torch.dtype) -> torch.Tensor:
-        """The backward above as torch.compile traces it: the same values bit for bit (exact
-        integer counts, g / count, 0.0 or 1.0 times it), out of whole-tensor ops; every window
-        goes through the -inf/NaN form, which equals the plain one for a finite max."""
-        h, w = x.shape[2:]
-        b, c, ho, wo = m.shape
-        x5 = x[:, :, :ho * kh, :wo * kw].unflatten(2, (ho, kh))  # (B, C, Ho, kh, Wo*kw)
-        ind = torch.eq(x5, _widen_traced(m, kw).unsqueeze(3)).to(cd)  # 1.0 on each maximum
-        count = ind.sum(3).unflatten(3, (wo, kw)).sum(4)  # (B, C, Ho, Wo), exact
-        gq = torch.where(m > -math.inf, g / count.clamp_min(1.0), 0.0)
-        gx = (ind * _widen_traced(gq, kw).unsqueeze(3)).flatten(2, 3)  # (B, C, Ho*kh, Wo*kw)
-        if gx.shape[2] != h or gx.shape[3] != w:  # rows/columns no window covers: gradient 0
-            gx = F.pad(gx, (0, w - wo * kw, 0, h - ho * kh))
-        return gx.to(x.dtype)
-
-
-# max pooling runs in its input's dtype under autocast, as nn.MaxPool2d (no cast)
-_apply_window_max = amp.applier(_WindowMax, None)
-
-
-def _window_max(x: torch.Tensor, kernel) -> torch.Tensor:
-    return _apply_window_max(x, kernel)[0]
-
-
-def _widen_traced(t: torch.Tensor, kw: int) -> torch.Tensor:
-    """_widen for torch.compile: (B, C, Ho, Wo) -> (B, C, Ho, Wo*kw) from an expanded view."""
-    b, c, ho, wo = t.shape
-    return t.unsqueeze(4).expand(b, c, ho, wo, kw).reshape(b, c, ho, wo * kw)
-
-
-def _native(x: torch.Tensor):
-    """The C++ kernel (dnnlab.smoothmax.native) when it takes x, else None: a contiguous
-    float32/float64 CPU tensor of at most native.MAX_ENTRIES entries (larger ones are faster
-    through torch's vectorized, multi-threaded ops), outside torch.compile's tracing."""
-    if (x.dtype is torch.float32 or x.dtype is torch.float64) and x.device.type == "cpu" \
-            and 0 < x.numel() <= native.MAX_ENTRIES and x.is_contiguous() \
-            and not torch.compiler.is_compiling():
-        return native.kernels()
-    return None
-
-
-class _GlobalMax(torch.autograd.Function):
-    """Global pooling at beta = inf: max over (H, W), ties sharing the gradient
-    (docs/math.md (1c)); the backward as in _WindowMax, one window per plane.
-
-    A plane whose max is -inf (all -inf) or NaN gets gradient 0 (0 * g): its max is compared
-    as NaN, which equals nothing, so it has no maxima and its count (0) is clamped to 1, with no
-    check and no host sync.
-
-    Small contiguous float32/float64 CPU inputs go through the C++ kernel (global_max.cpp,
-    see _native): the max and the tie count of each plane in one pass, the gradient in another;
-    the same values, bit for bit. At such sizes (the benchmark's 64x64x4x4, 65k entries) the
-    torch ops below are bound by per-op overhead, which no arrangement of them removed
-    (docs/train.md). Otherwise the forward forms the mask and the counts when a gradient is
-    wanted, which leaves the backward two ops: it scales the mask in place into the gradient
-    and drops it; a second backward (retain_graph=True), or a backward of the kernel's forward
-    with create_graph=True, forms it again."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, grad):  # (B, C, H, W) -> (max (B, C, 1, 1), ties per plane or empty)
-        k = _native(x)
-        if k is not None:
-            res = k.forward(x, grad)  # max (B, C, 1, 1) [, ties per plane]
-            return res[0], (res[1] if grad else res[0].new_empty((0,)))
-        out = x.amax((2, 3), True)
-        return out, out.new_empty((0,))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, grad = inputs
-        out, count = output
-        ctx.mark_non_differentiable(count)
-        ctx.native = count.numel() > 0
-        ctx.x_dtype = x.dtype
-        ctx.save_for_forward(x, out.clone())
-        if not ctx.needs_input_grad[0]:
-            return
-        if ctx.native:  # a copy of the output: an in-place op on it (ReLU) must not change it
-            ctx.save_for_backward(x, out.clone(), count)
-            return
-        ctx.ref = _GlobalMax._ref(out)
-        ctx.ind, ctx.count = _GlobalMax._mask_count(x, ctx.ref)
-        ctx.save_for_backward(x)  # for a second backward only
-
-    @staticmethod
-    def jvp(ctx, tx, _):
-        """The tangent at each plane's maxima, ties shared: the transpose of the backward."""
-        x, out = ctx.saved_tensors
-        ind, count = _GlobalMax._mask_count(x, _GlobalMax._ref(out))
-        t = (ind * tx.to(ind.dtype)).sum((2, 3), True) / count
-        return t.to(x.dtype), None
-
-    @staticmethod
-    def apply_to(x: torch.Tensor) -> torch.Tensor:
-        """The pooled max; the kernel counts ties in its forward only when a gradient is
-        wanted."""
-        grad = torch.is_grad_enabled() and x.requires_grad
-        return _apply_global_max(x, grad)[0]
-
-    @staticmethod
-    def _ref(out: torch.Tensor) -> torch.Tensor:
-        return out.nan_to_num(math.nan, math.inf, math.nan)  # -inf -> NaN, others kept
-
-    @staticmethod
-    def _mask_count(x: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mask (_mask) and the ties per plane, an exact integer; 1 where the plane has no
-        max."""
-        ind = _GlobalMax._mask(x, ref)
-        return ind, ind.sum((2, 3), True).clamp_min_(1.0)
-
-    @staticmethod
-    def _mask(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """1.0 where x equals its plane's ref, else 0.0, in the compute dtype (a new tensor)."""
-        if x.dtype is torch.float32 or x.dtype is torch.float64:
-            return torch.eq(x, ref, out=torch.empty_like(x))
-        return torch.eq(x, ref, out=torch.empty_like(x, dtype=compute_dtype(x.dtype)))
-
-    @staticmethod
-    def backward(ctx, g, _g_count=None):
-        if ctx.native:
-            x, out, count = ctx.saved_tensors
-            if g.dtype is not x.dtype:
-                g = g.to(x.dtype)
-            if not torch.is_grad_enabled():  # create_graph=True needs the torch ops
-                return native.kernels().backward(x, out, count, g), None
-            ind, count = _GlobalMax._mask_count(x, _GlobalMax._ref(out))
-            return ind.mul_(g / count), None
-        ind, ctx.ind = ctx.ind, None  # attributes outlive the backward: drop the mask now
-        if ind is None:  # a second backward: the first made its mask the gradient
-            ind = _GlobalMax._mask(ctx.saved_tensors[0], ctx.ref)
-        gx = ind.mul_((g if g.dtype is ind.dtype else g.to(ind.dtype)) / ctx.count)
-        return (gx if ctx.x_dtype is ind.dtype else gx.to(ctx.x_dtype)), None
-
-
-_apply_global_max = amp.applier(_GlobalMax, None)  # in the input's dtype, as max pooling
 
 
 def window_counts(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> list[int]:
@@ -614,43 +260,48 @@ class SmoothMaxPool2d(_Temperature):
         # meets them, and must not call this private check: dynamo skips it)
         wrapped = not torch.compiler.is_compiling() and \
             torch._C._functorch.is_functorch_wrapped_tensor(x)
-        if self.__dict__.get("_beta_float") == math.inf and self.ties == "shared" and not wrapped:
-            # the common max-pooling case first, without the beta property's lookups: a fixed
-            # scalar beta = inf (the attribute _Temperature._init_beta sets for one)
-            if ks is None:
-                return _GlobalMax.apply_to(x)  # fast path: same values and gradients
-            if self._plain(h, w):
-                return _window_max(x, ks)  # fast path, same as smooth_max's limit
-        b = self.beta
-        scalar = not isinstance(b, torch.Tensor)
-        if scalar:  # (0, inf]; above the compute dtype's largest finite value it is inf
-            b = _check_scalar_beta(b, compute_dtype(x.dtype) if x.is_floating_point()
-                                   else torch.float64)
-            if not math.isinf(b) and not x.is_floating_point():
-                raise TypeError(f"{self._name()}: an integer input ({x.dtype}) is pooled at "
-                                "beta = inf only; cast it to a floating dtype for a finite beta")
-        if self.ties == "first" and scalar and math.isinf(b):
+        b = self._scalar_beta(x)  # a float for x's dtype, or None: a tensor beta
+        scalar = b is not None
+        # one dispatch: torch's max pooling, a kernel of kernels.py, or the generic path
+        if scalar and math.isinf(b) and self.ties == "first":
             # torch's max pooling: the gradient goes to one argmax per window
             if ks is None:
                 return F.adaptive_max_pool2d(x, 1)  # (B, C, 1, 1)
             return F.max_pool2d(x, ks, self.stride, self.padding, self.dilation,
                                 self.ceil_mode)  # (B, C, H_out, W_out)
         if scalar and not wrapped and (ks is None or self._plain(h, w)):
-            if math.isinf(b):
-                if ks is None:
-                    return _GlobalMax.apply_to(x)
-                return _window_max(x, ks)
+            if math.isinf(b):  # max pooling, ties sharing the gradient: same values, gradients
+                return _GlobalMax.apply_to(x) if ks is None else _window_max(x, ks)
             if ks is not None:
-                return _apply_window_smooth_max(x, ks, float(b), self.normalized)[0]
-        y = self._smooth(x, b if scalar else None)
+                return _apply_window_smooth_max(x, ks, b, self.normalized)[0]
+        y = self._smooth(x, b)
         if not scalar and self.ties == "first":
             # channels with beta = inf pool as torch's max pooling (one argmax per window)
-            inf = torch.isinf(b.detach())
-            if traced(b) or bool(inf.any()):
+            tb = self.beta
+            inf = torch.isinf(tb.detach())
+            if traced(tb) or bool(inf.any()):
                 first = F.adaptive_max_pool2d(x, 1) if ks is None else F.max_pool2d(
                     x, ks, self.stride, self.padding, self.dilation, self.ceil_mode)
                 y = torch.where(inf.reshape(-1, 1, 1), first.to(y.dtype), y)  # (C or 1, 1, 1)
         return y
+
+    def _scalar_beta(self, x: torch.Tensor) -> float | None:
+        """The fixed scalar beta as x's dtype takes it (in (0, inf]; above the compute dtype's
+        largest finite value it is inf), or None for a tensor beta (per channel, learnable).
+        An integer input is refused at a finite beta."""
+        b = self.__dict__.get("_beta_float")  # set by _Temperature._init_beta for a fixed float
+        if b is None:
+            b = self.beta
+            if isinstance(b, torch.Tensor):
+                return None
+        floating = x.is_floating_point()
+        if b != math.inf:  # inf is inf in every dtype: the common max-pooling case costs nothing
+            b = float(_check_scalar_beta(b, compute_dtype(x.dtype) if floating
+                                         else torch.float64))
+        if not floating and not math.isinf(b):
+            raise TypeError(f"{self._name()}: an integer input ({x.dtype}) is pooled at "
+                            "beta = inf only; cast it to a floating dtype for a finite beta")
+        return b
 
     def _smooth(self, x: torch.Tensor, scalar_beta):
         """The generic path: smooth_max over each window (a view of x padded with -inf)."""

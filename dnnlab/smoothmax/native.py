@@ -1,7 +1,7 @@
 """The C++ kernel of global max pooling with shared ties (global_max.cpp), built once.
 
 `kernels()` returns the built module (`forward`, `backward`), or None when it cannot be built or
-is switched off; the pooling then runs its pure-torch path (modules._GlobalMax), which gives the
+is switched off; the pooling then runs its pure-torch path (kernels._GlobalMax), which gives the
 same values bit for bit (tests/smoothmax/test_max_pool.py runs both). `make setup` builds it
 (`main()`: build it and say where it is, or why not), so that a run does not stop for the
 compiler; a run that finds no build makes it once, under a file lock.

@@ -25,3 +25,25 @@ def test_parse_beta_rejects_with_the_key(value):
 def test_parse_beta_finite_only():
     with pytest.raises(ConfigError, match="finite"):
         betas.parse_beta("inf", "beta.max", allow_inf=False)
+
+
+def test_parse_betas_one_per_channel():
+    """Lists and tensors (the layers' per-channel betas) go through the same parser."""
+    import torch
+
+    got = betas.parse_betas(["inf", 2, ".inf"], "SmoothMaxPool2d: beta")
+    assert got.dtype is torch.float32 and got.tolist() == [math.inf, 2.0, math.inf]
+    assert betas.parse_betas(torch.tensor([3])).tolist() == [3.0]  # an int tensor as floats
+    trained = torch.tensor([1.5, 2.0], dtype=torch.float64, requires_grad=True)
+    assert betas.parse_betas(trained) is trained  # the caller's to train: kept itself
+    assert betas.parse_betas("1e-3") == 1e-3
+    for bad, shown in (([1, "nan"], "nan"), (torch.tensor([1.0, -2.0]), "-2.0"), (0, "0.0")):
+        with pytest.raises(ConfigError, match=rf"^SmoothMax: beta.*{shown}"):
+            betas.parse_betas(bad, "SmoothMax: beta")
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, math.nan, -math.inf])
+def test_check_beta_refuses_outside_zero_inf(value):
+    with pytest.raises(ConfigError, match=r"^smooth_max: beta must be in \(0, inf\], got "):
+        betas.check_beta(value, "smooth_max: beta")
+    assert betas.check_beta(math.inf) == math.inf and betas.check_beta(1e-300) == 1e-300

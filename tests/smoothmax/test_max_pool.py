@@ -1,4 +1,4 @@
-"""SmoothMaxPool2d at beta = inf with shared ties (dnnlab.smoothmax.modules._WindowMax and
+"""SmoothMaxPool2d at beta = inf with shared ties (dnnlab.smoothmax.kernels._WindowMax and
 _GlobalMax, the latter through its C++ kernel and through its pure-torch path): the same values
 as max pooling and, bit for bit in float64 and float32, the same gradients as the
 mask-and-average form the layer used before (copied below as the reference) and as an

@@ -190,6 +190,23 @@ def test_pool_fast_path_at_inf_equals_generic_smooth_max(shape, k, dtype):
     assert type(ya.grad_fn).__name__ in ("_WindowMaxBackward", "_GlobalMaxBackward")
 
 
+
+@pytest.mark.parametrize("k", [2, None])
+def test_pool_beta_above_the_dtype_range_takes_the_max_kernel(k):
+    """A finite beta above float32's largest value is inf there (docs/math.md (1a): nu - max <=
+    log(n)/beta is below float32's resolution): the forward's one dispatch picks the max-pooling
+    kernel, with max pooling's values; the same beta in float64 stays smooth."""
+    x = torch.randn(2, 3, 8, 8).requires_grad_()
+    y = SmoothMaxPool2d(1e39, kernel_size=k)(x)
+    ref = F.max_pool2d(x, 2) if k else F.adaptive_max_pool2d(x, 1)
+    assert torch.equal(y, ref)
+    assert type(y.grad_fn).__name__ in ("_WindowMaxBackward", "_GlobalMaxBackward")
+    y64 = SmoothMaxPool2d(1e39, kernel_size=k)(x.detach().double().requires_grad_())
+    assert type(y64.grad_fn).__name__ in ("_WindowSmoothMaxBackward", "_SmoothMaxEagerBackward")
+    with pytest.raises(TypeError, match="integer input"):
+        SmoothMaxPool2d(2.0, kernel_size=2)(torch.ones(1, 1, 4, 4, dtype=torch.int64))
+
+
 def test_pool_ties_first_is_torch_max_pooling():
     x = torch.randn(2, 3, 8, 8).relu().requires_grad_()
     refs = ((2, lambda t: F.max_pool2d(t, 2)), (None, lambda t: F.adaptive_max_pool2d(t, 1)))
