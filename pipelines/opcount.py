@@ -1,16 +1,12 @@
 """Count the multiplications and additions of a network (docs/math.md (2)), reconciled with fvcore.
 
     python -m pipelines.opcount model=alexnet
-    python -m pipelines.opcount -m 'model=choice(alexnet,resnet18,vit_b_16)'
-    python -m pipelines.opcount model=alexnet input_shape=[1,3,32,32]   # one-line error
     python -m pipelines.opcount model=timm model.name=deit_tiny_patch16_224 unit=FLOPs
     python -m pipelines.opcount model=resnet18 roofline=cpu measure=true   # the cost model
     python -m pipelines.opcount model=resnet50 'input_shape=[32,3,224,224]' memory=true \
         memory.optimizer=sgd memory.measure=true   # a training step's memory
 
-Writes results.json, results.csv (one row per op), layers.csv, totals.csv, rollup.csv (to
-`show_depth`), per_layer.png [roofline.png, measured.png, memory.png] into the run dir and to W&B.
-The count runs in `prepare`: a config it refuses leaves no run dir and no W&B run.
+Outputs: docs/opcount.md. The count runs in `prepare`: a config it refuses leaves no run dir.
 """
 from __future__ import annotations
 
