@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shlex
 
 import pytest
 import torch
@@ -11,7 +10,6 @@ from omegaconf import OmegaConf
 
 from dnnlab.core.errors import ConfigError
 from dnnlab.run.config import resolved_with
-from dnnlab.run.resume import resume_command
 from dnnlab.train.resume import (
     MAY_CHANGE,
     Checkpoint,
@@ -107,10 +105,3 @@ def test_another_config_is_refused_naming_the_keys(tmp_path, key, value, shown):
     assert "nothing was written" in line and "\n" not in line
     assert f"a resume may change only {', '.join(MAY_CHANGE)})" in line  # all of them
 
-
-def test_resume_command_replaces_resume_and_run_dir():
-    cmd = resume_command("pipelines.train", ["model.pool.beta=inf", "trainer.resume=false",
-                                             "hydra.run.dir=old", "data=synthetic"], "/tmp/r 1")
-    assert shlex.split(cmd) == ["python", "-m", "pipelines.train", "model.pool.beta=inf",
-                                "data=synthetic", "trainer.resume=true",
-                                "hydra.run.dir=/tmp/r 1"]
