@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from tests.conftest import run_pipeline
 from tests.wandb_reader import find_runs, summarize
 
@@ -21,6 +23,7 @@ def _table(run_file, key: str) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow  # 23 s: a 2x3 sweep run twice (make test stays under 10 minutes)
 def test_a_replicated_sweep_and_its_rerun(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_pipeline("train", *ARGS, f"hydra.sweep.dir={sweep}", multirun=True)

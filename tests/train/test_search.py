@@ -51,6 +51,7 @@ def _results(sweep, job: int) -> dict:
     return json.loads((sweep / str(job) / "results.json").read_text())
 
 
+@pytest.mark.slow  # 36 s of subprocess searches: make test stays under 10 minutes
 def test_search_maximizes_best_val_accuracy_and_resumes_with_its_trials(tmp_path):
     sweep = tmp_path / "search"
     proc = run_pipeline("train", *ARGS, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}")
