@@ -16,6 +16,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from dnnlab.core.errors import ConfigError
+from dnnlab.opcount.counter import _map  # the one pytree map of the counter (BlockMask too)
 from dnnlab.opcount.memory_report import MemoryReport
 from dnnlab.opcount.memory_track import (
     OPTIMIZERS,
@@ -74,18 +75,6 @@ class swap_state:  # noqa: N801 - a context manager, used like a function
             mod._parameters.update(params)
             mod._buffers.clear()
             mod._buffers.update(buffers)
-
-
-def _map(tree: Any, fn) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return fn(tree)
-    if isinstance(tree, tuple):
-        return tuple(_map(t, fn) for t in tree)
-    if isinstance(tree, list):
-        return [_map(t, fn) for t in tree]
-    if isinstance(tree, Mapping):
-        return {k: _map(v, fn) for k, v in tree.items()}
-    return tree
 
 
 def call_of(input_shape, inputs) -> tuple[tuple, dict]:
