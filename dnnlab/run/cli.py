@@ -50,13 +50,15 @@ LAUNCHER_FAILURES = {"TerminatedWorkerError", "BrokenProcessPool", "UncompletedJ
 
 def stopping() -> None:
     """The process is ending (an interrupt is being handled, or the command is done): further
-    Ctrl-C are ignored, so that a second one cannot cut the saving short or break an atexit
-    handler (torch's, W&B's) into a traceback. kill -9 still ends it."""
+    Ctrl-C and SIGTERM are ignored, so that a second one (a launcher's SIGTERM to the survivors
+    of a Ctrl-C) cannot cut the saving short or break an atexit handler (torch's, W&B's) into a
+    traceback. kill -9 still ends it."""
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def describe(err: BaseException) -> tuple[str, int] | None:
@@ -160,9 +162,24 @@ def launch(module: str, switches: tuple = ()) -> None:
             raise
         if main_rank:
             error_line(said[0])
+        else:
+            _leave_it_to_rank_0(said[0])
         sys.exit(said[1])
     finally:
         stopping()
+
+
+def _leave_it_to_rank_0(line: str, wait_s: float = 60.0) -> None:
+    """Another rank under torchrun met an error: rank 0 meets the same one (same command line)
+    and says it. This rank waits for torchrun to stop it once rank 0 has exited (SIGTERM), so
+    that its own earlier exit cannot make torchrun kill rank 0 before rank 0 has said the line;
+    an error rank 0 did not meet (this rank's alone) is said here, with the rank, after wait_s."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's stop ends this rank quietly
+    time.sleep(wait_s)
+    error_line(f"rank {os.environ.get('RANK', '?')}: {line}")
 
 
 def quote_switches(argv: list, groups: tuple = ("memory",)) -> list:
