@@ -22,7 +22,7 @@ outside the timing, then paired like the eager rows. "compiled ratio" = dnnlab c
 compiled (no target; the worst is on the last line), "compile speed-up" = dnnlab eager / dnnlab
 compiled (above 1: compiling pays), "compile s" the first compiled step of each, dnnlab / torch
 (tracing and code generation; less when inductor's on-disk cache already holds the kernels).
-`--no-compile` leaves the compiled columns out: on a 2-core CPU `--quick` takes about 5 min
+`--no-compile` leaves the compiled columns out: on a 2-core CPU `--quick` takes 2.5-5 min
 without them (6 with one thread) and about 8 min with them (12 compiled models, 1-25 s each).
 
 A second table times the pooling alone at beta = inf with shared ties (SmoothMaxPool2d, forward
