@@ -57,20 +57,18 @@ def settings(epochs: int, device: str, *overrides: str):
     return to_settings(cfg), OmegaConf.to_container(cfg, resolve=True)
 
 
-class Losses:
-    """A loop Callback that keeps every step's loss (trainer.log_every=1)."""
+def losses_callback():
+    """A loop Callback that keeps every step's loss (trainer.log_every=1) in `.values`."""
+    from dnnlab.train.records import Callback
 
-    def __init__(self):
-        self.values = []
+    class Losses(Callback):
+        def __init__(self):
+            self.values = []
 
-    def on_step(self, step, loss, lr):
-        self.values.append(float(loss))
+        def on_step(self, step, loss, lr):
+            self.values.append(float(loss))
 
-    def on_probe(self, step, rows):
-        pass
-
-    def on_epoch(self, end):
-        pass
+    return Losses()
 
 
 def dnnlab_run(s, config, run_dir: Path, wandb: bool, checkpoint: bool, extra=()) -> dict:
@@ -155,7 +153,7 @@ def check_losses(epochs: int, device: str, tmp: Path) -> list[str]:
     for name, over in (("probes off", ["trainer.probe_every=0"]),
                        ("probes on (every 20 steps)", [])):
         s, config = settings(epochs, device, *over)
-        got = Losses()
+        got = losses_callback()
         d = tmp / f"loss-{len(lines)}"
         d.mkdir()
         dnnlab_run(s, config, d, wandb=False, checkpoint=True, extra=[got])

@@ -37,3 +37,19 @@ def test_train_benchmark_with_compiled_columns(capsys):
               plan=bench.Plan(rounds=2, block=0.001, min_calls=1, calls=1))
     out = capsys.readouterr().out
     assert "compiled ratio" in out and "compiled training step" in out
+
+
+@pytest.mark.slow
+def test_parity_benchmark_runs_end_to_end():
+    """benchmarks/parity.py for one epoch and one pair: the losses equal, every setting's row
+    and the fixed costs printed, exit 0 (its callback follows the loop's Callback protocol)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "parity.py"), "--epochs",
+                           "1", "--rounds", "1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("-> EQUAL to 1e-6") == 2, proc.stdout
+    for text in ("default (probes/20", "trainer.probe_every=0", "all four off", "wandb_init",
+                 "fixed cost total"):
+        assert text in proc.stdout
