@@ -108,6 +108,24 @@ def test_pool_stats_follow_softmax():
     assert 0 < chan["entropy"] < math.log(16)
 
 
+@pytest.mark.parametrize("beta", [1e-3, 0.5, 4.0, 1e3, [1.0, 2.0, 30.0]])
+def test_pool_stats_equal_a_float64_softmax_reference(beta):
+    """Entropy and argmax mass of every 2x2 window against torch.softmax in float64 (p log p
+    where p > 0), with a window holding -inf entries and weights that underflow at beta 1e3."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 3, 6, 6, generator=g)
+    x[0, 0, :2, :2] = torch.tensor([[0.5, -math.inf], [-math.inf, 0.25]])
+    b = torch.tensor(beta, dtype=torch.float64).view(1, -1, 1, 1, 1) if isinstance(beta, list) \
+        else beta
+    w = x.double().unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)  # (B, C, 3, 3, 4)
+    p = torch.softmax(b * w, -1)
+    ent = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1)
+    pool = SmoothMaxPool2d(torch.tensor(beta) if isinstance(beta, list) else beta, kernel_size=2)
+    got = pool_stats(pool, x)
+    assert got["entropy"] == pytest.approx(ent.mean().item(), rel=1e-12, abs=1e-15)
+    assert got["argmax_mass"] == pytest.approx(p.amax(-1).mean().item(), rel=1e-12)
+
+
 def test_pooling_stats_and_pool_beta():
     torch.manual_seed(0)
     model = SmoothMaxCNN(1, 10, (4, 6, 6), beta=4.0, normalized=True)
