@@ -21,7 +21,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ from dnnlab.core.distributed import World
 from dnnlab.core.errors import ConfigError, DnnlabError
 from dnnlab.core.torch_private import graphs_compiled
 from dnnlab.train.data import Batches
+from dnnlab.train.losses import Pending
 from dnnlab.train.probes import Capture, compare, pooling_stats
 from dnnlab.train.records import Callback, EpochEnd, Interrupted, TrainResult, best_of
 from dnnlab.train.resume import Checkpoint
@@ -136,6 +137,7 @@ class Trainer:
     stepper: Stepper
     compile_seconds: float | None = None  # trainer.compile: the steps during which it compiled
     epoch: int = 0  # the epoch in progress (or the next one): what an interruption names
+    pending: Pending = field(default_factory=Pending)  # the losses not read yet
 
     @classmethod
     def build(cls, model: torch.nn.Module, data: Batches, optimizer: torch.optim.Optimizer,
@@ -208,7 +210,7 @@ def save(t: Trainer, state: TrainState) -> None:
 
 def _train_step(t: Trainer, state: TrainState, group: list, epoch: int) -> dict:
     """One optimizer step on `group`, probed every `probe_every` steps; its sums (loss,
-    correct, n). A non-finite loss is a DnnlabError naming the step."""
+    correct: tensors on the device; n). Its loss waits in `t.pending` until it is read."""
     state.step += 1
     k = t.settings.probe_every if t.world.is_main else 0
     cap = Capture(t.model) if k > 0 and state.step % k == 0 else None
@@ -219,22 +221,34 @@ def _train_step(t: Trainer, state: TrainState, group: list, epoch: int) -> dict:
     finally:
         if cap is not None:  # a probe's hooks, also when the step stopped half-way
             cap.close()
-    loss = sums["loss"] / sums["n"]  # the mean over the global batch
-    if not math.isfinite(loss):
-        raise DnnlabError(f"loss is {loss} at epoch {epoch} step {state.step} "
-                          f"(optimizer.lr={t.lr:g}); stopped. Last good checkpoint: "
-                          f"{_last(t.checkpoint) or 'none (first epoch)'}")
+    t.pending.add(state.step, epoch, t.lr, sums["loss"], sums["n"])
     if graphs is not None and graphs_compiled() != graphs:  # this step compiled
         t.compile_seconds = (t.compile_seconds or 0.0) + time.perf_counter() - t_step
-    if t.settings.log_every > 0 and state.step % t.settings.log_every == 0:
-        for cb in t.callbacks:
-            cb.on_step(state.step, loss, t.lr)
+    if cap is not None or t.pending.due():
+        read_losses(t)
     if cap is not None:
         rows = compare(cap)
         state.probed(rows)
         for cb in t.callbacks:
             cb.on_probe(state.step, rows)
     return sums
+
+
+def read_losses(t: Trainer, check: bool = True) -> None:
+    """Read the waiting losses (one host sync) and hand every `log_every`-th to the callbacks,
+    in step order. A non-finite loss is a DnnlabError naming its step (`check=False`, on the
+    way out of an interrupted run: the finite ones are handed over, the rest dropped)."""
+    every = t.settings.log_every
+    for step, epoch, lr, loss in t.pending.take():
+        if not math.isfinite(loss):
+            if not check:
+                return
+            raise DnnlabError(f"loss is {loss} at epoch {epoch} step {step} "
+                              f"(optimizer.lr={lr:g}); stopped. Last good checkpoint: "
+                              f"{_last(t.checkpoint) or 'none (first epoch)'}")
+        if every > 0 and step % every == 0:
+            for cb in t.callbacks:
+                cb.on_step(step, loss, lr)
 
 
 def run_epoch(t: Trainer, state: TrainState) -> dict:
@@ -245,26 +259,34 @@ def run_epoch(t: Trainer, state: TrainState) -> dict:
     t.model.train()
     part = state.partial or Partial(0, 0, 0.0, 0, 0.0)
     state.partial, t0 = None, time.perf_counter() - part.seconds
+    # the epoch's running sums (loss, correct) on the device, in float64 as the steps' sums
+    total = torch.tensor([part.loss, float(part.correct)], dtype=torch.float64, device=t.device)
+    steps, seen = part.steps, part.seen
     batches = _limit(t.train_batches(epoch), t.settings.limit_batches)
     for i, group in enumerate(groups(batches, t.settings.accumulate)):
         if i < part.steps:  # trained before the resume
             continue
         sums = _train_step(t, state, group, epoch)
-        part = Partial(i + 1, part.seen + sums["n"], part.loss + sums["loss"],
-                       part.correct + sums["correct"], time.perf_counter() - t0)
+        total += torch.stack((sums["loss"], sums["correct"]))
+        steps, seen = i + 1, seen + sums["n"]
         if t.settings.checkpoint_every and state.step % t.settings.checkpoint_every == 0:
-            state.partial = part
+            read_losses(t)  # a non-finite loss stops the run before it is saved
+            loss, correct = total.tolist()
+            state.partial = Partial(steps, seen, loss, int(round(correct)),
+                                    time.perf_counter() - t0)
             save(t, state)
             state.partial = None
+    read_losses(t)
+    loss, correct = total.tolist()
     dt = time.perf_counter() - t0
     if t.scheduler is not None:
         t.scheduler.step()
     val = evaluate(t.model, t.val_loader, t.device, t.world)
     pool = pooling_stats(t.model, t.probe_x)
-    seen = max(part.seen, 1)
-    rec = {"epoch": epoch, "step": state.step, "train_loss": part.loss / seen,
-           "train_accuracy": part.correct / seen, "val_loss": val["loss"],
-           "val_accuracy": val["accuracy"], "lr": t.lr, "images_per_s": part.seen / dt}
+    n = max(seen, 1)
+    rec = {"epoch": epoch, "step": state.step, "train_loss": loss / n,
+           "train_accuracy": int(round(correct)) / n, "val_loss": val["loss"],
+           "val_accuracy": val["accuracy"], "lr": t.lr, "images_per_s": seen / dt}
     rec.update({key: v for key, v in pool.items() if key.count("/") == 1})
     state.history.append(rec)
     state.epoch = epoch
@@ -315,6 +337,10 @@ def fit(model: torch.nn.Module, data: Batches, optimizer: torch.optim.Optimizer,
     except Interrupted:
         raise
     except (KeyboardInterrupt, RuntimeError) as err:  # Ctrl-C, SIGTERM, a process group lost
+        try:  # the steps done still reach the callbacks
+            read_losses(t, check=False)
+        except BaseException:  # noqa: BLE001 - a callback's error, a second Ctrl-C: the stop wins
+            pass
         stop = _stop(err, t, state)
         if stop is err:
             raise

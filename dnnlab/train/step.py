@@ -9,6 +9,7 @@ gives batch B's step, and N processes give one process's.
 
     stepper = Stepper(optimizer, settings, world, device, params)
     sums = stepper.step([(x1, y1), (x2, y2)], forward)  # {"loss", "correct", "n"} over ranks
+    # "loss" (summed cross-entropy) and "correct": 0-d float64 tensors on the device
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ class Stepper:
 
     def step(self, group: list, forward: Callable) -> dict:
         """Train on one group of loader batches through `forward` (the model as trained: maybe
-        DDP-wrapped or compiled); the sums over every rank: loss (summed CE), correct, n."""
+        DDP-wrapped or compiled); the sums over every rank: loss (summed CE) and correct as 0-d
+        float64 tensors on the device (read by the caller when it needs them), n an int."""
         n = sum(len(y) for _, y in group)
         opt, w = self.optimizer, self.world
         opt.zero_grad(set_to_none=True)
@@ -80,11 +82,12 @@ class Stepper:
                 self.scaler.scale(part * (w.size / n)).backward()
             loss_sum += part.detach().double()
             correct += (out.argmax(1) == y).sum()
-        sums = w.all_sum(torch.stack([loss_sum, correct]))
-        if torch.isfinite(sums[0]):
-            if self.settings.grad_clip is not None:
-                self.scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
-            self.scaler.step(opt)
-            self.scaler.update()
-        return {"loss": float(sums[0]), "correct": int(round(float(sums[1]))), "n": n}
+        sums = w.all_sum(torch.stack([loss_sum, correct]))  # (2,) on the device
+        if self.settings.grad_clip is not None:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
+        # no look at the loss here (a host sync on a GPU): a non-finite one is found when the
+        # loop reads it (dnnlab.train.losses) and stops the run before its next checkpoint
+        self.scaler.step(opt)
+        self.scaler.update()
+        return {"loss": sums[0], "correct": sums[1], "n": n}

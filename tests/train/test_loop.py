@@ -45,11 +45,16 @@ class Record(Callback):
 
 
 def _run(run_dir, epochs=3, total=None, resume=False, probe_every=0, lr=0.01, sgd=False,
-         record=None, callbacks=(), checkpoint_every=0, batch=32, **trainer):
+         record=None, callbacks=(), checkpoint_every=0, batch=32, forward_hook=None, **trainer):
     """A seeded run as the pipeline does it; `total` epochs of cosine schedule (default epochs)."""
     seed_everything(0)
     splits = synthetic(samples=240, num_classes=4)
     model = SmoothMaxCNN(1, splits.num_classes, (4, 8, 8), beta=4.0, normalized=True)
+    for cb in callbacks:  # StopAt: a Ctrl-C inside a step
+        if hasattr(cb, "hook"):
+            model.register_forward_pre_hook(cb.hook)
+    if forward_hook is not None:
+        model.register_forward_hook(forward_hook.forward_hook)
     opt = (torch.optim.SGD if sgd else torch.optim.Adam)(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total or epochs)
     settings = TrainerSettings(epochs=epochs, probe_every=probe_every, progress=False,
@@ -106,14 +111,20 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(tmp_path):
 
 
 class StopAt(Callback):
-    """Ctrl-C at a given step (after that step's checkpoint_every save)."""
+    """Ctrl-C during a given step's forward (after the step before's checkpoint_every save), as
+    a signal arrives: a forward pre-hook counting the training forwards."""
 
     def __init__(self, step):
-        self.step = step
+        self.step, self.seen = step, 0
 
-    def on_step(self, step, loss, lr):
-        if step == self.step:
-            raise KeyboardInterrupt
+    def on_start(self, state):
+        self.seen = state.step
+
+    def hook(self, module, args):
+        if module.training:
+            self.seen += 1
+            if self.seen == self.step:
+                raise KeyboardInterrupt
 
 
 def test_checkpoint_every_resumes_inside_an_epoch_as_if_uninterrupted(tmp_path):
@@ -141,6 +152,33 @@ def test_nan_loss_stops_with_the_step_and_last_checkpoint(tmp_path):
     with pytest.raises(DnnlabError, match=r"^loss is nan at epoch 0 step \d+ \(optimizer.lr="
                                           r"1e\+08\); stopped. Last good checkpoint: none"):
         _run(tmp_path, lr=1e8, sgd=True)
+
+
+class NanAt(Callback):
+    """The model's output turns NaN from a given training step on (a forward hook)."""
+
+    def __init__(self, step):
+        self.step, self.seen = step, 0
+
+    def hook(self, module, args):
+        if module.training:
+            self.seen += 1
+
+    def forward_hook(self, module, args, out):
+        return out * math.nan if module.training and self.seen >= self.step else out
+
+
+def test_a_nan_read_later_names_its_step_and_never_reaches_a_checkpoint(tmp_path):
+    """5 steps an epoch, saved every 3 steps: a NaN loss at step 7 (epoch 1) is read at the
+    latest before the save at step 9, which never happens; the checkpoint is step 6's."""
+    nan = NanAt(7)
+    rec = Record()
+    with pytest.raises(DnnlabError, match=r"^loss is nan at epoch 1 step 7 \(optimizer.lr="
+                                          r"0.0075\); stopped. Last good checkpoint: "
+                                          r".*checkpoint.pt"):
+        _run(tmp_path, checkpoint_every=3, callbacks=[nan], record=rec, forward_hook=nan)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 6 and rec.steps == list(range(1, 7))  # every finite loss logged
 
 
 def test_devices_and_fit_checks():
