@@ -13,6 +13,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def is_png(path: Path) -> bool:
+    """`path` is a PNG file: what a pipeline promises in its run dir. What the figure draws is
+    checked on the matplotlib Figure itself (the `drawn` fixture), in each topic's plot and
+    report tests."""
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def run_pipeline(name: str, *overrides: str, multirun: bool = False, timeout: int = 600
                  ) -> subprocess.CompletedProcess:
     env = dict(os.environ, WANDB_SILENT="true", HYDRA_FULL_ERROR="0", PYTHONWARNINGS="ignore")

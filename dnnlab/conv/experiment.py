@@ -427,7 +427,7 @@ def run_scaling(sc: ScalingSettings, activation: str,
                 on_row: Callable[[dict], None] | None = None) -> dict:
     """dnnlab.conv.scaling one n at a time, with `threads` torch threads (1 by default: the
     chain's tensors are tiny, and on a shared machine an intra-op pool waiting for a busy core
-    turns a 0.2 ms step into 50 ms)."""
+    costs far more than such a step computes; benchmarks/conv.py times the forms)."""
     out = {"filters": list(sc.filters), "activation": activation, "batch": sc.batch,
            "dtype": sc.dtype.value, "repeats": sc.repeats, "max_matrix_bytes": sc.max_matrix_bytes,
            "threads": sc.threads or torch.get_num_threads(), "device": sc.device.value,

@@ -2,8 +2,9 @@
 
 Configs and layers accept a number, or a string such as "inf", ".inf" (YAML's spelling) or
 "1e-3" (`parse_beta`); layers also a list or tensor, one beta per channel (`parse_betas`);
-`smooth_max` checks a number it is given with `check_beta`. Whether a beta is representable
-in a compute dtype is the kernel's question (dnnlab.smoothmax.functional), not the parser's.
+`smooth_max` checks a number it is given with `check_beta` and a tensor with `check_betas`.
+Which compute dtype a beta meets is the kernel's question (dnnlab.smoothmax.functional): it
+passes that dtype to `check_betas`, and refuses a number that underflows it itself.
 """
 from __future__ import annotations
 
@@ -46,6 +47,25 @@ def check_beta(value: float, key: str = "beta") -> float:
     return value
 
 
+def check_betas(beta: torch.Tensor, key: str = "beta", dtype: torch.dtype | None = None):
+    """A floating tensor of betas, each entry in (0, inf], else ConfigError "{key} must be in
+    (0, inf], got a tensor with entry {first bad entry} (shape ...)". With `dtype` (the dtype
+    beta is computed in), an entry below that dtype's smallest normal value once cast to it is
+    refused too: it would be 0 or lose its precision there. A meta tensor has no values and
+    passes; the caller checks its dtype and shape."""
+    if beta.is_meta:
+        return beta
+    b = beta.detach()
+    cast = b if dtype is None else b.to(dtype)
+    bad = torch.isnan(cast) | (cast <= 0)
+    if dtype is not None:
+        bad |= cast < torch.finfo(dtype).tiny
+    if bool(bad.any()):
+        raise ConfigError(f"{key} must be in (0, inf], got a tensor with entry "
+                          f"{b[bad][0].item()} (shape {tuple(b.shape)})")
+    return beta
+
+
 def parse_betas(beta, key: str = "beta"):
     """A float (maybe inf) for a number or a string ("inf", ".inf", "2.0"); a float tensor for a
     list or tensor (one beta per channel, say). Raises ConfigError on a value outside (0, inf].
@@ -56,10 +76,7 @@ def parse_betas(beta, key: str = "beta"):
         kept = beta
         beta = beta.detach().clone()
         beta = beta if beta.is_floating_point() else beta.float()
-        bad = torch.isnan(beta) | (beta <= 0)
-        if bool(bad.any()):
-            raise ConfigError(
-                f"{key} must be in (0, inf], got a tensor with entry {beta[bad][0].item()}")
+        check_betas(beta, key)
         return kept if kept.requires_grad and kept.is_floating_point() else beta
     return parse_beta(to_float(beta, key), key)  # the float's repr in the message: 0 -> 0.0
 

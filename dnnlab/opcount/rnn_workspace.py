@@ -1,5 +1,5 @@
 """oneDNN's LSTM workspace: what `aten.mkldnn_rnn_layer` allocates on the CPU and keeps for
-backward, which its fake/meta kernel gives as an empty tensor (docs/math.md (5)).
+backward, which its fake/meta kernel gives as an empty tensor (docs/math.md (4)).
 
 PyTorch runs a CPU nn.LSTM (float32 or bfloat16, no projection) one layer and direction at a
 time through oneDNN (aten/src/ATen/native/mkldnn/RNN.cpp, `mkldnn_rnn_layer`): with grad mode
@@ -34,7 +34,7 @@ def _page(n: int) -> int:
 def lstm_workspace_bytes(seq: int, batch: int, input_size: int, hidden_size: int,
                          itemsize: int = 4, c_itemsize: int | None = None) -> int:
     """Bytes of the workspace one `mkldnn_rnn_layer` call (one layer, one direction) returns
-    in training, docs/math.md (5): with T = seq, B = batch, I = input_size, H = hidden_size,
+    in training, docs/math.md (4): with T = seq, B = batch, I = input_size, H = hidden_size,
     s = the data type's bytes (`itemsize`), s_c = the cell state's (`c_itemsize`, default s),
     W = max(I, H), each region rounded up to a 4 KiB page:
     gates T B ld(4H, s) s; h T B ld(H, s) s; states 2 (T+1) B ld(W, s) s;
@@ -55,7 +55,7 @@ def lstm_workspace_bytes(seq: int, batch: int, input_size: int, hidden_size: int
 
 def mkldnn_rnn_workspace(args: tuple) -> int | None:
     """The workspace bytes `aten.mkldnn_rnn_layer(*args)` allocates on the CPU with grad mode
-    on; None where (5) is not known to hold (a mode other than LSTM)."""
+    on; None where (4) is not known to hold (a mode other than LSTM)."""
     inp, cx, mode, hidden_size = args[0], args[6], args[9], args[10]
     if int(mode) != LSTM_MODE:
         return None
@@ -67,7 +67,7 @@ def mkldnn_rnn_workspace(args: tuple) -> int | None:
 def size_fake_workspace(func, args: tuple, res):
     """`res` of `func(*args)` with the fake outputs of oneDNN's LSTM made the CPU's size, so
     that each lives exactly as long as autograd keeps it: `mkldnn_rnn_layer`'s empty workspace
-    becomes a fake uint8 tensor of (5) bytes (made under the FakeTensorMode below the caller),
+    becomes a fake uint8 tensor of (4) bytes (made under the FakeTensorMode below the caller),
     and `mkldnn_rnn_layer_backward`'s second bias gradient, which the fake kernel returns as
     the first one again, its own storage (the CPU kernel returns a clone, RNN.cpp). Returns
     (res, unsized): `unsized` is the op's name when its workspace stays unknown, else None.

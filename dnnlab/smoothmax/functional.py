@@ -26,7 +26,7 @@ import math
 import torch
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
-from dnnlab.core.beta import check_beta, to_float
+from dnnlab.core.beta import check_beta, check_betas, to_float
 from dnnlab.core.dtypes import compute_dtype
 from dnnlab.core.errors import ConfigError, ShapeError
 from dnnlab.smoothmax.kernels import _apply_smooth_max, _eager, _SmoothMaxEager, traced
@@ -69,7 +69,9 @@ def _check_scalar_beta(beta: float, cdtype: torch.dtype) -> float:
 
 
 def _check_tensor_beta(beta: torch.Tensor, cdtype: torch.dtype, reduced: torch.Size):
-    """A tensor beta cast to the compute dtype; broadcastable to `reduced`, entries in (0, inf]."""
+    """A tensor beta cast to the compute dtype: floating, broadcastable to `reduced`, and its
+    entries in (0, inf] as core.beta.check_betas says (shape checks and op counting run on
+    meta tensors, which have no values to check)."""
     if not beta.is_floating_point():
         raise ConfigError(f"smooth_max: a tensor beta must be floating point, got {beta.dtype}")
     try:
@@ -82,15 +84,8 @@ def _check_tensor_beta(beta: torch.Tensor, cdtype: torch.dtype, reduced: torch.S
             f"shape {tuple(reduced)} (the input's shape with the reduced dims kept as 1)"
         )
     b = beta.detach().to(cdtype)
-    if b.is_meta or traced(b):  # no values to check (shape checks and op counting run on
-        return b  # meta); a traced or transformed beta is checked where it is built
-    bad = torch.isnan(b) | (b < torch.finfo(cdtype).tiny)  # nonpositive, NaN or underflowing
-    if bool(bad.any()):
-        value = beta.detach()[bad][0].item()  # the first bad entry, in the caller's dtype
-        raise ConfigError(
-            f"smooth_max: beta must be in (0, inf], got a tensor with entry {value} "
-            f"(shape {tuple(beta.shape)})"
-        )
+    if not traced(b):  # a traced or transformed beta has no values: checked where it is built
+        check_betas(beta, "smooth_max: beta", dtype=cdtype)  # nonpositive, NaN, underflowing
     return b
 
 

@@ -2,8 +2,8 @@
 // beta -> inf (docs/math.md (1c)), over each (H, W) plane of a contiguous (B, C, H, W) tensor.
 // Built by dnnlab/smoothmax/native.py (torch.utils.cpp_extension) on first use.
 //
-// The same values, bit for bit, as the pure-torch path of dnnlab/smoothmax/modules.py
-// (_GlobalMax); tests/smoothmax/test_max_pool.py checks both:
+// The same values, bit for bit, as the pure-torch path of dnnlab/smoothmax/kernels.py
+// (_GlobalMax); tests/smoothmax/test_kernels.py checks both:
 //   forward:  m = the plane's max (NaN if the plane holds a NaN, like amax),
 //             count = the number of entries equal to m, an exact integer in x's dtype;
 //   backward: on a plane with a max (m > -inf) each entry gets (x == m ? 1 : 0) * g / count,

@@ -200,7 +200,7 @@ _NONES = (None,) * 6  # the gradients of beta_c, dims, red_shape, out_shape, log
 class _SmoothMaxEager(torch.autograd.Function):
     """The fast path of _SmoothMax for plain tensors: a float beta in (0, inf), no torch.func
     transform active, no torch.compile tracing, no autocast. The same forward and backward
-    (bit for bit), in the ctx style, whose call costs fewer microseconds than the setup_context
+    (bit for bit), in the ctx style, whose call costs less than the setup_context
     style (no intermediates returned as outputs, no non-differentiable marking, no jvp/vmap
     plumbing); a double backward (create_graph=True) takes `_backward_graph`'s ops."""
 
@@ -457,7 +457,8 @@ _apply_window_smooth_max = amp.applier(_WindowSmoothMax, torch.float32)
 def _widen(t: torch.Tensor, kw: int) -> torch.Tensor:
     """(B, C, Ho, Wo) -> (B, C, Ho, Wo*kw): each window's value repeated along its kw columns.
     Written as kw strided copies of t, one per column of the windows: a copy from an expanded
-    view would run loops kw long, about 2.5x slower on CPU."""
+    view would run inner loops only kw long, which is slower on CPU (benchmarks/train.py
+    times the pooling)."""
     if kw == 1:
         return t
     b, c, ho, wo = t.shape
@@ -478,10 +479,10 @@ class _WindowMax(torch.autograd.Function):
     entry equal to its window's max with torch.eq into a float tensor (1.0 or 0.0) that then
     becomes the gradient, so the tie count is an exact sum and a maximum's gradient is
     g / count, bit for bit the mean of g over a mask of the maxima
-    (tests/smoothmax/test_max_pool.py). No indices are kept. On CPU this is faster than
+    (tests/smoothmax/test_kernels.py). No indices are kept. On CPU this is faster than
     max_pool2d's own kernel (docs/smoothmax.md, "Max pooling with shared ties"). At small
     sizes the step is bound by per-op overhead (each Python-level op, view and keyword argument
-    costs microseconds of a step of a few hundred), hence unbind for the views read and
+    is a visible share of a small step), hence unbind for the views read and
     positional arguments; views written in place come from select, which, unlike unbind's,
     may be written with grad mode on (backward with create_graph=True).
     """

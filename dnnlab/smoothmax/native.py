@@ -2,7 +2,7 @@
 
 `kernels()` returns the built module (`forward`, `backward`), or None when it cannot be built or
 is switched off; the pooling then runs its pure-torch path (kernels._GlobalMax), which gives the
-same values bit for bit (tests/smoothmax/test_max_pool.py runs both). `make setup` builds it
+same values bit for bit (tests/smoothmax/test_kernels.py runs both). `make setup` builds it
 (`main()`: build it and say where it is, or why not), so that a run does not stop for the
 compiler; a run that finds no build makes it once, under a file lock.
 

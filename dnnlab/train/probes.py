@@ -100,7 +100,7 @@ def pool_stats(m: SmoothMaxPool2d, x: torch.Tensor) -> dict:
         p = top / top.sum(-1, keepdim=True)  # ties shared: the limit of softmax (docs/math.md (1c))
     else:
         # grad nu_beta = softmax(beta x) (docs/math.md (1c)), written out: torch.softmax over a
-        # last dim of a few entries (a 2x2 window) is several times slower than these four ops
+        # last dim of a few entries (a 2x2 window) pays a per-call overhead these four ops avoid
         z = w.mul_(beta)
         e = z.sub_(z.amax(-1, keepdim=True)).exp_()  # exp(beta (x - max)) in (0, 1]
         p = e.div_(e.sum(-1, keepdim=True))

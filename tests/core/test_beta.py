@@ -47,3 +47,23 @@ def test_check_beta_refuses_outside_zero_inf(value):
     with pytest.raises(ConfigError, match=r"^smooth_max: beta must be in \(0, inf\], got "):
         betas.check_beta(value, "smooth_max: beta")
     assert betas.check_beta(math.inf) == math.inf and betas.check_beta(1e-300) == 1e-300
+
+
+def test_check_betas_one_check_for_every_tensor_beta():
+    """The tensor check smooth_max and parse_betas share: NaN, nonpositive and (given the
+    compute dtype) underflowing entries refused, the first bad one and the shape named."""
+    import torch
+
+    ok = torch.tensor([[0.5, math.inf]], dtype=torch.float64)
+    assert betas.check_betas(ok) is ok and betas.check_betas(ok, dtype=torch.float32) is ok
+    for bad, shown in ((torch.tensor([1.0, math.nan]), "nan"), (torch.tensor([0.0, -1.0]), "0.0"),
+                       (torch.tensor([2.0, -math.inf]), "-inf")):
+        with pytest.raises(ConfigError, match=rf"^b must be in \(0, inf\], got a tensor with "
+                                              rf"entry {shown} \(shape \(2,\)\)$"):
+            betas.check_betas(bad, "b")
+    tiny = torch.tensor([1e-39], dtype=torch.float64)  # positive, below float32's normal range
+    assert betas.check_betas(tiny) is tiny
+    with pytest.raises(ConfigError, match=r"entry 1e-39 \(shape \(1,\)\)"):
+        betas.check_betas(tiny, dtype=torch.float32)
+    meta = torch.empty(3, device="meta")  # no values: its shape and dtype are the caller's
+    assert betas.check_betas(meta) is meta

@@ -11,6 +11,7 @@ from torch import nn
 from dnnlab.opcount import count_ops
 from dnnlab.opcount.costs import cost_outputs
 from dnnlab.opcount.measure import measure, plot_measured
+from dnnlab.opcount.roofline import roofline
 
 
 class Twice(nn.Module):
@@ -52,7 +53,7 @@ class Widths(nn.Module):
         return [self.layers[f"b{n}"](x) for n, x in zip(self.sizes, xs)]
 
 
-def test_measured_ranks_follow_the_predicted_on_layers_of_very_different_cost(tmp_path):
+def test_measured_ranks_follow_the_predicted_on_layers_of_very_different_cost(tmp_path, drawn):
     """The layers are 1,024x apart in MACs, so the measured order must be the predicted one."""
     net = Widths()
     inputs = ([torch.randn(8, n) for n in net.sizes],)
@@ -61,10 +62,18 @@ def test_measured_ranks_follow_the_predicted_on_layers_of_very_different_cost(tm
     assert [r["path"] for r in m.rows] == [f"layers.b{n}" for n in net.sizes]
     pred = [r["predicted_s"] for r in m.rows]
     assert pred == sorted(pred) and m.spearman >= 0.8 and m.median_ratio > 0
-    assert plot_measured(m, tmp_path / "m.png", "widths").stat().st_size > 5000
+    assert plot_measured(m, tmp_path / "m.png", "widths").is_file()
+    [ax] = drawn()[0].axes  # a point per layer: (predicted, measured), and the diagonal
+    assert ax.get_title() == f"widths: spearman {m.spearman:.3f}"
+    [points] = ax.collections
+    assert points.get_offsets().tolist() == [[r["predicted_s"], r["measured_s"]] for r in m.rows]
+    [diagonal] = ax.get_lines()
+    lo, hi = min(pred + [r["measured_s"] for r in m.rows]), max(
+        pred + [r["measured_s"] for r in m.rows])
+    assert list(diagonal.get_xdata()) == list(diagonal.get_ydata()) == [lo, hi]
 
 
-def test_cost_outputs_roofline_and_measure_write_results_lines_and_pictures(tmp_path):
+def test_cost_outputs_roofline_and_measure_write_results_lines_and_pictures(tmp_path, drawn):
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3),
                           nn.Flatten(), nn.Linear(8 * 14 * 14, 32), nn.Linear(32, 10))
     report = count_ops(model, [1, 3, 16, 16])
@@ -79,7 +88,14 @@ def test_cost_outputs_roofline_and_measure_write_results_lines_and_pictures(tmp_
     json.dumps(out.results)  # results.json can hold it
     assert out.lines[0].startswith("roofline on l4: ") and "spearman" in out.lines[1]
     for key, name in [("roofline", "roofline.png"), ("measured", "measured.png")]:
-        assert out.images[key] == tmp_path / name and (tmp_path / name).stat().st_size > 5000
+        assert out.images[key] == tmp_path / name and (tmp_path / name).is_file()
+    roof_fig, meas_fig = drawn()  # the roofline's points and the measured ones, one per row
+    n_points = sum(len(c.get_offsets()) for c in roof_fig.axes[0].collections)
+    assert n_points == len([r for r in roofline(report, "l4").rows
+                            if r.flops > 0 and r.bytes > 0 and r.seconds > 0]) > 0
+    [points] = meas_fig.axes[0].collections
+    assert points.get_offsets().tolist() == [[r["predicted_s"], r["measured_s"]]
+                                             for r in meas["rows"]]
     if not torch.cuda.is_available():
         assert "measured_cuda" not in out.results
 

@@ -17,7 +17,7 @@ def test_report_settings():
         settings_of(ReportSettings, {"models": "alexnet"}, "opcount")
 
 
-def test_report_section_on_alexnet(tmp_path):
+def test_report_section_on_alexnet(tmp_path, drawn):
     section = report_section(ReportSettings(models=["alexnet"]), tmp_path)
     md = section.markdown
     assert md.startswith("\n## 2. Counting operations (docs/math.md (2))\n")
@@ -27,7 +27,12 @@ def test_report_section_on_alexnet(tmp_path):
             "70,276,800 |") in md
     assert "| alexnet | 655,566,528 / 655,566,528 | 58,621,952 / 58,621,952 | 0 | match |" in md
     png = section.images["opcount/per_layer"]
-    assert png == tmp_path / "opcount_alexnet_per_layer.png" and png.stat().st_size > 1000
+    assert png == tmp_path / "opcount_alexnet_per_layer.png" and png.is_file()
+    [ax] = drawn()[0].axes  # a bar per conv and linear layer, its height the layer's MACs
+    assert [b.get_height() for b in ax.patches][:1] == [70_276_800]
+    assert len(ax.patches) == 8 and sum(b.get_height() for b in ax.patches) == (
+        655_566_528 + 58_621_952)
+    assert ax.get_title().lower().startswith("alexnet") and "MACs per layer" in ax.get_title()
     assert f"![MACs per layer]({png.name})" in md
     assert section.summary == {"opcount/alexnet/reconciled": True}
     claims = section.tables[0]

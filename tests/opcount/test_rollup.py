@@ -45,6 +45,6 @@ def test_rollup_tree_nests_the_subtrees():
     assert lines[1] == ("└── <model> (Sequential): params 58, MACs 144 (100.0%), bwd 192, "
                         "bytes 688")
     # the inner Linear under the inner Sequential (deeper), the outer Linear beside it
-    assert lines[3] == "    │   ├── 0 (Linear): params 40, MACs 96 (66.7%), bwd 96, bytes 304"
+    inner = 4 * (12 + 32 + 8) + 4 * 24  # float32: reads X (3x4), W (8x4), b (8); writes 3x8
+    assert lines[3] == f"    │   ├── 0 (Linear): params 40, MACs 96 (66.7%), bwd 96, bytes {inner}"
     assert lines[5] == "    └── 1 (Linear): params 18, MACs 48 (33.3%), bwd 96, bytes 192"
-    assert 4 * (12 + 32 + 8) + 4 * 24 == 304  # reads X (3x4), W (8x4), b (8); writes 3x8

@@ -64,7 +64,7 @@ def test_depthwise_convs_run_at_the_depthwise_ceiling_others_at_the_peak():
     assert roofline(report, "l4").summary()["depthwise_flops"] is None
 
 
-def test_roofline_plot_of_a_small_network(tmp_path):
+def test_roofline_plot_of_a_small_network(tmp_path, drawn):
     from dnnlab.opcount.plots import plot_roofline
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
@@ -72,4 +72,23 @@ def test_roofline_plot_of_a_small_network(tmp_path):
     roof = roofline(count_ops(model, [2, 3, 16, 16]), "l4")
     assert {r.bound for r in roof.rows} <= {"compute", "memory"} and roof.seconds > 0
     png = plot_roofline(roof, tmp_path / "roofline.png", "small net on l4")
-    assert png.stat().st_size > 5000
+    assert png.is_file()
+    [fig] = drawn()
+    [ax] = fig.axes
+    assert ax.get_title() == "small net on l4" and ax.get_xscale() == ax.get_yscale() == "log"
+    d = roof.device
+    roofs = ax.get_lines()  # min(peak, intensity * bandwidth), fp32 and the tensor roof
+    assert [ln.get_label() for ln in roofs] == [f"{d.name} roof (fp32)",
+                                                f"{d.name} roof (bf16-fp16)"]
+    for line, prec in zip(roofs, ("fp32", "bf16-fp16")):
+        x = line.get_xdata()
+        assert list(line.get_ydata()) == pytest.approx(
+            [min(d.peak[prec], xi * d.bandwidth) for xi in x])
+    # a point per op: its intensity against its attained FLOP/s, coloured by its bound
+    for coll, bound in zip(ax.collections, ("compute", "memory")):
+        rows = [r for r in roof.rows if r.bound == bound and r.flops > 0]
+        got = sorted(map(tuple, coll.get_offsets().tolist()))
+        want = sorted((r.intensity, r.flops / r.seconds) for r in rows)
+        assert len(got) == len(want) and all(g == pytest.approx(w) for g, w in zip(got, want))
+    assert sum(len(c.get_offsets()) for c in ax.collections) == len(
+        [r for r in roof.rows if r.flops > 0])

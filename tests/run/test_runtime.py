@@ -1,7 +1,15 @@
 """The runtime around every job: typed settings, one-line errors, exit codes, Hydra's grammar.
 
 In-process: a tiny Hydra app (its own config dir and schema, written in tmp_path) run through
-`launch`, as `python -m pipelines.<name>` runs a pipeline."""
+`launch`, as `python -m pipelines.<name>` runs a pipeline.
+
+`emit`: a job's Outputs written by the runner: results.json, the tracker's files (CSV,
+metrics.jsonl), the terminal in order, and the failure raised once all is kept.
+
+trainer.resume=false into a run dir that holds a run (set_aside): the new run starts over there,
+the old one's files set aside in <run dir>/replaced-<time>/ (said in one line), nothing of it left
+where the new run writes: metrics.jsonl holds one run's steps, W&B's live dir one offline run."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +21,17 @@ from dataclasses import dataclass
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from dnnlab.core.errors import ConfigError, ShapeError
+from dnnlab.core.beta import BETA_INF_FLOAT
+from dnnlab.core.errors import ConfigError, DnnlabError, ShapeError
+from dnnlab.core.outputs import Outputs
+from dnnlab.core.plots import plt, save
+from dnnlab.core.table import Table
 from dnnlab.run import cli
+from dnnlab.run.results import Results
+from dnnlab.run.runtime import Run, emit
+from dnnlab.run.settings import WandbConfig, WandbMode
+from dnnlab.run.tracking import MIRROR, Tracker
+from tests.wandb_reader import find_runs, summarize
 
 APP = '''
 from dataclasses import dataclass, field
@@ -239,3 +256,71 @@ def test_an_empty_multirun_is_one_line_and_leaves_no_sweep_dir(app, capsys):
     assert app("-m", "inner.epochs=range(1,1)") == 1
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("error: the sweep launched no job") and not (app.dir / "multi").exists()
+
+
+def _run(tmp_path) -> Run:
+    tracker = Tracker(WandbConfig(mode=WandbMode("disabled")), tmp_path, job_type="unit",
+                      name="unit", config={})
+    return Run(tmp_path, Results(tmp_path), tracker)
+
+
+def test_emit_writes_every_output_then_fails(tmp_path, capsys):
+    run = _run(tmp_path)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    png = save(fig, tmp_path / "p.png")
+    table = Table("rows", ["a", "b"], [[1, "x"]], title="the rows")
+    out = Outputs({"n": 3}, [table], {"plot": png}, show=[table, "a [bold]line[/]"],
+                  failure="the check failed")
+    with run.tracker, pytest.raises(DnnlabError, match="^the check failed$"):
+        emit(out, run)
+    assert Results.read(tmp_path) == {"n": 3}  # kept before the failure is raised
+    assert (tmp_path / "rows.csv").read_text().splitlines() == ["a,b", "1,x"]
+    records = [json.loads(line) for line in (tmp_path / MIRROR).read_text().splitlines()]
+    assert {"rows": {"_type": "table", "path": "rows.csv"}} in records
+    assert {"plot": {"_type": "image", "path": "p.png"}} in records
+    shown = capsys.readouterr().out
+    assert shown.index("the rows") < shown.index("a line") < shown.index(
+        f"results: {tmp_path / 'results.json'}")
+
+
+def test_a_footer_names_its_own_path(tmp_path, capsys):
+    run = _run(tmp_path)
+    with run.tracker:
+        assert emit(Outputs({"ok": True}, footer="report: {path}!"), run) is run.results
+    assert capsys.readouterr().out.strip() == f"report: {tmp_path / 'results.json'}!"
+
+
+QUICK = ["trainer.progress=false"]
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_false_replaces_the_old_run(pipeline, tmp_path):
+    d = tmp_path / "run"
+    first = pipeline("train", f"hydra.run.dir={d}", "trainer.epochs=1", *QUICK)
+    assert first.returncode == 0, first.stderr[-3000:]
+    old = json.loads((d / "results.json").read_text())
+    second = pipeline("train", f"hydra.run.dir={d}", "trainer.epochs=2", "trainer.resume=false",
+                      "model.pool.beta=inf", *QUICK)
+    assert second.returncode == 0, second.stderr[-3000:]
+    (aside,) = d.glob("replaced-*")
+    said = [ln for ln in second.stdout.splitlines() if "starting over" in ln]
+    assert len(said) == 1 and str(aside) in said[0], second.stdout
+
+    steps = [r["_step"] for r in _rows(d) if "_step" in r and "train/loss" in r]
+    assert steps == list(range(1, len(steps) + 1))  # one run's steps, once each
+    epochs = [r["epoch"] for r in _rows(d) if "val/accuracy" in r]
+    assert epochs == [0, 1]
+    assert sum("test/accuracy" in r for r in _rows(d)) == 1
+    new = json.loads((d / "results.json").read_text())
+    assert str(new["beta"]) == "inf" and len(new["history"]) == 2
+
+    (live,) = find_runs(d / "wandb")  # one W&B offline run where the new one writes
+    assert summarize(live)["config"]["model"]["pool"]["beta"] == BETA_INF_FLOAT
+    (kept,) = find_runs(aside / "wandb")  # the old run, whole, beside it
+    assert kept.name != live.name
+    assert json.loads((aside / "results.json").read_text()) == old
+    assert len([r for r in _rows(aside) if "val/accuracy" in r]) == 1

@@ -1,4 +1,6 @@
 """dnnlab.smoothmax.report: the report's section from typed settings (no Hydra)."""
+import math
+
 import pytest
 
 from dnnlab.core.errors import ConfigError
@@ -14,7 +16,7 @@ def test_defaults_are_the_pipelines():
         settings_of(ReportSettings, {"n": 1}, "smoothmax")
 
 
-def test_report_section(tmp_path):
+def test_report_section(tmp_path, drawn):
     s = settings_of(ReportSettings, {"n": 100, "beta": {"num": 10}}, "smoothmax")
     section = report_section(s, tmp_path)
     md = section.markdown
@@ -28,7 +30,15 @@ def test_report_section(tmp_path):
     assert len(per_input) == 1
     for name in ("smoothmax_gap_vs_beta.png", "smoothmax_grad_vs_beta.png",
                  "smoothmax_hessian_vs_beta.png", "smoothmax_softmax_weights.png"):
-        assert f"]({name})" in md and (tmp_path / name).stat().st_size > 1000
+        assert f"]({name})" in md and (tmp_path / name).is_file()
+    gap, grad, hess, soft = drawn()  # the four figures of this run, n = 100 entries
+    [ax] = gap.axes
+    assert "n=100," in ax.get_title()
+    bound = {ln.get_label(): ln for ln in ax.get_lines()}["bound log(n)/beta"]
+    assert len(bound.get_xdata()) >= 9  # the finite betas of num=10
+    assert list(bound.get_ydata()) == pytest.approx([math.log(100) / b
+                                                     for b in bound.get_xdata()])
+    assert len(grad.axes) == 2 and len(hess.axes) == 1 and soft.axes
     assert set(section.images) == {"smoothmax/gap_vs_beta", "smoothmax/grad_vs_beta",
                                    "smoothmax/hessian_vs_beta", "smoothmax/softmax_weights"}
     assert section.summary["smoothmax/hessian_holds"] is True

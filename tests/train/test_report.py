@@ -41,7 +41,7 @@ def test_report_settings():
         settings_of(ReportSettings, {"epochs": "abc"}, "train")
 
 
-def test_a_short_section(tmp_path):
+def test_a_short_section(tmp_path, drawn):
     sec = report_section(ReportSettings(betas=[2, "inf"], epochs=1, seeds=2), tmp_path)
     md = sec.markdown
     assert md.startswith("\n## Training with smooth-max pooling: a temperature sweep "
@@ -52,8 +52,17 @@ def test_a_short_section(tmp_path):
     assert "between adjacent betas (Welch, 0.05): " in md and " of 1." in md
     assert "![temperature sweep](train_temperature_sweep.png)" in md
     png = sec.images["train/temperature_sweep"]
-    assert png == tmp_path / "train_temperature_sweep.png" and png.stat().st_size > 1000
+    assert png == tmp_path / "train_temperature_sweep.png" and png.is_file()
     data = json.loads((tmp_path / "train_temperature_sweep.json").read_text())
+    [fig] = drawn()  # the means of each beta's 2 seeds, inf at 4x the largest finite beta
+    acc_ax = fig.axes[0]
+    [means] = [ln for ln in acc_ax.get_lines() if ln.get_linestyle() == "-"]
+    assert list(means.get_xdata()) == [2.0, 8.0]
+    assert list(means.get_ydata()) == pytest.approx(
+        [g["metrics"]["test_accuracy"]["mean"] for g in data["groups"]])
+    [seeds] = [ln for ln in acc_ax.get_lines() if ln.get_marker() == "."]
+    assert sorted(seeds.get_ydata()) == sorted(j["test_accuracy"] for j in data["jobs"])
+    assert "2 seeds per beta" in acc_ax.get_title()
     assert [(j["beta"], j["seed"]) for j in data["jobs"]] == [(2.0, 0), (2.0, 1), ("inf", 0),
                                                               ("inf", 1)]
     assert [g["n"] for g in data["groups"]] == [2, 2] and len(data["comparisons"]) == 1

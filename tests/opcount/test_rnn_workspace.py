@@ -1,4 +1,4 @@
-"""oneDNN's LSTM workspace (docs/math.md (5)) against what the CPU kernel returns, and an LSTM
+"""oneDNN's LSTM workspace (docs/math.md (4)) against what the CPU kernel returns, and an LSTM
 step predicted on fake tensors against the same step measured on CPU tensors."""
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_no_grad_and_real_tensors_pass_through_and_other_modes_stay_unsized():
 def test_lstm_step_predicted_on_fake_tensors_is_the_measured_step(
         seq, batch, inp, hidden, layers, bidirectional, batch_first, bias, optimizer,
         precision, train):
-    """An nn.LSTM runs oneDNN's kernel on the CPU: with the workspace sized by (5), the
+    """An nn.LSTM runs oneDNN's kernel on the CPU: with the workspace sized by (4), the
     predicted step holds exactly the tensors the measured one holds, at every category."""
     torch.manual_seed(0)
     model = nn.LSTM(inp, hidden, layers, bias=bias, batch_first=batch_first,
@@ -98,7 +98,7 @@ def test_lstm_step_predicted_on_fake_tensors_is_the_measured_step(
 
 
 def test_lstm_workspace_is_saved_for_backward_per_layer_and_direction():
-    """The bytes the LSTM saves for backward include one (5) workspace per layer and direction
+    """The bytes the LSTM saves for backward include one (4) workspace per layer and direction
     (and none under no_grad)."""
     model = nn.LSTM(32, 64, num_layers=2, bidirectional=True)
     r = memory_of(model, [16, 4, 32], optimizer="sgd")

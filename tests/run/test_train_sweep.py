@@ -28,7 +28,7 @@ def _job(sweep, n, overrides, results=None, failed=None):
         (d / "failed.json").write_text(json.dumps(failed))
 
 
-def test_summary_of_done_failed_and_running_jobs(tmp_path):
+def test_summary_of_done_failed_and_running_jobs(tmp_path, drawn):
     sweep = tmp_path / "sweep"
     _job(sweep, 0, ["model.pool.beta=2"], {"beta": 2.0, "test_accuracy": 0.9,
                                            "grad_entropy": 0.6, "argmax_mass": 0.5})
@@ -46,7 +46,13 @@ def test_summary_of_done_failed_and_running_jobs(tmp_path):
     summary = write_summary(sweep)
     assert summary["failed"] == [1] and summary["sweep_dir"] == str(sweep)
     assert json.loads((sweep / "summary.json").read_text())["jobs"][3]["test_accuracy"] == 0.95
-    assert (sweep / "summary.png").stat().st_size > 1000
+    assert (sweep / "summary.png").is_file()
+    [fig] = drawn()  # the done jobs only, by beta: 2 and 8
+    acc, ent = fig.axes
+    [line] = [ln for ln in acc.get_lines() if ln.get_linestyle() == "-"]
+    assert list(line.get_xdata()) == [2.0, 8.0] and list(line.get_ydata()) == [0.9, 0.95]
+    [line] = [ln for ln in ent.get_lines() if ln.get_linestyle() == "--"]
+    assert list(line.get_ydata()) == [0.6, 0.5]
     t = summary_table(summary)
     assert isinstance(t, Table) and t.key == "summary" and t.columns == COLUMNS
     # ordered by beta (a failed or running job without a numeric beta last)
@@ -71,7 +77,7 @@ def test_empty_sweep(tmp_path):
     assert (tmp_path / "summary.json").exists() and summary_table(summary).rows == []
 
 
-def test_replicated_sweep_groups_by_beta_with_intervals(tmp_path):
+def test_replicated_sweep_groups_by_beta_with_intervals(tmp_path, drawn):
     """A 2 x 3 sweep (beta=2,inf seed=0,1,2): one group per beta with n = 3, the Student-t
     interval of its three values, the seed column, Welch's test between the two betas, and a
     plot with error bars."""
@@ -99,7 +105,16 @@ def test_replicated_sweep_groups_by_beta_with_intervals(tmp_path):
     assert cmp["axis"] == "model.pool.beta"
     assert math.isclose(cmp["diff"], 0.06) and cmp["p"] < 0.05 and cmp["significant"] is True
     assert json.loads((sweep / "summary.json").read_text())["groups"][0]["n"] == 3
-    assert (sweep / "summary.png").stat().st_size > 1000
+    assert (sweep / "summary.png").is_file()
+    [fig] = drawn()  # each seed a dot; the means of each beta joined, with their intervals
+    ax = fig.axes[0]
+    [seeds] = [ln for ln in ax.get_lines() if ln.get_marker() == "."]
+    assert sorted(seeds.get_ydata()) == acc["2"] + acc["inf"]
+    [means] = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
+    assert list(means.get_xdata()) == [2.0, 8.0]  # inf at 4x the largest finite beta
+    assert list(means.get_ydata()) == [m["mean"], ginf["metrics"]["test_accuracy"]["mean"]]
+    [bars] = [c for c in ax.collections if len(c.get_segments()) == 2]  # the error bars
+    assert [seg[:, 1].tolist() for seg in bars.get_segments()][0] == m["ci95"]
     t = summary_table(summary)
     assert [r[COLUMNS.index("seed")] for r in t.rows] == [0, 1, 2, 0, 1, 2]
     gt = groups_table(summary)
