@@ -1,14 +1,30 @@
 """`measure_memory`: the same report as `memory_of`, from a real training step.
 
-The step runs on real tensors (CPU, or CUDA when asked) under the same `StepTracker` (torch's
-MemTracker following every storage by weakref): the live tensor bytes by category at their
-peak. Beside it, what the process saw: the peak resident set growth during the step (Linux's
-VmHWM, reset through /proc/self/clear_refs before the step; elsewhere
-resource.getrusage's ru_maxrss, which cannot be reset and then says less), and on CUDA
-torch.cuda.max_memory_allocated over the step.
+The measured step is a steady-state one, as `memory_of` predicts: one unmeasured warm-up step
+runs first (the same inputs, the same step), so the optimizer's states are real and exist
+before the measured step starts, and every kernel has already been called once (oneDNN's JIT
+code, primitive caches and GEMM buffers are made at a kernel's first call and stay: they are
+not tensors, and a second training step does not pay them again). The second step then runs
+under the same `StepTracker` (torch's MemTracker following every storage by weakref): the live
+tensor bytes by category at their peak.
+
+Beside it, what the process saw: its peak resident set during the second step minus its
+resident set just before it (`rss_growth_bytes`; Linux's VmHWM, reset through
+/proc/self/clear_refs; elsewhere resource.getrusage's ru_maxrss, which cannot be reset and then
+says less). Before that baseline is read, the warm-up step's tensors are freed (their gradients
+set to None, gc.collect) and, on glibc, malloc_trim(0) hands the heap's free pages back to the
+kernel: without it glibc keeps the blocks the warm-up step freed, the second step reuses pages
+already resident, and its RSS growth says less than the tensors it needs. The baseline is the
+resident set once only the step's starting tensors, the code and the kernels' caches are left,
+so the growth is what the step itself adds. On CUDA, torch.cuda.max_memory_allocated over the
+step too. A page counts in the RSS only once written: a tensor allocated and not yet written
+(oneDNN's LSTM workspace, docs/opcount.md) is in the live-tensor peak and not in the RSS, which
+is then a lower bound.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import resource
 import sys
@@ -20,7 +36,7 @@ import torch
 from dnnlab.core.errors import ConfigError
 from dnnlab.opcount.memory_predict import _map, call_of, check_step, swap_state
 from dnnlab.opcount.memory_report import MemoryReport
-from dnnlab.opcount.memory_track import StepTracker, init_states, make_optimizer, run_step
+from dnnlab.opcount.memory_track import StepTracker, make_optimizer, run_step
 
 _STATUS = Path("/proc/self/status")
 
@@ -58,6 +74,19 @@ def rss_bytes() -> int:
     return kb * 1024 if kb is not None else peak_rss_bytes()
 
 
+def trim_heap() -> bool:
+    """glibc's malloc_trim(0): give the heap's free pages back to the kernel, so that the
+    resident set holds what is in use; False where there is no glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(ctypes.c_size_t(0))
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
 def _real(t: torch.Tensor, device: str) -> torch.Tensor:
     if t.device.type == "meta":
         t = (torch.randn(t.shape, dtype=t.dtype) if t.is_floating_point()
@@ -68,11 +97,14 @@ def _real(t: torch.Tensor, device: str) -> torch.Tensor:
 def measure_memory(model: torch.nn.Module, input_shape=None, *, inputs: Any = None,
                    train: bool = True, optimizer: str | None = "adam", precision: str = "32",
                    device: str = "cpu") -> MemoryReport:
-    """Run one steady-state training step of `model` (real weights: a model on meta gets zero
-    ones, integer buffers ones, as dnnlab.opcount.build.materialize, with tied weights kept tied and
-    the model given back as it was) and return what it held: `peak_bytes` and
-    `by_category` of live tensors, and in `measured` the RSS growth (rss_growth_bytes) and, on
-    CUDA, max_memory_allocated growth (cuda_growth_bytes, cuda_peak_bytes)."""
+    """Run a warm-up step of `model`, then one steady-state training step, the second, and
+    return what that step held (real weights: a model on meta gets zero ones, integer buffers
+    ones, as dnnlab.opcount.build.materialize, with tied weights kept tied and the model given
+    back as it was; a real model's weights are updated by both steps): `peak_bytes` and
+    `by_category` of live tensors, and in `measured` the RSS growth over the second step
+    (rss_growth_bytes, from rss_start_bytes, the resident set after the warm-up's tensors are
+    freed and the heap trimmed) and, on CUDA, max_memory_allocated growth (cuda_growth_bytes,
+    cuda_peak_bytes)."""
     precision = check_step(optimizer, precision)
     if precision == "fp16" and device == "cpu":
         raise ConfigError("memory.precision=fp16: float16 training needs CUDA; use bf16 on CPU "
@@ -98,24 +130,33 @@ def _measure(model, args, kwargs, train, optimizer, precision, device) -> Memory
     model.train(train)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(optimizer, params, foreach=False) if train else None
-    init_states(opt, params)
-    gc.collect()
+    call = lambda: model(*args, **kwargs)  # noqa: E731
+    device_type = device.split(":")[0]
+    inputs = [t for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor)]
     cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        cuda_start = torch.cuda.memory_allocated()
-    tracker = StepTracker()
-    tracker.track_external(model, opt, *[t for t in [*args, *kwargs.values()]
-                                         if isinstance(t, torch.Tensor)])
-    start = sum(tracker.live().values())
-    reset = reset_peak_rss()
-    rss0 = rss_bytes() if reset else peak_rss_bytes()
     try:
-        run_step(tracker, model, lambda: model(*args, **kwargs), opt, train=train,
-                 precision=precision, device_type=device.split(":")[0])
+        # the warm-up step: the same step under a tracker of its own (the same code path),
+        # which makes the optimizer's states; its gradients are dropped, as the measured
+        # step's zero_grad(set_to_none=True) would, so both steps start alike
+        run_step(StepTracker(), model, call, opt, train=train, precision=precision,
+                 device_type=device_type)
+        for p in model.parameters():
+            p.grad = None
+        gc.collect()
+        trim_heap()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            cuda_start = torch.cuda.memory_allocated()
+        tracker = StepTracker()
+        tracker.track_external(model, opt, *inputs)
+        start = sum(tracker.live().values())
+        reset = reset_peak_rss()
+        rss0 = rss_bytes() if reset else peak_rss_bytes()
+        run_step(tracker, model, call, opt, train=train, precision=precision,
+                 device_type=device_type)
         measured: dict = {"rss_growth_bytes": max(peak_rss_bytes() - rss0, 0),
-                          "rss_reset": reset}
+                          "rss_start_bytes": rss0, "rss_reset": reset}
         if cuda:
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated()

@@ -100,6 +100,40 @@ def test_prediction_matches_a_measured_step_per_category(batch, width, size, opt
     assert meas.measured["rss_growth_bytes"] >= 0
 
 
+@pytest.mark.parametrize("optimizer,states", [("sgd", 1), ("adam", 2)])
+def test_measured_step_is_the_second_one(optimizer, states):
+    """A warm-up step runs first, so the optimizer's states exist (made by a real step) before
+    the measured step starts; the weights end where two plain torch steps put them
+    (reference: the same loss, backward and optimizer, written here in float64)."""
+    dims = (16, 64, 8, 4)
+    torch.manual_seed(0)
+    model = chain(*dims)
+    ref = chain(*dims).double()
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(8, dims[0])
+    meas = measure_memory(model, inputs=x, optimizer=optimizer)
+    p = param_bytes(dims)
+    steps = 6 * F32 if optimizer == "adam" else 0  # Adam's `step`: a float32 scalar each
+    assert meas.start_bytes == p + states * p + steps + x.numel() * F32
+    assert meas.by_category["optimizer"] == states * p + steps  # none made in the step
+    assert meas.end_by_category["optimizer"] == states * p + steps
+    assert [ph for ph, *_ in meas.timeline[:1]] == ["forward"]
+    assert meas.measured["rss_start_bytes"] > 0 and meas.measured["rss_growth_bytes"] >= 0
+    opt = (torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9) if optimizer == "sgd"
+           else torch.optim.Adam(ref.parameters(), lr=1e-3))
+    after = []
+    for _ in range(2):
+        opt.zero_grad()
+        out = ref(x.double())
+        torch.nn.functional.cross_entropy(out, torch.zeros(8, dtype=torch.long)).backward()
+        opt.step()
+        after.append([q.detach().clone() for q in ref.parameters()])
+    got = [q.detach().double() for q in model.parameters()]
+    for a, b in zip(got, after[1]):  # two steps
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got, after[0]))
+
+
 def test_measure_keeps_tied_weights_tied_and_gives_the_model_back():
     from transformers import GPT2Config, GPT2LMHeadModel
 
