@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dnnlab.train.state import TrainState
+if TYPE_CHECKING:  # the records import no torch: a config error or --help never loads it
+    from dnnlab.train.state import TrainState
 
 
 @dataclass

@@ -231,3 +231,18 @@ def test_unreachable_online_wandb_goes_offline_once_per_process(tmp_path):
     assert len(warnings) == 1 and "carrying on offline" in warnings[0], proc.stderr
     runs = find_runs(sweep)
     assert len(runs) == 3  # two jobs and the summary run, all kept offline
+
+
+@pytest.mark.parametrize("args", [["--help"], ["trainer.epochs=abc"]])
+def test_help_and_a_config_error_load_no_torch_wandb_sklearn_or_matplotlib(args):
+    """What answers --help and a config error (Hydra, its plugins: dnnlab's Optuna sweeper, the
+    pipeline's module) imports none of the heavy libraries: they load only in a job."""
+    code = ("import runpy, sys; sys.argv = ['pipelines.train', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('pipelines.train', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'wandb', 'sklearn', 'matplotlib', 'scipy') "
+            "if m in sys.modules]\n"
+            "print('HEAVY', heavy, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert "HEAVY []" in proc.stderr, proc.stderr[-2000:]
