@@ -19,6 +19,7 @@ def _load(name: str):
     return mod
 
 
+@pytest.mark.slow  # 22 s: the fast suite keeps its 10-minute budget
 def test_train_benchmark_prints_every_row_and_the_control(capsys):
     bench = _load("train.py")
     plan = bench.Plan(rounds=2, block=0.001, min_calls=1, calls=1)

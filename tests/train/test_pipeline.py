@@ -380,6 +380,7 @@ def test_offline_data_error_names_the_files_and_leaves_no_dirs(tmp_path):
 
 
 # ------------------------------------------------------------------------ 7. unwritable
+@pytest.mark.slow  # 17 s
 def test_unwritable_outputs_are_one_line(pipeline, tmp_path):
     proc = pipeline("train", "hydra.run.dir=/proc/dnnlab-run", "trainer.epochs=1", *QUICK)
     assert proc.returncode == 1 and "/proc/dnnlab-run" in _only_stderr_line(proc)

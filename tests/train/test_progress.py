@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 QUICK = ["trainer.progress=false", "wandb.mode=disabled"]
 
 
@@ -19,6 +21,7 @@ def test_reproduce_prints_a_line_per_training(pipeline, tmp_path):
     assert all(re.search(r"\(\d+ s\) test 0\.\d{3}$", ln) for ln in lines), lines
 
 
+@pytest.mark.slow  # 16 s
 def test_multirun_without_a_bar_names_each_job(pipeline, tmp_path):
     proc = pipeline("train", "hydra/launcher=local", "model.pool.beta=2,inf", "trainer.epochs=1",
                     "trainer.limit_batches=2", f"hydra.sweep.dir={tmp_path}", *QUICK,
