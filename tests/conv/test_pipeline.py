@@ -13,6 +13,7 @@ SMALL = ["scaling.n_max_log2=9", "real_nets=[{name:resnet18,input_shape:[2,3,32,
 THREE_PAIRS = [("matrix", "conv"), ("matrix", "autograd"), ("conv", "autograd")]
 
 
+@pytest.mark.slow  # 16 s in a subprocess: the fast suite keeps its 10 minutes
 def test_conv_end_to_end(pipeline, tmp_path):
     out = tmp_path / "run"
     # A_w at n = 2^9 is 3.1 MB > 1e6 bytes: the matrix form is skipped there

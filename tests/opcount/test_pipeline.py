@@ -111,6 +111,7 @@ def test_opcount_huge_input_ends_and_does_not_say_reconciled(pipeline, tmp_path,
     assert len(skip) == 1 and "reconcile_max_gb=4" in skip[0], proc.stdout[-2000:]
 
 
+@pytest.mark.slow  # 14 s in a subprocess: the fast suite keeps its 10 minutes
 def test_opcount_roofline_plot_and_bad_device(pipeline, tmp_path):
     out = tmp_path / "roof"
     proc = pipeline("opcount", "model=lenet5", "reconcile=false", "roofline=a100-80gb",

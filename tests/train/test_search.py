@@ -130,6 +130,7 @@ def _get(app, path: str) -> dict:
     return json.loads(body)
 
 
+@pytest.mark.slow  # 19 s in a subprocess: the fast suite keeps its 10 minutes
 def test_pruning_the_wandb_summary_and_the_dashboard(tmp_path):
     sweep = tmp_path / "search"
     _search_with_pruning(sweep, "wandb.mode=offline")

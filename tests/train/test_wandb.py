@@ -100,6 +100,7 @@ def test_metrics_jsonl_holds_what_went_to_wandb(default_run):
         assert scalars == local[h["_step"]], h["_step"]
 
 
+@pytest.mark.slow  # 16 s in a subprocess: the fast suite keeps its 10 minutes
 def test_kill_9_and_resume_is_one_run_with_every_epoch(tmp_path):
     out = tmp_path / "run"
     args = [f"hydra.run.dir={out}", "trainer.epochs=3", *QUICK]
@@ -152,6 +153,7 @@ def test_temperature_sweep_and_its_summary_run(tmp_path):
                      "_wandb/visualize/grad_entropy_mean_vs_log10_beta"}
 
 
+@pytest.mark.slow  # 13 s in a subprocess: the fast suite keeps its 10 minutes
 def test_watch_logs_gradient_histograms_and_a_bad_value_is_one_line(tmp_path):
     out = tmp_path / "run"
     proc = run_pipeline("train", f"hydra.run.dir={out}", "trainer.epochs=1",
