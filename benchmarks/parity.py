@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dnnlab.core.timing import paired_ratio  # noqa: E402
+from dnnlab.train.records import Callback  # noqa: E402
 
 TARGET = 0.95
 
@@ -60,18 +61,14 @@ def settings(epochs: int, device: str, *overrides: str):
     return to_settings(cfg), OmegaConf.to_container(cfg, resolve=True)
 
 
-def losses_callback():
+class Losses(Callback):
     """A loop Callback that keeps every step's loss (trainer.log_every=1) in `.values`."""
-    from dnnlab.train.records import Callback
 
-    class Losses(Callback):
-        def __init__(self):
-            self.values = []
+    def __init__(self):
+        self.values = []
 
-        def on_step(self, step, loss, lr):
-            self.values.append(float(loss))
-
-    return Losses()
+    def on_step(self, step, loss, lr):
+        self.values.append(float(loss))
 
 
 def dnnlab_run(s, config, run_dir: Path, wandb: bool, checkpoint: bool, extra=()) -> dict:
@@ -165,7 +162,7 @@ def check_losses(epochs: int, device: str, tmp: Path) -> list[str]:
     for name, over in (("probes off", ["trainer.probe_every=0"]),
                        ("probes on (every 20 steps)", [])):
         s, config = settings(epochs, device, *over)
-        got = losses_callback()
+        got = Losses()
         d = tmp / f"loss-{len(lines)}"
         d.mkdir()
         dnnlab_run(s, config, d, wandb=False, checkpoint=True, extra=[got])

@@ -178,7 +178,10 @@ def _leave_it_to_rank_0(line: str, wait_s: float = 60.0) -> None:
     import time
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's stop ends this rank quietly
-    time.sleep(wait_s)
+    try:
+        time.sleep(wait_s)
+    except KeyboardInterrupt:  # a Ctrl-C reaches every rank: rank 0 says the line
+        return
     error_line(f"rank {os.environ.get('RANK', '?')}: {line}")
 
 
