@@ -80,6 +80,11 @@ class Tracker:
                 why = _reachable(s.init_timeout) if m == "online" else None
                 if why is not None:
                     raise ConnectionError(why)
+                if m == "offline":
+                    # W&B's own telemetry reads the process-wide mode, not the run's: left
+                    # online, an offline run starts two OpenTelemetry exporter threads and its
+                    # first `log` takes ~80 ms. Offline sends nothing, so say so process-wide.
+                    wandb.setup(settings=wandb.Settings(mode="offline"))
                 run = wandb.init(
                     mode=m, project=s.project, entity=s.entity, group=self.group,
                     job_type=self.job_type, name=self.name, tags=self.tags,
