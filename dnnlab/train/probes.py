@@ -20,13 +20,13 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dnnlab.conv.modules import OUR_CONVS
-from dnnlab.core.dtypes import max_errors
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
 from dnnlab.smoothmax.reference import smooth_max_reference
 from dnnlab.smoothmax.windows import windows
@@ -36,16 +36,63 @@ def _torch_conv_class(m: nn.Module) -> type:
     return next(c for c in type(m).__mro__ if c.__module__.startswith("torch.nn"))
 
 
+@dataclass
+class _Check:
+    """One layer's check: its output through our Function and through the reference, each
+    with the tensors whose gradients are compared (the input, then the parameters), and the
+    upstream gradient both get."""
+
+    names: list[str]  # "input", "weight", "bias": what each gradient is
+    ours: torch.Tensor
+    ours_inputs: list[torch.Tensor]
+    ref: torch.Tensor
+    ref_inputs: list[torch.Tensor]
+    g: torch.Tensor
+
+
+def _conv(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> _Check:
+    """Our conv Function against torch's convolution, on the same x and parameters."""
+    params = [m.weight] + ([m.bias] if m.bias is not None else [])
+    xa, xb = x.detach().requires_grad_(True), x.detach().requires_grad_(True)
+    ref = _torch_conv_class(m)._conv_forward(m, xb, m.weight, m.bias)
+    return _Check(["input", "weight", "bias"][:1 + len(params)], m(xa), [xa, *params], ref,
+                  [xb, *params], g)
+
+
+def _errors(checks: list[_Check]) -> list[dict]:
+    """{gradient: (max abs error, max abs error / max |ref|)} per check, in float64 as
+    dnnlab.core.dtypes.max_errors computes them; each side's gradients in one backward pass
+    (per check where two share a parameter), every error read in one copy."""
+    if not checks:
+        return []
+    sides = []
+    for outs, inputs in (([c.ours for c in checks], [c.ours_inputs for c in checks]),
+                         ([c.ref for c in checks], [c.ref_inputs for c in checks])):
+        flat = [t for ins in inputs for t in ins]
+        if len({id(t) for t in flat}) == len(flat):
+            sides.append(torch.autograd.grad(outs, flat, [c.g for c in checks]))
+        else:  # a tied parameter: its gradient through each layer alone
+            sides.append([d for o, ins, c in zip(outs, inputs, checks)
+                          for d in torch.autograd.grad(o, ins, c.g)])
+    pairs = []
+    for o, r in zip(*sides):
+        o, r = o.double(), r.double()
+        pairs.append(torch.stack(((o - r).abs().max(), r.abs().max())) if r.numel()
+                     else o.new_zeros(2))
+    values = iter(torch.stack(pairs).tolist() if pairs else [])  # (k, 2): the one read
+    out = []
+    for c in checks:
+        res = {}
+        for name in c.names:
+            diff, scale = next(values)
+            res[name] = (diff, diff / scale if scale > 0 else diff)
+        out.append(res)
+    return out
+
+
 def conv_check(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict:
     """Gradients of input, weight, bias: our Function vs torch's conv, same x and upstream g."""
-    params = [m.weight] + ([m.bias] if m.bias is not None else [])
-    xa = x.detach().requires_grad_(True)
-    ours = torch.autograd.grad(m(xa), [xa] + params, g)
-    xb = x.detach().requires_grad_(True)
-    ref_out = _torch_conv_class(m)._conv_forward(m, xb, m.weight, m.bias)
-    ref = torch.autograd.grad(ref_out, [xb] + params, g)
-    names = ["input", "weight", "bias"][:len(ref)]
-    return {n: max_errors(o, r) for n, o, r in zip(names, ours, ref)}
+    return _errors([_conv(m, x, g)])[0]
 
 
 def _windows(m: SmoothMaxPool2d, x: torch.Tensor) -> torch.Tensor:
@@ -67,21 +114,23 @@ def _beta_for(m: SmoothMaxPool2d, c: int):
     return b
 
 
-def pool_check(m: SmoothMaxPool2d, x: torch.Tensor, g: torch.Tensor) -> dict:
-    """The input gradient of the pooling vs autograd of the reference, same x and upstream g."""
-    xa = x.detach().requires_grad_(True)
-    (ours,) = torch.autograd.grad(m(xa), [xa], g)
-    xb = x.detach().requires_grad_(True)
+def _pool(m: SmoothMaxPool2d, x: torch.Tensor, g: torch.Tensor) -> _Check:
+    """The pooling against the plain-autograd reference on the same x."""
+    xa, xb = x.detach().requires_grad_(True), x.detach().requires_grad_(True)
     beta = _beta_for(m, x.shape[1])
     if m.ties == "first" and not isinstance(beta, torch.Tensor) and math.isinf(beta):
         # torch's max pooling is the layer itself here
-        ref_out = F.adaptive_max_pool2d(xb, 1) if m.kernel_size is None else F.max_pool2d(
+        ref = F.adaptive_max_pool2d(xb, 1) if m.kernel_size is None else F.max_pool2d(
             xb, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
     else:
-        ref_out = smooth_max_reference(_windows(m, xb), beta, dim=(-2, -1),
-                                       normalized=m.normalized)  # (B, C, H_out, W_out)
-    (ref,) = torch.autograd.grad(ref_out.reshape(g.shape), [xb], g)
-    return {"input": max_errors(ours, ref)}
+        ref = smooth_max_reference(_windows(m, xb), beta, dim=(-2, -1),
+                                   normalized=m.normalized)  # (B, C, H_out, W_out)
+    return _Check(["input"], m(xa), [xa], ref.reshape(g.shape), [xb], g)
+
+
+def pool_check(m: SmoothMaxPool2d, x: torch.Tensor, g: torch.Tensor) -> dict:
+    """The input gradient of the pooling vs autograd of the reference, same x and upstream g."""
+    return _errors([_pool(m, x, g)])[0]
 
 
 @torch.no_grad()
@@ -140,7 +189,7 @@ SAMPLE = 8  # samples of the batch a probe checks
 def compare(capture: Capture, sample: int | None = SAMPLE) -> list[dict]:
     """Rows {layer, type, param, max_abs_err, max_rel_err} for every captured layer, on the
     first `sample` samples of its batch (None: all)."""
-    rows = []
+    checks = []
     for name, e in capture.items.items():
         if e["g"] is None:
             continue
@@ -148,7 +197,9 @@ def compare(capture: Capture, sample: int | None = SAMPLE) -> list[dict]:
         if x.dtype not in (torch.float32, torch.float64) or g.dtype != x.dtype:
             # trainer.precision=bf16/fp16: compare in float64, on a float64 copy of the layer
             m, x, g = copy.deepcopy(m).double(), x.double(), g.double()
-        res = conv_check(m, x, g) if isinstance(m, OUR_CONVS) else pool_check(m, x, g)
+        checks.append((name, m, _conv(m, x, g) if isinstance(m, OUR_CONVS) else _pool(m, x, g)))
+    rows = []
+    for (name, m, _), res in zip(checks, _errors([c for _, _, c in checks])):
         for param, (a, r) in res.items():
             rows.append({"layer": name, "type": type(m).__name__, "param": param,
                          "max_abs_err": a, "max_rel_err": r})

@@ -141,3 +141,28 @@ def test_pooling_stats_and_pool_beta():
     assert pooling_stats(torch.nn.Sequential(torch.nn.Flatten()), _batch()[0]) == {}
     learn = pooling_stats(SmoothMaxCNN(beta=2.0, learnable=True), _batch()[0])
     assert learn["pool/features.4/beta"] == pytest.approx(2.0)
+
+
+def test_compare_is_each_layer_alone_also_with_a_tied_weight():
+    """compare differentiates every layer in one backward pass per side; a weight two layers
+    share would then get both layers' gradient, so those layers are checked one by one: each
+    row is what conv_check / pool_check give for that layer alone."""
+    torch.manual_seed(0)
+    a, b = Conv2d(2, 2, 3, padding=1), Conv2d(2, 2, 3, padding=1)
+    b.weight, b.bias = a.weight, a.bias  # tied (the bias's errors are not 0: a sum shows)
+    model = torch.nn.Sequential(a, torch.nn.ReLU(), b, SmoothMaxPool2d(2.0, kernel_size=2))
+    for tie in (True, False):
+        if not tie:
+            b.weight, b.bias = (torch.nn.Parameter(p.detach() * 2) for p in (a.weight, a.bias))
+        x = torch.randn(3, 2, 6, 6)
+        cap = Capture(model)
+        model(x).square().sum().backward()
+        cap.close()
+        got = {(r["layer"], r["param"]): (r["max_abs_err"], r["max_rel_err"])
+               for r in compare(cap)}
+        alone = {}
+        for name, e in cap.items.items():
+            m, xx, g = e["module"], e["x"][:8], e["g"][:8]
+            res = pool_check(m, xx, g) if name == "3" else conv_check(m, xx, g)
+            alone |= {(name, p): v for p, v in res.items()}
+        assert got == alone and ("2", "bias") in got
