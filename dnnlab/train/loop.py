@@ -209,8 +209,8 @@ def save(t: Trainer, state: TrainState) -> None:
 
 
 def _train_step(t: Trainer, state: TrainState, group: list, epoch: int) -> dict:
-    """One optimizer step on `group`, probed every `probe_every` steps; its sums (loss,
-    correct: tensors on the device; n). Its loss waits in `t.pending` until it is read."""
+    """One optimizer step on `group`, probed every `probe_every` steps: Stepper.step's
+    {"sums": (loss, correct) on the device, "n"}. Its loss waits in `t.pending` until read."""
     state.step += 1
     k = t.settings.probe_every if t.world.is_main else 0
     cap = Capture(t.model) if k > 0 and state.step % k == 0 else None
@@ -221,7 +221,7 @@ def _train_step(t: Trainer, state: TrainState, group: list, epoch: int) -> dict:
     finally:
         if cap is not None:  # a probe's hooks, also when the step stopped half-way
             cap.close()
-    t.pending.add(state.step, epoch, t.lr, sums["loss"], sums["n"])
+    t.pending.add(state.step, epoch, t.lr, sums["sums"][0], sums["n"])
     if graphs is not None and graphs_compiled() != graphs:  # this step compiled
         t.compile_seconds = (t.compile_seconds or 0.0) + time.perf_counter() - t_step
     if cap is not None or t.pending.due():
@@ -267,7 +267,7 @@ def run_epoch(t: Trainer, state: TrainState) -> dict:
         if i < part.steps:  # trained before the resume
             continue
         sums = _train_step(t, state, group, epoch)
-        total += torch.stack((sums["loss"], sums["correct"]))
+        total += sums["sums"]
         steps, seen = i + 1, seen + sums["n"]
         if t.settings.checkpoint_every and state.step % t.settings.checkpoint_every == 0:
             read_losses(t)  # a non-finite loss stops the run before it is saved

@@ -8,8 +8,8 @@ the mean loss over the n samples, as one process with batch n computes them. So 
 gives batch B's step, and N processes give one process's.
 
     stepper = Stepper(optimizer, settings, world, device, params)
-    sums = stepper.step([(x1, y1), (x2, y2)], forward)  # {"loss", "correct", "n"} over ranks
-    # "loss" (summed cross-entropy) and "correct": 0-d float64 tensors on the device
+    out = stepper.step([(x1, y1), (x2, y2)], forward)  # {"sums", "n"} over the ranks
+    # "sums": (2,) float64 on the device, the summed cross-entropy and the correct count
 """
 from __future__ import annotations
 
@@ -63,13 +63,13 @@ class Stepper:
 
     def step(self, group: list, forward: Callable) -> dict:
         """Train on one group of loader batches through `forward` (the model as trained: maybe
-        DDP-wrapped or compiled); the sums over every rank: loss (summed CE) and correct as 0-d
-        float64 tensors on the device (read by the caller when it needs them), n an int."""
+        DDP-wrapped or compiled). Returns `sums`, the (2,) float64 tensor on the device of the
+        summed cross-entropy and the correct count over every rank (read by the caller when it
+        needs them), and `n`, the step's samples."""
         n = sum(len(y) for _, y in group)
         opt, w = self.optimizer, self.world
         opt.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        losses, hits = [], []
         for j, (x, y) in enumerate(group):
             lo, hi = w.share(len(y))
             x, y = x[lo:hi].to(self.device), y[lo:hi].to(self.device)  # (b, C, H, W), (b,)
@@ -80,14 +80,19 @@ class Stepper:
                 # the loss in float32 whatever the precision
                 part = F.cross_entropy(out.float(), y, reduction="sum")
                 self.scaler.scale(part * (w.size / n)).backward()
-            loss_sum += part.detach().double()
-            correct += (out.argmax(1) == y).sum()
-        sums = w.all_sum(torch.stack([loss_sum, correct]))  # (2,) on the device
+            losses.append(part.detach().double())
+            hits.append((out.argmax(1) == y).sum().double())
+        # (2,): summed loss, correct; the parts added in float64 (one part: just the pair)
+        sums = w.all_sum(torch.stack(losses + hits) if len(group) == 1 else
+                         torch.stack([torch.stack(losses).sum(), torch.stack(hits).sum()]))
         if self.settings.grad_clip is not None:
             self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
         # no look at the loss here (a host sync on a GPU): a non-finite one is found when the
         # loop reads it (dnnlab.train.losses) and stops the run before its next checkpoint
-        self.scaler.step(opt)
-        self.scaler.update()
-        return {"loss": sums[0], "correct": sums[1], "n": n}
+        if self.scaler.is_enabled():
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+        return {"sums": sums, "n": n}
