@@ -52,5 +52,5 @@ def test_parity_benchmark_runs_end_to_end():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("-> EQUAL to 1e-6") == 2, proc.stdout
     for text in ("default (probes/20", "trainer.probe_every=0", "all four off", "wandb_init",
-                 "fixed cost total"):
+                 "fixed cost of a run", "95% CI"):
         assert text in proc.stdout
