@@ -62,6 +62,24 @@ def test_an_offline_run_starts_no_telemetry_exporter(tmp_path):
     assert not [n for n in names if n.startswith("Otel")], names
 
 
+def test_rows_from_the_writer_thread_arrive_whole_and_in_order(tmp_path):
+    """`log` only queues a row for W&B; anything that reads the run (next_step) or calls W&B
+    after it waits for the rows before it, so W&B holds every row, in step order."""
+    with _tracker(tmp_path) as tr:
+        for step in range(300):
+            tr.log({"loss": step / 300}, step=step)
+        assert tr.next_step == 299  # W&B's own count (its last row still open): all arrived
+        tr.summary(final=1.0)
+        threads = [t.name for t in threading.enumerate()]
+    assert "dnnlab-wandb-rows" not in [t.name for t in threading.enumerate()]  # ended on exit
+    assert "dnnlab-wandb-rows" in threads
+    (run,) = find_runs(tmp_path)
+    w = summarize(run)
+    assert [h["_step"] for h in w["history"]] == list(range(300))
+    assert [h["loss"] for h in w["history"]] == [s / 300 for s in range(300)]
+    assert w["summary"]["final"] == 1.0
+
+
 def test_disabled_mode_writes_the_mirror_only(tmp_path):
     with _tracker(tmp_path, "disabled") as tr:
         assert tr.run is None and tr.run_id is None and tr.next_step == 0
