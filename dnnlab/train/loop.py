@@ -224,21 +224,19 @@ def _train_step(t: Trainer, state: TrainState, group: list, epoch: int) -> dict:
     t.pending.add(state.step, epoch, t.lr, sums["sums"][0], sums["n"])
     if graphs is not None and graphs_compiled() != graphs:  # this step compiled
         t.compile_seconds = (t.compile_seconds or 0.0) + time.perf_counter() - t_step
-    if cap is not None or t.pending.due():
+    if cap is not None:  # its rows wait with the losses, handed over after its step's loss
+        t.pending.probes.append((state.step, state, compare(cap)))
+    if t.pending.due():
         read_losses(t)
-    if cap is not None:
-        rows = compare(cap)
-        state.probed(rows)
-        for cb in t.callbacks:
-            cb.on_probe(state.step, rows)
     return sums
 
 
 def read_losses(t: Trainer, check: bool = True) -> None:
     """Read the waiting losses (one host sync) and hand every `log_every`-th to the callbacks,
-    in step order. A non-finite loss is a DnnlabError naming its step (`check=False`, on the
-    way out of an interrupted run: the finite ones are handed over, the rest dropped)."""
-    every = t.settings.log_every
+    in step order, each followed by its step's probe rows if it was probed. A non-finite loss
+    is a DnnlabError naming its step (`check=False`, on the way out of an interrupted run: the
+    finite ones are handed over, the rest dropped)."""
+    every, probes = t.settings.log_every, t.pending.probes
     for step, epoch, lr, loss in t.pending.take():
         if not math.isfinite(loss):
             if not check:
@@ -249,6 +247,11 @@ def read_losses(t: Trainer, check: bool = True) -> None:
         if every > 0 and step % every == 0:
             for cb in t.callbacks:
                 cb.on_step(step, loss, lr)
+        while probes and probes[0][0] == step:
+            _, state, rows = probes.pop(0)
+            state.probed(rows)
+            for cb in t.callbacks:
+                cb.on_probe(step, rows)
 
 
 def run_epoch(t: Trainer, state: TrainState) -> dict:

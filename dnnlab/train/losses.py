@@ -4,7 +4,7 @@ Reading a number from a GPU waits for every kernel queued before it: a loop that
 step's loss (to log it, or to stop on a NaN) would make the host wait for the device at every
 step. Here the summed loss of each step stays a 0-d tensor on the device; `take` reads all the
 waiting ones in one copy. The loop reads them at most every FLUSH_S seconds, and whenever it
-needs them: before a probe, a checkpoint, the end of an epoch, an interruption
+needs them: before a checkpoint, at the end of an epoch, on an interruption
 (docs/train.md, "Logging without waiting"). The callbacks then get every step's loss, in step
 order, as before; a W&B history row keeps its step.
 
@@ -30,6 +30,7 @@ class Pending:
 
     steps: list = field(default_factory=list)  # (step, epoch, lr, n): n samples in the step
     sums: list = field(default_factory=list)  # each step's summed loss: 0-d float64, device
+    probes: list = field(default_factory=list)  # (step, state, rows): probes not handed over
     since: float = field(default_factory=time.perf_counter)  # the last read
 
     def add(self, step: int, epoch: int, lr: float, loss_sum: torch.Tensor, n: int) -> None:

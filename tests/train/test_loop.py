@@ -110,6 +110,36 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(tmp_path):
     assert epoch_metrics(rec.ends[0])["trainer/resumed_from_epoch"] == 0
 
 
+class Events(Callback):
+    """on_step and on_probe as one sequence of (kind, step)."""
+
+    def __init__(self):
+        self.events = []
+
+    def on_step(self, step, loss, lr):
+        self.events.append(("loss", step))
+
+    def on_probe(self, step, rows):
+        self.events.append(("probe", step))
+
+
+@pytest.mark.parametrize("log_every", [1, 2])
+def test_probe_rows_follow_their_steps_loss_in_step_order(tmp_path, log_every):
+    """A probe's rows wait with the losses (no read of the losses is forced by a probe) and are
+    handed over after its own step's loss, before any later step's: W&B's steps only grow."""
+    ev = Events()
+    res = _run(tmp_path, epochs=2, probe_every=3, log_every=log_every, callbacks=[ev])
+    steps = [s for _, s in ev.events]
+    assert steps == sorted(steps)
+    assert [s for k, s in ev.events if k == "probe"] == list(range(3, res.steps + 1, 3))
+    assert [s for k, s in ev.events if k == "loss"] == list(range(log_every, res.steps + 1,
+                                                                   log_every))
+    for i, (kind, s) in enumerate(ev.events):
+        if kind == "probe" and s % log_every == 0:
+            assert ev.events[i - 1] == ("loss", s)
+    assert 0 < res.probe_max_rel_err < 1e-4
+
+
 class StopAt(Callback):
     """Ctrl-C during a given step's forward (after the step before's checkpoint_every save), as
     a signal arrives: a forward pre-hook counting the training forwards."""
