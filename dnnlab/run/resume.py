@@ -56,7 +56,7 @@ def replay(tracker: Any, step: int) -> int:
     first, sent = tracker.next_step, 0
     for row in keep:
         s = row.pop("_step", None)
-        again = s is not None and s >= first and tracker.run is not None
+        again = s is not None and s >= first and tracker.active
         tracker.log(row, step=s, to_wandb=again)
         sent += again
     return sent

@@ -17,10 +17,10 @@ several jobs (joblib's workers) never logs one into another's run.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
+import queue
 import sys
 import threading
 import urllib.error
@@ -61,51 +61,47 @@ class _Rows:
     """A thread that hands history rows to `run.log`, in order. W&B's `log` takes ~0.4 ms a row
     (encoding, then a hop to its socket thread that the caller waits for); here the trainer
     only queues the row, and W&B's work runs while the trainer is inside torch's kernels
-    (which release the GIL). `wait` returns once every queued row is logged and raises the
-    first error a row met, as the inline call would have (one call later)."""
+    (which release the GIL). The caller's side takes no Python-level lock (a Ctrl-C can land
+    anywhere in it): rows and replies go through C-level SimpleQueues. A row W&B refuses is
+    said once on stderr and skipped (it stays in metrics.jsonl): W&B never sinks a run."""
 
     def __init__(self, run: Any):
-        self.run, self.error, self.closed = run, None, False
-        self.queue: collections.deque = collections.deque()  # (data, step), oldest first
-        self.cv = threading.Condition()
+        self.run, self.warned = run, False
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()  # (data, step), a reply queue, None
         self.thread = threading.Thread(target=self._loop, name="dnnlab-wandb-rows", daemon=True)
         self.thread.start()
 
     def put(self, data: dict, step: int | None) -> None:
-        with self.cv:
-            self.queue.append((data, step))
-            self.cv.notify_all()
+        self.queue.put((data, step))
 
     def _loop(self) -> None:
-        while True:
-            with self.cv:
-                while not self.queue and not self.closed:
-                    self.cv.wait()
-                if not self.queue:
-                    return
-                data, step = self.queue[0]  # stays queued until logged: `wait` sees it
+        while (item := self.queue.get()) is not None:
+            if isinstance(item, queue.SimpleQueue):  # `wait`: every row before it is logged
+                item.put(True)
+                continue
+            data, step = item
             try:
-                if self.error is None:  # after an error the rows wait for it to be raised
-                    self.run.log(data, step=step)
-            except Exception as err:  # noqa: BLE001 - raised in the caller's thread by `wait`
-                self.error = err
-            with self.cv:
-                self.queue.popleft()
-                self.cv.notify_all()
+                self.run.log(data, step=step)
+            except BaseException as err:  # noqa: BLE001 - W&B must never sink a run
+                if not self.warned:
+                    self.warned = True
+                    print(f"warning: W&B refused the history row of step {step} "
+                          f"({first_line(err)}); it is in metrics.jsonl, the run goes on",
+                          file=sys.stderr)
 
     def wait(self) -> None:
-        with self.cv:
-            while self.queue:
-                self.cv.wait()
-        if self.error is not None:
-            err, self.error = self.error, None
-            raise err
+        """Return once the rows queued before this call are logged (or the thread is gone)."""
+        reply: queue.SimpleQueue = queue.SimpleQueue()
+        self.queue.put(reply)
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                reply.get(timeout=0.5)
+                return
 
     def close(self) -> None:
-        with self.cv:
-            self.closed = True
-            self.cv.notify_all()
-        self.thread.join()
+        """End the thread once the queued rows are logged (waiting a bounded time for it)."""
+        self.queue.put(None)
+        self.thread.join(timeout=30)
 
 
 class Tracker:
@@ -180,16 +176,16 @@ class Tracker:
         code = getattr(exc, "exit_code", 130) if isinstance(exc, KeyboardInterrupt) else int(
             exc is not None)
         self._mirror.close()
-        if self._rows is not None:
-            with contextlib.suppress(Exception):  # a row W&B refused: the run still finishes
-                self._rows.wait()
-            self._rows.close()
-            self._rows = None
-        if self._run is not None:
-            run, line = self._run, self.end_line()
-            run.finish(exit_code=code)
-            print(line, flush=True)
-        self._run = None
+        rows, self._rows = self._rows, None
+        try:
+            if rows is not None:
+                rows.close()  # its queued rows first
+        finally:
+            if self._run is not None:
+                run, line = self._run, self.end_line()
+                run.finish(exit_code=code)
+                print(line, flush=True)
+            self._run = None
 
     def end_line(self) -> str:
         """The run's W&B name and id, and where it is: its URL online; offline, the dir and the
@@ -206,6 +202,10 @@ class Tracker:
                 f"({len(older)} earlier dir(s) of this id, e.g. {older[-1].name}, need no "
                 "sync)") if older else ""
         return f"{head}), offline; upload with: wandb sync {sync}{also}"
+
+    @property
+    def active(self) -> bool:  # a W&B run is open (without waiting for the rows)
+        return self._run is not None
 
     @property
     def run_id(self) -> str | None:
@@ -305,8 +305,9 @@ class Tracker:
         """wandb.watch: its hooks log into the step being built, so the rows are then logged
         in the caller's thread, as the hooks are."""
         if self.run is not None and log:
-            self._rows.close()
-            self._rows = None
+            if self._rows is not None:
+                self._rows.close()
+                self._rows = None
             self.run.watch(model, log=log, log_freq=log_freq)
 
 
