@@ -11,10 +11,13 @@ the replay into W&B, the resume command) is dnnlab.run.resume.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +31,42 @@ from dnnlab.train.state import TrainState
 KEYS = {"model", "optimizer", "epoch", "step", "history"}  # what makes a dnnlab checkpoint
 
 
-def save_atomic(path: Path, state: dict, prev: Path | None = None) -> None:
-    """torch.save to a temp file, fsync, rename over `path` (the old one kept as `prev`)."""
-    tmp = path.with_name(path.name + ".tmp")
+@contextlib.contextmanager
+def signals_deferred(signums=(signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """A Ctrl-C or SIGTERM during the block is acted on when it ends (the same signal, raised
+    again with the handlers as they were). A KeyboardInterrupt raised inside torch.save's
+    writer comes out of its zip writer as a RuntimeError ("unexpected pos"): the stop would be
+    lost and the file cut. Only the main thread handles signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    before = {s: signal.signal(s, lambda n, _f: got.append(n)) for s in signums}
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if prev is not None and path.exists():
-            os.replace(path, prev)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise DnnlabError(f"cannot write {path}: {err.strerror or err}") from None
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        if got:
+            signal.raise_signal(got[0])
+
+
+def save_atomic(path: Path, state: dict, prev: Path | None = None) -> None:
+    """torch.save to a temp file, fsync, rename over `path` (the old one kept as `prev`); a
+    Ctrl-C or SIGTERM meanwhile stops the run once the file is whole (`signals_deferred`)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with signals_deferred():
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            if prev is not None and path.exists():
+                os.replace(path, prev)
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise DnnlabError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -86,6 +86,45 @@ def test_save_atomic_names_an_unwritable_path(tmp_path):
         save_atomic(tmp_path / "missing" / "a.pt", {})
 
 
+class _CtrlCWhilePickled:
+    """Pickled as the int 5, sending this process SIGINT (or SIGTERM) on the way: a Ctrl-C in
+    the middle of torch.save."""
+
+    def __init__(self, signum):
+        self.signum = signum
+
+    def __reduce__(self):
+        import signal
+
+        signal.raise_signal(self.signum)
+        return int, (5,)
+
+
+@pytest.mark.parametrize("signum,raised", [("SIGINT", KeyboardInterrupt),
+                                           ("SIGTERM", "Terminated")])
+def test_a_stop_during_a_save_comes_after_the_file_is_whole(tmp_path, signum, raised):
+    """Without the deferral the KeyboardInterrupt came out of torch.save's zip writer as
+    RuntimeError('unexpected pos ...') and the stop was lost (CI's submitit SIGUSR2 test)."""
+    import signal
+
+    from dnnlab.run.runtime import Terminated, _on_sigterm
+
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    raised = Terminated if raised == "Terminated" else raised
+    try:
+        save_atomic(tmp_path / "a.pt", {"x": torch.ones(2)})
+        with pytest.raises(raised):
+            save_atomic(tmp_path / "a.pt", {"x": torch.zeros(3), "y": [_CtrlCWhilePickled(
+                getattr(signal, signum))] * 3}, prev=tmp_path / "a.prev.pt")
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    state = torch.load(tmp_path / "a.pt", weights_only=False)
+    assert state["y"] == [5, 5, 5] and state["x"].tolist() == [0.0, 0.0, 0.0]
+    assert torch.load(tmp_path / "a.prev.pt")["x"].tolist() == [1.0, 1.0]
+    assert not (tmp_path / "a.pt.tmp").exists()
+
+
+
 @pytest.mark.parametrize("key, value, shown", [
     ("model.pool.beta", math.inf, "model.pool.beta: 4.0 in the checkpoint, inf now"),
     ("model.builder.channels", [8, 8, 8],
