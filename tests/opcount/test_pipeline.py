@@ -147,6 +147,7 @@ def test_opcount_resnet18_roofline_cpu_measure(pipeline, tmp_path):
     assert is_png(out / "measured.png")
 
 
+@pytest.mark.slow  # a subprocess run of 13-18 s: make test stays under 10 min
 def test_opcount_measure_small_network(pipeline, tmp_path):
     out = tmp_path / "m"
     proc = pipeline("opcount", "model=lenet5", "reconcile=false", "measure=true",

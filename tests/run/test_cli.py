@@ -33,6 +33,7 @@ def _env() -> dict:
     return env
 
 
+@pytest.mark.slow  # a subprocess run of 13-18 s: make test stays under 10 min
 def test_a_run_dir_in_use_is_refused_and_a_stale_lock_taken_over(pipeline, tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "pipelines.train", "trainer.epochs=200",

@@ -298,6 +298,7 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a subprocess run of 13-18 s: make test stays under 10 min
 def test_resume_false_replaces_the_old_run(pipeline, tmp_path):
     d = tmp_path / "run"
     first = pipeline("train", f"hydra.run.dir={d}", "trainer.epochs=1", *QUICK)

@@ -84,6 +84,7 @@ def test_wandb_mode_from_the_environment_as_a_user_meets_it(tmp_path):
     assert f"upload with: wandb sync {run.parent}" in line
 
 
+@pytest.mark.slow  # a subprocess run of 13-18 s: make test stays under 10 min
 def test_the_end_names_the_run_and_the_dir_to_sync(tmp_path):
     d = tmp_path / "run"
     first = _train(f"hydra.run.dir={d}", *QUICK)

@@ -167,6 +167,7 @@ def test_a_dead_rank_is_one_line_and_the_run_resumes(tmp_path):
     assert len({summarize(f)["run"].run_id for f in find_runs(run)}) == 1
 
 
+@pytest.mark.slow  # a subprocess run of 13-18 s: make test stays under 10 min
 def test_debug_fast_and_overfit(tmp_path):
     """debug=fast: the whole pipeline in seconds, W&B off; debug=overfit: one batch learned."""
     fast = run_pipeline("train", "debug=fast", f"hydra.run.dir={tmp_path / 'fast'}")

@@ -123,6 +123,7 @@ def test_kill_9_and_resume_is_one_run_with_every_epoch(tmp_path):
         h["val/accuracy"] for h in final["history"] if "val/accuracy" in h]
 
 
+@pytest.mark.slow  # a subprocess run of 13-18 s: make test stays under 10 min
 def test_temperature_sweep_and_its_summary_run(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_pipeline("train", "experiment=temperature_sweep", "model.pool.beta=2,inf",
