@@ -61,6 +61,7 @@ def test_opcount_bad_input_is_one_line_and_leaves_nothing(pipeline, tmp_path, ov
     assert not out.exists()  # the count runs before the run dir and the W&B run exist
 
 
+@pytest.mark.slow  # a subprocess run of 10-11 s: make test stays under 10 min
 def test_opcount_multirun_with_hydra_grammar_groups_jobs(pipeline, tmp_path):
     sweep = tmp_path / "sweep"
     proc = pipeline("opcount", "model=choice(alexnet,lenet5)", "reconcile=false",
@@ -96,6 +97,7 @@ def test_wandb_online_without_account_falls_back_to_offline(tmp_path, monkeypatc
     assert json.loads((out / "results.json").read_text())["model"] == "lenet5"
 
 
+@pytest.mark.slow  # a subprocess run of 10-11 s: make test stays under 10 min
 @pytest.mark.parametrize("side", [8000, 100000])
 def test_opcount_huge_input_ends_and_does_not_say_reconciled(pipeline, tmp_path, side):
     """resnet18 at 8000^2 was killed for memory (exit 137) and at 100000^2 said reconciled:

@@ -11,6 +11,7 @@ import pytest
 QUICK = ["trainer.progress=false", "wandb.mode=disabled"]
 
 
+@pytest.mark.slow  # a subprocess run of 9-10 s: make test stays under 10 min
 def test_reproduce_prints_a_line_per_training(pipeline, tmp_path):
     proc = pipeline("reproduce", "sections=[train]", "train.betas=[2,inf]", "train.seeds=1",
                     "train.epochs=1", "wandb.mode=disabled", f"hydra.run.dir={tmp_path}")
