@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnnlab.conv.modules import OUR_CONVS
+from dnnlab.core.dtypes import max_errors
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
 from dnnlab.smoothmax.reference import smooth_max_reference
 from dnnlab.smoothmax.windows import windows
@@ -60,9 +61,8 @@ def _conv(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> _Check:
 
 
 def _errors(checks: list[_Check]) -> list[dict]:
-    """{gradient: (max abs error, max abs error / max |ref|)} per check, in float64 as
-    dnnlab.core.dtypes.max_errors computes them; each side's gradients in one backward pass
-    (per check where two share a parameter), every error read in one copy."""
+    """{gradient: dnnlab.core.dtypes.max_errors (max abs error, relative)} per check; each
+    side's gradients in one backward pass (per check where two share a parameter)."""
     if not checks:
         return []
     sides = []
@@ -74,20 +74,8 @@ def _errors(checks: list[_Check]) -> list[dict]:
         else:  # a tied parameter: its gradient through each layer alone
             sides.append([d for o, ins, c in zip(outs, inputs, checks)
                           for d in torch.autograd.grad(o, ins, c.g)])
-    pairs = []
-    for o, r in zip(*sides):
-        o, r = o.double(), r.double()
-        pairs.append(torch.stack(((o - r).abs().max(), r.abs().max())) if r.numel()
-                     else o.new_zeros(2))
-    values = iter(torch.stack(pairs).tolist() if pairs else [])  # (k, 2): the one read
-    out = []
-    for c in checks:
-        res = {}
-        for name in c.names:
-            diff, scale = next(values)
-            res[name] = (diff, diff / scale if scale > 0 else diff)
-        out.append(res)
-    return out
+    errors = iter(max_errors(o, r) for o, r in zip(*sides))
+    return [{name: next(errors) for name in c.names} for c in checks]
 
 
 def conv_check(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict:

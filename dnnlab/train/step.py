@@ -82,17 +82,13 @@ class Stepper:
                 self.scaler.scale(part * (w.size / n)).backward()
             losses.append(part.detach().double())
             hits.append((out.argmax(1) == y).sum().double())
-        # (2,): summed loss, correct; the parts added in float64 (one part: just the pair)
-        sums = w.all_sum(torch.stack(losses + hits) if len(group) == 1 else
-                         torch.stack([torch.stack(losses).sum(), torch.stack(hits).sum()]))
+        # (2,): summed loss, correct; the micro-batches' parts added in float64
+        sums = w.all_sum(torch.stack([torch.stack(losses), torch.stack(hits)]).sum(1))
         if self.settings.grad_clip is not None:
             self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
         # no look at the loss here (a host sync on a GPU): a non-finite one is found when the
         # loop reads it (dnnlab.train.losses) and stops the run before its next checkpoint
-        if self.scaler.is_enabled():
-            self.scaler.step(opt)
-            self.scaler.update()
-        else:
-            opt.step()
+        self.scaler.step(opt)
+        self.scaler.update()
         return {"sums": sums, "n": n}
