@@ -2,23 +2,34 @@
 autograd references, on the live batch, and the pooling's gradient statistics.
 
 For a dnnlab Conv (docs/math.md (3b): input gradient by transposed convolution, weight gradient
-by correlation) the reference is torch's own convolution through autograd; for SmoothMaxPool2d
-(docs/math.md (1c): gradient softmax(beta x)) it is dnnlab.smoothmax.reference (logsumexp /
-amax through autograd). Both get the same input and the same upstream gradient.
+by correlation) the reference is torch's own convolution backward (aten.convolution_backward,
+what autograd runs for F.conv{N}d); for SmoothMaxPool2d (docs/math.md (1c): gradient
+softmax(beta x)) it is dnnlab.smoothmax.reference (logsumexp / amax through autograd). Both get
+the same input and the same upstream gradient.
 
-    cap = Capture(model)          # hooks keep each layer's input and output gradient
+    cap = Capture(model)          # hooks keep each layer's input, gradients of the step
     loss = F.cross_entropy(model(x), y); loss.backward(); cap.close()
     rows = compare(cap)           # [{layer, type, param, max_abs_err, max_rel_err}, ...]
 
-A probe checks the first `SAMPLE` samples of the batch: each layer's gradients for those
-samples (its input's, and its parameters' summed over them) given the same input and upstream
-gradient. Every sample's gradients come out of the same formula, so a sample checks it as the
-whole batch would, at a fraction of the cost of redoing every layer on the whole batch.
+"Ours" are the gradients the training step itself computed: each layer's input gradient, read
+through a view of its input (only that layer's share: a view used by that layer alone), and its
+parameters' gradients, read by tensor hooks. So a probe checks the very numbers the optimizer
+steps with, and recomputes only the reference:
+- input gradients on the first `SAMPLE` samples: a sample's input gradient depends on that
+  sample alone, so the first rows of the step's gradient are checked at a fraction of the cost;
+- parameter gradients on the whole batch: they sum over every sample, so no sample of them can
+  be checked alone.
+Where the step's gradients are not one layer's alone or not in the layer's dtype (a parameter
+shared with another module, a module called twice in a step, a bf16/fp16 step, a padding mode
+or a string padding the reference call does not take), both sides are recomputed on the sample
+(`conv_check`, `pool_check`): the parameters' gradients are then their sums over it, and bf16 /
+fp16 layers are compared on a float64 copy.
 """
 from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -26,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dnnlab.conv.function import conv_input_grad
 from dnnlab.conv.modules import OUR_CONVS
 from dnnlab.core.dtypes import max_errors
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
@@ -38,44 +50,84 @@ def _torch_conv_class(m: nn.Module) -> type:
 
 
 @dataclass
-class _Check:
-    """One layer's check: its output through our Function and through the reference, each
-    with the tensors whose gradients are compared (the input, then the parameters), and the
-    upstream gradient both get."""
+class _Graph:
+    """Gradients still to take: of `out` with respect to `inputs`, given the upstream `g`."""
 
-    names: list[str]  # "input", "weight", "bias": what each gradient is
-    ours: torch.Tensor
-    ours_inputs: list[torch.Tensor]
-    ref: torch.Tensor
-    ref_inputs: list[torch.Tensor]
+    out: torch.Tensor
+    inputs: list[torch.Tensor]
     g: torch.Tensor
 
 
+@dataclass
+class _Check:
+    """One layer's check: the gradients `names` ("input", "weight", "bias") through our layer and
+    through the reference, each either taken already or still a _Graph."""
+
+    names: list[str]
+    ours: _Graph | list[torch.Tensor]
+    ref: _Graph | list[torch.Tensor]
+
+
 def _conv(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> _Check:
-    """Our conv Function against torch's convolution, on the same x and parameters."""
+    """Our conv Function against torch's convolution through autograd, both on x (the same
+    parameters)."""
     params = [m.weight] + ([m.bias] if m.bias is not None else [])
     xa, xb = x.detach().requires_grad_(True), x.detach().requires_grad_(True)
     ref = _torch_conv_class(m)._conv_forward(m, xb, m.weight, m.bias)
-    return _Check(["input", "weight", "bias"][:1 + len(params)], m(xa), [xa, *params], ref,
-                  [xb, *params], g)
+    return _Check(["input", "weight", "bias"][:1 + len(params)], _Graph(m(xa), [xa, *params], g),
+                  _Graph(ref, [xb, *params], g))
+
+
+def _direct(m: nn.Module, x: torch.Tensor) -> bool:
+    """Whether torch's convolution backward takes m's arguments as they are: zeros padding
+    given as numbers, a batched input (else the reference goes through m's torch class)."""
+    return (m.padding_mode == "zeros" and not isinstance(m.padding, str)
+            and x.dim() == len(m.kernel_size) + 2)
+
+
+def _conv_live(m: nn.Module, x: torch.Tensor, g: torch.Tensor, w: torch.Tensor,
+               ours: list[torch.Tensor], sample: int | None) -> _Check:
+    """The step's own gradients of a conv (`ours`: input, weight, bias) against
+    aten.convolution_backward, the kernel autograd runs for torch's convolution, with the weight
+    `w` the step used: the input gradient of the first `sample` samples, the parameters' of the
+    whole batch (x, g)."""
+    n = x.dim() - 2
+    conf = (m.stride, m.padding, m.dilation, False, (0,) * n, m.groups)
+    gx = torch.ops.aten.convolution_backward(g[:sample], x[:sample], w, None, *conf,
+                                             (True, False, False))[0]  # (b, C_in, *in)
+    if ours[0] is None:  # the step needed no input gradient: our formula's, on the sample
+        ours[0] = conv_input_grad(g[:sample], w, gx.shape, m.stride, m.padding, m.dilation,
+                                  m.groups)
+    bias = m.bias is not None
+    _, gw, gb = torch.ops.aten.convolution_backward(
+        g, x, w, [m.out_channels] if bias else None, *conf, (False, True, bias))
+    return _Check(["input", "weight", "bias"][:2 + bias], [ours[0][:sample], *ours[1:]],
+                  [gx, gw] + ([gb] if bias else []))
+
+
+def _grads(graphs: list[_Graph]) -> list[tuple[torch.Tensor, ...]]:
+    """Each graph's gradients, all in one backward pass (per graph where two share an input:
+    a tied parameter's gradient through each layer alone)."""
+    flat = [t for gr in graphs for t in gr.inputs]
+    if not graphs:
+        return []
+    if len({id(t) for t in flat}) < len(flat):
+        return [torch.autograd.grad(gr.out, gr.inputs, gr.g) for gr in graphs]
+    d = iter(torch.autograd.grad([gr.out for gr in graphs], flat, [gr.g for gr in graphs]))
+    return [tuple(next(d) for _ in gr.inputs) for gr in graphs]
 
 
 def _errors(checks: list[_Check]) -> list[dict]:
     """{gradient: dnnlab.core.dtypes.max_errors (max abs error, relative)} per check; each
-    side's gradients in one backward pass (per check where two share a parameter)."""
-    if not checks:
-        return []
+    side's gradients still to take in one backward pass."""
     sides = []
-    for outs, inputs in (([c.ours for c in checks], [c.ours_inputs for c in checks]),
-                         ([c.ref for c in checks], [c.ref_inputs for c in checks])):
-        flat = [t for ins in inputs for t in ins]
-        if len({id(t) for t in flat}) == len(flat):
-            sides.append(torch.autograd.grad(outs, flat, [c.g for c in checks]))
-        else:  # a tied parameter: its gradient through each layer alone
-            sides.append([d for o, ins, c in zip(outs, inputs, checks)
-                          for d in torch.autograd.grad(o, ins, c.g)])
-    errors = iter(max_errors(o, r) for o, r in zip(*sides))
-    return [{name: next(errors) for name in c.names} for c in checks]
+    for side in ("ours", "ref"):
+        todo = iter(_grads([getattr(c, side) for c in checks
+                            if isinstance(getattr(c, side), _Graph)]))
+        sides.append([next(todo) if isinstance(getattr(c, side), _Graph) else getattr(c, side)
+                      for c in checks])
+    return [{name: max_errors(o, r) for name, o, r in zip(c.names, os, rs)}
+            for c, os, rs in zip(checks, *sides)]
 
 
 def conv_check(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict:
@@ -102,23 +154,35 @@ def _beta_for(m: SmoothMaxPool2d, c: int):
     return b
 
 
-def _pool(m: SmoothMaxPool2d, x: torch.Tensor, g: torch.Tensor) -> _Check:
-    """The pooling against the plain-autograd reference on the same x."""
-    xa, xb = x.detach().requires_grad_(True), x.detach().requires_grad_(True)
+def _pool_ref(m: SmoothMaxPool2d, x: torch.Tensor) -> torch.Tensor:
+    """The plain-autograd reference of the pooling m on x: (B, C, H_out, W_out)."""
     beta = _beta_for(m, x.shape[1])
     if m.ties == "first" and not isinstance(beta, torch.Tensor) and math.isinf(beta):
         # torch's max pooling is the layer itself here
-        ref = F.adaptive_max_pool2d(xb, 1) if m.kernel_size is None else F.max_pool2d(
-            xb, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
-    else:
-        # each window's entries along a leading dim, contiguous: torch reduces over it in a few
-        # vectorized passes, where a reduction over a window's last two dims of a strided view
-        # (2x2 windows) took several times as long
-        w = _windows(m, xb).flatten(-2).movedim(-1, 0).contiguous()  # (kh*kw, B, C, Ho, Wo)
-        if isinstance(beta, torch.Tensor):
-            beta = beta.reshape(1, 1, -1, 1, 1)  # per channel
-        ref = smooth_max_reference(w, beta, dim=0, normalized=m.normalized)  # (B, C, Ho, Wo)
-    return _Check(["input"], m(xa), [xa], ref.reshape(g.shape), [xb], g)
+        return F.adaptive_max_pool2d(x, 1) if m.kernel_size is None else F.max_pool2d(
+            x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+    # each window's entries along a leading dim, contiguous: torch reduces over it in a few
+    # vectorized passes, where a reduction over a window's last two dims of a strided view
+    # (2x2 windows) took several times as long
+    w = _windows(m, x).flatten(-2).movedim(-1, 0).contiguous()  # (kh*kw, B, C, Ho, Wo)
+    if isinstance(beta, torch.Tensor):
+        beta = beta.reshape(1, 1, -1, 1, 1)  # per channel
+    return smooth_max_reference(w, beta, dim=0, normalized=m.normalized)  # (B, C, Ho, Wo)
+
+
+def _pool(m: SmoothMaxPool2d, x: torch.Tensor, g: torch.Tensor) -> _Check:
+    """The pooling against the plain-autograd reference, both on x."""
+    xa, xb = x.detach().requires_grad_(True), x.detach().requires_grad_(True)
+    return _Check(["input"], _Graph(m(xa), [xa], g),
+                  _Graph(_pool_ref(m, xb).reshape(g.shape), [xb], g))
+
+
+def _pool_live(m: SmoothMaxPool2d, x: torch.Tensor, g: torch.Tensor, gx: torch.Tensor,
+               sample: int | None) -> _Check:
+    """The step's own input gradient of a pooling (`gx`) against the reference's, on the first
+    `sample` samples."""
+    xb, g = x[:sample].detach().requires_grad_(True), g[:sample]
+    return _Check(["input"], [gx[:sample]], _Graph(_pool_ref(m, xb).reshape(g.shape), [xb], g))
 
 
 def pool_check(m: SmoothMaxPool2d, x: torch.Tensor, g: torch.Tensor) -> dict:
@@ -153,22 +217,64 @@ def pool_stats(m: SmoothMaxPool2d, x: torch.Tensor) -> dict:
 
 
 class Capture:
-    """Forward hooks that keep each dnnlab layer's input and (after backward) output gradient."""
+    """Hooks on each dnnlab layer of a training step. `items[name]`: the layer's input `x`, the
+    gradient arriving at its output `g`, and the gradients the step's backward computed: its
+    input's `gx` (through a view of the input that only this layer uses; an input that needs no
+    gradient is given a copy that asks for one, so the step computes it too) and its
+    parameters' `grads` (tensor hooks; the last micro-batch's, as x and g are; copies, as the
+    step goes on to clip, unscale or all-reduce them in place), with a copy of a conv's weight
+    `w` as the step used it (the optimizer then steps it). `reused`: the module ran again before
+    the backward of its previous call; `shared`: a parameter that another module also holds.
+    None of it changes a number of the step."""
 
     def __init__(self, model: nn.Module, types: Iterable[type] = OUR_CONVS + (SmoothMaxPool2d,)):
         self.items: dict = {}
+        self.shared: set[str] = set()
         self.handles = []
         names = {m: n for n, m in model.named_modules()}
+        uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         for m in model.modules():
-            if isinstance(m, tuple(types)):
-                self.handles.append(m.register_forward_hook(self._hook(names[m])))
+            if not isinstance(m, tuple(types)):
+                continue
+            name = names[m]
+            self.handles += [m.register_forward_pre_hook(self._pre(name)),
+                             m.register_forward_hook(self._hook(name))]
+            for pname, prm in m.named_parameters(recurse=False):
+                if uses[id(prm)] > 1:
+                    self.shared.add(name)
+                if prm.requires_grad:
+                    self.handles.append(prm.register_hook(self._param(name, pname)))
+
+    def _pre(self, name):
+        def pre(m, args):
+            old = self.items.get(name)
+            x = args[0]
+            entry = {"module": m, "x": None, "g": None, "gx": None, "grads": {},
+                     "reused": old is not None and old["g"] is None,
+                     "needs_gx": isinstance(x, torch.Tensor) and x.requires_grad}
+            self.items[name] = entry
+            if not (entry["needs_gx"] and torch.is_grad_enabled()):
+                return None
+            xv = x.view_as(x)  # used by this layer alone: its gradient is this layer's share
+            xv.register_hook(lambda gx: entry.__setitem__("gx", gx.detach()))
+            return (xv, *args[1:])
+        return pre
 
     def _hook(self, name):
         def hook(m, args, out):
-            entry = {"module": m, "x": args[0].detach(), "g": None}
-            self.items[name] = entry
-            if out.requires_grad:
+            entry = self.items[name]
+            entry["x"] = args[0].detach()
+            if isinstance(m, OUR_CONVS):
+                entry["w"] = m.weight.detach().clone()
+            if isinstance(out, torch.Tensor) and out.requires_grad:
                 out.register_hook(lambda g: entry.__setitem__("g", g.detach()))
+        return hook
+
+    def _param(self, name, pname):
+        def hook(grad):
+            entry = self.items.get(name)
+            if entry is not None:
+                entry["grads"][pname] = grad.detach().clone()
         return hook
 
     def close(self) -> None:
@@ -176,26 +282,42 @@ class Capture:
             h.remove()
 
 
-SAMPLE = 8  # samples of the batch a probe checks
+SAMPLE = 8  # samples of the batch whose input gradients a probe checks
+
+
+def _check(capture: Capture, name: str, e: dict, sample: int | None) -> _Check:
+    """The check of one captured layer: the step's own gradients where they are that layer's
+    alone and in its dtype, else both sides recomputed on the sample."""
+    m, x, g, gx = e["module"], e["x"], e["g"], e["gx"]
+    same = x.dtype in (torch.float32, torch.float64) and g.dtype == x.dtype
+    # the step's input gradient, where it needed one (a conv's input may need none: our formula's)
+    got_gx = gx is not None and gx.dtype == x.dtype if e["needs_gx"] else True
+    live = same and not e["reused"] and got_gx
+    if isinstance(m, OUR_CONVS):
+        params = ["weight"] + (["bias"] if m.bias is not None else [])
+        if (live and name not in capture.shared and _direct(m, x)
+                and all(p in e["grads"] for p in params)):
+            return _conv_live(m, x, g, e["w"], [gx, *(e["grads"][p] for p in params)], sample)
+    elif live and gx is not None and not any(p.requires_grad for p in m.parameters()):
+        # (a learnable beta has been stepped since: recomputed below, both sides with the new one)
+        return _pool_live(m, x, g, gx, sample)
+    x, g = x[:sample], g[:sample]  # (b <= sample, ...)
+    if not same:  # trainer.precision=bf16/fp16: compare in float64, on a float64 copy
+        m, x, g = copy.deepcopy(m).double(), x.double(), g.double()
+    return _conv(m, x, g) if isinstance(m, OUR_CONVS) else _pool(m, x, g)
 
 
 def compare(capture: Capture, sample: int | None = SAMPLE) -> list[dict]:
-    """Rows {layer, type, param, max_abs_err, max_rel_err} for every captured layer, on the
-    first `sample` samples of its batch (None: all)."""
-    checks = []
-    for name, e in capture.items.items():
-        if e["g"] is None:
-            continue
-        m, x, g = e["module"], e["x"][:sample], e["g"][:sample]  # (b <= sample, ...)
-        if x.dtype not in (torch.float32, torch.float64) or g.dtype != x.dtype:
-            # trainer.precision=bf16/fp16: compare in float64, on a float64 copy of the layer
-            m, x, g = copy.deepcopy(m).double(), x.double(), g.double()
-        checks.append((name, m, _conv(m, x, g) if isinstance(m, OUR_CONVS) else _pool(m, x, g)))
+    """Rows {layer, type, param, max_abs_err, max_rel_err} for every captured layer whose output
+    got a gradient: input gradients on the first `sample` samples of its batch (None: all),
+    parameter gradients on the whole batch (module doc)."""
+    names = [n for n, e in capture.items.items() if e["g"] is not None]
+    checks = [_check(capture, n, capture.items[n], sample) for n in names]
     rows = []
-    for (name, m, _), res in zip(checks, _errors([c for _, _, c in checks])):
+    for name, res in zip(names, _errors(checks)):
         for param, (a, r) in res.items():
-            rows.append({"layer": name, "type": type(m).__name__, "param": param,
-                         "max_abs_err": a, "max_rel_err": r})
+            rows.append({"layer": name, "type": type(capture.items[name]["module"]).__name__,
+                         "param": param, "max_abs_err": a, "max_rel_err": r})
     return rows
 
 

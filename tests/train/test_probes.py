@@ -166,3 +166,109 @@ def test_compare_is_each_layer_alone_also_with_a_tied_weight():
             res = pool_check(m, xx, g) if name == "3" else conv_check(m, xx, g)
             alone |= {(name, p): v for p, v in res.items()}
         assert got == alone and ("2", "bias") in got
+
+
+def _step(model, x, y, *, opt=None, clip=None, parts=1):
+    """One training step under a Capture, as the loop makes it: the backward of each part (the
+    micro-batches of trainer.accumulate), then the gradient clipped in place and the optimizer
+    stepped, before compare."""
+    cap = Capture(model)
+    try:
+        for xs, ys in zip(x.chunk(parts), y.chunk(parts)):
+            F.cross_entropy(model(xs), ys, reduction="sum").div(len(y)).backward()
+    finally:
+        cap.close()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if opt is not None:
+        opt.step()
+    return compare(cap)
+
+
+def _digits_batch(n=32):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_a_probe_checks_the_gradients_the_step_used():
+    """"Ours" is what the step's backward computed: a layer whose backward is off by 1% in the
+    training step (a backward hook scaling the gradient it returns, and a weight hook), and
+    right when the probe would recompute it, shows a relative error of 1e-2 in exactly those
+    rows; a probe that recomputed our side would see 1e-7."""
+    torch.manual_seed(0)
+    model = SmoothMaxCNN(1, 10, (4, 6, 6), beta=4.0, normalized=True)
+    x, y = _digits_batch()
+    conv, pool = model.features[2], model.features[4]
+    off = [conv.register_full_backward_hook(lambda m, gi, go: (gi[0] * 1.01,)),
+           pool.register_full_backward_hook(lambda m, gi, go: (gi[0] * 1.01,)),
+           model.features[5].weight.register_hook(lambda g: g * 1.01)]
+    cap = Capture(model)  # its hooks after the faults': it reads what the step went on with
+    F.cross_entropy(model(x), y).backward()
+    cap.close()
+    for h in off:
+        h.remove()
+    errs = {(r["layer"], r["param"]): r["max_rel_err"] for r in compare(cap)}
+    wrong = {("features.2", "input"), ("features.4", "input"), ("features.5", "weight")}
+    for key, rel in errs.items():
+        if key in wrong:
+            assert 0.009 < rel < 0.011, (key, rel)
+        else:
+            assert rel < 1e-5, (key, rel)
+
+
+def test_probe_rows_hold_after_the_step_clips_and_steps_in_place():
+    """compare runs after the optimizer step and the clipping, which change the weights and the
+    gradients in place: the probe compares with the weights and gradients of the step
+    (relative errors at float32 rounding), on accumulated micro-batches too."""
+    for parts, clip in ((1, None), (1, 1e-3), (2, 1e-3)):
+        torch.manual_seed(0)
+        model = SmoothMaxCNN(1, 10, (4, 6, 6), beta=4.0, normalized=True)
+        opt = torch.optim.SGD(model.parameters(), lr=10.0)
+        x, y = _digits_batch()
+        rows = _step(model, x, y, opt=opt, clip=clip, parts=parts)
+        assert len(rows) == 11 and max(r["max_rel_err"] for r in rows) < 1e-5, (parts, clip)
+
+
+def test_a_probe_changes_no_number_of_the_step():
+    """The views and hooks of a Capture leave the step's gradients bit for bit as they are."""
+    x, y = _digits_batch()
+    grads = []
+    for probe in (False, True):
+        torch.manual_seed(0)
+        model = SmoothMaxCNN(1, 10, (4, 6, 6), beta=4.0, normalized=True)
+        cap = Capture(model) if probe else None
+        F.cross_entropy(model(x), y).backward()
+        if cap:
+            cap.close()
+            assert compare(cap)
+        grads.append([p.grad for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_layers_whose_step_gradients_are_not_theirs_alone_are_recomputed():
+    """A conv called twice in a step, one with reflect padding, a learnable temperature (the
+    optimizer steps it before compare) and a bf16 step: each layer's rows still come, at
+    rounding, from both sides recomputed on the sample."""
+    torch.manual_seed(0)
+    twice = Conv2d(2, 2, 3, padding=1)
+    model = torch.nn.Sequential(Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), twice,
+                                torch.nn.ReLU(), twice,
+                                Conv2d(2, 3, 3, padding=1, padding_mode="reflect"),
+                                SmoothMaxPool2d(2.0, kernel_size=2, learnable=True),
+                                torch.nn.Flatten(), torch.nn.Linear(48, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    x, y = _digits_batch()
+    rows = _step(model, x, y, opt=opt)
+    assert {(r["layer"], r["param"]) for r in rows} == {
+        (layer, p) for layer in ("0", "2", "5") for p in ("input", "weight", "bias")} | {
+        ("6", "input")}
+    assert max(r["max_rel_err"] for r in rows) < 1e-5
+    torch.manual_seed(0)
+    model = SmoothMaxCNN(1, 10, (4, 6, 6), beta=4.0, normalized=True)
+    cap = Capture(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    F.cross_entropy(out.float(), y).backward()
+    cap.close()
+    rows = compare(cap)
+    assert len(rows) == 11 and max(r["max_rel_err"] for r in rows) < 1e-12  # float64 copies
