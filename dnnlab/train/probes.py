@@ -108,9 +108,9 @@ def _conv_live(m: nn.Module, x: torch.Tensor, g: torch.Tensor, w: torch.Tensor,
 def _grads(graphs: list[_Graph]) -> list[tuple[torch.Tensor, ...]]:
     """Each graph's gradients, all in one backward pass (per graph where two share an input:
     a tied parameter's gradient through each layer alone)."""
-    flat = [t for gr in graphs for t in gr.inputs]
     if not graphs:
         return []
+    flat = [t for gr in graphs for t in gr.inputs]
     if len({id(t) for t in flat}) < len(flat):
         return [torch.autograd.grad(gr.out, gr.inputs, gr.g) for gr in graphs]
     d = iter(torch.autograd.grad([gr.out for gr in graphs], flat, [gr.g for gr in graphs]))
@@ -219,8 +219,8 @@ def pool_stats(m: SmoothMaxPool2d, x: torch.Tensor) -> dict:
 class Capture:
     """Hooks on each dnnlab layer of a training step. `items[name]`: the layer's input `x`, the
     gradient arriving at its output `g`, and the gradients the step's backward computed: its
-    input's `gx` (through a view of the input that only this layer uses; an input that needs no
-    gradient is given a copy that asks for one, so the step computes it too) and its
+    input's `gx` (through a view of the input that only this layer uses; none where the input
+    needs no gradient, as a first layer's: compare takes our formula's on the sample) and its
     parameters' `grads` (tensor hooks; the last micro-batch's, as x and g are; copies, as the
     step goes on to clip, unscale or all-reduce them in place), with a copy of a conv's weight
     `w` as the step used it (the optimizer then steps it). `reused`: the module ran again before
