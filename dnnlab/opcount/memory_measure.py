@@ -17,15 +17,20 @@ kernel: without it glibc keeps the blocks the warm-up step freed, the second ste
 already resident, and its RSS growth says less than the tensors it needs. The baseline is the
 resident set once only the step's starting tensors, the code and the kernels' caches are left,
 so the growth is what the step itself adds. On CUDA, torch.cuda.max_memory_allocated over the
-step too. A page counts in the RSS only once written: a tensor allocated and not yet written
-(oneDNN's LSTM workspace, docs/opcount.md) is in the live-tensor peak and not in the RSS, which
-is then a lower bound.
+step too. A page counts in the RSS only once written, and oneDNN's LSTM leaves much of its
+workspace unwritten (docs/opcount.md): so during the measured step glibc writes every block as
+it hands it out (mallopt M_PERTURB, `rss_touched`), and the RSS growth counts what the step
+allocates, written or not, as a GPU allocator's counter does. Scratch a kernel allocates and
+frees inside a call, no tensor, is in the RSS and not in the live-tensor peak (the prediction's
+`process_peak_bytes` holds the part it knows: docs/math.md (4b)).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
+import os
 import resource
 import sys
 from pathlib import Path
@@ -74,16 +79,45 @@ def rss_bytes() -> int:
     return kb * 1024 if kb is not None else peak_rss_bytes()
 
 
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+M_PERTURB = -6  # glibc's mallopt parameter: fill each block as malloc hands it out
+
+
+@contextlib.contextmanager
+def touched_allocations():
+    """Inside the block glibc writes every block malloc hands out (and every block freed), so
+    an allocation's pages are resident from the start, written by the kernel or not. Yields
+    whether it could (glibc only); the old setting (MALLOC_PERTURB_, else off) comes back."""
+    libc = _libc()
+    ok = False
+    if libc is not None:
+        try:
+            ok = bool(libc.mallopt(M_PERTURB, 0xA5))
+        except AttributeError:
+            ok = False
+    try:
+        yield ok
+    finally:
+        if ok:
+            libc.mallopt(M_PERTURB, int(os.environ.get("MALLOC_PERTURB_", "0") or 0))
+
+
 def trim_heap() -> bool:
     """glibc's malloc_trim(0): give the heap's free pages back to the kernel, so that the
     resident set holds what is in use; False where there is no glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
+    libc = _libc()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.malloc_trim(ctypes.c_size_t(0))
         return True
-    except (OSError, AttributeError):
+    except AttributeError:  # no libc, or not glibc
         return False
 
 
@@ -151,12 +185,14 @@ def _measure(model, args, kwargs, train, optimizer, precision, device) -> Memory
         tracker = StepTracker()
         tracker.track_external(model, opt, *inputs)
         start = sum(tracker.live().values())
-        reset = reset_peak_rss()
-        rss0 = rss_bytes() if reset else peak_rss_bytes()
-        run_step(tracker, model, call, opt, train=train, precision=precision,
-                 device_type=device_type)
-        measured: dict = {"rss_growth_bytes": max(peak_rss_bytes() - rss0, 0),
-                          "rss_start_bytes": rss0, "rss_reset": reset}
+        with touched_allocations() as touched:
+            reset = reset_peak_rss()
+            rss0 = rss_bytes() if reset else peak_rss_bytes()
+            run_step(tracker, model, call, opt, train=train, precision=precision,
+                     device_type=device_type)
+            rss1 = peak_rss_bytes()
+        measured: dict = {"rss_growth_bytes": max(rss1 - rss0, 0), "rss_start_bytes": rss0,
+                          "rss_reset": reset, "rss_touched": touched}
         if cuda:
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated()

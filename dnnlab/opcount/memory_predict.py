@@ -199,6 +199,9 @@ def memory_of(model: torch.nn.Module, input_shape=None, *, inputs: Any = None,
                           saved_by_module=tracker.saved_by_module(),
                           timeline=tracker.timeline, train=train, optimizer=optimizer,
                           precision=precision)
+    report.process_peak_bytes = max(tracker.process_peak, report.peak_bytes)
+    report.scratch_bytes = tracker.process_scratch if tracker.process_peak > report.peak_bytes \
+        else 0
     report.caveats = [f"may be too low: aten.{op} has {why}"
                       for op, why in UNSIZED.items() if op in tracker.unsized]
     if device == "meta" and any(isinstance(m, torch.nn.LSTM) and not m.proj_size

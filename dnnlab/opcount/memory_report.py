@@ -33,11 +33,23 @@ class MemoryReport:
     kv_context: int | None = None
     measured: dict = field(default_factory=dict)  # measure_memory: rss_growth_bytes, cuda ...
     caveats: list = field(default_factory=list)  # why a prediction is known to be off
+    # predicted: live tensors plus the scratch a kernel holds inside a call, no tensor (oneDNN's
+    # LSTM backward, docs/math.md (4b)), at their most: what the process needs; None measured
+    process_peak_bytes: int | None = None
+    scratch_bytes: int = 0  # that scratch, at that point
 
     @property
     def growth_bytes(self) -> int:
         """Peak minus what was live at the start: what the step itself adds."""
         return self.peak_bytes - self.start_bytes
+
+    @property
+    def process_growth_bytes(self) -> int | None:
+        """The process peak minus what was live at the start (predicted reports): what the
+        step adds to the process's memory, the RSS growth's counterpart."""
+        if self.process_peak_bytes is None:
+            return None
+        return self.process_peak_bytes - self.start_bytes
 
     def to_dict(self, timeline: bool = False) -> dict:
         out = {"peak_bytes": self.peak_bytes, "by_category": dict(self.by_category),
@@ -48,6 +60,10 @@ class MemoryReport:
                "saved_by_module": dict(self.saved_by_module),
                "kv_cache_bytes": self.kv_cache_bytes, "kv_context": self.kv_context,
                "caveats": list(self.caveats), **self.measured}
+        if self.process_peak_bytes is not None:
+            out |= {"process_peak_bytes": self.process_peak_bytes,
+                    "process_growth_bytes": self.process_growth_bytes,
+                    "scratch_bytes": self.scratch_bytes}
         if timeline:
             out["timeline"] = [list(t) for t in self.timeline]
         return out

@@ -11,7 +11,8 @@ forward and backward). dnnlab's part (`StepTracker`, `run_step`):
 - the timeline (live bytes after each op) and where the peak occurs (phase, op, module);
 - the bytes each module saves for backward (`saved_tensors_hooks`, one count per storage);
 - on fake tensors, oneDNN's LSTM workspace at the size the CPU allocates (rnn_workspace.py:
-  the fake kernel of `aten.mkldnn_rnn_layer` returns an empty one);
+  the fake kernel of `aten.mkldnn_rnn_layer` returns an empty one), and the scratch its
+  backward allocates inside the call, no tensor (`process_peak`: live tensors plus it);
 - the step: steady state (the optimizer's states exist before it, as in a second step), the
   optimizer kind, torch.autocast for bf16/fp16 with float32 weights (as trainer.precision
   trains: dnnlab/train/step.py), the loss in float32.
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 from torch.utils._pytree import tree_map_only
 
-from dnnlab.opcount.rnn_workspace import size_fake_workspace
+from dnnlab.opcount.rnn_workspace import kernel_scratch, size_fake_workspace
 
 CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "temporaries")
 # MemTracker's reference types -> the report's five categories (buffers count as parameters,
@@ -100,6 +101,8 @@ class StepTracker(MemTracker):
         self._skip_saved: set[int] = set()
         self.end: dict = {}  # {category: bytes} live at the end of the step
         self.unsized: set[str] = set()  # ops whose fake output is smaller than the CPU's
+        # live tensors plus the scratch (no tensor) of the op running, at their most
+        self.process_peak, self.process_scratch = -1, 0
 
     def _register_global_optimizer_hook(self) -> None:  # the step sets the phase instead
         self._optimizer_hook_handles = None
@@ -129,6 +132,9 @@ class StepTracker(MemTracker):
         self.timeline.append((self.phase, str(func.overloadpacket.__name__), module, total))
         if total > self.peak:
             self.peak, self.peak_snap = total, live
+        scratch = kernel_scratch(func, args)  # oneDNN's LSTM backward, on fake tensors
+        if total + scratch > self.process_peak:
+            self.process_peak, self.process_scratch = total + scratch, scratch
             self.peak_at = {"phase": self.phase, "op": f"aten.{func.overloadpacket.__name__}",
                             "module": module, "index": len(self.timeline) - 1}
         return res

@@ -64,6 +64,32 @@ def mkldnn_rnn_workspace(args: tuple) -> int | None:
                                 inp.element_size(), cx.element_size())
 
 
+def lstm_backward_scratch_bytes(seq: int, batch: int, input_size: int, hidden_size: int,
+                                itemsize: int = 4) -> int:
+    """Bytes one CPU `mkldnn_rnn_layer_backward` call (one LSTM layer, one direction)
+    allocates and frees inside itself, none of it a tensor, docs/math.md (4b): oneDNN's
+    scratchpad for the gates' gradients, every step's at once (merged GEMMs), T B ld(4H, 4) 4
+    (float32); and two copies of the layer's weights, 2 4H (I + H) s (PyTorch's
+    `_shuffle_weight` reorders the gates of both matrices into new tensors, RNN.cpp; oneDNN
+    reorders them into its own layout). Measured in float32 (benchmarks/opcount_memory.py)."""
+    gates = seq * batch * good_ld(GATES * hidden_size, ACC_BYTES) * ACC_BYTES
+    return gates + 2 * GATES * hidden_size * (input_size + hidden_size) * itemsize
+
+
+def kernel_scratch(func, args: tuple) -> int:
+    """Bytes of scratch that is no tensor inside `func(*args)` on the CPU, where dnnlab knows
+    it (oneDNN's LSTM backward, (4b)), for fake arguments; else 0. Real tensors' scratch is in
+    the RSS, not modelled."""
+    if func is not torch.ops.aten.mkldnn_rnn_layer_backward.default or not _is_fake(args[0]):
+        return 0
+    inp, w, mode, hidden_size = args[0], args[1], args[14], args[15]
+    if int(mode) != LSTM_MODE:
+        return 0
+    seq, batch, input_size = inp.shape  # (T, B, I)
+    return lstm_backward_scratch_bytes(int(seq), int(batch), int(input_size), int(hidden_size),
+                                       w.element_size())
+
+
 def size_fake_workspace(func, args: tuple, res):
     """`res` of `func(*args)` with the fake outputs of oneDNN's LSTM made the CPU's size, so
     that each lives exactly as long as autograd keeps it: `mkldnn_rnn_layer`'s empty workspace

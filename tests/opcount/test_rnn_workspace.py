@@ -1,6 +1,13 @@
-"""oneDNN's LSTM workspace (docs/math.md (4)) against what the CPU kernel returns, and an LSTM
-step predicted on fake tensors against the same step measured on CPU tensors."""
+"""oneDNN's LSTM workspace (docs/math.md (4)) against what the CPU kernel returns, an LSTM
+step predicted on fake tensors against the same step measured on CPU tensors, and the scratch
+its backward holds inside the call (4b) against the measured resident set."""
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -13,6 +20,7 @@ from dnnlab.opcount.memory_measure import measure_memory
 from dnnlab.opcount.memory_predict import memory_of
 from dnnlab.opcount.rnn_workspace import (
     good_ld,
+    lstm_backward_scratch_bytes,
     lstm_workspace_bytes,
     mkldnn_rnn_workspace,
     size_fake_workspace,
@@ -129,3 +137,75 @@ def test_an_lstm_predicted_on_meta_says_the_cpu_runs_other_kernels():
         assert meta.peak_bytes != meas.peak_bytes
     assert meta.caveats and "on meta an nn.LSTM" in meta.caveats[0]
     assert memory_of(nn.GRU(32, 64), [16, 4, 32], device="meta").caveats == []
+
+
+def test_lstm_backward_scratch_by_hand():
+    """(4b) at T=3, B=2, I=5, H=4: the gates' scratch 3 * 2 * ld(16, 4) * 4 = 384 bytes (16
+    floats are one 64-byte line), and two float32 copies of the weights, 2 * 16 * (5 + 4) * 4 =
+    1,152; at H = 64 the 256 gates get a line more (ld 272)."""
+    assert lstm_backward_scratch_bytes(3, 2, 5, 4) == 384 + 1152
+    assert lstm_backward_scratch_bytes(1, 1, 1, 64) == 272 * 4 + 2 * 256 * 65 * 4
+    assert lstm_backward_scratch_bytes(1, 1, 1, 64, itemsize=2) == 272 * 4 + 2 * 256 * 65 * 2
+
+
+def test_process_peak_adds_the_scratch_of_the_op_running():
+    """The predicted process peak is the most of live tensors after an op plus that op's
+    scratch: an LSTM's backward calls add (4b) for their layer, a conv net adds nothing."""
+    model = nn.LSTM(6, 8, 2)
+    r = memory_of(model, [5, 3, 6], optimizer="sgd")
+    backs = [i for i, (_, op, _, _) in enumerate(r.timeline) if op == "mkldnn_rnn_layer_backward"]
+    assert len(backs) == 2  # the last layer's (8 inputs) first, then the first layer's (6)
+    extra = {backs[0]: lstm_backward_scratch_bytes(5, 3, 8, 8),
+             backs[1]: lstm_backward_scratch_bytes(5, 3, 6, 8)}
+    levels = [live + extra.get(i, 0) for i, (*_, live) in enumerate(r.timeline)]
+    assert r.process_peak_bytes == max(levels) > r.peak_bytes
+    assert r.scratch_bytes == extra[levels.index(max(levels))]
+    assert r.process_growth_bytes == r.process_peak_bytes - r.start_bytes
+    assert r.to_dict()["process_peak_bytes"] == r.process_peak_bytes
+    conv = memory_of(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), [2, 3, 8, 8])
+    assert conv.process_peak_bytes == conv.peak_bytes and conv.scratch_bytes == 0
+    meas = measure_memory(model, [5, 3, 6], optimizer="sgd")
+    assert meas.process_peak_bytes is None and "process_peak_bytes" not in meas.to_dict()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc: Linux")
+def test_touched_allocations_make_an_unwritten_block_resident():
+    """torch.empty's pages count in the RSS only once written; inside touched_allocations
+    glibc writes them as it hands them out, so the RSS grows by the block at once."""
+    from dnnlab.opcount.memory_measure import rss_bytes, touched_allocations
+
+    n = 64 * 2 ** 20
+    before = rss_bytes()
+    a = torch.empty(n, dtype=torch.uint8)
+    untouched = rss_bytes() - before
+    with touched_allocations() as ok:
+        before = rss_bytes()
+        b = torch.empty(n, dtype=torch.uint8)
+        touched = rss_bytes() - before
+    assert ok and untouched < n // 4 and touched > 0.95 * n
+    del a, b
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc: Linux")
+def test_lstm_rss_growth_is_the_predicted_process_growth():
+    """A 2-layer LSTM step (200 steps, batch 8, 512 hidden) in a fresh process with glibc's mmap
+    threshold fixed, as benchmarks/opcount_memory.py runs its rows: the RSS growth is within 15%
+    of the predicted process growth (tensors and (4b)'s scratch), and the tensors alone fall
+    short of it by more than that: the scratch is real memory."""
+    code = textwrap.dedent("""
+        import json, torch
+        from dnnlab.opcount.memory_measure import measure_memory
+        from dnnlab.opcount.memory_predict import memory_of
+        m = torch.nn.LSTM(256, 512, 2)
+        p = memory_of(m, [200, 8, 256], optimizer="sgd")
+        r = measure_memory(m, [200, 8, 256], optimizer="sgd")
+        print(json.dumps([p.growth_bytes, p.process_growth_bytes, r.measured["rss_growth_bytes"],
+                          r.measured["rss_touched"]]))
+    """)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    tensors, process, rss, touched = json.loads(out.strip().splitlines()[-1])
+    assert touched and abs(process / rss - 1) <= 0.15, (process, rss)
+    assert tensors / rss - 1 < -0.15, (tensors, rss)
