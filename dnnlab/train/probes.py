@@ -11,25 +11,26 @@ the same input and the same upstream gradient.
     loss = F.cross_entropy(model(x), y); loss.backward(); cap.close()
     rows = compare(cap)           # [{layer, type, param, max_abs_err, max_rel_err}, ...]
 
-"Ours" are the gradients the training step itself computed: each layer's input gradient, read
-through a view of its input (only that layer's share: a view used by that layer alone), and its
-parameters' gradients, read by tensor hooks. So a probe checks the very numbers the optimizer
-steps with, and recomputes only the reference:
+"Ours" are the gradients the training step itself computed (`Capture`): a conv's input,
+weight and bias gradients as its Function's backward returned them (a hook on that backward
+node), a pooling's input gradient (through a view of its input only it uses). So a probe
+checks the very numbers the step made, and recomputes only the reference:
 - input gradients on the first `SAMPLE` samples: a sample's input gradient depends on that
-  sample alone, so the first rows of the step's gradient are checked at a fraction of the cost;
+  sample alone, so the first rows of the step's gradient are checked at a fraction of the cost
+  (a first layer's input, which the step gives no gradient: our formula's, on the sample);
 - parameter gradients on the whole batch: they sum over every sample, so no sample of them can
   be checked alone.
-Where the step's gradients are not one layer's alone or not in the layer's dtype (a parameter
-shared with another module, a module called twice in a step, a bf16/fp16 step, a padding mode
-or a string padding the reference call does not take), both sides are recomputed on the sample
-(`conv_check`, `pool_check`): the parameters' gradients are then their sums over it, and bf16 /
-fp16 layers are compared on a float64 copy.
+Where the step's gradients cannot be compared so (a conv with a padding mode or "same" padding,
+whose Function sees a padded input; a pooling called twice before its backward or with a
+learnable temperature, stepped by the optimizer before compare runs; an unbatched input; a
+bf16/fp16 step), both
+sides are recomputed on the sample (`conv_check`, `pool_check`): the parameters' gradients are
+then their sums over it, and bf16/fp16 layers are compared on a float64 copy.
 """
 from __future__ import annotations
 
 import copy
 import math
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnlab.conv.function import conv_input_grad
+from dnnlab.conv.function import ConvNdFunction, conv_input_grad
 from dnnlab.conv.modules import OUR_CONVS
 from dnnlab.core.dtypes import max_errors
 from dnnlab.smoothmax.modules import SmoothMaxPool2d
@@ -70,39 +71,44 @@ class _Check:
 
 def _conv(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> _Check:
     """Our conv Function against torch's convolution through autograd, both on x (the same
-    parameters)."""
-    params = [m.weight] + ([m.bias] if m.bias is not None else [])
+    parameters; those that need no gradient are not compared)."""
+    params = {n: p for n, p in (("weight", m.weight), ("bias", m.bias))
+              if p is not None and p.requires_grad}
     xa, xb = x.detach().requires_grad_(True), x.detach().requires_grad_(True)
     ref = _torch_conv_class(m)._conv_forward(m, xb, m.weight, m.bias)
-    return _Check(["input", "weight", "bias"][:1 + len(params)], _Graph(m(xa), [xa, *params], g),
-                  _Graph(ref, [xb, *params], g))
+    return _Check(["input", *params], _Graph(m(xa), [xa, *params.values()], g),
+                  _Graph(ref, [xb, *params.values()], g))
 
 
-def _direct(m: nn.Module, x: torch.Tensor) -> bool:
-    """Whether torch's convolution backward takes m's arguments as they are: zeros padding
-    given as numbers, a batched input (else the reference goes through m's torch class)."""
-    return (m.padding_mode == "zeros" and not isinstance(m.padding, str)
-            and x.dim() == len(m.kernel_size) + 2)
+def _padding(m: nn.Module) -> tuple | None:
+    """m's zero padding as numbers, as torch's convolution backward takes it; None for a
+    padding mode or "same" (the Function then sees a padded input: recomputed instead)."""
+    if m.padding_mode != "zeros" or m.padding == "same":
+        return None
+    return (0,) * len(m.kernel_size) if m.padding == "valid" else tuple(m.padding)
 
 
-def _conv_live(m: nn.Module, x: torch.Tensor, g: torch.Tensor, w: torch.Tensor,
-               ours: list[torch.Tensor], sample: int | None) -> _Check:
-    """The step's own gradients of a conv (`ours`: input, weight, bias) against
-    aten.convolution_backward, the kernel autograd runs for torch's convolution, with the weight
-    `w` the step used: the input gradient of the first `sample` samples, the parameters' of the
-    whole batch (x, g)."""
-    n = x.dim() - 2
-    conf = (m.stride, m.padding, m.dilation, False, (0,) * n, m.groups)
-    gx = torch.ops.aten.convolution_backward(g[:sample], x[:sample], w, None, *conf,
-                                             (True, False, False))[0]  # (b, C_in, *in)
-    if ours[0] is None:  # the step needed no input gradient: our formula's, on the sample
-        ours[0] = conv_input_grad(g[:sample], w, gx.shape, m.stride, m.padding, m.dilation,
-                                  m.groups)
-    bias = m.bias is not None
-    _, gw, gb = torch.ops.aten.convolution_backward(
-        g, x, w, [m.out_channels] if bias else None, *conf, (False, True, bias))
-    return _Check(["input", "weight", "bias"][:2 + bias], [ours[0][:sample], *ours[1:]],
-                  [gx, gw] + ([gb] if bias else []))
+def _conv_live(m: nn.Module, e: dict, sample: int | None) -> _Check:
+    """The step's own gradients of a conv (`e["ours"]`: what its Function's backward returned
+    for the input, weight and bias) against aten.convolution_backward, the kernel autograd runs
+    for torch's convolution, with the weight the step used (`e["w"]`): the input gradient of
+    the first `sample` samples, the parameters' of the whole batch."""
+    x, g, w = e["x"], e["g"], e["w"]
+    gx, gw, gb = e["ours"]
+    pad, n = _padding(m), x.dim() - 2
+    conf = (m.stride, pad, m.dilation, False, (0,) * n, m.groups)
+    ref_gx = torch.ops.aten.convolution_backward(g[:sample], x[:sample], w, None, *conf,
+                                                 (True, False, False))[0]  # (b, C_in, *in)
+    if gx is None:  # the step needed no input gradient (a first layer): our formula's
+        gx = conv_input_grad(g[:sample], w, ref_gx.shape, m.stride, pad, m.dilation, m.groups)
+    _, ref_gw, ref_gb = torch.ops.aten.convolution_backward(
+        g, x, w, [m.out_channels] if gb is not None else None, *conf,
+        (False, gw is not None, gb is not None))
+    names, ours, ref = ["input"], [gx[:sample]], [ref_gx]
+    for name, o, r in (("weight", gw, ref_gw), ("bias", gb, ref_gb)):
+        if o is not None:
+            names.append(name), ours.append(o), ref.append(r)
+    return _Check(names, ours, ref)
 
 
 def _grads(graphs: list[_Graph]) -> list[tuple[torch.Tensor, ...]]:
@@ -217,39 +223,33 @@ def pool_stats(m: SmoothMaxPool2d, x: torch.Tensor) -> dict:
 
 
 class Capture:
-    """Hooks on each dnnlab layer of a training step. `items[name]`: the layer's input `x`, the
-    gradient arriving at its output `g`, and the gradients the step's backward computed: its
-    input's `gx` (through a view of the input that only this layer uses; none where the input
-    needs no gradient, as a first layer's: compare takes our formula's on the sample) and its
-    parameters' `grads` (tensor hooks; the last micro-batch's, as x and g are; copies, as the
-    step goes on to clip, unscale or all-reduce them in place), with a copy of a conv's weight
-    `w` as the step used it (the optimizer then steps it). `reused`: the module ran again before
-    the backward of its previous call; `shared`: a parameter that another module also holds.
+    """Hooks on each dnnlab layer of a training step. `items[name]`: the layer's input `x` and
+    the gradient arriving at its output `g` (its last call's, as the step's last micro-batch
+    makes them), and what the step's backward computed there:
+    - a conv: `ours`, the input, weight and bias gradients its Function's backward returned (a
+      hook on that backward node: this layer's alone, also where its weight is used elsewhere;
+      the parameters' copied, as the step goes on to clip, unscale or all-reduce them in
+      place), and `w`, a copy of the weight it used (the optimizer then steps it);
+    - a pooling: `gx`, its input's gradient, through a view of the input only it uses
+      (`reused`: the module ran again before the backward of its previous call, so the view's
+      gradient is not that call's).
     None of it changes a number of the step."""
 
     def __init__(self, model: nn.Module, types: Iterable[type] = OUR_CONVS + (SmoothMaxPool2d,)):
         self.items: dict = {}
-        self.shared: set[str] = set()
         self.handles = []
         names = {m: n for n, m in model.named_modules()}
-        uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         for m in model.modules():
             if not isinstance(m, tuple(types)):
                 continue
-            name = names[m]
-            self.handles += [m.register_forward_pre_hook(self._pre(name)),
-                             m.register_forward_hook(self._hook(name))]
-            for pname, prm in m.named_parameters(recurse=False):
-                if uses[id(prm)] > 1:
-                    self.shared.add(name)
-                if prm.requires_grad:
-                    self.handles.append(prm.register_hook(self._param(name, pname)))
+            if not isinstance(m, OUR_CONVS):
+                self.handles.append(m.register_forward_pre_hook(self._pre(names[m])))
+            self.handles.append(m.register_forward_hook(self._hook(names[m])))
 
     def _pre(self, name):
         def pre(m, args):
-            old = self.items.get(name)
-            x = args[0]
-            entry = {"module": m, "x": None, "g": None, "gx": None, "grads": {},
+            old, x = self.items.get(name), args[0]
+            entry = {"module": m, "x": None, "g": None, "gx": None,
                      "reused": old is not None and old["g"] is None,
                      "needs_gx": isinstance(x, torch.Tensor) and x.requires_grad}
             self.items[name] = entry
@@ -262,19 +262,18 @@ class Capture:
 
     def _hook(self, name):
         def hook(m, args, out):
-            entry = self.items[name]
-            entry["x"] = args[0].detach()
             if isinstance(m, OUR_CONVS):
-                entry["w"] = m.weight.detach().clone()
+                entry = self.items[name] = {"module": m, "ours": None}
+                node = getattr(out, "grad_fn", None)
+                if issubclass(getattr(node, "_forward_cls", type(None)), ConvNdFunction):
+                    entry["w"] = m.weight.detach().clone()
+                    self.handles.append(node.register_hook(
+                        lambda gi, go: entry.__setitem__("ours", _copied(gi[:3]))))
+            else:
+                entry = self.items[name]
+            entry["x"], entry["g"] = args[0].detach(), None
             if isinstance(out, torch.Tensor) and out.requires_grad:
                 out.register_hook(lambda g: entry.__setitem__("g", g.detach()))
-        return hook
-
-    def _param(self, name, pname):
-        def hook(grad):
-            entry = self.items.get(name)
-            if entry is not None:
-                entry["grads"][pname] = grad.detach().clone()
         return hook
 
     def close(self) -> None:
@@ -282,26 +281,37 @@ class Capture:
             h.remove()
 
 
+def _copied(grads) -> tuple:
+    """A conv backward's (input, weight, bias) gradients: the input's as it is (nothing writes
+    into it while we hold it), the parameters' copied (they become .grad)."""
+    gx, gw, gb = grads
+    return (None if gx is None else gx.detach(), *(None if t is None else t.detach().clone()
+                                                   for t in (gw, gb)))
+
+
 SAMPLE = 8  # samples of the batch whose input gradients a probe checks
 
 
-def _check(capture: Capture, name: str, e: dict, sample: int | None) -> _Check:
+def _check(name: str, e: dict, sample: int | None) -> _Check:
     """The check of one captured layer: the step's own gradients where they are that layer's
     alone and in its dtype, else both sides recomputed on the sample."""
-    m, x, g, gx = e["module"], e["x"], e["g"], e["gx"]
+    m, x, g = e["module"], e["x"], e["g"]
     same = x.dtype in (torch.float32, torch.float64) and g.dtype == x.dtype
-    # the step's input gradient, where it needed one (a conv's input may need none: our formula's)
-    got_gx = gx is not None and gx.dtype == x.dtype if e["needs_gx"] else True
-    live = same and not e["reused"] and got_gx
     if isinstance(m, OUR_CONVS):
-        params = ["weight"] + (["bias"] if m.bias is not None else [])
-        if (live and name not in capture.shared and _direct(m, x)
-                and all(p in e["grads"] for p in params)):
-            return _conv_live(m, x, g, e["w"], [gx, *(e["grads"][p] for p in params)], sample)
-    elif live and gx is not None and not any(p.requires_grad for p in m.parameters()):
-        # (a learnable beta has been stepped since: recomputed below, both sides with the new one)
-        return _pool_live(m, x, g, gx, sample)
-    x, g = x[:sample], g[:sample]  # (b <= sample, ...)
+        batched = x.dim() == len(m.kernel_size) + 2
+        ours = e["ours"]
+        if (same and batched and ours is not None and _padding(m) is not None
+                and all(t is None or t.dtype == x.dtype for t in ours)):
+            return _conv_live(m, e, sample)
+    else:
+        batched = x.dim() == 4
+        gx = e["gx"]
+        # a learnable beta has been stepped since: recomputed below, both sides with the new one
+        if (same and batched and gx is not None and gx.dtype == x.dtype and not e["reused"]
+                and not any(p.requires_grad for p in m.parameters())):
+            return _pool_live(m, x, g, gx, sample)
+    if batched:
+        x, g = x[:sample], g[:sample]  # (b <= sample, ...)
     if not same:  # trainer.precision=bf16/fp16: compare in float64, on a float64 copy
         m, x, g = copy.deepcopy(m).double(), x.double(), g.double()
     return _conv(m, x, g) if isinstance(m, OUR_CONVS) else _pool(m, x, g)
@@ -312,7 +322,7 @@ def compare(capture: Capture, sample: int | None = SAMPLE) -> list[dict]:
     got a gradient: input gradients on the first `sample` samples of its batch (None: all),
     parameter gradients on the whole batch (module doc)."""
     names = [n for n, e in capture.items.items() if e["g"] is not None]
-    checks = [_check(capture, n, capture.items[n], sample) for n in names]
+    checks = [_check(n, capture.items[n], sample) for n in names]
     rows = []
     for name, res in zip(names, _errors(checks)):
         for param, (a, r) in res.items():

@@ -190,23 +190,39 @@ def _digits_batch(n=32):
     return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def test_a_probe_checks_the_gradients_the_step_used():
-    """"Ours" is what the step's backward computed: a layer whose backward is off by 1% in the
-    training step (a backward hook scaling the gradient it returns, and a weight hook), and
-    right when the probe would recompute it, shows a relative error of 1e-2 in exactly those
-    rows; a probe that recomputed our side would see 1e-7."""
+def test_a_probe_checks_the_gradients_the_step_used(monkeypatch):
+    """"Ours" is what the step's backward computed: layers whose backward is off by 1% in the
+    training step only (our conv's input and weight formulas scaled while it runs, a backward
+    hook scaling the pooling's input gradient) and right when the probe would recompute them
+    show a relative error of 1e-2 in exactly those rows; a probe that recomputed our side
+    would see 1e-7."""
+    import dnnlab.conv.function as fn
+
     torch.manual_seed(0)
     model = SmoothMaxCNN(1, 10, (4, 6, 6), beta=4.0, normalized=True)
     x, y = _digits_batch()
-    conv, pool = model.features[2], model.features[4]
-    off = [conv.register_full_backward_hook(lambda m, gi, go: (gi[0] * 1.01,)),
-           pool.register_full_backward_hook(lambda m, gi, go: (gi[0] * 1.01,)),
-           model.features[5].weight.register_hook(lambda g: g * 1.01)]
-    cap = Capture(model)  # its hooks after the faults': it reads what the step went on with
+    conv2, conv5 = model.features[2], model.features[5]
+    faulty = set()
+
+    def off(f, part):
+        def g(*args, **kw):
+            out = f(*args, **kw)
+            return out * 1.01 if part in faulty else out
+        return g
+
+    monkeypatch.setattr(fn, "conv_input_grad", off(fn.conv_input_grad, "input"))
+    monkeypatch.setattr(fn, "conv_weight_grad", off(fn.conv_weight_grad, "weight"))
+    pool_hook = model.features[4].register_full_backward_hook(lambda m, gi, go: (gi[0] * 1.01,))
+    cap = Capture(model)  # after the pooling's fault: it reads what the step went on with
+    # only conv2's input formula and conv5's weight formula run faulty, inside their backward
+    conv2.register_full_backward_pre_hook(lambda m, go: faulty.add("input") and None)
+    conv5.register_full_backward_pre_hook(lambda m, go: faulty.add("weight") and None)
+    conv2.register_full_backward_hook(lambda m, gi, go: faulty.discard("input"))
+    conv5.register_full_backward_hook(lambda m, gi, go: faulty.discard("weight"))
     F.cross_entropy(model(x), y).backward()
     cap.close()
-    for h in off:
-        h.remove()
+    pool_hook.remove()
+    assert not faulty
     errs = {(r["layer"], r["param"]): r["max_rel_err"] for r in compare(cap)}
     wrong = {("features.2", "input"), ("features.4", "input"), ("features.5", "weight")}
     for key, rel in errs.items():
@@ -245,10 +261,13 @@ def test_a_probe_changes_no_number_of_the_step():
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
-def test_layers_whose_step_gradients_are_not_theirs_alone_are_recomputed():
-    """A conv called twice in a step, one with reflect padding, a learnable temperature (the
-    optimizer steps it before compare) and a bf16 step: each layer's rows still come, at
-    rounding, from both sides recomputed on the sample."""
+def test_probe_rows_of_odd_layers_hold_at_rounding():
+    """Layers whose gradients are checked live in less common ways, or recomputed on both sides
+    (reflect padding: the Function sees a padded input; a learnable temperature, stepped before
+    compare; a bf16 step, on float64 copies): a conv called twice in a step (its last call's
+    backward), a weight also used outside its conv (a tied decoder: the conv's own share), a
+    frozen weight or bias (no row for it), "valid" padding, an unbatched input of 12 channels.
+    Every row at rounding."""
     torch.manual_seed(0)
     twice = Conv2d(2, 2, 3, padding=1)
     model = torch.nn.Sequential(Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), twice,
@@ -263,6 +282,29 @@ def test_layers_whose_step_gradients_are_not_theirs_alone_are_recomputed():
         (layer, p) for layer in ("0", "2", "5") for p in ("input", "weight", "bias")} | {
         ("6", "input")}
     assert max(r["max_rel_err"] for r in rows) < 1e-5
+
+    class Tied(torch.nn.Module):  # an autoencoder decoding with its encoder's weight
+        def __init__(self):
+            super().__init__()
+            self.enc = Conv2d(1, 4, 3, padding="valid")
+            self.frozen = Conv2d(4, 4, 1)
+            self.frozen.weight.requires_grad_(False)
+
+        def forward(self, x):
+            h = self.frozen(torch.relu(self.enc(x)))
+            return F.conv_transpose2d(h, self.enc.weight).flatten(1)[:, :10]
+
+    rows = _step(Tied(), x, y)
+    assert {(r["layer"], r["param"]) for r in rows} == {
+        ("enc", "input"), ("enc", "weight"), ("enc", "bias"), ("frozen", "input"),
+        ("frozen", "bias")}
+    assert max(r["max_rel_err"] for r in rows) < 1e-5
+    conv = Conv2d(12, 3, 3)
+    cap = Capture(conv)
+    conv(torch.randn(12, 6, 6)).square().sum().backward()  # unbatched: (C, H, W)
+    cap.close()
+    rows = compare(cap)
+    assert len(rows) == 3 and max(r["max_rel_err"] for r in rows) < 1e-5
     torch.manual_seed(0)
     model = SmoothMaxCNN(1, 10, (4, 6, 6), beta=4.0, normalized=True)
     cap = Capture(model)
