@@ -23,9 +23,9 @@ checks the very numbers the step made, and recomputes only the reference:
 Where the step's gradients cannot be compared so (a conv with a padding mode or "same" padding,
 whose Function sees a padded input; a pooling called twice before its backward or with a
 learnable temperature, stepped by the optimizer before compare runs; an unbatched input; a
-bf16/fp16 step), both
-sides are recomputed on the sample (`conv_check`, `pool_check`): the parameters' gradients are
-then their sums over it, and bf16/fp16 layers are compared on a float64 copy.
+bf16/fp16 step), both sides are recomputed on the sample (`conv_check`, `pool_check`): the
+parameters' gradients are then their sums over it, and bf16/fp16 layers are compared on a
+float64 copy.
 """
 from __future__ import annotations
 
