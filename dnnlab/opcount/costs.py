@@ -140,7 +140,9 @@ def memory_outputs(model: torch.nn.Module, pred, run_dir: Path, *, name: str, se
         line += (f"; measured {measured.peak_bytes / MB:,.1f} MB live tensors "
                  f"({pred.peak_bytes / measured.peak_bytes - 1:+.2%}), RSS growth "
                  f"{measured.measured['rss_growth_bytes'] / MB:,.1f} MB against "
-                 f"{pred.growth_bytes / MB:,.1f} MB predicted")
+                 f"{pred.process_growth_bytes / MB:,.1f} MB predicted"
+                 + (f" (with {pred.scratch_bytes / MB:,.1f} MB of scratch inside a kernel, no "
+                    f"tensor)" if pred.scratch_bytes else ""))
     if pred.kv_cache_bytes is not None:
         line += f"; KV cache at {pred.kv_context} tokens: {pred.kv_cache_bytes / MB:,.1f} MB"
     out.lines.append(line)

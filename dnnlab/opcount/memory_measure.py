@@ -107,7 +107,17 @@ def touched_allocations():
         yield ok
     finally:
         if ok:
-            libc.mallopt(M_PERTURB, int(os.environ.get("MALLOC_PERTURB_", "0") or 0))
+            libc.mallopt(M_PERTURB, _perturb_env())
+
+
+def _perturb_env() -> int:
+    """The process's MALLOC_PERTURB_ as glibc reads it (a C integer: 0x5a, 90; anything else
+    0). GLIBC_TUNABLES' glibc.malloc.perturb is not read: a process started with it gets it
+    off after a measurement."""
+    try:
+        return int(os.environ.get("MALLOC_PERTURB_", "0"), 0) & 0xFF
+    except ValueError:
+        return 0
 
 
 def trim_heap() -> bool:

@@ -65,29 +65,36 @@ def mkldnn_rnn_workspace(args: tuple) -> int | None:
 
 
 def lstm_backward_scratch_bytes(seq: int, batch: int, input_size: int, hidden_size: int,
-                                itemsize: int = 4) -> int:
-    """Bytes one CPU `mkldnn_rnn_layer_backward` call (one LSTM layer, one direction)
+                                grad_output_copy: bool = False) -> int:
+    """Bytes one float32 CPU `mkldnn_rnn_layer_backward` call (one LSTM layer, one direction)
     allocates and frees inside itself, none of it a tensor, docs/math.md (4b): oneDNN's
-    scratchpad for the gates' gradients, every step's at once (merged GEMMs), T B ld(4H, 4) 4
-    (float32); and two copies of the layer's weights, 2 4H (I + H) s (PyTorch's
-    `_shuffle_weight` reorders the gates of both matrices into new tensors, RNN.cpp; oneDNN
-    reorders them into its own layout). Measured in float32 (benchmarks/opcount_memory.py)."""
+    scratchpad for the gates' gradients, every step's at once (merged GEMMs), T B ld(4H, 4) 4;
+    the weights reordered into oneDNN's layout and their float32 gradients made in that layout
+    before they are copied out (ideep's lstm_backward), 4H (I + H) (4 + 4); and, for a
+    `grad_output` that is not contiguous (batch_first), RNN.cpp's contiguous copy of it,
+    T B H 4."""
     gates = seq * batch * good_ld(GATES * hidden_size, ACC_BYTES) * ACC_BYTES
-    return gates + 2 * GATES * hidden_size * (input_size + hidden_size) * itemsize
+    weights = GATES * hidden_size * (input_size + hidden_size) * (4 + ACC_BYTES)
+    return gates + weights + (seq * batch * hidden_size * 4 if grad_output_copy else 0)
 
 
-def kernel_scratch(func, args: tuple) -> int:
+def kernel_scratch(func, args: tuple) -> int | None:
     """Bytes of scratch that is no tensor inside `func(*args)` on the CPU, where dnnlab knows
-    it (oneDNN's LSTM backward, (4b)), for fake arguments; else 0. Real tensors' scratch is in
-    the RSS, not modelled."""
+    it (oneDNN's float32 LSTM backward, (4b)), for fake arguments; 0 for other ops and real
+    tensors (their scratch is in the RSS, not modelled); None for a bfloat16 LSTM backward,
+    whose scratch (4b) does not give (measured: a quarter of the gates' term, other weight
+    copies)."""
     if func is not torch.ops.aten.mkldnn_rnn_layer_backward.default or not _is_fake(args[0]):
         return 0
-    inp, w, mode, hidden_size = args[0], args[1], args[14], args[15]
+    inp, grad_output, mode, hidden_size = args[0], args[10], args[14], args[15]
     if int(mode) != LSTM_MODE:
         return 0
+    if inp.dtype != torch.float32:
+        return None
     seq, batch, input_size = inp.shape  # (T, B, I)
+    copy = grad_output is not None and not grad_output.is_contiguous()
     return lstm_backward_scratch_bytes(int(seq), int(batch), int(input_size), int(hidden_size),
-                                       w.element_size())
+                                       copy)
 
 
 def size_fake_workspace(func, args: tuple, res):
