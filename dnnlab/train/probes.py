@@ -250,10 +250,9 @@ class Capture:
         def pre(m, args):
             old, x = self.items.get(name), args[0]
             entry = {"module": m, "x": None, "g": None, "gx": None,
-                     "reused": old is not None and old["g"] is None,
-                     "needs_gx": isinstance(x, torch.Tensor) and x.requires_grad}
+                     "reused": old is not None and old["g"] is None}
             self.items[name] = entry
-            if not (entry["needs_gx"] and torch.is_grad_enabled()):
+            if not (isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()):
                 return None
             xv = x.view_as(x)  # used by this layer alone: its gradient is this layer's share
             xv.register_hook(lambda gx: entry.__setitem__("gx", gx.detach()))

@@ -215,8 +215,8 @@ def test_a_probe_checks_the_gradients_the_step_used(monkeypatch):
     pool_hook = model.features[4].register_full_backward_hook(lambda m, gi, go: (gi[0] * 1.01,))
     cap = Capture(model)  # after the pooling's fault: it reads what the step went on with
     # only conv2's input formula and conv5's weight formula run faulty, inside their backward
-    conv2.register_full_backward_pre_hook(lambda m, go: faulty.add("input") and None)
-    conv5.register_full_backward_pre_hook(lambda m, go: faulty.add("weight") and None)
+    conv2.register_full_backward_pre_hook(lambda m, go: faulty.add("input"))
+    conv5.register_full_backward_pre_hook(lambda m, go: faulty.add("weight"))
     conv2.register_full_backward_hook(lambda m, gi, go: faulty.discard("input"))
     conv5.register_full_backward_hook(lambda m, gi, go: faulty.discard("weight"))
     F.cross_entropy(model(x), y).backward()
